@@ -1,0 +1,58 @@
+# prefops developer entry points. On a fresh machine: `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PREFOPS_CACHE ?= $(HOME)/.cache/prefops
+KUBE_APISERVER := $(PREFOPS_CACHE)/kube-apiserver-1.20.2/kube-apiserver
+# The stamp changes whenever a pin or a distribution's metadata changes, so `make setup` reinstalls then
+# and is a no-op otherwise.
+SETUP_STAMP := $(VENV)/.setup-$(shell cat constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml) | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-unit test-integration e2e bench servers lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: $(SETUP_STAMP)  ## create .venv with both distributions (editable) and the test tools
+
+$(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip setuptools wheel
+	@# torch first, from the pinned CPU build; everything after finds it satisfied and installs no CUDA wheels
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt transformers trl peft datasets accelerate
+	@# DeepSpeed ships as an sdist: build it against the torch above, not an isolated CUDA torch
+	$(PIP) install -c constraints.txt --no-build-isolation deepspeed
+	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm
+	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter
+	$(PIP) install --no-deps -e trainer $(if $(wildcard operator/pyproject.toml),-e operator)
+	@rm -f $(VENV)/.setup-*; touch $@
+
+demo: setup  ## run the main job: local DPO on the tiny model in examples/tiny, model lands in out/demo
+	$(VENV)/bin/prefops-trainer run examples/local-tiny-dpo.yaml
+
+servers: setup  ## install and build the real servers the tests start (etcd, kube-apiserver, prometheus)
+	scripts/install-servers.sh "$(PREFOPS_CACHE)"
+
+test: setup servers  ## the whole test suite: unit, contract, integration against real servers
+	PREFOPS_KUBE_APISERVER=$(KUBE_APISERVER) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup  ## only the tests that need no server
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: setup servers  ## run every benchmark under bench/ and print their tables
+	for b in bench/*.py; do echo "== $$b"; PREFOPS_KUBE_APISERVER=$(KUBE_APISERVER) $(PY) $$b; done
+
+lint: setup  ## ruff, mypy and the import-layer contracts
+	$(VENV)/bin/ruff check trainer operator tests bench
+	$(VENV)/bin/ruff format --check trainer operator tests bench
+	$(VENV)/bin/lint-imports
+
+clean:  ## remove build outputs and the demo's results (keeps .venv and the server cache)
+	rm -rf out build .pytest_cache

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install (Debian packages) and build (kube-apiserver, cached) the real servers the test suite starts on
+# 127.0.0.1: etcd + kube-apiserver for the operator, Prometheus for metrics. The S3 server (moto) comes from
+# PyPI with `make setup`. Idempotent: a second run on the same machine takes a second.
+set -euo pipefail
+cache=${1:-$HOME/.cache/prefops}
+here=$(cd "$(dirname "$0")" && pwd)
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+"$here/build-kube-apiserver.sh" "$cache/kube-apiserver-1.20.2" >/dev/null
+echo "servers ready: etcd $(etcd --version | head -1 | awk '{print $3}'), prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), kube-apiserver 1.20.2 in $cache"
