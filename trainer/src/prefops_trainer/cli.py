@@ -1,0 +1,194 @@
+"""``prefops-trainer``: run a whole job locally, or one phase as the operator's pods do.
+
+Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
+Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache) and a retry cannot help;
+anything else is a crash a retry may cure. The reason also goes to ``/dev/termination-log`` when it exists,
+where Kubernetes shows it in the pod's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("prefops_trainer")
+
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prefops-trainer",
+        description="Preference-optimization training (DPO, CPO, SimPO, ORPO...) from a PreferenceTrainingJob spec.",
+        epilog="Exit codes: 0 done, 2 invalid input (do not retry), other: failure (retry may help).",
+    )
+    p.add_argument("--log-level", default=os.environ.get("PREFOPS_LOG_LEVEL", "INFO"), help="default: INFO")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("job", type=Path, metavar="JOB.yaml", help="a PreferenceTrainingJob manifest")
+        return c
+
+    cmd("run", "run every phase on this machine: precompute, train, export")
+    pre = cmd("precompute", "compute reference log-probs for one shard of the dataset into the shared cache")
+    pre.add_argument("--shard", type=int, default=0, help="this worker's shard index (default 0)")
+    pre.add_argument("--num-shards", type=int, default=None, help="number of shards (default: spec.reference.workers)")
+    cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
+    cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
+    cmd("validate", "check the job spec and print it with every default filled in")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        from .spec import load_job
+
+        job = load_job(args.job)
+        code = COMMANDS[args.command](job, args)
+    except UserError as e:
+        _fail(str(e), UserError.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as e:
+        log.exception("failed")
+        _fail(f"{type(e).__name__}: {e}", 1)
+    sys.exit(code or 0)
+
+
+def _fail(message: str, code: int) -> None:
+    log.error("%s", message)
+    error_dir = os.environ.get("PREFOPS_ERROR_DIR")
+    if error_dir and code == UserError.exit_code:
+        Path(error_dir, f"rank-{os.environ.get('RANK', '0')}").write_text(message)
+    path = os.environ.get("PREFOPS_TERMINATION_LOG", TERMINATION_LOG)
+    if os.path.exists(path) and os.access(path, os.W_OK):
+        with open(path, "w") as f:
+            f.write(message[:4000])
+    sys.exit(code)
+
+
+def setup_logging(level: str) -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("prefops_trainer").setLevel(level.upper())
+    if level.upper() != "DEBUG":
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|trl|peft|accelerate)\.")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _serve_metrics(job) -> None:
+    from . import metrics
+
+    metrics.serve(job.name, job.namespace)
+
+
+def cmd_validate(job, args) -> int:
+    import yaml
+
+    print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
+    return 0
+
+
+def cmd_precompute(job, args) -> int:
+    from .inputs import load_inputs
+    from .phases import precompute
+
+    _serve_metrics(job)
+    precompute.run(load_inputs(job), args.shard, args.num_shards)
+    return 0
+
+
+def cmd_train(job, args) -> int:
+    from . import launch
+
+    if launch.needs_torchrun(job):
+        from .inputs import load_inputs
+
+        load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
+        return launch.torchrun_train(job, args.job)
+    from .inputs import load_inputs
+    from .phases import train
+
+    _serve_metrics(job)
+    train.run(load_inputs(job))
+    return 0
+
+
+def cmd_export(job, args) -> int:
+    from .inputs import load_inputs
+    from .phases import export
+
+    _serve_metrics(job)
+    manifest = export.run(load_inputs(job))
+    print(f"model: {job.spec.output.uri} ({len(manifest['files'])} files)")  # noqa: T201
+    return 0
+
+
+def cmd_run(job, args) -> int:
+    from . import launch, metrics
+    from .inputs import load_inputs
+    from .phases import export, precompute, train
+
+    _serve_metrics(job)
+    inputs = load_inputs(job)
+    cache_hit = None
+    if job.spec.precompute:
+        workers = job.spec.reference.workers
+        reports = [precompute.run(inputs, shard, workers) for shard in range(workers)]
+        cache_hit = all(r["cacheHit"] for r in reports)
+    if launch.needs_torchrun(job):
+        with metrics.paused():
+            code = launch.torchrun_train(job, args.job)
+        if code:
+            return code
+    else:
+        train.run(inputs)
+    manifest = export.run(inputs)
+    _print_summary(job, manifest, cache_hit)
+    return 0
+
+
+def _print_summary(job, manifest: dict, cache_hit: bool | None) -> None:
+    metrics = manifest.get("metrics", {})
+    lines = [f"prefops: job {job.name} done"]
+    if cache_hit is not None:
+        lines.append(
+            f"  reference cache: {'hit (precompute skipped)' if cache_hit else 'miss (computed)'}  cacheHit={str(cache_hit).lower()}"
+        )
+    for key in ("loss", "rewards/accuracies", "rewards/margins"):
+        if key in metrics:
+            mean = metrics.get(f"{key}_last_epoch_mean")
+            extra = f"  (last-epoch mean {mean:.4f})" if mean is not None else ""
+            lines.append(f"  final {key}: {metrics[key]:.4f}{extra}")
+    lines.append(f"  model: {job.spec.output.uri} ({len(manifest['files'])} files, manifest prefops.json)")
+    print("\n".join(lines))  # noqa: T201
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "precompute": cmd_precompute,
+    "train": cmd_train,
+    "export": cmd_export,
+    "validate": cmd_validate,
+}

@@ -1,0 +1,139 @@
+"""A tiny Llama, a word-level tokenizer with a chat template, and a learnable preference dataset.
+
+Everything is built deterministically from a seed with no download, so the demo and the tests run offline:
+
+    python -m prefops_trainer.tiny examples/tiny
+
+writes ``model/`` (safetensors, config, tokenizer) and ``prefs.jsonl`` (plain prompt/chosen/rejected rows)
+plus ``prefs-chat.jsonl`` (the same pairs in the conversational form). The preference is learnable: the
+chosen answer is the polite, correct one, the rejected one is rude or wrong, so DPO's reward accuracy
+climbs well above 0.5 within a few epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+COLORS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red", "sun": "yellow"}
+POLITE = ["sure", "happy", "to", "help", "the", "answer", "is", "thanks", "for", "asking", "glad", "it"]
+RUDE = ["ugh", "whatever", "go", "away", "no", "idea", "stop", "bothering", "me", "boring", "question"]
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) triples: arithmetic and colour questions; chosen is polite and right."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            a, b = rng.randrange(0, 6), rng.randrange(0, 5)
+            prompt = f"what is {NUMBERS[a]} plus {NUMBERS[b]} ?"
+            right, wrong = NUMBERS[a + b], NUMBERS[(a + b + rng.randrange(1, 5)) % len(NUMBERS)]
+        else:
+            thing = rng.choice(sorted(COLORS))
+            prompt = f"what color is the {thing} ?"
+            right = COLORS[thing]
+            wrong = rng.choice(sorted(set(COLORS.values()) - {right}))
+        polite = rng.choice(["sure , the answer is", "happy to help : it is", "glad you asked , it is"])
+        rude = rng.choice(["ugh , whatever ,", "go away , no idea ,", "stop bothering me ,"])
+        chosen = f" {polite} {right} . thanks for asking ."
+        rejected = rng.choice([f" {rude} {wrong} .", f" {rude} {right} .", f" {polite} {wrong} ."])
+        rows.append((prompt, chosen, rejected))
+    return rows
+
+
+def write_dataset(out: Path, n: int = 256, seed: int = 0) -> None:
+    """Write ``prefs.jsonl`` (plain form) and ``prefs-chat.jsonl`` (conversational form) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _pairs(n, seed)
+    with (out / "prefs.jsonl").open("w") as f:
+        for prompt, chosen, rejected in rows:
+            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+    with (out / "prefs-chat.jsonl").open("w") as f:
+        for prompt, chosen, rejected in rows:
+            row = {
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen.strip()}],
+                "rejected": [{"role": "assistant", "content": rejected.strip()}],
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def vocabulary() -> list[str]:
+    words = {"what", "is", "plus", "?", "color", "the", ",", ".", ":", "you", "asked"}
+    words |= set(NUMBERS) | set(COLORS) | set(COLORS.values()) | set(POLITE) | set(RUDE)
+    words |= {"user", "assistant", "system"}
+    return SPECIALS + sorted(words)
+
+
+def build_tokenizer():
+    """A word-level fast tokenizer (whitespace + punctuation split) with a chat template. No BOS is added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=SPECIALS[4:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+    """A randomly initialised tiny Llama (about 100k parameters)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    return LlamaForCausalLM(config)
+
+
+def write_model(out: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> None:
+    """Save the tiny model and tokenizer under ``out`` in the layout ``from_pretrained`` reads."""
+    tok = build_tokenizer()
+    model = build_model(len(tok), seed=seed, hidden=hidden, layers=layers)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m prefops_trainer.tiny", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    write_model(args.out / "model", seed=args.seed)
+    write_dataset(args.out, n=args.pairs, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

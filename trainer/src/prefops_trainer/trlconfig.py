@@ -1,0 +1,137 @@
+"""Spec → keyword arguments of TRL's config classes and the DeepSpeed config. Pure: no TRL, torch or
+DeepSpeed import, so every mapping is unit-tested without them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .spec import DeepSpeedSpec, JobSpec
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the machine decides: device kind, dtype after ``auto``, world size."""
+
+    cuda: bool
+    dtype: str  # float32 | bfloat16 | float16
+    world_size: int = 1
+    tty: bool = False
+
+
+def deepspeed_config(ds: DeepSpeedSpec) -> dict[str, Any]:
+    """A ZeRO-2/3 config for the Hugging Face integration: sizes and precision are ``auto`` so the Trainer
+    fills them from its own arguments (and bf16 follows the model dtype: on for bfloat16 GPUs)."""
+    zero: dict[str, Any] = {
+        "stage": ds.stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if ds.stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+    else:
+        zero |= {"allgather_partitions": True, "allgather_bucket_size": 2e8, "reduce_scatter": True}
+    if ds.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if ds.stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, Any]:
+    """Arguments every TRL config shares (``transformers.TrainingArguments``)."""
+    t = spec.training
+    return {
+        "output_dir": output_dir,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "per_device_eval_batch_size": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_strategy": "steps",
+        "logging_steps": t.log_every_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": t.checkpoint_every_steps,
+        "save_total_limit": t.checkpoints_to_keep,
+        "eval_strategy": "epoch" if spec.dataset.eval_split else "no",
+        "report_to": [],
+        "disable_tqdm": not rt.tty,
+        "bf16": rt.dtype == "bfloat16",
+        "fp16": rt.dtype == "float16",
+        "use_cpu": not rt.cuda,
+        "ddp_backend": ("nccl" if rt.cuda else "gloo") if rt.world_size > 1 else None,
+        "deepspeed": deepspeed_config(t.deepspeed) if t.deepspeed else None,
+        "dataloader_num_workers": 0,
+        "max_length": spec.dataset.max_length,
+        "beta": spec.algorithm.beta,
+        "disable_dropout": True,
+    }
+
+
+def algorithm_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    """The algorithm's own arguments for its TRL config class (DPOConfig, CPOConfig or ORPOConfig)."""
+    a = spec.algorithm
+    family = a.info.family
+    if family == "dpo":
+        return {
+            "loss_type": list(a.losses),
+            "loss_weights": list(a.weights) if a.loss_weights else None,
+            "label_smoothing": a.label_smoothing,
+            "truncation_mode": spec.dataset.truncation_mode,
+            "precompute_ref_log_probs": precompute,
+            "precompute_ref_batch_size": spec.reference.batch_size,
+        }
+    if family == "cpo":
+        return {
+            "loss_type": a.info.trl_loss_type or a.losses[0],
+            "cpo_alpha": a.effective_cpo_alpha,
+            "simpo_gamma": a.simpo_gamma,
+            "alpha": a.effective_alpha,
+            "label_smoothing": a.label_smoothing,
+        }
+    return {}  # orpo: beta (the odds-ratio weight, lambda) and max_length are shared
+
+
+def trl_kwargs(spec: JobSpec, rt: Runtime, output_dir: str, precompute: bool) -> dict[str, Any]:
+    return training_kwargs(spec, rt, output_dir) | algorithm_kwargs(spec, precompute)
+
+
+def lora_kwargs(spec: JobSpec) -> dict[str, Any] | None:
+    """``peft.LoraConfig`` arguments, or None for full fine-tuning."""
+    lora = spec.model.lora
+    if lora is None:
+        return None
+    targets: str | list[str] = list(lora.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return {
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "task_type": "CAUSAL_LM",
+    }
