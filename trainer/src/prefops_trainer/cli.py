@@ -173,9 +173,8 @@ def _print_summary(job, manifest: dict, cache_hit: bool | None) -> None:
     metrics = manifest.get("metrics", {})
     lines = [f"prefops: job {job.name} done"]
     if cache_hit is not None:
-        lines.append(
-            f"  reference cache: {'hit (precompute skipped)' if cache_hit else 'miss (computed)'}  cacheHit={str(cache_hit).lower()}"
-        )
+        state = "hit (precompute skipped)" if cache_hit else "miss (computed)"
+        lines.append(f"  reference cache: {state}  cacheHit={str(cache_hit).lower()}")
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in metrics:
             mean = metrics.get(f"{key}_last_epoch_mean")
