@@ -69,6 +69,8 @@ def _load(uri, split: str, name: str):
             builder = FILE_BUILDERS.get(path.suffix)
             if builder is None:
                 raise DataError(f"{name}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
+            if builder == "json" and not path.read_bytes().strip():
+                raise DataError(f"{name}: the dataset is empty (the file has no rows); it needs at least one pair")
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(path))

@@ -237,6 +237,11 @@ def run(inputs: Inputs) -> dict[str, Any]:
     config_cls, trainer_base = _trainer_classes(family)
     reference = load_reference(inputs) if spec.precompute else None
     local_ckpt = inputs.ws.local_dir("checkpoints")
+    if spec.training.deepspeed is not None and rt.world_size > 1:
+        import deepspeed
+
+        # ZeRO-3 partitions the weights while they load (zero.Init), which needs DeepSpeed's own process group
+        deepspeed.init_distributed(dist_backend="nccl" if rt.cuda else "gloo")
     args = config_cls(**trl_kwargs(spec, rt, str(local_ckpt), precompute=reference is not None))
     report: dict[str, Any] = {"worldSize": rt.world_size, "algorithm": spec.algorithm.name}
     with timed(report):
