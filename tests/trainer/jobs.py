@@ -31,10 +31,23 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def job_doc(tmp: Path, name: str = "t", **spec: Any) -> dict:
     """A small, fast job on the tiny model: LoRA DPO, 64 pairs, a few steps; ``spec`` merges over it."""
     base = {
-        "model": {"source": str(TINY / "model"), "dtype": "float32", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "dataset": {"source": str(TINY / "prefs.jsonl"), "maxLength": 64, "maxSamples": 64},
+        "model": {
+            "source": str(TINY / "model"),
+            "dtype": "float32",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        },
+        "dataset": {
+            "source": str(TINY / "prefs.jsonl"),
+            "maxLength": 64,
+            "maxSamples": 64,
+        },
         "algorithm": {"name": "dpo"},
-        "training": {"maxSteps": 4, "learningRate": 0.005, "perDeviceBatchSize": 8, "checkpointEverySteps": 100},
+        "training": {
+            "maxSteps": 4,
+            "learningRate": 0.005,
+            "perDeviceBatchSize": 8,
+            "checkpointEverySteps": 100,
+        },
         "resources": {"gpusPerNode": 0},
         "output": {"uri": str(tmp / "out")},
         "storage": {"uri": str(tmp / "work")},
@@ -53,10 +66,15 @@ def write_job(tmp: Path, name: str = "t", **spec: Any) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+):
     full_env = {**os.environ, "PREFOPS_METRICS_PORT": "off", **(env or {})}
     return subprocess.run(
-        [*CLI, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [*CLI, *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-
-

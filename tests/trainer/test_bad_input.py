@@ -32,13 +32,48 @@ GOOD = {"prompt": "what is one plus one ?", "chosen": " two .", "rejected": " th
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([GOOD, {"prompt": "p", "chosen": " a ."}, GOOD], r"bad\.jsonl: row 1: column 'rejected' is missing, empty or malformed"),
-        ([GOOD, GOOD, {**GOOD, "chosen": ""}], r"bad\.jsonl: row 2: column 'chosen' is missing, empty or malformed"),
-        ([{"question": "q", "answer": "a"}], r"bad\.jsonl: row 0: missing column 'chosen', 'rejected' \(the rows have answer, question\)"),
-        ([GOOD, {"prompt": [{"role": "user", "content": "hi"}], "chosen": " a", "rejected": " b"}], r"bad\.jsonl: row 1: mixes plain strings and chat messages"),
-        ([GOOD, {"prompt": "what " * 80 + "?", "chosen": " two .", "rejected": " one ."}], r"bad\.jsonl: row 1: the prompt alone is 81 tokens, which fills spec\.dataset\.maxLength \(64\)"),
+        (
+            [GOOD, {"prompt": "p", "chosen": " a ."}, GOOD],
+            r"bad\.jsonl: row 1: column 'rejected' is missing, empty or malformed",
+        ),
+        (
+            [GOOD, GOOD, {**GOOD, "chosen": ""}],
+            r"bad\.jsonl: row 2: column 'chosen' is missing, empty or malformed",
+        ),
+        (
+            [{"question": "q", "answer": "a"}],
+            r"bad\.jsonl: row 0: missing column 'chosen', 'rejected' \(the rows have answer, question\)",
+        ),
+        (
+            [
+                GOOD,
+                {
+                    "prompt": [{"role": "user", "content": "hi"}],
+                    "chosen": " a",
+                    "rejected": " b",
+                },
+            ],
+            r"bad\.jsonl: row 1: mixes plain strings and chat messages",
+        ),
+        (
+            [
+                GOOD,
+                {
+                    "prompt": "what " * 80 + "?",
+                    "chosen": " two .",
+                    "rejected": " one .",
+                },
+            ],
+            r"bad\.jsonl: row 1: the prompt alone is 81 tokens, which fills spec\.dataset\.maxLength \(64\)",
+        ),
     ],
-    ids=["missing-column-in-row", "empty-value", "no-such-columns", "mixed-forms", "prompt-exceeds-maxLength"],
+    ids=[
+        "missing-column-in-row",
+        "empty-value",
+        "no-such-columns",
+        "mixed-forms",
+        "prompt-exceeds-maxLength",
+    ],
 )
 def test_bad_rows_are_named(tmp_path, tmp_job, rows, message):
     data = write_rows(tmp_path / "bad.jsonl", rows)
@@ -56,33 +91,59 @@ def test_empty_dataset_is_rejected(tmp_path, tmp_job):
 
 
 def test_missing_model_path_names_the_field(tmp_path, tmp_job):
-    error = error_of(run_cli("run", tmp_job(model={"source": str(tmp_path / "no-model")})))
-    assert f"spec.model.source: model path '{tmp_path / 'no-model'}' does not exist" in error
+    error = error_of(
+        run_cli("run", tmp_job(model={"source": str(tmp_path / "no-model")}))
+    )
+    assert (
+        f"spec.model.source: model path '{tmp_path / 'no-model'}' does not exist"
+        in error
+    )
     assert_nothing_complete(tmp_path)
 
 
 def test_missing_dataset_path_names_the_field(tmp_path, tmp_job):
     error = error_of(run_cli("run", tmp_job(dataset={"source": "nowhere/prefs.jsonl"})))
-    assert "spec.dataset.source: dataset path 'nowhere/prefs.jsonl' does not exist" in error
+    assert (
+        "spec.dataset.source: dataset path 'nowhere/prefs.jsonl' does not exist"
+        in error
+    )
 
 
 def test_lora_target_matching_nothing_names_the_field(tmp_path, tmp_job):
     job = tmp_job(model={"lora": {"targetModules": ["q_proj", "attn_c"]}})
     error = error_of(run_cli("run", job))
-    assert "spec.model.lora.targetModules: 'attn_c' matches no module of the model" in error
-    assert "q_proj" in error.split("include", 1)[1], "the message lists the model's real module names"
+    assert (
+        "spec.model.lora.targetModules: 'attn_c' matches no module of the model"
+        in error
+    )
+    assert "q_proj" in error.split("include", 1)[1], (
+        "the message lists the model's real module names"
+    )
     assert_nothing_complete(tmp_path)
 
 
 def test_reference_free_algorithm_cannot_precompute(tmp_path, tmp_job):
     error = error_of(run_cli("precompute", tmp_job(algorithm={"name": "simpo"})))
-    assert "spec.reference.precompute: algorithm 'simpo' has nothing to precompute" in error
-    error = error_of(run_cli("run", tmp_job(name="u", algorithm={"name": "orpo"}, reference={"precompute": True})))
+    assert (
+        "spec.reference.precompute: algorithm 'simpo' has nothing to precompute"
+        in error
+    )
+    error = error_of(
+        run_cli(
+            "run",
+            tmp_job(
+                name="u", algorithm={"name": "orpo"}, reference={"precompute": True}
+            ),
+        )
+    )
     assert "spec.reference.precompute: algorithm 'orpo' is reference-free" in error
 
 
 def test_invalid_spec_fails_before_loading_anything(tmp_path, tmp_job):
-    job = tmp_job(algorithm={"name": "dpo", "lossType": ["sigmoid", "shiny"]}, training={"deepspeed": {"stage": 1}})
+    job = tmp_job(
+        algorithm={"name": "dpo", "lossType": ["sigmoid", "shiny"]},
+        training={"deepspeed": {"stage": 1}},
+    )
     error = error_of(run_cli("run", job))
     assert "'shiny' not valid for algorithm 'dpo'; valid: sigmoid, hinge, ipo" in error
     assert "spec.training.deepspeed.stage: must be 2 or 3, got 1" in error
@@ -90,19 +151,34 @@ def test_invalid_spec_fails_before_loading_anything(tmp_path, tmp_job):
 
 
 def test_hub_source_gives_a_clear_error_offline(tmp_path, tmp_job):
-    error = error_of(run_cli("run", tmp_job(model={"source": "hf://acme/not-reachable"}), env={"HF_HUB_OFFLINE": "1"}))
-    assert "spec.model.source: cannot fetch hf://acme/not-reachable from the Hugging Face Hub" in error
+    error = error_of(
+        run_cli(
+            "run",
+            tmp_job(model={"source": "hf://acme/not-reachable"}),
+            env={"HF_HUB_OFFLINE": "1"},
+        )
+    )
+    assert (
+        "spec.model.source: cannot fetch hf://acme/not-reachable from the Hugging Face Hub"
+        in error
+    )
 
 
 def test_termination_message_carries_the_reason(tmp_path, tmp_job):
     term = tmp_path / "termination-log"
     term.write_text("")
-    run_cli("run", tmp_job(model={"source": str(tmp_path / "gone")}), env={"PREFOPS_TERMINATION_LOG": str(term)})
+    run_cli(
+        "run",
+        tmp_job(model={"source": str(tmp_path / "gone")}),
+        env={"PREFOPS_TERMINATION_LOG": str(term)},
+    )
     assert "spec.model.source" in term.read_text()
 
 
 def test_shard_out_of_range_is_rejected(tmp_path, tmp_job):
-    error = error_of(run_cli("precompute", tmp_job(), "--shard", "3", "--num-shards", "2"))
+    error = error_of(
+        run_cli("precompute", tmp_job(), "--shard", "3", "--num-shards", "2")
+    )
     assert "--shard: must be in [0, 2), got 3" in error
 
 

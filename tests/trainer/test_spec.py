@@ -4,12 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
+from jobs import ROOT, job_doc
 from prefops_trainer.algorithms import ALGORITHM_NAMES
 from prefops_trainer.errors import SpecError
 from prefops_trainer.spec import load_job, parse_job
-
-from jobs import ROOT, job_doc
 
 
 def parse(tmp_path: Path, **spec):
@@ -39,9 +37,17 @@ def test_defaults_fill_every_optional_field(tmp_path):
         }
     )
     s = job.spec
-    assert (s.algorithm.losses, s.algorithm.beta, s.precompute) == (("sigmoid",), 0.1, True)
+    assert (s.algorithm.losses, s.algorithm.beta, s.precompute) == (
+        ("sigmoid",),
+        0.1,
+        True,
+    )
     assert s.model.lora is None and s.training.deepspeed is None
-    assert (s.dataset.max_length, s.backoff_limit, s.resources.nproc_per_node) == (1024, 3, 1)
+    assert (s.dataset.max_length, s.backoff_limit, s.resources.nproc_per_node) == (
+        1024,
+        3,
+        1,
+    )
     assert job.namespace == "default"
 
 
@@ -59,22 +65,61 @@ def test_spec_objects_are_frozen(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"algorithm": {"name": "ppo"}}, r"spec\.algorithm\.name: unknown algorithm 'ppo'; valid: dpo, cpo, simpo"),
-        ({"algorithm": {"name": "dpo", "lossType": ["nope"]}}, r"spec\.algorithm\.lossType: 'nope' not valid .*valid: sigmoid, hinge"),
-        ({"algorithm": {"name": "cpo", "lossType": ["nca_pair"]}}, r"lossType: 'nca_pair' not valid for algorithm 'cpo'; valid: sigmoid, hinge, ipo"),
-        ({"algorithm": {"name": "dpo", "beta": 0}}, r"spec\.algorithm\.beta: must be > 0, got 0"),
-        ({"algorithm": {"name": "dpo", "beta": -1.5}}, r"spec\.algorithm\.beta: must be > 0, got -1\.5"),
         (
-            {"algorithm": {"name": "dpo", "lossType": ["sigmoid", "sft"], "lossWeights": [1.0]}},
+            {"algorithm": {"name": "ppo"}},
+            r"spec\.algorithm\.name: unknown algorithm 'ppo'; valid: dpo, cpo, simpo",
+        ),
+        (
+            {"algorithm": {"name": "dpo", "lossType": ["nope"]}},
+            r"spec\.algorithm\.lossType: 'nope' not valid .*valid: sigmoid, hinge",
+        ),
+        (
+            {"algorithm": {"name": "cpo", "lossType": ["nca_pair"]}},
+            r"lossType: 'nca_pair' not valid for algorithm 'cpo'; valid: sigmoid, hinge, ipo",
+        ),
+        (
+            {"algorithm": {"name": "dpo", "beta": 0}},
+            r"spec\.algorithm\.beta: must be > 0, got 0",
+        ),
+        (
+            {"algorithm": {"name": "dpo", "beta": -1.5}},
+            r"spec\.algorithm\.beta: must be > 0, got -1\.5",
+        ),
+        (
+            {
+                "algorithm": {
+                    "name": "dpo",
+                    "lossType": ["sigmoid", "sft"],
+                    "lossWeights": [1.0],
+                }
+            },
             r"spec\.algorithm\.lossWeights: has 1 weights for 2 loss types \(sigmoid, sft\)",
         ),
-        ({"algorithm": {"name": "orpo"}, "reference": {"precompute": True}}, r"spec\.reference\.precompute: algorithm 'orpo' is reference-free"),
-        ({"training": {"deepspeed": {"stage": 4}}}, r"spec\.training\.deepspeed\.stage: must be 2 or 3, got 4"),
-        ({"training": {"learningRat": 0.1}}, r"spec\.training\.learningRat: unknown field"),
-        ({"dataset": {"maxLength": 2}}, r"spec\.dataset\.maxLength: input should be greater than or equal to 8, got 2"),
+        (
+            {"algorithm": {"name": "orpo"}, "reference": {"precompute": True}},
+            r"spec\.reference\.precompute: algorithm 'orpo' is reference-free",
+        ),
+        (
+            {"training": {"deepspeed": {"stage": 4}}},
+            r"spec\.training\.deepspeed\.stage: must be 2 or 3, got 4",
+        ),
+        (
+            {"training": {"learningRat": 0.1}},
+            r"spec\.training\.learningRat: unknown field",
+        ),
+        (
+            {"dataset": {"maxLength": 2}},
+            r"spec\.dataset\.maxLength: input should be greater than or equal to 8, got 2",
+        ),
         ({"output": None}, r"spec\.output: required field is missing"),
-        ({"algorithm": {"name": "dpo", "lossType": ["exo_pair"]}}, r"spec\.algorithm\.labelSmoothing: must be > 0 for lossType exo_pair"),
-        ({"model": {"dtype": "int8"}}, r"spec\.model\.dtype: input should be 'auto', 'float32', 'bfloat16' or 'float16', got 'int8'"),
+        (
+            {"algorithm": {"name": "dpo", "lossType": ["exo_pair"]}},
+            r"spec\.algorithm\.labelSmoothing: must be > 0 for lossType exo_pair",
+        ),
+        (
+            {"model": {"dtype": "int8"}},
+            r"spec\.model\.dtype: input should be 'auto', 'float32', 'bfloat16' or 'float16', got 'int8'",
+        ),
     ],
 )
 def test_bad_spec_is_rejected_naming_the_field(tmp_path, spec, message):
@@ -84,7 +129,11 @@ def test_bad_spec_is_rejected_naming_the_field(tmp_path, spec, message):
 
 def test_all_problems_are_reported_together(tmp_path):
     with pytest.raises(SpecError) as err:
-        parse(tmp_path, algorithm={"name": "dpo", "beta": 0, "lossWeights": [1, 2]}, training={"deepspeed": {"stage": 1}})
+        parse(
+            tmp_path,
+            algorithm={"name": "dpo", "beta": 0, "lossWeights": [1, 2]},
+            training={"deepspeed": {"stage": 1}},
+        )
     assert str(err.value).count("spec.") == 3
 
 
@@ -105,5 +154,8 @@ def test_job_file_errors_name_the_file(tmp_path):
         load_job(bad)
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"kind": "Pod"}))
-    with pytest.raises(SpecError, match=r"other\.yaml: expected exactly one PreferenceTrainingJob document, found 0"):
+    with pytest.raises(
+        SpecError,
+        match=r"other\.yaml: expected exactly one PreferenceTrainingJob document, found 0",
+    ):
         load_job(other)

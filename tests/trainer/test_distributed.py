@@ -1,0 +1,75 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes (gloo), launched by the trainer through torchrun."""
+
+import json
+
+import pytest
+from jobs import run_cli
+from prefops_trainer.spec import DeepSpeedSpec
+from prefops_trainer.trlconfig import deepspeed_config
+
+
+def test_deepspeed_config_is_generated_from_the_spec():
+    z2 = deepspeed_config(DeepSpeedSpec(stage=2))
+    z3 = deepspeed_config(DeepSpeedSpec(stage=3, offload="cpu"))
+    assert (
+        z2["zero_optimization"]["stage"] == 2
+        and "offload_optimizer" not in z2["zero_optimization"]
+    )
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert z3["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert z2["bf16"] == {"enabled": "auto"}, (
+        "bf16 follows the model dtype: on for bfloat16 GPUs"
+    )
+    assert z2["train_micro_batch_size_per_gpu"] == "auto"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
+    job = tmp_job(
+        resources={"gpusPerNode": 0, "processesPerNode": 2},
+        training={
+            "maxSteps": 4,
+            "perDeviceBatchSize": 4,
+            "checkpointEverySteps": 2,
+            "deepspeed": {"stage": stage},
+        },
+    )
+    result = run_cli("run", job)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting 2 processes on this node" in result.stderr
+    assert "[rank 1]" in result.stderr, "a second rank really ran"
+    report = json.loads(
+        next((tmp_path / "work").rglob("phases/train.json")).read_text()
+    )
+    assert report["worldSize"] == 2 and report["steps"] == 4
+    ckpt = next((tmp_path / "work").rglob("checkpoint-4"))
+    assert list(ckpt.glob("global_step4/*zero_pp_rank_1*")), (
+        "each rank saved its ZeRO partition"
+    )
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.num_parameters() > 0
+
+
+@pytest.mark.distributed
+def test_a_user_error_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job):
+    job = tmp_job(
+        resources={"gpusPerNode": 0, "processesPerNode": 2}, training={"maxSteps": 2}
+    )
+    assert run_cli("precompute", job).returncode == 0
+    cache = next((tmp_path / "work" / "refcache").glob("*/shard-*.parquet"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cache)
+    shifted = table.set_column(
+        1,
+        "ref_chosen_logps",
+        pa.array([v - 5 for v in table.column(1).to_pylist()], pa.float32()),
+    )
+    pq.write_table(shifted, cache)
+    result = run_cli("train", job)
+    assert result.returncode == 2
+    assert "does not match the model" in result.stderr.splitlines()[-1]
