@@ -66,9 +66,7 @@ def write_job(tmp: Path, name: str = "t", **spec: Any) -> Path:
     return path
 
 
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
-):
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     full_env = {**os.environ, "PREFOPS_METRICS_PORT": "off", **(env or {})}
     return subprocess.run(
         [*CLI, *map(str, args)],

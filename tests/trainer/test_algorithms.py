@@ -99,9 +99,7 @@ def test_reference_free_algorithms_train(tmp_path, algorithm):
     report = train(tmp_path, algorithm=algorithm, training={"maxSteps": 3})
     assert report["steps"] == 3
     assert all(math.isfinite(x) for x in loss_history(report))
-    assert not (tmp_path / "work" / "refcache").exists(), (
-        "reference-free: no precompute ran"
-    )
+    assert not (tmp_path / "work" / "refcache").exists(), "reference-free: no precompute ran"
 
 
 def test_full_fine_tuning_trains_every_weight(tmp_path):
@@ -110,6 +108,4 @@ def test_full_fine_tuning_trains_every_weight(tmp_path):
     from pathlib import Path
 
     trained = Path(tmp_path / "work").rglob("trained/model.safetensors")
-    assert list(trained), (
-        "full fine-tuning hands full weights (not an adapter) to export"
-    )
+    assert list(trained), "full fine-tuning hands full weights (not an adapter) to export"

@@ -91,49 +91,31 @@ def test_empty_dataset_is_rejected(tmp_path, tmp_job):
 
 
 def test_missing_model_path_names_the_field(tmp_path, tmp_job):
-    error = error_of(
-        run_cli("run", tmp_job(model={"source": str(tmp_path / "no-model")}))
-    )
-    assert (
-        f"spec.model.source: model path '{tmp_path / 'no-model'}' does not exist"
-        in error
-    )
+    error = error_of(run_cli("run", tmp_job(model={"source": str(tmp_path / "no-model")})))
+    assert f"spec.model.source: model path '{tmp_path / 'no-model'}' does not exist" in error
     assert_nothing_complete(tmp_path)
 
 
 def test_missing_dataset_path_names_the_field(tmp_path, tmp_job):
     error = error_of(run_cli("run", tmp_job(dataset={"source": "nowhere/prefs.jsonl"})))
-    assert (
-        "spec.dataset.source: dataset path 'nowhere/prefs.jsonl' does not exist"
-        in error
-    )
+    assert "spec.dataset.source: dataset path 'nowhere/prefs.jsonl' does not exist" in error
 
 
 def test_lora_target_matching_nothing_names_the_field(tmp_path, tmp_job):
     job = tmp_job(model={"lora": {"targetModules": ["q_proj", "attn_c"]}})
     error = error_of(run_cli("run", job))
-    assert (
-        "spec.model.lora.targetModules: 'attn_c' matches no module of the model"
-        in error
-    )
-    assert "q_proj" in error.split("include", 1)[1], (
-        "the message lists the model's real module names"
-    )
+    assert "spec.model.lora.targetModules: 'attn_c' matches no module of the model" in error
+    assert "q_proj" in error.split("include", 1)[1], "the message lists the model's real module names"
     assert_nothing_complete(tmp_path)
 
 
 def test_reference_free_algorithm_cannot_precompute(tmp_path, tmp_job):
     error = error_of(run_cli("precompute", tmp_job(algorithm={"name": "simpo"})))
-    assert (
-        "spec.reference.precompute: algorithm 'simpo' has nothing to precompute"
-        in error
-    )
+    assert "spec.reference.precompute: algorithm 'simpo' has nothing to precompute" in error
     error = error_of(
         run_cli(
             "run",
-            tmp_job(
-                name="u", algorithm={"name": "orpo"}, reference={"precompute": True}
-            ),
+            tmp_job(name="u", algorithm={"name": "orpo"}, reference={"precompute": True}),
         )
     )
     assert "spec.reference.precompute: algorithm 'orpo' is reference-free" in error
@@ -158,10 +140,7 @@ def test_hub_source_gives_a_clear_error_offline(tmp_path, tmp_job):
             env={"HF_HUB_OFFLINE": "1"},
         )
     )
-    assert (
-        "spec.model.source: cannot fetch hf://acme/not-reachable from the Hugging Face Hub"
-        in error
-    )
+    assert "spec.model.source: cannot fetch hf://acme/not-reachable from the Hugging Face Hub" in error
 
 
 def test_termination_message_carries_the_reason(tmp_path, tmp_job):
@@ -176,9 +155,7 @@ def test_termination_message_carries_the_reason(tmp_path, tmp_job):
 
 
 def test_shard_out_of_range_is_rejected(tmp_path, tmp_job):
-    error = error_of(
-        run_cli("precompute", tmp_job(), "--shard", "3", "--num-shards", "2")
-    )
+    error = error_of(run_cli("precompute", tmp_job(), "--shard", "3", "--num-shards", "2"))
     assert "--shard: must be in [0, 2), got 3" in error
 
 

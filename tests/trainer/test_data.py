@@ -8,9 +8,7 @@ from prefops_trainer.data import fingerprint, load_split
 from prefops_trainer.errors import DataError
 from prefops_trainer.spec import DatasetSpec
 
-ROWS = [
-    json.loads(line) for line in (TINY / "prefs.jsonl").read_text().splitlines()[:20]
-]
+ROWS = [json.loads(line) for line in (TINY / "prefs.jsonl").read_text().splitlines()[:20]]
 
 
 def spec(source, **kw) -> DatasetSpec:
@@ -24,9 +22,7 @@ def test_jsonl_json_parquet_and_saved_datasets_load_the_same_rows(tmp_path):
     (tmp_path / "rows.json").write_text(json.dumps(ROWS))
     ds.to_parquet(str(tmp_path / "rows.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
-    datasets.DatasetDict({"train": ds, "test": ds.select(range(5))}).save_to_disk(
-        str(tmp_path / "saved-dict")
-    )
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(5))}).save_to_disk(str(tmp_path / "saved-dict"))
     hub_layout = tmp_path / "hub-layout" / "data"
     hub_layout.mkdir(parents=True)
     ds.to_json(str(hub_layout / "train.jsonl"))
@@ -43,9 +39,7 @@ def test_jsonl_json_parquet_and_saved_datasets_load_the_same_rows(tmp_path):
 def test_missing_split_is_named(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(
-        str(tmp_path / "d")
-    )
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(DataError, match=r"no split 'validation'; it has train"):
         load_split(spec(tmp_path / "d", split="validation"))
 
@@ -65,9 +59,7 @@ def test_conversational_rows_are_detected_including_the_implicit_prompt_form(tmp
             ],
         }
     ]
-    (tmp_path / "implicit.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in implicit)
-    )
+    (tmp_path / "implicit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in implicit))
     assert load_split(spec(tmp_path / "implicit.jsonl")).conversational is True
 
 
@@ -80,9 +72,7 @@ def test_fingerprint_changes_with_any_row():
     import datasets
 
     a = datasets.Dataset.from_list(ROWS)
-    b = datasets.Dataset.from_list(
-        [*ROWS[:-1], {**ROWS[-1], "rejected": ROWS[-1]["rejected"] + " !"}]
-    )
+    b = datasets.Dataset.from_list([*ROWS[:-1], {**ROWS[-1], "rejected": ROWS[-1]["rejected"] + " !"}])
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a) == fingerprint(datasets.Dataset.from_list(ROWS))
 

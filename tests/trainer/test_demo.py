@@ -30,16 +30,12 @@ def test_demo_learns_and_exports_a_loadable_model(tmp_path):
     again = run_cli("run", "examples/local-tiny-dpo.yaml", cwd=tmp_path)
     assert again.returncode == 0
     assert "cacheHit=true" in again.stdout, "a second run reuses the reference cache"
-    assert "resuming from checkpoint-96" in again.stderr, (
-        "and resumes instead of starting over"
-    )
+    assert "resuming from checkpoint-96" in again.stderr, "and resumes instead of starting over"
 
 
 def test_help_is_instant_because_heavy_imports_are_deferred():
     code = "import sys; from prefops_trainer import cli; cli.build_parser().format_help(); print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 

@@ -11,15 +11,10 @@ from prefops_trainer.trlconfig import deepspeed_config
 def test_deepspeed_config_is_generated_from_the_spec():
     z2 = deepspeed_config(DeepSpeedSpec(stage=2))
     z3 = deepspeed_config(DeepSpeedSpec(stage=3, offload="cpu"))
-    assert (
-        z2["zero_optimization"]["stage"] == 2
-        and "offload_optimizer" not in z2["zero_optimization"]
-    )
+    assert z2["zero_optimization"]["stage"] == 2 and "offload_optimizer" not in z2["zero_optimization"]
     assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert z3["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert z2["bf16"] == {"enabled": "auto"}, (
-        "bf16 follows the model dtype: on for bfloat16 GPUs"
-    )
+    assert z2["bf16"] == {"enabled": "auto"}, "bf16 follows the model dtype: on for bfloat16 GPUs"
     assert z2["train_micro_batch_size_per_gpu"] == "auto"
 
 
@@ -39,14 +34,10 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting 2 processes on this node" in result.stderr
     assert "[rank 1]" in result.stderr, "a second rank really ran"
-    report = json.loads(
-        next((tmp_path / "work").rglob("phases/train.json")).read_text()
-    )
+    report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
     assert report["worldSize"] == 2 and report["steps"] == 4
     ckpt = next((tmp_path / "work").rglob("checkpoint-4"))
-    assert list(ckpt.glob("global_step4/*zero_pp_rank_1*")), (
-        "each rank saved its ZeRO partition"
-    )
+    assert list(ckpt.glob("global_step4/*zero_pp_rank_1*")), "each rank saved its ZeRO partition"
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -55,9 +46,7 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
 
 @pytest.mark.distributed
 def test_a_user_error_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job):
-    job = tmp_job(
-        resources={"gpusPerNode": 0, "processesPerNode": 2}, training={"maxSteps": 2}
-    )
+    job = tmp_job(resources={"gpusPerNode": 0, "processesPerNode": 2}, training={"maxSteps": 2})
     assert run_cli("precompute", job).returncode == 0
     cache = next((tmp_path / "work" / "refcache").glob("*/shard-*.parquet"))
     import pyarrow as pa

@@ -33,19 +33,9 @@ def test_merged_model_logits_equal_peft_model(trained, tmp_path):
     adapter = Path(trained.ws.trained.path)
     base = AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, adapter).eval()
-    merged = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "out", dtype=torch.float32
-    ).eval()
-    untouched = AutoModelForCausalLM.from_pretrained(
-        TINY / "model", dtype=torch.float32
-    ).eval()
-    ids = torch.tensor(
-        [
-            trained.tokenizer(
-                "what is two plus three ? sure , the answer is five ."
-            ).input_ids
-        ]
-    )
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    untouched = AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32).eval()
+    ids = torch.tensor([trained.tokenizer("what is two plus three ? sure , the answer is five .").input_ids])
     with torch.no_grad():
         want, got, before = (
             peft_model(ids).logits,
@@ -53,51 +43,33 @@ def test_merged_model_logits_equal_peft_model(trained, tmp_path):
             untouched(ids).logits,
         )
     assert (want - got).abs().max().item() <= 1e-4
-    assert (want - before).abs().max().item() > 1e-2, (
-        "the adapter changed the model (the check is not vacuous)"
-    )
-    assert not any("lora" in k for k in merged.state_dict()), (
-        "a plain model, no adapter weights left"
-    )
+    assert (want - before).abs().max().item() > 1e-2, "the adapter changed the model (the check is not vacuous)"
+    assert not any("lora" in k for k in merged.state_dict()), "a plain model, no adapter weights left"
 
 
 def test_manifest_lists_every_file_with_its_checksum(trained, tmp_path):
     manifest = export_phase.run(trained)
     out = tmp_path / "out"
-    on_disk = sorted(
-        p.relative_to(out).as_posix()
-        for p in out.rglob("*")
-        if p.is_file() and p.name != "prefops.json"
-    )
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "prefops.json")
     assert [f["path"] for f in manifest["files"]] == on_disk
     for f in manifest["files"]:
         assert export_phase.sha256_file(out / f["path"]) == f["sha256"]
-    assert json.loads((out / "prefops.json").read_text()) == json.loads(
-        json.dumps(manifest, default=str)
-    )
+    assert json.loads((out / "prefops.json").read_text()) == json.loads(json.dumps(manifest, default=str))
     assert {"precompute", "train", "export"} <= set(manifest["phases"])
     assert manifest["phases"]["precompute"]["cacheHit"] is False
     assert manifest["phases"]["train"]["seconds"] > 0
-    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= set(
-        on_disk
-    )
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= set(on_disk)
 
 
 def test_model_card_names_spec_data_model_and_final_metrics(trained, tmp_path):
     export_phase.run(trained)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert (
-        str(TINY / "model") in card
-        and str(TINY / "prefs.jsonl") in card
-        and "64 pairs" in card
-    )
+    assert str(TINY / "model") in card and str(TINY / "prefs.jsonl") in card and "64 pairs" in card
     assert "| rewards/accuracies |" in card and "| loss |" in card
     assert "apiVersion: prefops.dev/v1alpha1" in card and "name: dpo" in card
 
 
-def test_interrupted_export_leaves_no_manifest_and_a_rerun_completes_it(
-    trained, tmp_path, monkeypatch
-):
+def test_interrupted_export_leaves_no_manifest_and_a_rerun_completes_it(trained, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real_upload = storage.upload_file
     sent = []
@@ -111,9 +83,7 @@ def test_interrupted_export_leaves_no_manifest_and_a_rerun_completes_it(
     monkeypatch.setattr(storage, "upload_file", failing_upload)
     with pytest.raises(ConnectionError):
         export_phase.run(trained)
-    assert not (out / "prefops.json").exists(), (
-        "a half-written model never looks complete"
-    )
+    assert not (out / "prefops.json").exists(), "a half-written model never looks complete"
     assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 3
     monkeypatch.setattr(storage, "upload_file", real_upload)
     resent = []
@@ -123,9 +93,7 @@ def test_interrupted_export_leaves_no_manifest_and_a_rerun_completes_it(
         lambda local, uri: (resent.append(uri), real_upload(local, uri)),
     )
     manifest = export_phase.run(trained)
-    assert len(resent) == len(manifest["files"]) - 3, (
-        "files that already arrived are not sent again"
-    )
+    assert len(resent) == len(manifest["files"]) - 3, "files that already arrived are not sent again"
     assert (out / "prefops.json").exists() and not (out / export_phase.JOURNAL).exists()
     for f in manifest["files"]:
         assert export_phase.sha256_file(out / f["path"]) == f["sha256"]
@@ -153,8 +121,6 @@ def test_export_without_merge_ships_the_adapter(tmp_path):
 
 def test_export_before_training_is_refused(tmp_path):
     inputs = load_inputs(parse_job(job_doc(tmp_path)))
-    with pytest.raises(
-        RuntimeError, match="no finished training result .* run the train phase first"
-    ):
+    with pytest.raises(RuntimeError, match="no finished training result .* run the train phase first"):
         export_phase.run(inputs)
     assert not (tmp_path / "out" / "prefops.json").exists()

@@ -12,9 +12,7 @@ from prefops_trainer.phases import train as train_phase
 from prefops_trainer.spec import parse_job
 
 
-def trl_reference(
-    rows, tokenizer, max_length: int, truncation_mode: str = "keep_start"
-):
+def trl_reference(rows, tokenizer, max_length: int, truncation_mode: str = "keep_start"):
     """TRL's own precompute_ref_log_probs on the same model and data."""
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
@@ -31,9 +29,7 @@ def trl_reference(
         gradient_checkpointing=False,
         use_cpu=True,
     )
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=rows, processing_class=tokenizer
-    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     ds = trainer.train_dataset
     return torch.tensor(ds["ref_chosen_logps"]), torch.tensor(ds["ref_rejected_logps"])
 
@@ -112,12 +108,8 @@ def causal_lms_alive() -> int:
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_training_with_precomputed_logps_never_runs_a_reference_model(
-    tmp_path, lora, monkeypatch
-):
-    spec = {
-        "training": {"maxSteps": 3, "perDeviceBatchSize": 4, "gradientAccumulation": 2}
-    }
+def test_training_with_precomputed_logps_never_runs_a_reference_model(tmp_path, lora, monkeypatch):
+    spec = {"training": {"maxSteps": 3, "perDeviceBatchSize": 4, "gradientAccumulation": 2}}
     if not lora:
         spec["model"] = {"lora": None}
     job = parse_job(job_doc(tmp_path, **spec))
@@ -139,9 +131,7 @@ def test_training_with_precomputed_logps_never_runs_a_reference_model(
     micro_batches = report["steps"] * 2
     assert trainer.ref_model is None
     assert counts["models_at_start"] == 1, "only the policy model exists while training"
-    assert backbone.grad == micro_batches, (
-        "exactly one (policy) forward per micro-batch"
-    )
+    assert backbone.grad == micro_batches, "exactly one (policy) forward per micro-batch"
     assert backbone.no_grad == 0, "no reference forward (TRL runs it under no_grad)"
 
 
@@ -177,9 +167,7 @@ def test_stale_cache_fails_fast_naming_the_row(tmp_path):
     cache = inputs.ref_cache("train")
     table = cache.load()
     index = sorted(table)
-    cache.write_shard(
-        0, 1, index, [table[i][0] - 3.0 for i in index], [table[i][1] for i in index]
-    )
+    cache.write_shard(0, 1, index, [table[i][0] - 3.0 for i in index], [table[i][1] for i in index])
     with pytest.raises(
         CacheError,
         match=r"does not match the model: row \d+ chosen log-prob is .* delete that folder",

@@ -19,14 +19,10 @@ def wait_for(predicate, timeout: float = 300, what: str = ""):
 
 
 def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tmp_job):
-    job = tmp_job(
-        training={"maxSteps": 150, "checkpointEverySteps": 10, "perDeviceBatchSize": 4}
-    )
+    job = tmp_job(training={"maxSteps": 150, "checkpointEverySteps": 10, "perDeviceBatchSize": 4})
     assert run_cli("precompute", job).returncode == 0
     work = tmp_path / "work"
-    markers = lambda: sorted(
-        work.rglob("checkpoints/checkpoint-*/prefops-complete.json")
-    )
+    markers = lambda: sorted(work.rglob("checkpoints/checkpoint-*/prefops-complete.json"))
     proc = subprocess.Popen(
         [*CLI, "train", str(job)],
         env={**os.environ, "PREFOPS_METRICS_PORT": "off"},
@@ -41,9 +37,7 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tmp_job):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (
-        "the run was killed mid-training, not finished"
-    )
+    assert proc.returncode == -signal.SIGKILL, "the run was killed mid-training, not finished"
     done = max(int(p.parent.name.split("-")[1]) for p in markers())
     assert done < 150
 
@@ -53,9 +47,7 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tmp_job):
     report = json.loads(next(work.rglob("phases/train.json")).read_text())
     assert report["resumedFrom"] == f"checkpoint-{done}" and report["steps"] == 150
     steps_logged = [h["step"] for h in report["logHistory"]]
-    assert steps_logged == sorted(set(steps_logged)), (
-        "the resumed run continues the step count, no step repeats"
-    )
+    assert steps_logged == sorted(set(steps_logged)), "the resumed run continues the step count, no step repeats"
     assert steps_logged[-1] == 150
 
 
@@ -69,7 +61,5 @@ def test_checkpoints_beyond_the_limit_are_pruned(tmp_path, tmp_job):
         }
     )
     assert run_cli("run", job).returncode == 0
-    kept = sorted(
-        p.name for p in (tmp_path / "work").rglob("checkpoint-*") if p.is_dir()
-    )
+    kept = sorted(p.name for p in (tmp_path / "work").rglob("checkpoint-*") if p.is_dir())
     assert kept == ["checkpoint-12", "checkpoint-9"]
