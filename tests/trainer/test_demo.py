@@ -34,7 +34,10 @@ def test_demo_learns_and_exports_a_loadable_model(tmp_path):
 
 
 def test_help_is_instant_because_heavy_imports_are_deferred():
-    code = "import sys; from prefops_trainer import cli; cli.build_parser().format_help(); print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))"
+    code = (
+        "import sys; from prefops_trainer import cli; cli.build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

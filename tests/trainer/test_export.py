@@ -121,6 +121,6 @@ def test_export_without_merge_ships_the_adapter(tmp_path):
 
 def test_export_before_training_is_refused(tmp_path):
     inputs = load_inputs(parse_job(job_doc(tmp_path)))
-    with pytest.raises(RuntimeError, match="no finished training result .* run the train phase first"):
+    with pytest.raises(RuntimeError, match=r"no finished training result .* run the train phase first"):
         export_phase.run(inputs)
     assert not (tmp_path / "out" / "prefops.json").exists()

@@ -22,7 +22,10 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path, tmp_job):
     job = tmp_job(training={"maxSteps": 150, "checkpointEverySteps": 10, "perDeviceBatchSize": 4})
     assert run_cli("precompute", job).returncode == 0
     work = tmp_path / "work"
-    markers = lambda: sorted(work.rglob("checkpoints/checkpoint-*/prefops-complete.json"))
+
+    def markers():
+        return sorted(work.rglob("checkpoints/checkpoint-*/prefops-complete.json"))
+
     proc = subprocess.Popen(
         [*CLI, "train", str(job)],
         env={**os.environ, "PREFOPS_METRICS_PORT": "off"},
