@@ -5,6 +5,7 @@ import re
 
 import pytest
 from jobs import job_doc
+
 from prefops_trainer.algorithms import ALGORITHMS, DPO_LOSS_TYPES
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase

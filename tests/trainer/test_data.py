@@ -4,6 +4,7 @@ import json
 
 import pytest
 from jobs import TINY
+
 from prefops_trainer.data import fingerprint, load_split
 from prefops_trainer.errors import DataError
 from prefops_trainer.spec import DatasetSpec

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from jobs import TINY, job_doc
+
 from prefops_trainer import storage
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import export as export_phase

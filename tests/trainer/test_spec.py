@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 from jobs import ROOT, job_doc
+
 from prefops_trainer.algorithms import ALGORITHM_NAMES
 from prefops_trainer.errors import SpecError
 from prefops_trainer.spec import load_job, parse_job

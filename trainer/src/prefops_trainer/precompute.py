@@ -75,17 +75,29 @@ def compute(
     batches = length_grouped_batches([pair_length(r) for r in examples], batch_size)
     chosen: dict[int, float] = {}
     rejected: dict[int, float] = {}
+    shared = truncation_mode == "keep_start"
     with torch.inference_mode():
         for batch in batches:
             items = [examples[i] for i in batch]
-            inputs = collate([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in items])
-            c, r = forward_logps(model, inputs, device)
+            if shared:
+                c, r = shared_prompt_logps(model, [_keep_start(x, max_length) for x in items], pad_token_id, device)
+            else:
+                keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+                c, r = forward_logps(model, collate([{k: x[k] for k in keys} for x in items]), device)
             for item, cv, rv in zip(items, c.tolist(), r.tolist(), strict=True):
                 chosen[item["index"]] = cv
                 rejected[item["index"]] = rv
             on_progress(len(items))
     order = sorted(chosen)
     return RefLogps(order, [chosen[i] for i in order], [rejected[i] for i in order])
+
+
+def _keep_start(row, max_length: int | None):
+    """The row as TRL's collator truncates it with keep_start: completions cut to the room the prompt leaves."""
+    if max_length is None:
+        return row
+    room = max_length - len(row["prompt_ids"])
+    return {**row, "chosen_ids": row["chosen_ids"][:room], "rejected_ids": row["rejected_ids"][:room]}
 
 
 def forward_logps(model, inputs, device):
@@ -112,3 +124,56 @@ class Throughput:
     @property
     def rate(self) -> float:
         return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+
+def shared_prompt_logps(model, items, pad_token_id: int, device):
+    """(chosen, rejected) completion log-prob sums for rows whose prompt is shared by both completions.
+
+    The prompt (all but its last token) runs once, into a KV cache that both completions continue from; the
+    continuation re-feeds the prompt's last token so TRL's fused LM head scores every completion token
+    (position t predicts token t+1), and only continuation positions reach the LM head. For keep_start
+    truncation this is the same sum TRL computes, with the prompt's work done once instead of twice.
+    """
+    import torch
+
+    prompts = [r["prompt_ids"] for r in items]
+    conts = [c for r in items for c in (r["chosen_ids"], r["rejected_ids"])]
+    n, lp = len(items), max(len(p) for p in prompts) - 1
+    prefix = torch.full((n, lp), pad_token_id, dtype=torch.long)
+    prefix_mask = torch.zeros((n, lp), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p) > 1:
+            prefix[i, lp - len(p) + 1 :] = torch.tensor(p[:-1])
+            prefix_mask[i, lp - len(p) + 1 :] = 1
+    lc = max(len(c) for c in conts) + 1
+    cont = torch.full((2 * n, lc), pad_token_id, dtype=torch.long)
+    labels = torch.full((2 * n, lc), -100, dtype=torch.long)
+    cont_mask = torch.zeros((2 * n, lc), dtype=torch.long)
+    for j, c in enumerate(conts):
+        cont[j, 0] = prompts[j // 2][-1]
+        cont[j, 1 : len(c) + 1] = torch.tensor(c)
+        labels[j, 1 : len(c) + 1] = torch.tensor(c)
+        cont_mask[j, : len(c) + 1] = 1
+    prefix, prefix_mask = prefix.to(device), prefix_mask.to(device)
+    cont, labels, cont_mask = cont.to(device), labels.to(device), cont_mask.to(device)
+    cache = None
+    if lp > 0:
+        positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+        out = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cache = out.base_model(
+            input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
+        ).past_key_values
+        cache.batch_repeat_interleave(2)
+    start = prefix_mask.sum(1).repeat_interleave(2).unsqueeze(1)
+    positions = start + torch.arange(lc, device=device).unsqueeze(0)
+    mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), cont_mask], dim=1) if lp > 0 else cont_mask
+    result = model(
+        input_ids=cont,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        labels=labels,
+        fused_lm_head=True,
+    )
+    sums = result.log_probs.double().sum(dim=1).float().cpu()
+    return sums[0::2], sums[1::2]
