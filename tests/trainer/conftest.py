@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from jobs import write_job
+from trainer_jobs import write_job
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import math
 import re
 
 import pytest
-from jobs import job_doc
+from trainer_jobs import job_doc
 
 from prefops_trainer.algorithms import ALGORITHMS, DPO_LOSS_TYPES
 from prefops_trainer.inputs import load_inputs

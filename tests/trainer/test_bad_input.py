@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from jobs import TINY, run_cli
+from trainer_jobs import TINY, run_cli
 
 
 def write_rows(path: Path, rows) -> Path:

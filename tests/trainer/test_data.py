@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from jobs import TINY
+from trainer_jobs import TINY
 
 from prefops_trainer.data import fingerprint, load_split
 from prefops_trainer.errors import DataError

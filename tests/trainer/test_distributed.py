@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from jobs import run_cli
+from trainer_jobs import run_cli
 
 from prefops_trainer.spec import DeepSpeedSpec
 from prefops_trainer.trlconfig import deepspeed_config

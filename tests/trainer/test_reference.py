@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from jobs import TINY, job_doc
+from trainer_jobs import TINY, job_doc
 
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase

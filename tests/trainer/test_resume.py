@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from jobs import CLI, run_cli
+from trainer_jobs import CLI, run_cli
 
 
 def wait_for(predicate, timeout: float = 300, what: str = ""):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobs import ROOT, job_doc
+from trainer_jobs import ROOT, job_doc
 
 from prefops_trainer.algorithms import ALGORITHM_NAMES
 from prefops_trainer.errors import SpecError
