@@ -21,3 +21,27 @@ def tmp_job(tmp_path):
         return write_job(tmp_path, name, **spec)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto_server) on 127.0.0.1 for the whole session."""
+    from support.s3 import S3Server
+
+    server = S3Server.start(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """A fresh bucket on the session's S3 server, with this process's AWS variables pointing at it."""
+    from prefops_trainer import storage
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    storage._s3.cache_clear()
+    name = "b-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    s3_server.create_bucket(name)
+    yield s3_server, name
+    storage._s3.cache_clear()

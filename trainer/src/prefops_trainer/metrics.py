@@ -2,8 +2,9 @@
 
 Port: ``PREFOPS_METRICS_PORT`` (default 9400) plus the process's local rank under torchrun, bound to
 ``PREFOPS_METRICS_ADDR`` (default 0.0.0.0); ``PREFOPS_METRICS_PORT=off`` serves nothing. Rank 0 carries the
-training metrics; every rank its own throughput and memory. All series are labelled with ``job``,
-``namespace`` and ``phase`` (plus ``rank`` for per-process series). Training values are TRL's logged values,
+training metrics; every rank its own throughput and memory. All series are labelled with ``job_name``,
+``job_namespace`` and ``phase`` (plus ``rank`` for per-process series); not ``job``/``namespace``, which
+Prometheus and its Kubernetes discovery put on every target. Training values are TRL's logged values,
 one per optimizer step (TRL averages them over the step's micro-batches, so gradient accumulation is right).
 """
 
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Enum, Gauge, start_http_server
 log = logging.getLogger(__name__)
 
 PHASES = ("precompute", "train", "export", "done", "failed")
-LABELS = ("job", "namespace", "phase")
+LABELS = ("job_name", "job_namespace", "phase")
 
 #: TRL log key → metric suffix (``prefops_trainer_<suffix>``).
 TRAIN_GAUGES = {
@@ -79,7 +80,7 @@ class TrainerMetrics:
         self.phase_enum = Enum(
             "prefops_trainer_phase",
             "The phase this process is running.",
-            ("job", "namespace"),
+            ("job_name", "job_namespace"),
             states=list(PHASES),
             registry=self.registry,
         )

@@ -20,8 +20,8 @@ from .uris import Uri
 
 log = logging.getLogger(__name__)
 
-#: Part size for multipart uploads; s3fs switches to multipart above one block.
-MULTIPART_CHUNK = 16 * 2**20
+#: Part size of multipart uploads (files of two parts or more go up in parts); S3's minimum is 5 MiB.
+PART_SIZE = max(5 * 2**20, int(os.environ.get("PREFOPS_S3_PART_SIZE", 16 * 2**20)))
 
 
 @cache
@@ -31,8 +31,8 @@ def _s3():
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return s3fs.S3FileSystem(
         endpoint_url=endpoint,
-        default_block_size=MULTIPART_CHUNK,
-        config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}},
+        default_block_size=PART_SIZE,
+        config_kwargs={"retries": {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 8)), "mode": "adaptive"}},
         use_listings_cache=False,
         skip_instance_cache=True,
     )
@@ -106,7 +106,7 @@ def upload_file(local: Path, uri: Uri) -> None:
     if uri.is_local:
         _copy_local(local, uri)
     else:
-        fs(uri).put_file(str(local), uri.path)
+        fs(uri).put_file(str(local), uri.path, chunksize=PART_SIZE)
 
 
 def _copy_local(local: Path, uri: Uri) -> None:
@@ -158,6 +158,20 @@ def download_dir(uri: Uri, local: Path) -> Path:
         f.get_file(uri.join(rel).path, str(tmp))
         os.replace(tmp, dest)
     return local
+
+
+def abort_incomplete_uploads(uri: Uri) -> int:
+    """Abort multipart uploads under ``uri`` left by a process that died mid-upload; return how many."""
+    if uri.is_local:
+        return 0
+    bucket, _, prefix = uri.path.partition("/")
+    client = fs(uri)
+    pending = client.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    for upload in pending:
+        client.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    if pending:
+        log.info("aborted %d unfinished multipart uploads under %s", len(pending), uri)
+    return len(pending)
 
 
 def remove(uri: Uri) -> None:

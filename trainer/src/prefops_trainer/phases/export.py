@@ -173,6 +173,7 @@ def _upload(local: Path, dest: Uri, files: list[dict[str, Any]]) -> None:
     """Send ``files`` to ``dest``, resuming an interrupted upload by the journal of what already arrived."""
     journal_uri = dest.join(JOURNAL)
     journal: dict[str, str] = storage.read_json_if_exists(journal_uri) or {}
+    storage.abort_incomplete_uploads(dest)
     if storage.exists(dest.join(MANIFEST)):
         storage.remove(dest.join(MANIFEST))  # no complete-looking model while files change underneath
     remote = storage.remote_sizes(dest)

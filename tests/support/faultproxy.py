@@ -1,0 +1,88 @@
+"""A TCP proxy in front of a real server that injects real network faults: the first N connections are
+answered ``503 SlowDown`` (S3's throttling reply), or every connection is cut once a byte budget has been
+forwarded (a link that dies mid-upload). Clients see genuine HTTP errors and resets, nothing is mocked."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from .kube import free_port
+
+SLOW_DOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: 96\r\n\r\n"
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".ljust(96)
+)
+
+
+@dataclass
+class FaultProxy:
+    target_port: int
+    throttle_first: int = 0  # connections answered 503 SlowDown before proxying normally
+    cut_after_bytes: int | None = None  # upstream bytes after which every connection is reset
+    port: int = field(default_factory=free_port)
+    throttled: int = 0
+    forwarded: int = 0
+    requests: list[bytes] = field(default_factory=list)  # first line of every proxied request
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def cut(self) -> bool:
+        return self.cut_after_bytes is not None and self.forwarded >= self.cut_after_bytes
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            throttle = self.throttled < self.throttle_first
+            if throttle:
+                self.throttled += 1
+        if throttle or self.cut:
+            if throttle:
+                client.recv(65536)
+                client.sendall(SLOW_DOWN)
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+        self._pipe(client, upstream, True)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if count:
+                    with self._lock:
+                        if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE"):
+                            self.requests.append(data.split(b"\r\n", 1)[0])
+                        self.forwarded += len(data)
+                        if self.cut:
+                            break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
