@@ -4,6 +4,7 @@ forwarded (a link that dies mid-upload). Clients see genuine HTTP errors and res
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -81,8 +82,6 @@ class FaultProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()

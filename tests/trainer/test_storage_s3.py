@@ -65,7 +65,7 @@ def precompute_report(tmp_path: Path, name: str, **spec) -> dict:
 
 
 def test_reference_cache_is_shared_by_a_sweep_and_missed_by_any_change_that_moves_the_numbers(tmp_path, s3):
-    server, bucket = s3
+    _server, bucket = s3
     store = {"storage": {"uri": f"s3://{bucket}/work"}}
     first = precompute_report(tmp_path, "a", **store)
     assert first["cacheHit"] is False
