@@ -1,0 +1,75 @@
+"""Trainer metrics: what /metrics serves, and a real Prometheus scraping a running `prefops-trainer run`."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from prometheus_client import generate_latest
+from trainer_jobs import CLI
+
+from prefops_trainer.metrics import TrainerMetrics
+
+REQUIRED = [
+    "loss", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin", "logps_chosen",
+    "logps_rejected", "learning_rate", "grad_norm", "step", "total_steps", "epoch", "tokens_per_second",
+    "precompute_pairs_done", "precompute_pairs_total", "phase", "memory_bytes",
+]  # fmt: skip
+
+
+def test_a_trl_log_entry_becomes_labelled_gauges():
+    m = TrainerMetrics("qwen-dpo", "team-a")
+    m.set_phase("train")
+    m.record_logs({"loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 1.5, "learning_rate": 1e-5}, step=7)
+    m.record_memory()
+    text = generate_latest(m.registry).decode()
+    assert 'prefops_trainer_loss{job_name="qwen-dpo",job_namespace="team-a",phase="train"} 0.5' in text
+    assert 'prefops_trainer_reward_accuracy{job_name="qwen-dpo",job_namespace="team-a",phase="train"} 0.75' in text
+    assert 'prefops_trainer_step{job_name="qwen-dpo",job_namespace="team-a",phase="train"} 7.0' in text
+    assert 'prefops_trainer_phase{job_name="qwen-dpo",job_namespace="team-a",prefops_trainer_phase="train"} 1.0' in text
+    assert 'kind="rss"' in text
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_a_running_job(tmp_path, tmp_job):
+    from support.kube import free_port
+    from support.prometheus import Prometheus
+
+    port = free_port()
+    prom = Prometheus.start(tmp_path / "prom", {"prefops-trainer": [f"127.0.0.1:{port}"]})
+    try:
+        job = tmp_job(
+            "metrics",
+            training={
+                "maxSteps": 240,
+                "perDeviceBatchSize": 2,
+                "gradientAccumulation": 2,
+                "checkpointEverySteps": 1000,
+            },
+        )
+        env = {**os.environ, "PREFOPS_METRICS_PORT": str(port), "PREFOPS_METRICS_ADDR": "127.0.0.1"}
+        result = subprocess.run(
+            [*CLI, "run", str(job)], env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        sel = '{job_name="metrics",job_namespace="default"}'
+        prom.wait_for(f"max_over_time(prefops_trainer_step{sel}[10m]) > 0", what="(steps scraped)")
+        present = {name: prom.query(f"last_over_time(prefops_trainer_{name}{sel}[10m])") for name in REQUIRED}
+        missing = [name for name, result in present.items() if not result]
+        assert not missing, f"series missing in Prometheus: {missing}"
+        step_lo, step_hi = (prom.values(f"{f}_over_time(prefops_trainer_step{sel}[10m])")[0] for f in ("min", "max"))
+        assert step_hi > step_lo, "the step moved while Prometheus watched"
+        assert prom.values(f"changes(prefops_trainer_loss{sel}[10m])")[0] > 0, "the loss moved"
+        assert prom.values(f"last_over_time(prefops_trainer_total_steps{sel}[10m])") == [240.0]
+        assert prom.values(f"last_over_time(prefops_trainer_precompute_pairs_total{sel}[10m])") == [64.0]
+        assert {r["metric"]["kind"] for r in present["memory_bytes"]} >= {"rss"}
+
+        report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
+        logged = {round(h["loss"], 6) for h in report["logHistory"]}
+        samples = prom.query(f"prefops_trainer_loss{sel}[10m]")[0]["values"]
+        assert len(samples) >= 2
+        assert all(round(float(v), 6) in logged for _, v in samples), (
+            "every scraped loss is one TRL logged for an optimizer step (two micro-batches each)"
+        )
+    finally:
+        prom.stop()
