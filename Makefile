@@ -29,7 +29,7 @@ $(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pypro
 	$(PIP) install -c constraints.txt transformers trl peft datasets accelerate
 	@# DeepSpeed ships as an sdist: build it against the torch above, not an isolated CUDA torch
 	$(PIP) install -c constraints.txt --no-build-isolation deepspeed
-	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm
+	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm matplotlib
 	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter
 	$(PIP) install --no-deps -e trainer $(if $(wildcard operator/pyproject.toml),-e operator)
 	@rm -f $(VENV)/.setup-*; touch $@

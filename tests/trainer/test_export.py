@@ -59,7 +59,8 @@ def test_manifest_lists_every_file_with_its_checksum(trained, tmp_path):
     assert {"precompute", "train", "export"} <= set(manifest["phases"])
     assert manifest["phases"]["precompute"]["cacheHit"] is False
     assert manifest["phases"]["train"]["seconds"] > 0
-    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= set(on_disk)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "training-curves.png"} <= set(on_disk)
+    assert (out / "training-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_model_card_names_spec_data_model_and_final_metrics(trained, tmp_path):

@@ -166,7 +166,13 @@ def run(inputs: Inputs) -> dict[str, Any]:
 
 
 def _extra_artifacts(inputs: Inputs, out: Path, phases: dict[str, Any]) -> None:
-    """Hook for artefacts beside the model (training curves); nothing yet."""
+    """Training curves beside the model, from the train phase's log history."""
+    from ..plots import plot_training
+
+    train = inputs.ws.report("train") or {}
+    spec = inputs.spec
+    title = f"{inputs.job.name}: {spec.algorithm.name} ({', '.join(spec.algorithm.losses)}), beta {spec.algorithm.beta}"
+    plot_training(train.get("logHistory", []), out / "training-curves.png", title)
 
 
 def _upload(local: Path, dest: Uri, files: list[dict[str, Any]]) -> None:
