@@ -31,18 +31,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TRL_JOB = """
 import sys, datasets, torch
+BATCH, MAX_LENGTH = int(sys.argv[3]), int(sys.argv[4])
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 root, beta = sys.argv[1], float(sys.argv[2])
 ds = datasets.load_dataset("json", data_files=f"{root}/pairs.jsonl", split="train")
 model = AutoModelForCausalLM.from_pretrained(f"{root}/model", dtype=torch.float32)
-args = DPOConfig(output_dir=f"{root}/trl-{beta}", beta=beta, num_train_epochs=1, per_device_train_batch_size=%d,
-                 learning_rate=5e-4, max_length=%d, gradient_checkpointing=False, bf16=False, use_cpu=True,
+args = DPOConfig(output_dir=f"{root}/trl-{beta}", beta=beta, num_train_epochs=1, per_device_train_batch_size=BATCH,
+                 learning_rate=5e-4, max_length=MAX_LENGTH, gradient_checkpointing=False, bf16=False, use_cpu=True,
                  report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=True, seed=42)
 lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 DPOTrainer(model=model, args=args, train_dataset=ds, peft_config=lora).train()
-""" % (BATCH, MAX_LENGTH)
+"""
 
 
 def our_job(root: Path, beta: float) -> Path:
@@ -90,9 +91,9 @@ def main() -> None:
         build_assets(root, args)
         rows = []
         for beta in args.betas:
-            trl_s, _ = timed([sys.executable, "-c", TRL_JOB, str(root), str(beta)],
+            trl_s, _ = timed([sys.executable, "-c", TRL_JOB, str(root), str(beta), str(BATCH), str(MAX_LENGTH)],
                              {**env, "HF_DATASETS_CACHE": str(root / f"hf-{beta}")})  # fmt: skip
-            ours_s, out = timed([sys.executable, "-m", "prefops_trainer", "run", str(our_job(root, beta))], env)
+            ours_s, _ = timed([sys.executable, "-m", "prefops_trainer", "run", str(our_job(root, beta))], env)
             hit = json.loads((root / f"out-{beta}" / "prefops.json").read_text())["phases"]["precompute"]["cacheHit"]
             rows.append((beta, trl_s, ours_s, hit))
             print(f"beta {beta}: TRL {trl_s:.1f}s, prefops {ours_s:.1f}s (cacheHit={str(hit).lower()})", flush=True)
