@@ -30,7 +30,7 @@ $(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pypro
 	@# DeepSpeed ships as an sdist: build it against the torch above, not an isolated CUDA torch
 	$(PIP) install -c constraints.txt --no-build-isolation deepspeed
 	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm matplotlib
-	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter
+	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter dockerfile-parse
 	$(PIP) install --no-deps -e trainer $(if $(wildcard operator/pyproject.toml),-e operator)
 	@rm -f $(VENV)/.setup-*; touch $@
 
