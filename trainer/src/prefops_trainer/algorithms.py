@@ -27,6 +27,11 @@ DPO_LOSS_TYPES: tuple[str, ...] = (
     "sigmoid_norm",
 )
 
+#: ``KTOConfig.loss_type`` choices.
+KTO_LOSS_TYPES: tuple[str, ...] = ("kto", "apo_zero_unpaired")
+#: ``OnlineDPOConfig.loss_type`` choices.
+ONLINE_DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo")
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -35,8 +40,13 @@ class Algorithm:
     Attributes:
         name: the value users write in ``spec.algorithm.name``.
         family: which TRL trainer runs it: ``dpo`` (``trl.DPOTrainer``), ``cpo``
-            (``trl.experimental.cpo.CPOTrainer``) or ``orpo`` (``trl.experimental.orpo.ORPOTrainer``).
-        reference_based: whether the loss needs reference-model log-probs (and so a precompute phase).
+            (``trl.experimental.cpo.CPOTrainer``), ``orpo`` (``trl.experimental.orpo.ORPOTrainer``), ``kto``
+            (``trl.KTOTrainer``) or ``online-dpo`` (``trl.experimental.online_dpo.OnlineDPOTrainer``).
+        reference_based: whether the loss needs reference log-probs of the dataset's completions (and so a
+            precompute phase). Online DPO compares with a reference too, but on completions generated during
+            training, so there is nothing to precompute.
+        data: the rows the algorithm reads: ``paired`` (prompt/chosen/rejected), ``unpaired``
+            (prompt/completion/label; paired data is converted) or ``prompts`` (prompt only).
         loss_types: the values ``spec.algorithm.lossType`` may hold; empty when the loss is fixed.
         default_loss_types: what an absent ``lossType`` means.
         multi_loss: whether several loss types may be combined (with ``lossWeights``).
@@ -54,6 +64,7 @@ class Algorithm:
     trl_loss_type: str | None = None
     default_cpo_alpha: float = 1.0
     default_alpha: float = 0.0
+    data: str = "paired"
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -74,6 +85,8 @@ ALGORITHMS: dict[str, Algorithm] = {
             default_alpha=0.25,
         ),
         Algorithm("orpo", "orpo", False, ("orpo",), ("orpo",)),
+        Algorithm("kto", "kto", True, KTO_LOSS_TYPES, ("kto",), data="unpaired"),
+        Algorithm("online-dpo", "online-dpo", False, ONLINE_DPO_LOSS_TYPES, ("sigmoid",), data="prompts"),
     )
 }
 

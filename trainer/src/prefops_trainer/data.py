@@ -36,8 +36,12 @@ class LoadedDataset:
         return len(self.rows)
 
 
-def load_split(spec: DatasetSpec, split: str | None = None) -> LoadedDataset:
-    """Load ``split`` (default ``spec.split``) of ``spec.source``, check every row, and number the rows."""
+def load_split(spec: DatasetSpec, split: str | None = None, kind: str = "paired") -> LoadedDataset:
+    """Load ``split`` (default ``spec.split``) of ``spec.source``, check every row, and number the rows.
+
+    ``kind`` is what the algorithm reads (``Algorithm.data``): ``paired`` rows; ``unpaired`` rows
+    (prompt/completion/label, paired rows converted with TRL's ``unpair_preference_dataset``); or ``prompts``.
+    """
     split = split or spec.split
     uri = local_dataset(spec.source)
     name = spec.source if uri.scheme == "hf" else str(Path(spec.source))
@@ -45,8 +49,21 @@ def load_split(spec: DatasetSpec, split: str | None = None) -> LoadedDataset:
     if spec.max_samples is not None and len(ds) > spec.max_samples:
         ds = ds.select(range(spec.max_samples))
     if len(ds) == 0:
-        raise DataError(f"{name}: the dataset is empty (split {split!r}); it needs at least one preference pair")
-    conversational = check_rows(ds, name)
+        raise DataError(f"{name}: the dataset is empty (split {split!r}); it needs at least one row")
+    if kind == "prompts":
+        conversational = check_rows(ds, name, ("prompt",))
+        ds = ds.select_columns(["prompt"])
+    elif kind == "unpaired" and "completion" in ds.column_names:
+        conversational = check_rows(ds, name, ("prompt", "completion"))
+        check_labels(ds, name)
+        ds = ds.select_columns(["prompt", "completion", "label"])
+    else:
+        conversational = check_rows(ds, name, COLUMNS)
+        ds = ds.select_columns([c for c in COLUMNS if c in ds.column_names])
+        if kind == "unpaired":
+            from trl.data_utils import unpair_preference_dataset
+
+            ds = unpair_preference_dataset(ds)
     ds = ds.add_column("index", list(range(len(ds))))
     return LoadedDataset(ds, name, conversational)
 
@@ -101,18 +118,20 @@ def _kind(value: Any) -> str | None:
     return None
 
 
-def check_rows(ds, name: str) -> bool:
-    """Check every row's columns and types; return whether the data is conversational. Raise naming the row."""
+def check_rows(ds, name: str, columns: tuple[str, ...]) -> bool:
+    """Check every row's ``columns`` (strings or chat messages, one form throughout); return whether the data is
+    conversational. Raise naming the row. A conversational prompt may be implicit in chosen/rejected."""
     present = set(ds.column_names)
-    missing = [c for c in ("chosen", "rejected") if c not in present]
+    needed = [c for c in columns if c != "prompt" or columns == ("prompt",) or "completion" in columns]
+    missing = [c for c in needed if c not in present]
     if missing:
         raise DataError(
             f"{name}: row 0: missing column {', '.join(map(repr, missing))} (the rows have "
-            f"{', '.join(sorted(present)) or 'no columns'}); each row needs prompt, chosen and rejected"
+            f"{', '.join(sorted(present)) or 'no columns'}); each row needs {', '.join(columns)}"
         )
     expected = None
     for i, row in enumerate(ds):
-        cols = COLUMNS if "prompt" in present or expected == "text" else ("chosen", "rejected")
+        cols = [c for c in columns if c in present or c in needed]
         kinds = {}
         for col in cols:
             kind = _kind(row.get(col))
@@ -134,10 +153,22 @@ def check_rows(ds, name: str) -> bool:
     return expected == "chat"
 
 
+def check_labels(ds, name: str) -> None:
+    """Unpaired rows need a boolean ``label`` (true: a desirable completion) and both kinds of label."""
+    if "label" not in ds.column_names:
+        raise DataError(f"{name}: row 0: missing column 'label' (unpaired rows need prompt, completion and label)")
+    labels = ds["label"]
+    for i, label in enumerate(labels):
+        if not isinstance(label, bool):
+            raise DataError(f"{name}: row {i}: label must be true or false, got {label!r}")
+    if len(set(labels)) < 2:
+        raise DataError(f"{name}: every label is {labels[0]}; KTO needs desirable and undesirable examples")
+
+
 def fingerprint(ds) -> str:
-    """A content hash of the rows as training sees them (prompt, chosen, rejected, in order)."""
+    """A content hash of the rows as training sees them (in order, without our ``index`` column)."""
     h = hashlib.sha256()
-    cols = [c for c in COLUMNS if c in ds.column_names]
+    cols = [c for c in ds.column_names if c != "index"]
     for batch in ds.select_columns(cols).iter(batch_size=1024):
         h.update(json.dumps(batch, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()

@@ -13,7 +13,7 @@ from .errors import SpecError
 from .modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
 from .refcache import RefCache, cache_key
 from .spec import Job
-from .tokenize import tokenize_pairs
+from .tokenize import tokenize_pairs, tokenize_unpaired
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,30 @@ class Inputs:
     def model_files(self) -> dict[str, str]:
         return hash_files(self.model_path)
 
+    @property
+    def kto_kl(self) -> bool:
+        """KTO estimates its KL term from completions rotated within each training batch (not APO-zero)."""
+        return self.spec.algorithm.losses[0] == "kto"
+
     def tokenized(self, split: str):
+        """The split tokenized as the algorithm's TRL trainer does, in the form the precompute pass reads."""
         if split not in self._tokenized:
-            ds = self.splits[split]
-            self._tokenized[split] = tokenize_pairs(ds.rows, self.tokenizer, self.spec.dataset, ds.source)
+            ds, spec = self.splits[split], self.spec
+            if spec.algorithm.info.family == "kto":
+                batch = spec.training.per_device_batch_size
+                rows = tokenize_unpaired(ds.rows, self.tokenizer, spec.dataset, ds.source, batch, self.kto_kl)
+            else:
+                rows = tokenize_pairs(ds.rows, self.tokenizer, spec.dataset, ds.source)
+            self._tokenized[split] = rows
         return self._tokenized[split]
 
     def ref_cache(self, split: str) -> RefCache:
         d = self.spec.dataset
-        key = cache_key(
-            self.model_files, fingerprint(self.splits[split].rows), d.max_length, d.truncation_mode, self.dtype
-        )
+        extra = None
+        if self.spec.algorithm.info.family == "kto":
+            extra = {"kto": {"klBatch": self.spec.training.per_device_batch_size, "kl": self.kto_kl}}
+        data = fingerprint(self.splits[split].rows)
+        key = cache_key(self.model_files, data, d.max_length, d.truncation_mode, self.dtype, extra)
         return RefCache.at(self.ws.storage, key)
 
     def load_model(self):
@@ -63,9 +76,10 @@ def load_inputs(job: Job) -> Inputs:
     ws = Workspace.for_job(job)
     path = model_dir(job.spec.model)
     tok = load_tokenizer(path, job.spec.model.trust_remote_code)
-    splits = {"train": load_split(job.spec.dataset)}
+    kind = job.spec.algorithm.info.data
+    splits = {"train": load_split(job.spec.dataset, kind=kind)}
     if job.spec.dataset.eval_split:
-        splits["eval"] = load_split(job.spec.dataset, job.spec.dataset.eval_split)
+        splits["eval"] = load_split(job.spec.dataset, job.spec.dataset.eval_split, kind=kind)
     log.info(
         "job %s/%s: model %s, %s",
         job.namespace,

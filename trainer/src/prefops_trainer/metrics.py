@@ -35,6 +35,11 @@ TRAIN_GAUGES = {
     "learning_rate": "learning_rate",
     "grad_norm": "grad_norm",
     "epoch": "epoch",
+    "kl": "kl",
+    "objective/kl": "kl",
+    "objective/scores": "reward_score",
+    "objective/scores_margin": "reward_score_margin",
+    "completion_length": "completion_length",
 }
 HELP = {
     "loss": "Training loss at the last optimizer step.",
@@ -47,6 +52,10 @@ HELP = {
     "learning_rate": "Learning rate at the last optimizer step.",
     "grad_norm": "Gradient norm before clipping at the last optimizer step.",
     "epoch": "Fractional epoch reached.",
+    "kl": "KL estimate between the policy and the reference (KTO's batch KL, Online DPO's per-sequence KL).",
+    "reward_score": "Online DPO: mean reward-model score of the generated completions.",
+    "reward_score_margin": "Online DPO: mean reward-model score of the chosen minus the rejected generation.",
+    "completion_length": "Online DPO: mean length in tokens of the generated completions.",
     "step": "Optimizer steps done.",
     "total_steps": "Optimizer steps the training phase will run.",
     "precompute_pairs_done": "Preference pairs whose reference log-probs this process has computed.",

@@ -23,7 +23,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_dtype(spec: ModelSpec) -> str:
+def resolve_dtype(spec) -> str:
     """``auto`` is bfloat16 on a GPU that supports it, float32 otherwise (CPU training in bf16 is slow)."""
     if spec.dtype != "auto":
         return spec.dtype
@@ -41,17 +41,21 @@ def resolve_attn(spec: ModelSpec) -> str:
     return "sdpa"
 
 
-def model_dir(spec: ModelSpec) -> Path:
-    return local_model(spec.source, spec.revision)
+def model_dir(spec, field: str = "spec.model.source") -> Path:
+    """The local folder of a model spec (``spec.model`` or ``spec.rewardModel``)."""
+    return local_model(spec.source, spec.revision, field)
 
 
-def model_init_kwargs(spec: ModelSpec) -> dict:
+def model_init_kwargs(spec, attn: ModelSpec | None = None) -> dict:
+    """``from_pretrained`` arguments for ``spec``; attention and remote-code settings come from ``attn`` (the
+    policy's model spec) when ``spec`` has none of its own (a reward model)."""
     import torch
 
+    base = attn or spec
     return {
         "dtype": getattr(torch, resolve_dtype(spec)),
-        "attn_implementation": resolve_attn(spec),
-        "trust_remote_code": spec.trust_remote_code,
+        "attn_implementation": resolve_attn(base),
+        "trust_remote_code": base.trust_remote_code,
     }
 
 

@@ -3,6 +3,7 @@
 Layout under ``<storage.uri>/refcache/<key>/``::
 
     shard-00000-of-00004.parquet   index, ref_chosen_logps, ref_rejected_logps
+                                   (KTO: the completion's and the KL completion's log-probs)
     ...
     manifest.json                  written once every shard is present: the cache is complete
 
@@ -29,9 +30,20 @@ FORMAT_VERSION = 1
 COLUMNS = ("index", "ref_chosen_logps", "ref_rejected_logps")
 
 
-def cache_key(model_files: dict[str, str], data_fingerprint: str, max_length: int, truncation: str, dtype: str) -> str:
-    """A stable hex key (32 chars) for the inputs that determine the reference log-probs. Pure."""
+def cache_key(
+    model_files: dict[str, str],
+    data_fingerprint: str,
+    max_length: int,
+    truncation: str,
+    dtype: str,
+    extra: dict | None = None,
+) -> str:
+    """A stable hex key (32 chars) for the inputs that determine the reference log-probs. Pure.
+
+    ``extra`` carries what a particular algorithm adds (KTO: its KL pairing depends on the batch size).
+    """
     doc = {
+        **(extra or {}),
         "format": FORMAT_VERSION,
         "model": model_files,
         "data": data_fingerprint,

@@ -74,6 +74,8 @@ class AlgorithmSpec(_Spec):
     simpo_gamma: float = 0.5
     cpo_alpha: float | None = Field(None, ge=0.0)
     alpha: float | None = None
+    desirable_weight: float = Field(1.0, gt=0.0)
+    undesirable_weight: float = Field(1.0, gt=0.0)
 
     @property
     def info(self) -> Algorithm:
@@ -94,6 +96,22 @@ class AlgorithmSpec(_Spec):
     @property
     def effective_alpha(self) -> float:
         return self.info.default_alpha if self.alpha is None else self.alpha
+
+
+class RewardModelSpec(_Spec):
+    """The reward model that judges Online DPO's generated pairs (``AutoModelForSequenceClassification``)."""
+
+    source: str = Field(min_length=1)
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class GenerationSpec(_Spec):
+    """How Online DPO samples its two completions per prompt."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.9, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class DeepSpeedSpec(_Spec):
@@ -160,6 +178,8 @@ class JobSpec(_Spec):
     model: ModelSpec
     dataset: DatasetSpec
     algorithm: AlgorithmSpec
+    reward_model: RewardModelSpec | None = None
+    generation: GenerationSpec | None = None
     training: TrainingSpec = TrainingSpec()
     reference: ReferenceSpec = ReferenceSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -272,11 +292,26 @@ def check_semantics(spec: JobSpec) -> list[str]:
         )
     if "exo_pair" in a.losses and a.label_smoothing == 0:
         problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
-    if spec.reference.precompute and not info.reference_based:
+    if spec.reference.precompute and info.family == "online-dpo":
+        problems.append(
+            "spec.reference.precompute: algorithm 'online-dpo' generates its responses during training, so there "
+            "are no reference log-probs to precompute; remove it or set it to false"
+        )
+    elif spec.reference.precompute and not info.reference_based:
         problems.append(
             f"spec.reference.precompute: algorithm {a.name!r} is reference-free and has no reference log-probs "
             "to precompute; remove it or set it to false"
         )
+    if info.family == "online-dpo" and spec.reward_model is None:
+        problems.append("spec.rewardModel: algorithm 'online-dpo' needs a reward model to judge its generations")
+    if info.family != "online-dpo":
+        problems += [
+            f"spec.{field}: only algorithm 'online-dpo' uses it, not {a.name!r}"
+            for field, value in (("rewardModel", spec.reward_model), ("generation", spec.generation))
+            if value is not None
+        ]
+    if info.family in ("kto", "online-dpo") and spec.dataset.truncation_mode != "keep_start":
+        problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
     ds = spec.training.deepspeed
     if ds is not None and ds.stage not in (2, 3):
         problems.append(f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}")

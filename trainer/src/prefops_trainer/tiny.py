@@ -4,8 +4,9 @@ Everything is built deterministically from a seed with no download, so the demo 
 
     python -m prefops_trainer.tiny examples/tiny
 
-writes ``model/`` (safetensors, config, tokenizer) and ``prefs.jsonl`` (plain prompt/chosen/rejected rows)
-plus ``prefs-chat.jsonl`` (the same pairs in the conversational form). The preference is learnable: the
+writes ``model/`` (safetensors, config, tokenizer), ``reward-model/`` (a tiny one-score classifier for Online
+DPO), ``prefs.jsonl`` (plain prompt/chosen/rejected rows) and ``prefs-chat.jsonl`` (the same pairs in the
+conversational form). The preference is learnable: the
 chosen answer is the polite, correct one, the rejected one is rude or wrong, so DPO's reward accuracy
 climbs well above 0.5 within a few epochs.
 """
@@ -125,6 +126,30 @@ def write_model(out: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> 
     tok.save_pretrained(out)
 
 
+def write_reward_model(out: Path, seed: int = 1) -> None:
+    """A tiny sequence-classification Llama (one score) with the same tokenizer: Online DPO's judge in tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        num_labels=1,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m prefops_trainer.tiny", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
@@ -132,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     write_model(args.out / "model", seed=args.seed)
+    write_reward_model(args.out / "reward-model", seed=args.seed + 1)
     write_dataset(args.out, n=args.pairs, seed=args.seed)
 
 

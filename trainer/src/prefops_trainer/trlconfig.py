@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import DeepSpeedSpec, JobSpec
+from .spec import DeepSpeedSpec, GenerationSpec, JobSpec
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
 
 
 def algorithm_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
-    """The algorithm's own arguments for its TRL config class (DPOConfig, CPOConfig or ORPOConfig)."""
+    """The algorithm's own arguments for its TRL config class (DPO, CPO, ORPO, KTO or OnlineDPO config)."""
     a = spec.algorithm
     family = a.info.family
     if family == "dpo":
@@ -112,6 +112,23 @@ def algorithm_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
             "simpo_gamma": a.simpo_gamma,
             "alpha": a.effective_alpha,
             "label_smoothing": a.label_smoothing,
+        }
+    if family == "kto":
+        return {
+            "loss_type": a.losses[0],
+            "desirable_weight": a.desirable_weight,
+            "undesirable_weight": a.undesirable_weight,
+            "precompute_ref_log_probs": precompute,
+            "precompute_ref_batch_size": spec.reference.batch_size,
+        }
+    if family == "online-dpo":
+        g = spec.generation or GenerationSpec()
+        return {
+            "loss_type": a.losses[0],
+            "beta": [a.beta],
+            "max_new_tokens": g.max_new_tokens,
+            "temperature": g.temperature,
+            "top_p": g.top_p,
         }
     return {}  # orpo: beta (the odds-ratio weight, lambda) and max_length are shared
 

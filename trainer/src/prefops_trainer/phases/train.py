@@ -103,36 +103,43 @@ def verify_sample(inputs: Inputs, model, table: dict[int, tuple[float, float]]) 
     return n
 
 
+#: family → (module, config class, trainer class) of the TRL trainer that runs it.
+TRAINERS = {
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
+    "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+    "kto": ("trl", "KTOConfig", "KTOTrainer"),
+    "online-dpo": ("trl.experimental.online_dpo", "OnlineDPOConfig", "OnlineDPOTrainer"),
+}
+#: family → the dataset columns TRL's trainer reads its precomputed reference log-probs from.
+REFERENCE_COLUMNS = {"dpo": ("ref_chosen_logps", "ref_rejected_logps"), "kto": ("ref_logps", "ref_KL_logps")}
+
+
 def _trainer_classes(family: str):
-    if family == "dpo":
-        from trl import DPOConfig, DPOTrainer
+    import importlib
 
-        return DPOConfig, DPOTrainer
-    if family == "cpo":
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-        return CPOConfig, CPOTrainer
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    return ORPOConfig, ORPOTrainer
+    module, config, trainer = TRAINERS[family]
+    mod = importlib.import_module(module)
+    return getattr(mod, config), getattr(mod, trainer)
 
 
-def make_trainer_class(base):
+def make_trainer_class(base, family: str):
     """``base`` (a TRL trainer) that reads reference log-probs from our cache and counts its tokens."""
 
     class PrefopsTrainer(base):
         def __init__(self, *args, reference: dict[str, dict[int, tuple[float, float]]] | None = None, **kwargs):
             self._prefops_reference = reference or {}
             self.prefops_tokens = 0
-            with _skip_trl_model_hash():
+            with _skip_trl_model_hash(base):
                 super().__init__(*args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            table = self._prefops_reference[name]
-            index = dataset["index"]
-            return dataset.add_column("ref_chosen_logps", [table[i][0] for i in index]).add_column(
-                "ref_rejected_logps", [table[i][1] for i in index]
-            )
+            """Join the cached reference log-probs on the row index instead of computing them."""
+            table, index = self._prefops_reference[name], dataset["index"]
+            columns = REFERENCE_COLUMNS[family][: 1 if family == "kto" and not self.calculate_KL else 2]
+            for pos, column in enumerate(columns):
+                dataset = dataset.add_column(column, [table[i][pos] for i in index])
+            return dataset
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             mask = inputs.get("attention_mask")
@@ -142,21 +149,33 @@ def make_trainer_class(base):
                 self.prefops_tokens += int(mask.sum())
             return super().compute_loss(model, inputs, *args, **kwargs)
 
+        def _generate(self, model, prompts, images=None):
+            """Online DPO: also log the generated completions' mean length, and count their tokens."""
+            out = super()._generate(model, prompts, images)
+            prompt_mask, completion_mask = out[1], out[3]
+            self.prefops_tokens += int(prompt_mask.sum() + completion_mask.sum())
+            lengths = completion_mask.sum(dim=1).float().mean()
+            self.stats.setdefault("completion_length", []).append(self.accelerator.gather(lengths).mean().item())
+            return out
+
     return PrefopsTrainer
 
 
 @contextlib.contextmanager
-def _skip_trl_model_hash():
-    """DPOTrainer hashes every weight to fingerprint its own precompute cache, which we replace: skip it
-    (seconds to minutes on a large model, for nothing)."""
-    import trl.trainer.dpo_trainer as dpo
+def _skip_trl_model_hash(base):
+    """TRL's DPO and KTO trainers hash every weight to fingerprint their own precompute cache, which we replace:
+    skip it (seconds to minutes on a large model, for nothing)."""
+    import sys
 
-    original = dpo.hash_module
-    dpo.hash_module = lambda module: "prefops-reference-cache"
+    module = sys.modules[base.__module__]
+    original = getattr(module, "hash_module", None)
+    if original is not None:
+        module.hash_module = lambda m: "prefops-reference-cache"
     try:
         yield
     finally:
-        dpo.hash_module = original
+        if original is not None:
+            module.hash_module = original
 
 
 def _callbacks(inputs: Inputs, local_ckpt: Path):
@@ -270,7 +289,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
 
 def _build(inputs, model, args, trainer_base, reference, family, local_ckpt):
     splits = {n: s.rows for n, s in inputs.splits.items()}
-    if family != "dpo":
+    if family not in REFERENCE_COLUMNS:
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
     peft_config = None
     if (lk := lora_kwargs(inputs.spec)) is not None:
@@ -278,8 +297,10 @@ def _build(inputs, model, args, trainer_base, reference, family, local_ckpt):
 
         peft_config = LoraConfig(**lk)
     observer = _callbacks(inputs, local_ckpt)
-    kwargs = {"reference": reference} if family == "dpo" else {}
-    trainer = make_trainer_class(trainer_base)(
+    kwargs: dict[str, Any] = {"reference": reference} if family in REFERENCE_COLUMNS else {}
+    if family == "online-dpo":
+        kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
+    trainer = make_trainer_class(trainer_base, family)(
         model=model,
         args=args,
         train_dataset=splits["train"],
@@ -294,6 +315,19 @@ def _build(inputs, model, args, trainer_base, reference, family, local_ckpt):
 
     trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate our log lines
     return trainer
+
+
+def load_reward_model(inputs: Inputs):
+    """Online DPO's judge: a sequence-classification model with one output and its own tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ..modelio import load_tokenizer, model_dir, model_init_kwargs
+
+    spec = inputs.spec.reward_model
+    path = model_dir(spec, field="spec.rewardModel.source")
+    kwargs = model_init_kwargs(spec, attn=inputs.spec.model)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    return model, load_tokenizer(path, inputs.spec.model.trust_remote_code)
 
 
 def _save_trained(inputs: Inputs, trainer) -> None:
