@@ -161,3 +161,11 @@ def test_shard_out_of_range_is_rejected(tmp_path, tmp_job):
 
 def test_tiny_data_files_exist():
     assert (TINY / "prefs.jsonl").exists() and (TINY / "model" / "config.json").exists()
+
+
+def test_a_finished_precompute_reports_the_cache_hit_in_its_termination_message(tmp_path, tmp_job):
+    term = tmp_path / "termination-log"
+    for expected in (False, True):
+        term.write_text("")
+        assert run_cli("precompute", tmp_job(), env={"PREFOPS_TERMINATION_LOG": str(term)}).returncode == 0
+        assert json.loads(term.read_text()) == {"cacheHit": expected}

@@ -9,6 +9,7 @@ where Kubernetes shows it in the pod's status.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -68,11 +69,16 @@ def _fail(message: str, code: int) -> None:
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")
     if error_dir and code == UserError.exit_code:
         Path(error_dir, f"rank-{os.environ.get('RANK', '0')}").write_text(message)
+    _termination_message(message)
+    sys.exit(code)
+
+
+def _termination_message(message: str) -> None:
+    """Kubernetes shows this file's content in the pod's status (``terminationMessagePath``)."""
     path = os.environ.get("PREFOPS_TERMINATION_LOG", TERMINATION_LOG)
     if os.path.exists(path) and os.access(path, os.W_OK):
         with open(path, "w") as f:
             f.write(message[:4000])
-    sys.exit(code)
 
 
 def setup_logging(level: str) -> None:
@@ -115,7 +121,8 @@ def cmd_precompute(job, args) -> int:
     from .phases import precompute
 
     _serve_metrics(job)
-    precompute.run(load_inputs(job), args.shard, args.num_shards)
+    report = precompute.run(load_inputs(job), args.shard, args.num_shards)
+    _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
     return 0
 
 

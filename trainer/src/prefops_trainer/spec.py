@@ -149,8 +149,8 @@ class ResourcesSpec(_Spec):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=0)
     processes_per_node: int | None = Field(None, ge=1)
-    requests: dict[str, str | int | float] | None = None
-    limits: dict[str, str | int | float] | None = None
+    requests: dict[str, str | int] | None = None
+    limits: dict[str, str | int] | None = None
     node_selector: dict[str, str] | None = None
     tolerations: tuple[dict[str, Any], ...] | None = None
     priority_class_name: str | None = None

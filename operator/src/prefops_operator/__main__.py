@@ -1,0 +1,31 @@
+"""``python -m prefops_operator``: run the operator (flags: ``--help``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from .config import OperatorConfig
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = OperatorConfig.from_args(argv)
+    kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat.PLAIN)
+    if not config.verbose:  # kopf logs every handled event at INFO; transitions are logged by the reconciler
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    from . import handlers  # noqa: F401 - registers the handlers
+
+    liveness = f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(config=config),
+    )
+
+
+if __name__ == "__main__":
+    main()

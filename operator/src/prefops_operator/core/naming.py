@@ -1,0 +1,62 @@
+"""Deterministic names and labels of a job's children.
+
+Every child's name is a function of the job's name (and phase and replica index), so creating it twice is a
+409, never a duplicate, and a restarted operator finds what it made before. Names are DNS-1035 labels of at
+most 63 characters (pod hostnames and Service names must be); a name that would be longer keeps a readable
+prefix of the job name and a hash of the whole job name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+
+MAX_NAME = 63
+
+LABEL_JOB = "prefops.dev/job-name"
+LABEL_PHASE = "prefops.dev/phase"
+LABEL_INDEX = "prefops.dev/replica-index"
+LABEL_ATTEMPT = "prefops.dev/attempt"
+
+
+class PodPhase(str, Enum):
+    """The trainer phase a pod runs; also the ``prefops.dev/phase`` label and the trainer subcommand."""
+
+    PRECOMPUTE = "precompute"
+    TRAIN = "train"
+    EXPORT = "export"
+
+
+def child_name(job: str, *parts: str) -> str:
+    """``<job>-<part>-<part>``, at most 63 characters, unique per (job, parts)."""
+    suffix = "-".join(parts)
+    name = f"{job}-{suffix}" if suffix else job
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
+    room = MAX_NAME - len(suffix) - len(digest) - 2
+    if room < 1:
+        raise ValueError(f"child name suffix {suffix!r} is too long")
+    prefix = job[:room].rstrip("-")
+    return f"{prefix}-{digest}-{suffix}"
+
+
+def config_map_name(job: str) -> str:
+    return child_name(job, "config")
+
+
+def service_name(job: str) -> str:
+    """The headless Service giving training pods stable DNS names (``<pod>.<service>``)."""
+    return child_name(job, "train")
+
+
+def pod_name(job: str, phase: PodPhase, index: int) -> str:
+    return child_name(job, phase.value, str(index))
+
+
+def job_labels(job: str) -> dict[str, str]:
+    return {LABEL_JOB: job}
+
+
+def pod_labels(job: str, phase: PodPhase, index: int, attempt: int) -> dict[str, str]:
+    return {LABEL_JOB: job, LABEL_PHASE: phase.value, LABEL_INDEX: str(index), LABEL_ATTEMPT: str(attempt)}

@@ -1,0 +1,108 @@
+"""What the operator keeps of each observed pod: a small frozen view built from the pod object.
+
+The view holds only what the state machine reads, so an operator with thousands of pods in its index stays
+small, and it is built once per pod event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .naming import LABEL_ATTEMPT, LABEL_INDEX, LABEL_JOB, LABEL_PHASE, PodPhase
+from .timefmt import parse_time
+
+CONTAINER = "trainer"
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """One child pod, as last observed.
+
+    ``status`` is the pod's ``status.phase`` (Pending, Running, Succeeded, Failed, Unknown). ``terminating`` is
+    true once a deletion was requested: such a pod counts for nothing but still holds its name.
+    """
+
+    name: str
+    job: str
+    phase: PodPhase
+    index: int
+    attempt: int
+    status: str
+    created: datetime | None
+    terminating: bool = False
+    ip: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    finished: datetime | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Succeeded"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "Failed"
+
+    @property
+    def finished_or_failed(self) -> bool:
+        return self.status in ("Succeeded", "Failed")
+
+    @property
+    def started(self) -> bool:
+        """Past the startup stage: running or done."""
+        return self.status in ("Running", "Succeeded", "Failed")
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView | None:
+    """Build a :class:`PodView` from a pod object; ``None`` when it is not one of ours (labels missing)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        phase = PodPhase(labels[LABEL_PHASE])
+        index, attempt = int(labels[LABEL_INDEX]), int(labels.get(LABEL_ATTEMPT, "1"))
+        job = str(labels[LABEL_JOB])
+    except (KeyError, ValueError):
+        return None
+    status = pod.get("status") or {}
+    container = _container_status(status)
+    state = container.get("state") or {}
+    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+    return PodView(
+        name=str(meta.get("name")),
+        job=job,
+        phase=phase,
+        index=index,
+        attempt=attempt,
+        status=str(status.get("phase") or "Pending"),
+        created=parse_time(meta.get("creationTimestamp")),
+        terminating=meta.get("deletionTimestamp") is not None,
+        ip=status.get("podIP"),
+        waiting_reason=waiting.get("reason") or _unschedulable(status, "reason"),
+        waiting_message=waiting.get("message") or _unschedulable(status, "message"),
+        exit_code=terminated.get("exitCode"),
+        reason=terminated.get("reason") or status.get("reason"),
+        message=(terminated.get("message") or status.get("message") or "").strip() or None,
+        finished=parse_time(terminated.get("finishedAt")),
+    )
+
+
+def _container_status(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    statuses = status.get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _unschedulable(status: Mapping[str, Any], field: str) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            value = cond.get(field)
+            return str(value) if value else None
+    return None

@@ -1,0 +1,265 @@
+"""The job's ``status``: frozen objects with a lossless round trip to and from the API's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from .naming import PodPhase
+from .timefmt import format_time, parse_time
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    PRECOMPUTING = "Precomputing"
+    TRAINING = "Training"
+    EXPORTING = "Exporting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def pod_phase(self) -> PodPhase | None:
+        """The pods a running phase runs; ``None`` for the others."""
+        return _POD_PHASES.get(self)
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+_POD_PHASES = {
+    Phase.PRECOMPUTING: PodPhase.PRECOMPUTE,
+    Phase.TRAINING: PodPhase.TRAIN,
+    Phase.EXPORTING: PodPhase.EXPORT,
+}
+RUNNING_PHASES = tuple(_POD_PHASES)
+#: status.phases key of each running phase
+PHASE_KEYS = {Phase.PRECOMPUTING: "precompute", Phase.TRAINING: "training", Phase.EXPORTING: "export"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "type": self.type,
+                "status": self.status,
+                "reason": self.reason,
+                "message": self.message,
+                "lastTransitionTime": format_time(self.last_transition_time),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Condition:
+        return cls(
+            str(d.get("type")),
+            str(d.get("status", "Unknown")),
+            str(d.get("reason") or ""),
+            str(d.get("message") or ""),
+            parse_time(d.get("lastTransitionTime")),
+        )
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    cache_hit: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "startTime": format_time(self.start_time),
+                "completionTime": format_time(self.completion_time),
+                "cacheHit": self.cache_hit,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PhaseTimes:
+        hit = d.get("cacheHit")
+        return cls(
+            parse_time(d.get("startTime")), parse_time(d.get("completionTime")), hit if isinstance(hit, bool) else None
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Training progress read from the trainer's metrics (docs/contract.md §5)."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    reward_accuracy: float | None = None
+    pairs_done: int | None = None
+    pairs_total: int | None = None
+    last_scrape_time: datetime | None = None
+
+    @property
+    def display(self) -> str | None:
+        if self.step is not None and self.total_steps:
+            return f"{self.step}/{self.total_steps}"
+        if self.pairs_done is not None and self.pairs_total:
+            return f"{self.pairs_done}/{self.pairs_total} pairs"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "display": self.display,
+                "step": self.step,
+                "totalSteps": self.total_steps,
+                "epoch": self.epoch,
+                "loss": self.loss,
+                "rewardAccuracy": self.reward_accuracy,
+                "pairsDone": self.pairs_done,
+                "pairsTotal": self.pairs_total,
+                "lastScrapeTime": format_time(self.last_scrape_time),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Progress:
+        return cls(
+            _int(d.get("step")),
+            _int(d.get("totalSteps")),
+            _float(d.get("epoch")),
+            _float(d.get("loss")),
+            _float(d.get("rewardAccuracy")),
+            _int(d.get("pairsDone")),
+            _int(d.get("pairsTotal")),
+            parse_time(d.get("lastScrapeTime")),
+        )
+
+    def merged(self, newer: Progress) -> Progress:
+        """This progress with every field ``newer`` knows replaced."""
+        changes = {k: v for k, v in vars(newer).items() if v is not None}
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Failure:
+    pod: str
+    phase: str
+    reason: str
+    exit_code: int | None
+    message: str
+    time: datetime | None
+
+    def describe(self) -> str:
+        code = "" if self.exit_code is None else f", exit code {self.exit_code}"
+        text = f"pod {self.pod} failed ({self.reason}{code})"
+        return f"{text}: {self.message}" if self.message else text
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "pod": self.pod,
+                "phase": self.phase,
+                "reason": self.reason,
+                "exitCode": self.exit_code,
+                "message": self.message,
+                "time": format_time(self.time),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Failure:
+        return cls(
+            str(d.get("pod") or ""),
+            str(d.get("phase") or ""),
+            str(d.get("reason") or ""),
+            _int(d.get("exitCode")),
+            str(d.get("message") or ""),
+            parse_time(d.get("time")),
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: Phase = Phase.PENDING
+    shape: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    phases: Mapping[str, PhaseTimes] = field(default_factory=dict)
+    progress: Progress | None = None
+    restarts: int = 0
+    last_failure: Failure | None = None
+    output_uri: str | None = None
+    observed_generation: int | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number of the current pod group (restarts + 1); the ``PREFOPS_ATTEMPT`` of its pods."""
+        return self.restarts + 1
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def times(self, phase: Phase) -> PhaseTimes:
+        return self.phases.get(PHASE_KEYS.get(phase, ""), PhaseTimes())
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "phase": self.phase.value,
+                "shape": self.shape,
+                "conditions": [c.to_dict() for c in self.conditions] or None,
+                "phases": {k: v.to_dict() for k, v in sorted(self.phases.items())} or None,
+                "progress": (self.progress.to_dict() or None) if self.progress else None,
+                "restarts": self.restarts,
+                "lastFailure": self.last_failure.to_dict() if self.last_failure else None,
+                "outputURI": self.output_uri,
+                "observedGeneration": self.observed_generation,
+                "startTime": format_time(self.start_time),
+                "completionTime": format_time(self.completion_time),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Status:
+        d = d or {}
+        try:
+            phase = Phase(d.get("phase") or Phase.PENDING.value)
+        except ValueError:
+            phase = Phase.PENDING
+        return cls(
+            phase=phase,
+            shape=d.get("shape"),
+            conditions=tuple(Condition.from_dict(c) for c in d.get("conditions") or () if isinstance(c, Mapping)),
+            phases={k: PhaseTimes.from_dict(v) for k, v in (d.get("phases") or {}).items() if isinstance(v, Mapping)},
+            progress=Progress.from_dict(d["progress"]) if isinstance(d.get("progress"), Mapping) else None,
+            restarts=_int(d.get("restarts")) or 0,
+            last_failure=Failure.from_dict(d["lastFailure"]) if isinstance(d.get("lastFailure"), Mapping) else None,
+            output_uri=d.get("outputURI"),
+            observed_generation=_int(d.get("observedGeneration")),
+            start_time=parse_time(d.get("startTime")),
+            completion_time=parse_time(d.get("completionTime")),
+        )
+
+
+def _compact(d: dict[str, Any]) -> dict[str, Any]:
+    """Without absent values; empty strings count as absent (the API round-trips "" unreliably: the test
+    apiserver even decodes it as null)."""
+    return {k: v for k, v in d.items() if v is not None and v != ""}
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,0 +1,136 @@
+"""Checks the CRD schema cannot express (Kubernetes 1.20 has no CEL): the operator runs them before a job starts
+and fails the job at once with reason ``InvalidSpec`` and these messages, each naming its field.
+
+The algorithm checks mirror ``prefops_trainer.spec.check_semantics``; the storage checks are the cluster's
+(pods share no filesystem, so work and output storage must be object storage).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from .algorithms import ALGORITHMS
+from .spec import JobSpec
+
+GPU_RESOURCE = "nvidia.com/gpu"
+SOURCE_SCHEMES = ("hf", "s3", "file")
+# A Kubernetes resource quantity (k8s.io/apimachinery/pkg/api/resource), e.g. 16, 500m, 64Gi, 1.5, 1e3.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def semantic_problems(spec: JobSpec) -> list[str]:
+    """Every problem of ``spec`` the schema lets through, as ``field: message`` strings; empty when valid."""
+    return [*_algorithm_problems(spec), *_storage_problems(spec), *_resource_problems(spec)]
+
+
+def _algorithm_problems(spec: JobSpec) -> list[str]:
+    a = spec.algorithm
+    rule = ALGORITHMS.get(a.name)
+    if rule is None:
+        return [f"spec.algorithm.name: unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}"]
+    losses = a.loss_type or rule.default_loss_types
+    problems = []
+    if a.beta <= 0:
+        problems.append(f"spec.algorithm.beta: must be > 0, got {a.beta}")
+    bad = [t for t in losses if t not in rule.loss_types]
+    if bad:
+        problems.append(
+            f"spec.algorithm.lossType: {', '.join(map(repr, bad))} not valid for algorithm {a.name!r}; "
+            f"valid: {', '.join(rule.loss_types)}"
+        )
+    if len(losses) > 1 and not rule.multi_loss:
+        problems.append(f"spec.algorithm.lossType: algorithm {a.name!r} takes a single loss type, got {len(losses)}")
+    if a.loss_weights is not None and len(a.loss_weights) != len(losses):
+        problems.append(
+            f"spec.algorithm.lossWeights: has {len(a.loss_weights)} weights for {len(losses)} loss types "
+            f"({', '.join(losses)})"
+        )
+    if "exo_pair" in losses and a.label_smoothing == 0:
+        problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
+    if spec.reference.precompute and rule.online:
+        problems.append(
+            f"spec.reference.precompute: algorithm {a.name!r} generates its responses during training, so there "
+            "are no reference log-probs to precompute; remove it or set it to false"
+        )
+    elif spec.reference.precompute and not rule.reference_based:
+        problems.append(
+            f"spec.reference.precompute: algorithm {a.name!r} is reference-free and has no reference log-probs "
+            "to precompute; remove it or set it to false"
+        )
+    if rule.online and not spec.has_reward_model:
+        problems.append(f"spec.rewardModel: algorithm {a.name!r} needs a reward model to judge its generations")
+    if not rule.online:
+        problems += [
+            f"spec.{field}: only algorithm 'online-dpo' uses it, not {a.name!r}"
+            for field, present in (("rewardModel", spec.has_reward_model), ("generation", spec.has_generation))
+            if present
+        ]
+    if rule.keep_start_only and spec.truncation_mode != "keep_start":
+        problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
+    return problems
+
+
+def _storage_problems(spec: JobSpec) -> list[str]:
+    problems = [
+        _s3_problem("spec.output.uri", spec.output_uri),
+        _s3_problem("spec.storage.uri", spec.storage_uri),
+        _source_problem("spec.model.source", spec.model_source),
+        _source_problem("spec.dataset.source", spec.dataset_source),
+    ]
+    secret = spec.credentials_secret
+    if secret is not None and (len(secret) > 253 or not _DNS_SUBDOMAIN.match(secret)):
+        problems.append(f"spec.storage.credentialsSecret: {secret!r} is not a valid Secret name")
+    return [p for p in problems if p]
+
+
+def _s3_problem(field: str, uri: str) -> str | None:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme != "s3":
+        return (
+            f"{field}: must be an s3://bucket/prefix URI on a cluster (pods share no filesystem), got {uri!r}; "
+            "local paths only work with prefops-trainer run"
+        )
+    if not rest or rest.startswith("/"):
+        return f"{field}: s3 URI needs a bucket, got {uri!r}"
+    return None
+
+
+def _source_problem(field: str, uri: str) -> str | None:
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None  # a path inside the trainer image
+    if scheme not in SOURCE_SCHEMES:
+        return f"{field}: unsupported URI scheme {scheme!r} in {uri!r}; use hf://, s3://, file:// or a path"
+    if scheme == "hf" and rest.count("/") < 1:
+        return f"{field}: hf URI must look like hf://org/name, got {uri!r}"
+    if scheme == "s3" and (not rest or rest.startswith("/")):
+        return f"{field}: s3 URI needs a bucket, got {uri!r}"
+    return None
+
+
+def _resource_problems(spec: JobSpec) -> list[str]:
+    res = spec.resources
+    problems = []
+    for kind, quantities in (("requests", res.requests), ("limits", res.limits)):
+        problems.extend(_quantity_problems(f"spec.resources.{kind}", quantities))
+    if res.image is not None and not res.image.strip():
+        problems.append("spec.resources.image: must not be empty; remove it to use the operator's default image")
+    procs = res.processes_per_node
+    if procs is not None and res.gpus_per_node > 0 and procs > res.gpus_per_node:
+        problems.append(
+            f"spec.resources.processesPerNode: {procs} processes for {res.gpus_per_node} GPUs per node; "
+            "at most one process per GPU"
+        )
+    return problems
+
+
+def _quantity_problems(field: str, quantities: Mapping[str, str]) -> list[str]:
+    problems = []
+    for name, value in quantities.items():
+        if name == GPU_RESOURCE:
+            problems.append(f"{field}.{name}: set GPUs with spec.resources.gpusPerNode, not here")
+        elif not _QUANTITY.match(value):
+            problems.append(f"{field}.{name}: {value!r} is not a Kubernetes quantity (e.g. 16, 500m, 64Gi)")
+    return problems

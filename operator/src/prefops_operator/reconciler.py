@@ -1,0 +1,232 @@
+"""One reconcile of one job: parse → observe → decide → write status → act → report. A coroutine on kopf's event
+loop (its only I/O is the awaited API calls and metrics scrapes); the kopf glue feeds it snapshots of the job and
+its pods from kopf's indices.
+
+The only memory kept between reconciles is an optimization and a guard, never a source of truth:
+
+- the status last written (until the watch delivers it, a stale snapshot must not drive actions),
+- children recently created or deleted but not yet observed (so a lagging index does not repeat the call),
+- the last progress scrape (its time, and the last sample of each precompute shard).
+
+After an operator restart all of it is empty and the job's status plus its pods are enough to carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .adapters.kube import Conflict, Gone, KubeApi, Rejected, TemporaryError
+from .adapters.metrics import OperatorMetrics
+from .adapters.scrape import Scraper
+from .config import OperatorConfig
+from .core.machine import Decision, Observed, current_group, decide
+from .core.naming import LABEL_ATTEMPT, PodPhase
+from .core.patch import merge_patch
+from .core.plan import Plan, plan
+from .core.pods import PodView
+from .core.progress import precompute_progress, training_progress
+from .core.spec import InvalidSpec, Job, parse_job, parse_meta
+from .core.status import RUNNING_PHASES, Phase, Progress, Status
+from .core.timefmt import utcnow
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+EXPECTATION_TTL = 30.0  # seconds a create/delete waits to be observed before it may be repeated
+STALE_GRACE = 5.0  # seconds to wait for the watch to deliver our own status write
+RETRY_SOON = 0.2
+
+
+@dataclass
+class _Memory:
+    uid: str
+    written: dict[str, Any] | None = None
+    written_at: float = 0.0
+    ensured: set[str] = field(default_factory=set)
+    created: dict[tuple[str, int], float] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)
+    rejection: str | None = None
+    last_scrape: float = float("-inf")
+    shard_metrics: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: KubeApi,
+        config: OperatorConfig,
+        metrics: OperatorMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        scraper: Scraper | None = None,
+    ) -> None:
+        self.api, self.config, self.clock = api, config, clock
+        self.scraper = scraper or Scraper(config.scrape_timeout)
+        self.metrics = metrics or OperatorMetrics(self.phases)
+        self._memory: dict[Key, _Memory] = {}
+        self._phases: dict[Key, Phase] = {}
+
+    def phases(self) -> dict[Key, Phase]:
+        """Phase of every job seen, for the jobs-by-phase gauge (a copy: safe from another thread)."""
+        return dict(self._phases)
+
+    def forget(self, key: Key) -> None:
+        self._memory.pop(key, None)
+        self._phases.pop(key, None)
+
+    async def close(self) -> None:
+        await self.api.close()
+        await self.scraper.close()
+
+    async def reconcile(self, key: Key, body: Mapping[str, Any] | None, pods: Sequence[PodView]) -> float | None:
+        """Bring one job a step closer to its desired state; return seconds until it wants another look."""
+        started, result = time.perf_counter(), "error"
+        try:
+            delay = await self._reconcile(key, body, pods)
+            result = "ok"
+            return delay
+        except Conflict:
+            result = "conflict"
+            self.metrics.api_errors.labels("conflict").inc()
+            return RETRY_SOON
+        except Gone:
+            result = "gone"
+            self.metrics.api_errors.labels("gone").inc()
+            self.forget(key)
+            return None
+        except TemporaryError:
+            self.metrics.api_errors.labels("temporary").inc()
+            raise
+        finally:
+            self.metrics.reconcile.labels(result).observe(time.perf_counter() - started)
+
+    async def _reconcile(self, key: Key, body: Mapping[str, Any] | None, pods: Sequence[PodView]) -> float | None:
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(key)
+            return None
+        mem = self._remember(key, body)
+        if self._stale(mem, body):
+            return RETRY_SOON
+        now = self.clock()
+        job, spec_error = _parse(body)
+        previous = Status.from_dict(body.get("status"))
+        progress = await self._scrape(mem, previous, pods, now) if job else None
+        decision = decide(previous, Observed(job, pods, spec_error, mem.rejection, progress), now)
+        if decision.status != previous:
+            await self._write(mem, job, body, decision, now)
+        self._phases[key] = decision.status.phase
+        if job is None:
+            return None
+        actions = plan(job, decision.status, pods, self.config.children, now)
+        try:
+            await self._act(job, mem, actions, pods)
+        except Rejected as e:
+            self.metrics.api_errors.labels("rejected").inc()
+            mem.rejection = str(e)
+            return 0.0
+        return self._requeue_after(decision, mem, now)
+
+    def _remember(self, key: Key, body: Mapping[str, Any]) -> _Memory:
+        uid = str(body["metadata"].get("uid"))
+        mem = self._memory.get(key)
+        if mem is None or mem.uid != uid:  # a new job under an old name starts afresh
+            mem = self._memory[key] = _Memory(uid)
+        return mem
+
+    def _stale(self, mem: _Memory, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` predates our last status write (the watch has not delivered it yet)."""
+        if mem.written is None:
+            return False
+        if body.get("status") == mem.written or time.monotonic() - mem.written_at > STALE_GRACE:
+            mem.written = None
+            return False
+        return True
+
+    async def _write(
+        self, mem: _Memory, job: Job | None, body: Mapping[str, Any], decision: Decision, now: datetime
+    ) -> None:
+        meta = job.meta if job else parse_meta(body["metadata"])
+        new = decision.status.to_dict()
+        await self.api.patch_status(meta, merge_patch(body.get("status") or {}, new))
+        mem.written, mem.written_at = new, time.monotonic()
+        for t in decision.transitions:
+            log.info(
+                "%s/%s: %s -> %s (%s) %s",
+                meta.namespace,
+                meta.name,
+                t.source.value,
+                t.target.value,
+                t.reason,
+                t.message,
+            )
+            await self.api.post_event(meta, t.reason, t.message, t.warning, now)
+            self.metrics.transitions.labels(t.source.value, t.target.value).inc()
+            if t.reason == "Restarting":
+                self.metrics.restarts.labels(t.source.value).inc()
+            if t.target.finished and meta.created:
+                result = t.target.value.lower()
+                self.metrics.job_duration.labels(result).observe((now - meta.created).total_seconds())
+
+    async def _act(self, job: Job, mem: _Memory, actions: Plan, pods: Sequence[PodView]) -> None:
+        clock = time.monotonic()
+        observed = {(p.name, p.attempt) for p in pods}
+        names = {p.name for p in pods}
+        mem.created = {k: t for k, t in mem.created.items() if t > clock and k not in observed}
+        mem.deleted = {k: t for k, t in mem.deleted.items() if t > clock and k in names}
+        for manifest in actions.ensure:
+            ident = f"{manifest['kind']}/{manifest['metadata']['name']}"
+            if ident not in mem.ensured:
+                await self.api.create(manifest)
+                mem.ensured.add(ident)
+        for name in actions.delete_pods:
+            if name not in mem.deleted:
+                await self.api.delete_pod(job.meta.namespace, name)
+                mem.deleted[name] = clock + EXPECTATION_TTL
+        for manifest in actions.create_pods:
+            replica = (manifest["metadata"]["name"], int(manifest["metadata"]["labels"][LABEL_ATTEMPT]))
+            if replica not in mem.created:
+                await self.api.create(manifest)
+                mem.created[replica] = clock + EXPECTATION_TTL
+        if actions.delete_job:
+            log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
+            await self.api.delete_job(job.meta)
+
+    async def _scrape(self, mem: _Memory, status: Status, pods: Sequence[PodView], now: datetime) -> Progress | None:
+        if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
+            return None
+        group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
+        if not group:
+            return None
+        mem.last_scrape = time.monotonic()
+        port = self.config.trainer_metrics_port
+        if status.phase.pod_phase == PodPhase.PRECOMPUTE:
+            texts = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
+            mem.shard_metrics.update({p.name: text for p, text in zip(group, texts, strict=True) if text is not None})
+            return precompute_progress(mem.shard_metrics.values(), now)
+        if group[0].index != 0:
+            return None
+        text = await self.scraper.fetch(str(group[0].ip), port)
+        return training_progress(text, now) if text else None
+
+    def _requeue_after(self, decision: Decision, mem: _Memory, now: datetime) -> float | None:
+        delays = []
+        if decision.wake_at is not None:
+            delays.append((decision.wake_at - now).total_seconds() + 0.5)
+        if decision.status.phase in RUNNING_PHASES:
+            delays.append(self.config.progress_interval)
+        pending = [*mem.created.values(), *mem.deleted.values()]
+        if pending:
+            delays.append(min(pending) - time.monotonic() + 0.1)
+        return max(min(delays), 0.05) if delays else None
+
+
+def _parse(body: Mapping[str, Any]) -> tuple[Job | None, str | None]:
+    try:
+        return parse_job(body), None
+    except InvalidSpec as e:
+        return None, str(e)

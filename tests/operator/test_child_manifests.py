@@ -1,0 +1,161 @@
+"""Children built from a job: names, labels, owner references, the trainer pod contract. Pure, no server."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from support.operator_core import make_job
+
+from prefops_operator.core.children import ChildSettings, config_map, pod, trainer_config, training_service
+from prefops_operator.core.naming import PodPhase, child_name, pod_name
+
+SETTINGS = ChildSettings(default_image="registry.example/prefops-trainer:1.2.3")
+CLUSTER = {
+    "resources": {
+        "nodes": 2,
+        "gpusPerNode": 8,
+        "requests": {"cpu": "32", "memory": "400Gi"},
+        "limits": {"memory": "500Gi"},
+        "nodeSelector": {"gpu": "h100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    "reference": {"workers": 4},
+}
+
+
+def env(manifest):
+    return {e["name"]: e["value"] for e in manifest["spec"]["containers"][0]["env"]}
+
+
+def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_contract():
+    job = make_job(spec=CLUSTER)
+    p = pod(job, PodPhase.TRAIN, 1, attempt=3, settings=SETTINGS)
+    c = p["spec"]["containers"][0]
+    assert c["command"] == ["prefops-trainer"]
+    assert c["args"] == ["train", "/etc/prefops/job.yaml"]
+    assert env(p) == {
+        "PREFOPS_NNODES": "2",
+        "PREFOPS_NODE_RANK": "1",
+        "PREFOPS_NPROC_PER_NODE": "8",
+        "PREFOPS_MASTER_ADDR": "qwen-dpo-train-0.qwen-dpo-train",
+        "PREFOPS_MASTER_PORT": "29500",
+        "PREFOPS_METRICS_PORT": "9400",
+        "PREFOPS_METRICS_ADDR": "0.0.0.0",
+        "PREFOPS_ATTEMPT": "3",
+    }
+    assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-1", "qwen-dpo-train")
+    assert c["resources"] == {
+        "requests": {"cpu": "32", "memory": "400Gi", "nvidia.com/gpu": "8"},
+        "limits": {"memory": "500Gi", "nvidia.com/gpu": "8"},
+    }
+    assert p["spec"]["nodeSelector"] == {"gpu": "h100"}
+    assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_pods_are_labelled_owned_by_the_job_and_never_restarted_by_the_kubelet():
+    job = make_job()
+    p = pod(job, PodPhase.TRAIN, 0, attempt=2, settings=SETTINGS)
+    assert p["metadata"]["labels"] == {
+        "prefops.dev/job-name": "qwen-dpo",
+        "prefops.dev/phase": "train",
+        "prefops.dev/replica-index": "0",
+        "prefops.dev/attempt": "2",
+    }
+    assert p["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "prefops.dev/v1alpha1",
+            "kind": "PreferenceTrainingJob",
+            "name": "qwen-dpo",
+            "uid": "uid-1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert p["metadata"]["namespace"] == "team-a"
+    assert p["spec"]["restartPolicy"] == "Never"
+
+
+def test_pods_run_as_non_root_without_privileges_or_an_api_token():
+    p = pod(make_job(), PodPhase.TRAIN, 0, attempt=1, settings=SETTINGS)
+    assert p["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert p["spec"]["securityContext"]["runAsUser"] == 1000
+    assert p["spec"]["automountServiceAccountToken"] is False
+    c = p["spec"]["containers"][0]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_storage_credentials_reach_the_pod_only_through_env_from_the_named_secret():
+    with_secret = pod(make_job(), PodPhase.PRECOMPUTE, 0, attempt=1, settings=SETTINGS)["spec"]["containers"][0]
+    assert with_secret["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert not any(e["name"].startswith("AWS_") for e in with_secret["env"])
+    job = make_job(spec={"storage": {"uri": "s3://work/x", "credentialsSecret": None}})
+    assert "envFrom" not in pod(job, PodPhase.PRECOMPUTE, 0, attempt=1, settings=SETTINGS)["spec"]["containers"][0]
+
+
+def test_precompute_pods_get_their_shard_and_the_number_of_shards():
+    job = make_job(spec=CLUSTER)
+    args = [pod(job, PodPhase.PRECOMPUTE, i, 1, SETTINGS)["spec"]["containers"][0]["args"] for i in range(4)]
+    assert args[2] == ["precompute", "/etc/prefops/job.yaml", "--shard", "2", "--num-shards", "4"]
+    assert "hostname" not in pod(job, PodPhase.PRECOMPUTE, 0, 1, SETTINGS)["spec"]
+
+
+def test_the_export_pod_asks_for_one_gpu_at_most_and_cpu_jobs_for_none():
+    gpu = pod(make_job(spec=CLUSTER), PodPhase.EXPORT, 0, 1, SETTINGS)["spec"]["containers"][0]["resources"]
+    assert gpu["limits"]["nvidia.com/gpu"] == "1"
+    cpu_job = make_job(spec={"resources": {"gpusPerNode": 0}})
+    assert pod(cpu_job, PodPhase.TRAIN, 0, 1, SETTINGS)["spec"]["containers"][0]["resources"] == {}
+
+
+def test_the_job_image_wins_over_the_operator_default():
+    assert pod(make_job(), PodPhase.TRAIN, 0, 1, SETTINGS)["spec"]["containers"][0]["image"] == SETTINGS.default_image
+    job = make_job(spec={"resources": {"image": "mine/trainer:dev"}})
+    assert pod(job, PodPhase.TRAIN, 0, 1, SETTINGS)["spec"]["containers"][0]["image"] == "mine/trainer:dev"
+
+
+def test_a_queue_name_adds_kueue_pod_group_labels_and_the_volcano_queue():
+    job = make_job(spec={"resources": {"nodes": 4, "queueName": "gpu-queue"}})
+    meta = pod(job, PodPhase.TRAIN, 0, 1, SETTINGS)["metadata"]
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == "qwen-dpo-train"
+    long = make_job(name="q" * 63, spec={"resources": {"queueName": "gpu-queue"}})
+    assert (
+        len(pod(long, PodPhase.PRECOMPUTE, 0, 1, SETTINGS)["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"]) <= 63
+    )
+    assert meta["annotations"] == {
+        "kueue.x-k8s.io/pod-group-total-count": "4",
+        "scheduling.volcano.sh/queue-name": "gpu-queue",
+    }
+
+
+def test_the_headless_service_selects_the_training_pods_for_rendezvous():
+    svc = training_service(make_job(), SETTINGS)
+    assert svc["metadata"]["name"] == "qwen-dpo-train"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {"prefops.dev/job-name": "qwen-dpo", "prefops.dev/phase": "train"}
+    assert svc["spec"]["ports"][0]["port"] == 29500
+
+
+def test_the_config_map_holds_the_job_manifest_for_the_trainer():
+    job = make_job()
+    cm = config_map(job)
+    assert cm["metadata"]["name"] == "qwen-dpo-config"
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert doc == yaml.safe_load(trainer_config(job))
+    assert doc["metadata"] == {"name": "qwen-dpo", "namespace": "team-a", "uid": "uid-1234"}
+    assert doc["spec"] == dict(job.spec.raw)
+
+
+@pytest.mark.parametrize("length", [1, 40, 50, 63])
+def test_child_names_are_deterministic_dns_labels_of_at_most_63_characters(length):
+    job = "j" * length
+    names = [pod_name(job, phase, i) for phase in PodPhase for i in (0, 7, 123)] + [child_name(job, "config")]
+    assert all(len(n) <= 63 and n[0].isalpha() and not n.endswith("-") for n in names)
+    assert len(set(names)) == len(names)
+    assert names == [pod_name(job, phase, i) for phase in PodPhase for i in (0, 7, 123)] + [child_name(job, "config")]
+
+
+def test_long_job_names_keep_a_readable_prefix_and_differ_by_hash():
+    a, b = "a" * 60 + "xyz", "a" * 60 + "xyw"
+    assert pod_name(a, PodPhase.PRECOMPUTE, 0).startswith("aaaa")
+    assert pod_name(a, PodPhase.PRECOMPUTE, 0) != pod_name(b, PodPhase.PRECOMPUTE, 0)
+    assert pod_name("short", PodPhase.TRAIN, 0) == "short-train-0"

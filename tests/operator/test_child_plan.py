@@ -1,0 +1,77 @@
+"""Planning the children for a status: what to create, delete, or wait for. Pure, no server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from support.operator_core import at, group, make_job, pod
+
+from prefops_operator.core.children import ChildSettings
+from prefops_operator.core.naming import PodPhase
+from prefops_operator.core.plan import plan
+from prefops_operator.core.status import Phase, Status
+
+S = ChildSettings()
+TRAIN, PRE = PodPhase.TRAIN, PodPhase.PRECOMPUTE
+
+
+def names(manifests):
+    return [m["metadata"]["name"] for m in manifests]
+
+
+def test_a_training_phase_wants_config_service_and_one_pod_per_node():
+    job = make_job(spec={"resources": {"nodes": 3}})
+    p = plan(job, Status(phase=Phase.TRAINING), [], S, at(0))
+    assert [m["kind"] for m in p.ensure] == ["ConfigMap", "Service"]
+    assert names(p.create_pods) == ["qwen-dpo-train-0", "qwen-dpo-train-1", "qwen-dpo-train-2"]
+    assert p.delete_pods == ()
+
+
+def test_only_missing_replicas_are_created():
+    job = make_job(spec={"resources": {"nodes": 3}})
+    p = plan(job, Status(phase=Phase.TRAINING), [pod(job, TRAIN, 1)], S, at(0))
+    assert names(p.create_pods) == ["qwen-dpo-train-0", "qwen-dpo-train-2"]
+
+
+def test_after_a_restart_the_old_group_is_deleted_before_the_new_one_is_created():
+    job = make_job(spec={"resources": {"nodes": 2}})
+    status = Status(phase=Phase.TRAINING, restarts=1)
+    old = group(job, TRAIN, 2, "Running", attempt=1)
+    first = plan(job, status, old, S, at(0))
+    assert first.delete_pods == ("qwen-dpo-train-0", "qwen-dpo-train-1")
+    assert first.create_pods == ()
+    assert first.waiting == ("qwen-dpo-train-0", "qwen-dpo-train-1")
+    dying = [replace(p, terminating=True) for p in old]
+    assert plan(job, status, dying, S, at(1)).delete_pods == ()
+    assert plan(job, status, dying, S, at(1)).create_pods == ()
+    created = plan(job, status, [], S, at(2)).create_pods
+    assert {m["metadata"]["labels"]["prefops.dev/attempt"] for m in created} == {"2"}
+
+
+def test_finished_pods_of_earlier_phases_are_kept_for_their_logs():
+    job = make_job()
+    done = [pod(job, PRE, 0, "Succeeded")]
+    assert plan(job, Status(phase=Phase.TRAINING), done, S, at(0)).delete_pods == ()
+
+
+def test_suspending_deletes_every_pod_not_done():
+    job = make_job(spec={"reference": {"workers": 2}})
+    pods = [pod(job, PRE, 0, "Succeeded"), pod(job, PRE, 1, "Running")]
+    p = plan(job, Status(phase=Phase.SUSPENDED), pods, S, at(0))
+    assert p.delete_pods == ("qwen-dpo-precompute-1",)
+    assert p.create_pods == ()
+
+
+def test_a_failed_job_stops_its_running_pods_and_keeps_the_failed_ones():
+    job = make_job(spec={"resources": {"nodes": 2}})
+    pods = [pod(job, TRAIN, 0, "Failed", exit_code=2), pod(job, TRAIN, 1, "Running")]
+    p = plan(job, Status(phase=Phase.FAILED), pods, S, at(0))
+    assert p.delete_pods == ("qwen-dpo-train-1",)
+
+
+def test_a_finished_job_is_deleted_once_its_ttl_has_passed():
+    job = make_job(spec={"ttlSecondsAfterFinished": 30})
+    done = Status(phase=Phase.SUCCEEDED, completion_time=at(0))
+    assert not plan(job, done, [], S, at(29)).delete_job
+    assert plan(job, done, [], S, at(30)).delete_job
+    assert not plan(make_job(), done, [], S, at(10**6)).delete_job

@@ -1,0 +1,112 @@
+"""Run the real operator (``python -m prefops_operator``) as a subprocess against a test cluster, as a given
+kubeconfig's identity. Killable at any moment (``kill()`` is SIGKILL) to test restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .kube import CACHE, ROOT, free_port, wait_for
+
+
+def image_like_python() -> str:
+    """The python of a venv holding only the operator's dependencies, installed as its image installs them
+    (``pip install -c constraints.txt operator``): no test-only packages such as the ``kubernetes`` client, which
+    kopf imports whenever it is installed. Cached under ~/.cache/prefops (the first build takes seconds)."""
+    stamp = hashlib.sha256(
+        (ROOT / "constraints.txt").read_bytes() + (ROOT / "operator" / "pyproject.toml").read_bytes()
+    )
+    venv = CACHE / f"operator-venv-{stamp.hexdigest()[:12]}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", str(ROOT / "operator")], check=True)
+    return str(python)
+
+
+@dataclass
+class OperatorProcess:
+    kubeconfig: Path
+    log: Path
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    extra_args: tuple[str, ...] = ()
+    python: str = sys.executable  # e.g. a venv with only the operator's dependencies, as in its image
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        argv = [
+            self.python,
+            "-m",
+            "prefops_operator",
+            "--bind-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            *[a for ns in self.namespaces for a in ("--namespace", ns)],
+            *self.extra_args,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREFOPS_OPERATOR_"))}
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(self._healthy, 60, f"operator health endpoint (log: {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.popen is not None
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.popen.returncode}:\n{self.tail()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
+            return resp.status == 200
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, like a crashed or evicted operator pod."""
+        if self.popen and self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
