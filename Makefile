@@ -37,7 +37,7 @@ $(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pypro
 	@# DeepSpeed ships as an sdist: build it against the torch above, not an isolated CUDA torch
 	$(PIP) install -c constraints.txt --no-build-isolation deepspeed
 	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm matplotlib
-	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter dockerfile-parse
+	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter dockerfile-parse helm-python-sdk
 	$(PIP) install --no-deps -e trainer $(if $(wildcard operator/pyproject.toml),-e operator)
 	@rm -f $(VENV)/.setup-*; touch $@
 
@@ -52,6 +52,9 @@ test: setup servers  ## the whole test suite: unit, contract, integration agains
 
 test-unit: setup  ## only the tests that need no server
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+e2e: setup servers  ## only the whole-loop tests: kubectl apply a job, the operator runs its pods, model lands in S3
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 bench: setup servers  ## run every benchmark under bench/ and print their tables
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -9,6 +9,8 @@ need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+# the machine image may bring its own kubectl; Debian's (1.20) conflicts with it, so only where none is found
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 # one real control plane per session, shared by operator, contract, chart and e2e tests
-pytest_plugins = ["support.fixtures"]
+pytest_plugins = ["support.fixtures", "support.s3"]
 
 # 2-core CI machines run servers beside the trainer; spinning OpenMP threads then stall (measured 30x slower)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

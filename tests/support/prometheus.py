@@ -23,8 +23,9 @@ class Prometheus:
     process: subprocess.Popen
 
     @classmethod
-    def start(cls, workdir: Path, targets: dict[str, list[str]]) -> Prometheus:
-        """``targets``: scrape job name → ["host:port", ...]."""
+    def start(cls, workdir: Path, targets: dict[str, list[str]], file_sd: dict[str, Path] | None = None) -> Prometheus:
+        """``targets``: scrape job name → ["host:port", ...]; ``file_sd``: scrape job name → a file_sd JSON file
+        (targets discovered while Prometheus runs, as a PodMonitor's are)."""
         exe = shutil.which("prometheus")
         if exe is None:
             raise RuntimeError("prometheus is not installed (make servers installs Debian's package)")
@@ -32,7 +33,11 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": name, "static_configs": [{"targets": addrs}]} for name, addrs in targets.items()
+                *({"job_name": name, "static_configs": [{"targets": addrs}]} for name, addrs in targets.items()),
+                *(
+                    {"job_name": name, "file_sd_configs": [{"files": [str(path)], "refresh_interval": "1s"}]}
+                    for name, path in (file_sd or {}).items()
+                ),
             ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))

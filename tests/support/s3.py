@@ -81,3 +81,18 @@ class S3Server:
 def use_env(server: S3Server) -> None:
     """Point this process's S3 clients at ``server`` (tests that call the trainer in-process)."""
     os.environ.update(server.env)
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - tests always have pytest
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def s3_server(tmp_path_factory):
+        """A real S3-compatible server (moto_server) on 127.0.0.1 for the whole session."""
+        server = S3Server.start(tmp_path_factory.mktemp("s3") / "moto.log")
+        yield server
+        server.stop()

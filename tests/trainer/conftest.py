@@ -23,16 +23,6 @@ def tmp_job(tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3-compatible server (moto_server) on 127.0.0.1 for the whole session."""
-    from support.s3 import S3Server
-
-    server = S3Server.start(tmp_path_factory.mktemp("s3") / "moto.log")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def s3(s3_server, monkeypatch, request):
     """A fresh bucket on the session's S3 server, with this process's AWS variables pointing at it."""
