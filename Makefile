@@ -60,8 +60,8 @@ bench: setup servers  ## run every benchmark under bench/ and print their tables
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
 lint: setup  ## ruff, mypy and the import-layer contracts
-	$(VENV)/bin/ruff check trainer operator tests bench
-	$(VENV)/bin/ruff format --check trainer operator tests bench
+	$(VENV)/bin/ruff check trainer operator tests bench scripts
+	$(VENV)/bin/ruff format --check trainer operator tests bench scripts
 	$(VENV)/bin/lint-imports --config operator/pyproject.toml
 	cd operator && ../$(VENV)/bin/mypy
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generate docs/spec-reference.md from the CRD's OpenAPI schema, the one place each field is documented.
 
-    python scripts/gen_spec_reference.py            # rewrite docs/spec-reference.md
-    python scripts/gen_spec_reference.py --check    # exit 1 when the file is out of date (tests run this)
+python scripts/gen_spec_reference.py            # rewrite docs/spec-reference.md
+python scripts/gen_spec_reference.py --check    # exit 1 when the file is out of date (tests run this)
 """
 
 from __future__ import annotations

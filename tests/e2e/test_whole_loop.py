@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.kube import ROOT, wait_for
 from support.operator import OperatorProcess
 from support.podrunner import PodRunner, image_env
