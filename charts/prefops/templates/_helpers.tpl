@@ -1,0 +1,94 @@
+{{/* Names, labels and the operator's RBAC rules, shared by the templates. */}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "prefops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name: fullnameOverride, else the release name when it contains the chart name, else
+<release>-<chart>; at most 63 characters (a DNS label). */}}
+{{- define "prefops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* name-version, the value of the helm.sh/chart label. */}}
+{{- define "prefops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The labels every object carries; the operator's objects add app.kubernetes.io/component: operator. */}}
+{{- define "prefops.labels" -}}
+helm.sh/chart: {{ include "prefops.chart" . }}
+app.kubernetes.io/name: {{ include "prefops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: prefops
+{{- end }}
+
+{{/* The labels of the operator's objects. */}}
+{{- define "prefops.operatorLabels" -}}
+{{ include "prefops.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The labels that select the operator pod (immutable in a Deployment: never change them). */}}
+{{- define "prefops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "prefops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "prefops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "prefops.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference: repository, then @digest or :tag (default: the chart's appVersion). */}}
+{{- define "prefops.image" -}}
+{{- $image := index . 0 }}{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's permissions: exactly operator/rbac/operator.yaml's ClusterRole rules, the API calls of
+operator/src/prefops_operator/adapters/kube.py and kopf's watches (tests/chart checks they are equal). The same
+rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */}}
+{{- define "prefops.rules" -}}
+# jobs: watched (kopf index and events), deleted after ttlSecondsAfterFinished
+- apiGroups: [prefops.dev]
+  resources: [preferencetrainingjobs]
+  verbs: [list, watch, delete]
+# the status subresource: phase, conditions, progress
+- apiGroups: [prefops.dev]
+  resources: [preferencetrainingjobs/status]
+  verbs: [patch]
+# the phases' pods: watched (kopf index), created, deleted on restart/suspend/failure
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+# the trainer config (ConfigMap) and the training rendezvous (headless Service): created once per job
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [create]
+# an Event on the job at every phase transition
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

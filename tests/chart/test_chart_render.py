@@ -1,0 +1,347 @@
+"""The chart rendered by the real Helm engine (no server): the operator Deployment, its flags as the operator
+parses them, RBAC equal to operator/rbac/operator.yaml, the CRD equal to crds/, the monitors, the dashboard, NOTES,
+packaging. The same value sets go through the apiserver in test_chart_apiserver.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import helm_python
+import pytest
+import yaml
+from chart.rendering import CHART, NAMESPACE, ROOT, VALUE_SETS, args, chart, container, crd_file_spec, load_all, render
+from dockerfile_parse import DockerfileParser
+from support.operator_core import make_job
+
+from prefops_operator.config import OperatorConfig
+from prefops_operator.core.children import ChildSettings, pod
+from prefops_operator.core.naming import PodPhase
+
+
+def operator_config(values: dict) -> OperatorConfig:
+    return OperatorConfig.from_args(container(render(values))["args"], env={})
+
+
+def manual_rbac() -> list[dict]:
+    docs = yaml.safe_load_all((ROOT / "operator" / "rbac" / "operator.yaml").read_text())
+    return [d for d in docs if d]
+
+
+def rules(obj: dict) -> list[dict]:
+    return [{k: sorted(v) for k, v in rule.items()} for rule in obj["rules"]]
+
+
+# -- the operator Deployment -----------------------------------------------------------------------------------
+
+
+def test_the_operator_runs_as_one_replica_replaced_with_recreate():
+    spec = render().one("Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+
+
+def test_the_operator_runs_as_the_images_non_root_user_with_a_read_only_root_filesystem():
+    rendered = render()
+    pod_spec = rendered.one("Deployment")["spec"]["template"]["spec"]
+    ctx = container(rendered)["securityContext"]
+    with (ROOT / "images" / "operator" / "Dockerfile").open("rb") as f:
+        structure = DockerfileParser(fileobj=f).structure
+    image_uid = next(i["value"] for i in reversed(structure) if i["instruction"] == "USER").split(":")[0]
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["securityContext"]["runAsUser"] == int(image_uid)
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    # the only writable path, as the image expects
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(rendered)["volumeMounts"]
+    assert {v["name"]: v for v in pod_spec["volumes"]}["tmp"]["emptyDir"]
+
+
+def test_the_operator_container_requests_cpu_and_memory():
+    requests = container(render())["resources"]["requests"]
+    assert set(requests) == {"cpu", "memory"}
+    custom = container(render(VALUE_SETS["tuned"]))["resources"]
+    assert custom == VALUE_SETS["tuned"]["resources"]
+
+
+@pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["tuned"]], ids=["defaults", "tuned"])
+def test_the_liveness_probe_asks_the_operators_health_port_for_healthz(values):
+    rendered = render(values)
+    operator = container(rendered)
+    probe = operator["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == operator_config(values).health_port
+    assert ports["metrics"] == operator_config(values).metrics_port
+
+
+def test_the_default_flags_are_the_operators_own_defaults_and_the_chart_app_version():
+    config = operator_config({})
+    app_version = chart().metadata["appVersion"]
+    assert config.namespaces == ()
+    assert config.default_image == f"ghcr.io/prefops/trainer:{app_version}" == ChildSettings.default_image
+    assert container(render())["image"] == f"ghcr.io/prefops/operator:{app_version}"
+    defaults = OperatorConfig()
+    for field in ("image_pull_policy", "trainer_metrics_port", "run_as_user", "metrics_port", "health_port",
+                  "workers", "progress_interval", "scrape_timeout", "verbose"):  # fmt: skip
+        assert getattr(config, field) == getattr(defaults, field), field
+
+
+def test_image_values_reach_the_operator_image_and_its_trainer_pods():
+    values = VALUE_SETS["images"]
+    rendered = render(values)
+    config = operator_config(values)
+    assert container(rendered)["image"] == "registry.example.com/ml/prefops-operator@sha256:" + "a" * 64
+    assert container(rendered)["imagePullPolicy"] == "Always"
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    trainer = pod(make_job("dpo"), PodPhase.TRAIN, 0, 1, config.children)["spec"]["containers"][0]
+    assert trainer["image"] == "registry.example.com/ml/prefops-trainer:0.1.0-cu128"
+    assert trainer["imagePullPolicy"] == "Always"
+    assert {"name": "metrics", "containerPort": 9500} in trainer["ports"]
+    assert config.run_as_user == 2000
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_flag_the_chart_passes_is_one_the_operator_accepts(name):
+    values = VALUE_SETS[name]
+    config = operator_config(values)  # argparse exits on an unknown flag or a bad value
+    assert config.namespaces == tuple(values.get("watchNamespaces", ()))
+
+
+def test_operator_values_reach_its_flags():
+    config = operator_config(VALUE_SETS["tuned"])
+    assert (config.metrics_port, config.health_port, config.workers) == (9080, 9081, 4)
+    assert (config.progress_interval, config.scrape_timeout, config.verbose) == (30, 5, True)
+    assert args(render(VALUE_SETS["tuned"]))["--bind-address"] == ["0.0.0.0"]
+
+
+def test_pod_settings_reach_the_operator_pod():
+    values = VALUE_SETS["tuned"]
+    template = render(values).one("Deployment")["spec"]["template"]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert template["metadata"]["labels"]["team"] == "ml"
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert template["spec"][key] == values[key]
+
+
+# -- names -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("release", "values", "expected"),
+    [
+        ("prefops", {}, "prefops"),
+        ("ml", {}, "ml-prefops"),
+        ("ml", {"fullnameOverride": "ptj-operator"}, "ptj-operator"),
+        ("x" * 70, {}, "x" * 63),
+    ],
+)
+def test_objects_are_named_after_the_release(release, values, expected):
+    rendered = render(values, name=release)
+    assert rendered.one("Deployment")["metadata"]["name"] == expected
+    assert rendered.one("ServiceAccount")["metadata"]["name"] == expected
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == expected
+
+
+def test_every_object_carries_the_standard_labels():
+    for obj in render(VALUE_SETS["monitoring"]).objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "prefops", obj["kind"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", obj["kind"]
+        assert labels["helm.sh/chart"] == "prefops-0.1.0", obj["kind"]
+
+
+# -- RBAC ------------------------------------------------------------------------------------------------------
+
+
+def test_the_cluster_role_grants_exactly_the_rules_of_the_operators_rbac_manifest():
+    rendered = render()
+    manual = next(d for d in manual_rbac() if d["kind"] == "ClusterRole")
+    assert rules(rendered.one("ClusterRole")) == rules(manual)
+    binding = rendered.one("ClusterRoleBinding")
+    account = rendered.one("ServiceAccount")["metadata"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": rendered.one("ClusterRole")["metadata"]["name"]}  # fmt: skip
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}]
+
+
+def test_watching_some_namespaces_grants_a_role_in_each_of_them_and_nothing_cluster_wide():
+    rendered = render(VALUE_SETS["namespaced"])
+    manual = next(d for d in manual_rbac() if d["kind"] == "ClusterRole")
+    assert not rendered.kinds() & {"ClusterRole", "ClusterRoleBinding"}
+    roles, bindings = rendered.all("Role"), rendered.all("RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["chart-team-a", "chart-team-b"]
+    assert all(rules(role) == rules(manual) for role in roles)
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["chart-team-a", "chart-team-b"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prefops", "namespace": NAMESPACE}]
+    assert args(rendered)["--namespace"] == ["chart-team-a", "chart-team-b"]
+
+
+def test_rbac_and_the_service_account_can_be_left_to_the_user():
+    rendered = render(VALUE_SETS["bring-your-own-account"])
+    assert not rendered.kinds() & {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing-operator"
+
+
+# -- the CRD ---------------------------------------------------------------------------------------------------
+
+
+def test_the_charts_crd_file_is_a_byte_for_byte_copy_of_the_repository_crd():
+    repo = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    copies = sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml"))
+    assert copies == repo
+    for name in repo:
+        assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
+
+
+def test_the_rendered_crd_is_the_repository_crd_with_the_charts_labels():
+    crd = render().one("CustomResourceDefinition")
+    original = crd_file_spec()
+    assert crd["spec"] == original["spec"]
+    assert crd["metadata"]["name"] == original["metadata"]["name"]
+    assert original["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+
+
+def test_the_crd_is_kept_on_uninstall_unless_switched_off():
+    assert render().one("CustomResourceDefinition")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert "annotations" not in render(VALUE_SETS["crd-not-kept"]).one("CustomResourceDefinition")["metadata"]
+    assert "CustomResourceDefinition" not in render(VALUE_SETS["no-crd"]).kinds()
+
+
+# -- metrics, monitors, dashboards -----------------------------------------------------------------------------
+
+
+def test_monitors_and_the_dashboard_are_off_by_default():
+    assert not render().kinds() & {"ServiceMonitor", "PodMonitor", "ConfigMap"}
+
+
+def test_the_service_monitor_scrapes_the_operators_metrics_port_through_the_service():
+    rendered = render(VALUE_SETS["monitoring"])
+    monitor, service = rendered.one("ServiceMonitor"), rendered.one("Service")
+    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (port,) = service["spec"]["ports"]
+    assert endpoint["port"] == port["name"] and port["port"] == 9090
+    assert port["targetPort"] in {p["name"] for p in container(rendered)["ports"]}
+    assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "1m")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_a_service_monitor_without_the_metrics_service_is_refused():
+    values = {"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"serviceMonitor\.enabled needs metrics\.service\.enabled"):
+        render(values)
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)."""
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok &= {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+               "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+    return ok
+
+
+@pytest.mark.parametrize("phase", list(PodPhase))
+def test_the_pod_monitor_selects_the_operators_trainer_pods_on_their_metrics_port(phase):
+    values = {**VALUE_SETS["images"], "podMonitor": {"enabled": True}}
+    monitor = render(values).one("PodMonitor")["spec"]
+    trainer = pod(make_job("dpo"), phase, 0, 1, operator_config(values).children)  # as the operator builds them
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in trainer["spec"]["containers"][0]["ports"]}
+    assert matches(monitor["selector"], trainer["metadata"]["labels"])
+    assert not matches(monitor["selector"], {"app.kubernetes.io/name": "prefops"})  # not the operator itself
+    assert ports[endpoint["port"]] == values["trainer"]["metricsPort"]
+    assert endpoint["path"] == "/metrics"
+
+
+def test_the_pod_monitor_looks_in_every_namespace_or_only_the_watched_ones():
+    assert render({"podMonitor": {"enabled": True}}).one("PodMonitor")["spec"]["namespaceSelector"] == {"any": True}
+    namespaced = render(VALUE_SETS["namespaced-monitoring"]).one("PodMonitor")["spec"]["namespaceSelector"]
+    assert namespaced == {"matchNames": ["chart-team-a"]}
+
+
+def test_an_empty_scrape_timeout_leaves_prometheus_default():
+    (endpoint,) = render(VALUE_SETS["monitoring"]).one("PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert "scrapeTimeout" not in endpoint and endpoint["interval"] == "15s"
+
+
+def test_the_dashboard_configmap_carries_the_grafana_dashboard_for_the_sidecar():
+    rendered = render(VALUE_SETS["dashboards"])
+    configmap = rendered.one("ConfigMap")
+    assert configmap["metadata"]["namespace"] == "chart-monitoring"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "prefops"}
+    shipped = (CHART / "dashboards" / "prefops.json").read_text()
+    assert configmap["data"]["prefops.json"] == shipped
+    assert json.loads(configmap["data"]["prefops.json"])["panels"]
+
+
+def test_the_dashboard_label_follows_the_sidecars_settings():
+    values = {"dashboards": {"enabled": True, "label": "grafana.com/dashboard", "labelValue": "prefops"}}
+    labels = render(values).one("ConfigMap")["metadata"]["labels"]
+    assert labels["grafana.com/dashboard"] == "prefops" and "grafana_dashboard" not in labels
+
+
+# -- NOTES.txt, values, packaging ------------------------------------------------------------------------------
+
+
+def test_the_notes_give_the_next_commands_for_the_release():
+    notes = render().notes
+    assert "kubectl -n prefops-system rollout status deployment/prefops" in notes
+    assert "kubectl -n default get ptj -w" in notes
+    assert "port-forward service/prefops-metrics 8080" in notes
+    assert "keeps the CRD" in notes
+
+
+def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
+    namespaced = render(VALUE_SETS["namespaced"]).notes
+    assert "chart-team-a, chart-team-b only" in namespaced
+    assert "kubectl -n chart-team-a apply -f examples/dpo-lora-s3.yaml" in namespaced
+    assert "kubectl apply -f crds/" in render(VALUE_SETS["no-crd"]).notes
+    assert "deletes the CRD and every PreferenceTrainingJob" in render(VALUE_SETS["crd-not-kept"]).notes
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"workers": 0}}, r"/operator/workers.*minimum"),
+        ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
+        ({"watchNamespaces": ["Team_A"]}, r"/watchNamespaces/0"),
+        ({"watchNamespace": ["team-a"]}, r"additional properties 'watchNamespace' not allowed"),
+        ({"crds": {"keep": "yes"}}, r"/crds/keep.*boolean"),
+        ({"serviceMonitor": {"interval": "30 seconds"}}, r"/serviceMonitor/interval"),
+        ({"image": {"digest": "latest"}}, r"/image/digest"),
+        ({"trainer": {"runAsUser": 0}}, r"/trainer/runAsUser"),
+    ],
+)
+def test_a_bad_value_is_rejected_by_the_schema_when_rendering(values, message):
+    with pytest.raises(helm_python.HelmValuesError, match=message):
+        render(values)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_chart_passes_helm_lint(name):
+    report = helm_python.lint(CHART, VALUE_SETS[name], strict=True, kube_version="v1.20.2")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
+
+
+def test_the_packaged_chart_carries_the_crd_and_the_dashboard_and_renders_the_same(tmp_path):
+    archive = helm_python.package(CHART, destination=tmp_path)
+    packaged = helm_python.Chart.load(archive)
+    files = {f["name"] for f in packaged.files}
+    assert {"files/crds/prefops.dev_preferencetrainingjobs.yaml", "dashboards/prefops.json", "README.md"} <= files
+    values = {"dashboards": {"enabled": True}}
+    from_archive = packaged.render(values, name="prefops", namespace=NAMESPACE)
+    from_dir = chart().render(values, name="prefops", namespace=NAMESPACE)
+    assert from_archive == from_dir
+    assert any(re.search(r"kind: ConfigMap", text) for text in from_archive.values())
+    assert load_all(from_archive["prefops/templates/crd.yaml"])[0]["spec"] == crd_file_spec()["spec"]
