@@ -39,3 +39,8 @@ def test_every_trainer_metric_in_the_readme_is_exported():
     assert exported - {"prefops_trainer_phase"} <= listed | {"prefops_trainer_phase"}, (
         f"exported but undocumented: {sorted(exported - listed)}"
     )
+
+
+def test_the_readme_lists_every_example_manifest():
+    listed = set(re.findall(r"`examples/([\w.-]+\.yaml)`", (ROOT / "README.md").read_text()))
+    assert listed == {p.name for p in (ROOT / "examples").glob("*.yaml")}
