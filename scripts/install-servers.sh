@@ -17,6 +17,6 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq >/dev/null
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-"$here/build-kube-apiserver.sh" "$cache/kube-apiserver-1.20.2" >/dev/null
-"$here/build-kube-controller-manager.sh" "$cache/kube-controller-manager-1.20.2" >/dev/null
+"$here/build-kube.sh" kube-apiserver "$cache/kube-apiserver-1.20.2" >/dev/null
+"$here/build-kube.sh" kube-controller-manager "$cache/kube-controller-manager-1.20.2" >/dev/null
 echo "servers ready: etcd $(etcd --version | head -1 | awk '{print $3}'), prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), kube-apiserver + kube-controller-manager 1.20.2 in $cache"

@@ -11,7 +11,7 @@ Usage::
 
 Binaries: ``PREFOPS_KUBE_APISERVER`` (default ``~/.cache/prefops/kube-apiserver-1.20.2/kube-apiserver``),
 ``PREFOPS_KUBE_CONTROLLER_MANAGER`` (default ``~/.cache/prefops/kube-controller-manager-1.20.2/...``; built on
-first use by ``scripts/build-kube-controller-manager.sh`` when missing), ``PREFOPS_ETCD`` (default ``etcd`` on
+first use by ``scripts/build-kube.sh kube-controller-manager`` when missing), ``PREFOPS_ETCD`` (default ``etcd`` on
 PATH). A server that does not start raises :class:`ClusterError` (tests fail, never skip).
 """
 
@@ -71,6 +71,17 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
+def stop_process(popen: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once the process is gone."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
 @dataclass
 class Process:
     name: str
@@ -78,13 +89,7 @@ class Process:
     log: Path
 
     def stop(self, timeout: float = 10) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -535,8 +540,10 @@ def _replace(client: Any, doc: dict[str, Any]) -> None:
 def _controller_manager_binary() -> Path:
     if CONTROLLER_MANAGER.is_file():
         return CONTROLLER_MANAGER
-    script = ROOT / "scripts" / "build-kube-controller-manager.sh"
-    result = subprocess.run([str(script), str(CONTROLLER_MANAGER.parent)], capture_output=True, text=True)
+    script = ROOT / "scripts" / "build-kube.sh"
+    result = subprocess.run(
+        [str(script), "kube-controller-manager", str(CONTROLLER_MANAGER.parent)], capture_output=True, text=True
+    )
     if result.returncode != 0 or not CONTROLLER_MANAGER.is_file():
         raise ClusterError(f"could not build kube-controller-manager with {script}:\n{result.stderr[-2000:]}")
     return CONTROLLER_MANAGER

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kube import CACHE, ROOT, free_port, wait_for
+from .kube import CACHE, ROOT, free_port, stop_process, wait_for
 
 
 def image_like_python() -> str:
@@ -81,12 +81,8 @@ class OperatorProcess:
             self.popen.wait()
 
     def stop(self, timeout: float = 15) -> None:
-        if self.popen and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.popen:
+            stop_process(self.popen, timeout)
 
     @property
     def pid(self) -> int:

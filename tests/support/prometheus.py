@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .kube import free_port
+from .kube import free_port, stop_process
 
 
 @dataclass
@@ -86,8 +86,4 @@ class Prometheus:
         raise AssertionError(f"prometheus: no result for {expr!r} within {timeout}s {what}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)

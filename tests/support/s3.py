@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .kube import free_port
+from .kube import free_port, stop_process
 
 ACCESS_KEY, SECRET_KEY, REGION = "prefops-test", "prefops-test-secret", "us-east-1"
 
@@ -71,11 +71,7 @@ class S3Server:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def use_env(server: S3Server) -> None:
