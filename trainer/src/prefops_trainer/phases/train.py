@@ -229,6 +229,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _leave_process_group() -> None:
+    """Every rank waits until rank 0 has written the phase's results, then leaves the process group. A gloo group
+    left for the interpreter's exit to tear down can abort a rank (SIGABRT, "terminate called without an active
+    exception") and so fail a job whose training had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _fmt(logs: dict[str, Any]) -> str:
     keys = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "epoch")
     return " ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), int | float))
@@ -284,6 +295,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
             inputs.ws.trained.join(TRAINED_MARKER), {"steps": report["steps"], "metrics": report["metrics"]}
         )
         inputs.ws.write_report("train", report)
+    _leave_process_group()
     return report
 
 
