@@ -72,8 +72,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     rm -rf "vendor/$m"; mkdir -p "vendor/$m"
     find "/usr/share/gocode/src/$m" -maxdepth 1 -type f \( -name '*.go' ! -name '*_test.go' -o -name LICENSE \) -exec cp {} "vendor/$m/" \;
   done
-  export GOPROXY=off GOFLAGS=-mod=vendor GO111MODULE=on CGO_ENABLED=0 GOCACHE="$cache/gocache" HOME="$cache/home"
-  mkdir -p "$HOME"
+  export GOPROXY=off GOFLAGS=-mod=vendor GO111MODULE=on CGO_ENABLED=0 HOME="$cache/home"
+  # hack/lib/golang.sh sets GOCACHE to _output/local/go/cache: make that our cache, which outlives the tree
+  mkdir -p "$HOME" "$cache/gocache" _output/local/go
+  ln -s "$cache/gocache" _output/local/go/cache
   what=$(printf 'cmd/%s ' "${missing[@]}")
   echo "building ${missing[*]} (log: $cache/build.log)" >&2
   make WHAT="${what% }" >"$cache/build.log" 2>&1 || { tail -20 "$cache/build.log" >&2; exit 1; }

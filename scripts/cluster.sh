@@ -20,6 +20,7 @@
 # State (certificates, kubeconfigs, etcd, logs, PIDs) lives in $PREFOPS_CLUSTER_DIR (default .cluster/); the
 # admin kubeconfig is .cluster/kubeconfig. The node's images live in $PREFOPS_CACHE/node (kept by `down`).
 set -euo pipefail
+shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/.." && pwd)
 conf=$root/scripts/cluster
 cache=${PREFOPS_CACHE:-$HOME/.cache/prefops}
@@ -36,7 +37,8 @@ FIREWALL=PREFOPS-NODE
 SYSCTLS=(net.ipv4.ip_forward net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom kernel.panic
   kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 # host paths the kubelet and containerd create whatever their configuration says; `down` removes those it created
-HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /run/netns /run/containerd)
+HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /run/netns /run/containerd /run/kubernetes
+  /var/lib/kubelet /usr/libexec/kubernetes)
 export AWS_EC2_METADATA_DISABLED=true
 
 say() { echo "cluster: $*" >&2; }
@@ -107,7 +109,7 @@ pause_image() {  # the sandbox ("pause") image, compiled from the Kubernetes sou
   local dir=$cache/kube-1.20.2/pause
   if [ ! -f "$dir/pause.tar" ]; then
     mkdir -p "$dir/rootfs"
-    tar -xzf "$cache/kube-1.20.2/src/kubernetes_1.20.5+really1.20.2.orig.tar.gz" -C "$dir" --strip-components=4 \
+    tar -xzf "$("$root/scripts/build-kube.sh" --source)" -C "$dir" --strip-components=4 \
       kubernetes-1.20.2/build/pause/linux/pause.c
     gcc -Os -static -DVERSION=3.4.1-prefops -o "$dir/rootfs/pause" "$dir/pause.c"
     tar -C "$dir/rootfs" -cf "$dir/rootfs.tar" pause
@@ -174,7 +176,7 @@ EOF
   kubeconfig "$state/proxy.kubeconfig" system:kube-proxy "${tokens[proxy]}"
   kubeconfig "$state/scheduler.kubeconfig" system:kube-scheduler "${tokens[scheduler]}"
   kubeconfig "$state/controller-manager.kubeconfig" system:kube-controller-manager "${tokens[controller-manager]}"
-  echo "${tokens[dns]}" >"$state/dns/token"
+  echo "${tokens[dns]}" >"$pki/dns.token"
   fill "$conf/containerd.toml" "$state/containerd/config.toml"
   fill "$conf/cni.conflist" "$state/cni/net.d/10-prefops-node.conflist"
   fill "$conf/kubelet.yaml" "$state/kubelet/config.yaml"
@@ -230,7 +232,8 @@ start_control_plane() {
   alive kube-controller-manager || start kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$state/controller-manager.kubeconfig" --leader-elect=false --port=0 --secure-port=0 \
     --use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
-    --root-ca-file="$pki/ca.crt" --node-monitor-grace-period=2m --v=1 \
+    --root-ca-file="$pki/ca.crt" --node-monitor-grace-period=2m --flex-volume-plugin-dir="$state/kubelet/volume-plugins" \
+    --v=1 \
     --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,endpoint,endpointslice,replicaset,deployment,statefulset,job,podgc,nodelifecycle,clusterrole-aggregation,ttl
   alive kube-scheduler || start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$state/scheduler.kubeconfig" \
     --leader-elect=false --port=0 --secure-port=0 --v=1
@@ -279,9 +282,9 @@ start_node() {
     --nodeport-addresses="$NODE_IP/32" --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 \
     --conntrack-tcp-timeout-close-wait=0 --metrics-bind-address=127.0.0.1:30249 \
     --healthz-bind-address=127.0.0.1:30256 --bind-address=127.0.0.1 --v=1
-  alive dns-sync || start dns-sync python3 "$conf/dns_sync.py" "$API" "$state/pki/ca.crt" "$state/dns/token" \
+  alive dns-sync || start dns-sync python3 "$conf/dns_sync.py" "$API" "$state/pki/ca.crt" "$state/pki/dns.token" \
     "$state/dns/cluster.hosts"
-  alive dnsmasq || start dnsmasq dnsmasq --keep-in-foreground --log-facility=- --user=root --pid-file= \
+  alive dnsmasq || start dnsmasq dnsmasq --keep-in-foreground --log-facility=- --user=nobody --group=nogroup --pid-file= \
     --listen-address="$NODE_IP" --bind-interfaces --port=53 --no-resolv --no-hosts --local=/cluster.local/ \
     --domain-needed --bogus-priv --hostsdir="$state/dns"
 }
@@ -332,8 +335,7 @@ remove_pods() {  # let the kubelet stop every pod (CNI teardown, volume unmounts
   kctl delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
   local i
   for i in $(seq 120); do
-    [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && [ -z "$(ctr_ containers ls -q 2>/dev/null | grep -v -x -F -f <(ctr_ images ls -q 2>/dev/null) || true)" ] && break
-    [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break
+    [ -n "$(ctr_ tasks ls -q 2>/dev/null)" ] || break
     sleep 0.5
   done
 }
@@ -369,22 +371,22 @@ clean_netns() {  # network namespaces of pods the kubelet did not stop
   done
 }
 
-clean_iptables() {  # every chain kube-proxy, the kubelet, the CNI plugins and this script made, in every table
-  local tool table chain
+our_chains() {  # our_chains TOOL TABLE: the chains kube-proxy, the kubelet and this script made
+  $sudo "$1-save" -t "$2" 2>/dev/null | awk -v f="$FIREWALL" '/^:/ { c = substr($1, 2); if (c ~ /^KUBE-/ || c == f) print c }'
+}
+
+clean_iptables() {  # our chains in every table, and the rules of built-in chains that jump to them
+  local tool table chain rule
   for tool in iptables ip6tables; do
     command -v "$tool" >/dev/null || continue
     for table in filter nat mangle raw; do
-      $sudo "$tool-save" -t "$table" 2>/dev/null | grep -E '^-A' | grep -E -- "-j (KUBE-|CNI-|$FIREWALL)|^-A (KUBE-|CNI-|$FIREWALL)" |
-        grep -E -v '^-A (KUBE-|CNI-|PREFOPS-)' | while read -r rule; do
-          # shellcheck disable=SC2086
-          $sudo "$tool" -w -t "$table" -D ${rule#-A } 2>/dev/null || true
+      { $sudo "$tool-save" -t "$table" 2>/dev/null || true; } | { grep -E -- "^-A [A-Z]+ .*-j (KUBE-|$FIREWALL)" || true; } |
+        { grep -E -v "^-A (KUBE-|$FIREWALL)" || true; } | while read -r rule; do
+          # iptables-save quotes as a shell does (comments with spaces)
+          eval "$sudo $tool -w -t $table -D ${rule#-A }" 2>/dev/null || true
         done
-      for chain in $($sudo "$tool-save" -t "$table" 2>/dev/null | awk -v f="$FIREWALL" '/^:/ { c = substr($1, 2); if (c ~ /^(KUBE-|CNI-)/ || c == f) print c }'); do
-        $sudo "$tool" -w -t "$table" -F "$chain" 2>/dev/null || true
-      done
-      for chain in $($sudo "$tool-save" -t "$table" 2>/dev/null | awk -v f="$FIREWALL" '/^:/ { c = substr($1, 2); if (c ~ /^(KUBE-|CNI-)/ || c == f) print c }'); do
-        $sudo "$tool" -w -t "$table" -X "$chain" 2>/dev/null || true
-      done
+      for chain in $(our_chains "$tool" "$table"); do $sudo "$tool" -w -t "$table" -F "$chain" 2>/dev/null || true; done
+      for chain in $(our_chains "$tool" "$table"); do $sudo "$tool" -w -t "$table" -X "$chain" 2>/dev/null || true; done
     done
   done
 }
@@ -422,11 +424,13 @@ down() {
   stop kube-controller-manager
   stop kube-apiserver
   stop etcd
-  unmount_state
-  clean_netns
-  clean_iptables
-  clean_cgroups
-  restore_host
+  if [ -d "$state/host" ]; then  # only what `up` changed: nothing when it never ran
+    unmount_state
+    clean_netns
+    clean_iptables
+    clean_cgroups
+    restore_host
+  fi
   # keep the logs for a look after the fact; everything else of this node goes
   if [ -d "$state" ]; then
     find "$state" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
