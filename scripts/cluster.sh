@@ -304,6 +304,7 @@ all_alive() {
 
 up() {
   if [ -f "$state/kubeconfig" ] && all_alive && node_ready; then
+    "$root/scripts/images.sh"  # the current sources: seconds when nothing changed
     import_images
     say "up: node $NODE Ready (KUBECONFIG=$state/kubeconfig)"
     return

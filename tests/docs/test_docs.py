@@ -44,3 +44,10 @@ def test_every_trainer_metric_in_the_readme_is_exported():
 def test_the_readme_lists_every_example_manifest():
     listed = set(re.findall(r"`examples/([\w.-]+\.yaml)`", (ROOT / "README.md").read_text()))
     assert listed == {p.name for p in (ROOT / "examples").glob("*.yaml")}
+
+
+def test_every_make_target_the_readme_names_exists():
+    named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", (ROOT / "README.md").read_text()))
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
+    assert {"images", "cluster", "cluster-down"} <= named
+    assert named <= targets, f"the README names make targets the Makefile lacks: {sorted(named - targets)}"

@@ -24,6 +24,7 @@ integration tests on a bare apiserver (tests/operator), where each test needs an
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import re
@@ -35,6 +36,7 @@ import pytest
 import yaml
 from chart.rendering import render
 from support.kube import ROOT, wait_for
+from support.kubesd import KubernetesDiscovery
 from support.node import NODE_IP, Node, PodWatch, node_cluster, pod_logs, pod_summary
 from support.prometheus import Prometheus, monitor_scrape_configs
 from support.s3 import S3Server
@@ -139,33 +141,33 @@ def install_chart(node: Node) -> list[dict]:
 
 
 def uninstall_chart(node: Node) -> None:
-    rendered_kinds = ("ClusterRoleBinding", "ClusterRole", "CustomResourceDefinition")
-    node.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--wait=false")
-    for kind in rendered_kinds:
-        node.kubectl("delete", kind, "-l", "app.kubernetes.io/instance=prefops", "--ignore-not-found", "--wait=false")
+    """Delete what install_chart made, waiting for it to go (a node that stays up is used again)."""
+    node.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--timeout=180s", timeout=200)
+    for kind in ("ClusterRoleBinding", "ClusterRole", "CustomResourceDefinition"):
+        node.kubectl("delete", kind, "-l", "app.kubernetes.io/instance=prefops", "--ignore-not-found", timeout=200)
 
 
-def start_prometheus(node: Node, monitors: list[dict], workdir: Path) -> Prometheus:
-    """Prometheus on the node's address, discovering through the API as its own ServiceAccount (read-only)."""
-    rbac = yaml.safe_load_all((Path(__file__).parent / "prometheus-rbac.yaml").read_text())
-    node.apply(list(rbac))
-    workdir.mkdir(parents=True, exist_ok=True)
-    token = workdir / "token"
-    token.write_text(node.service_account_token(OPERATOR_NAMESPACE, "e2e-prometheus"))
-    sd = {"api_server": node.server, "tls_config": {"ca_file": str(node.ca_file)},
-          "authorization": {"credentials_file": str(token)}}  # fmt: skip
-    return Prometheus.start(workdir, {}, scrape_configs=tuple(monitor_scrape_configs(monitors, sd)), host=NODE_IP)
+def discovery(node: Node) -> KubernetesDiscovery:
+    """Kubernetes discovery for Prometheus, reading the API as Prometheus' own ServiceAccount (read-only)."""
+    node.apply(list(yaml.safe_load_all((Path(__file__).parent / "prometheus-rbac.yaml").read_text())))
+    return KubernetesDiscovery(node.core_as(node.service_account_token(OPERATOR_NAMESPACE, "e2e-prometheus")))
 
 
 @pytest.fixture(scope="module")
 def loop(node, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    s3 = S3Server.start(tmp / "moto.log", host=NODE_IP)
     namespace = f"e2e-{secrets.token_hex(3)}"
-    node.kubectl("create", "namespace", namespace)
-    monitors = install_chart(node)
-    prom = start_prometheus(node, monitors, tmp / "prom")
-    try:
+    with contextlib.ExitStack() as stack:
+        s3 = S3Server.start(tmp / "moto.log", host=NODE_IP)
+        stack.callback(s3.stop)
+        node.kubectl("create", "namespace", namespace)
+        stack.callback(node.kubectl, "delete", "namespace", namespace, "--wait=false")
+        stack.callback(uninstall_chart, node)
+        monitors = install_chart(node)
+        sd = stack.enter_context(discovery(node))
+        prom = Prometheus.start(tmp / "prom", {}, scrape_configs=tuple(monitor_scrape_configs(monitors, sd.url)),
+                                host=NODE_IP)  # fmt: skip
+        stack.callback(prom.stop)
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
         tiny = ROOT / "examples" / "tiny"
@@ -173,13 +175,8 @@ def loop(node, tmp_path_factory):
             client.upload_file(str(path), BUCKET, f"tiny/{path.relative_to(tiny).as_posix()}")
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"}, "stringData": s3.env}
         node.apply([secret], namespace=namespace)
-        with PodWatch(node.core(), namespace) as pods:
-            yield Loop(node, namespace, s3, pods, prom, tmp)
-    finally:
-        prom.stop()
-        s3.stop()
-        node.kubectl("delete", "namespace", namespace, "--wait=false")
-        uninstall_chart(node)
+        pods = stack.enter_context(PodWatch(node.core(), namespace))
+        yield Loop(node, namespace, s3, pods, prom, tmp)
 
 
 def check_container_contract(loop: Loop, pod: str) -> dict[str, str]:
@@ -242,7 +239,7 @@ def test_a_job_applied_with_kubectl_walks_every_phase_to_a_model_in_s3(loop):
     assert AutoModelForCausalLM.from_pretrained(local).num_parameters() > 0
 
     sel = '{job_name="tiny-dpo"}'
-    steps_seen = loop.prom.values(f"max_over_time(prefops_trainer_step{sel}[15m])")
+    steps_seen = loop.prom.values(f"max(max_over_time(prefops_trainer_step{sel}[15m]))")
     assert steps_seen and steps_seen[0] > 0, "Prometheus scraped the training pods' step"
     ranks = loop.prom.query(f"last_over_time(prefops_trainer_tokens_per_second{sel}[15m])")
     assert {r["metric"]["rank"] for r in ranks} == {"0", "1"}, "both training pods were discovered and scraped"

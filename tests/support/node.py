@@ -116,6 +116,14 @@ class Node:
             time.sleep(0.5)
         raise AssertionError(f"no token for ServiceAccount {namespace}/{name} within {timeout}s")
 
+    def core_as(self, token: str) -> Any:
+        """A CoreV1Api that authenticates with ``token`` (a ServiceAccount's) instead of as the admin."""
+        from kubernetes import client
+
+        config = client.Configuration(host=self.server, api_key={"authorization": f"Bearer {token}"})
+        config.ssl_ca_cert = str(self.ca_file)
+        return client.CoreV1Api(client.ApiClient(config))
+
     @property
     def ca_file(self) -> Path:
         return STATE / "pki" / "ca.crt"

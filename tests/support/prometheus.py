@@ -2,8 +2,9 @@
 helpers over its HTTP query API. A server that does not start raises.
 
 :func:`monitor_scrape_configs` turns Prometheus Operator PodMonitors and ServiceMonitors (as the chart renders
-them) into the ``kubernetes_sd`` scrape configurations the Prometheus Operator would generate from them, so a plain
-Prometheus discovers pods and Services exactly as they describe."""
+them) into the scrape configurations the Prometheus Operator would generate from them (selection, port, labels by
+relabeling), over the Kubernetes discovery of ``support.kubesd`` (Debian's Prometheus has no kubernetes_sd), so a
+plain Prometheus finds pods and Services exactly as they describe."""
 
 from __future__ import annotations
 
@@ -132,11 +133,12 @@ def _selector_relabels(selector: dict[str, Any], role: str) -> list[dict[str, An
     return rules
 
 
-def _namespaces(monitor: dict[str, Any]) -> dict[str, Any]:
+def _namespaces(monitor: dict[str, Any]) -> list[str]:
+    """The namespaces a monitor looks in; empty: all (``namespaceSelector.any``)."""
     selector = monitor["spec"].get("namespaceSelector") or {}
     if selector.get("any"):
-        return {}
-    return {"namespaces": {"names": selector.get("matchNames") or [monitor["metadata"]["namespace"]]}}
+        return []
+    return list(selector.get("matchNames") or [monitor["metadata"]["namespace"]])
 
 
 def _endpoint_settings(endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +149,11 @@ def _endpoint_settings(endpoint: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def monitor_scrape_configs(monitors: list[dict[str, Any]], kubernetes_sd: dict[str, Any]) -> list[dict[str, Any]]:
-    """Scrape configurations for PodMonitors and ServiceMonitors, as the Prometheus Operator generates them:
-    ``kubernetes_sd`` (role ``pod`` or ``endpoints``) in the monitor's namespaces, kept by its selector and port
-    name, labelled ``namespace``, ``pod`` (and ``service``) and ``job`` ``<namespace>/<name>``. ``kubernetes_sd``:
-    how to reach the API (``api_server``, ``tls_config``, ``authorization``)."""
+def monitor_scrape_configs(monitors: list[dict[str, Any]], discovery_url: str) -> list[dict[str, Any]]:
+    """Scrape configurations for PodMonitors and ServiceMonitors, as the Prometheus Operator generates them: the
+    Kubernetes targets (role ``pod`` or ``endpoints``, from ``support.kubesd`` at ``discovery_url``) of the
+    monitor's namespaces, kept by its selector and port name, labelled ``namespace``, ``pod`` (and ``service``)
+    and ``job`` ``<namespace>/<name>``."""
     configs = []
     for monitor in monitors:
         kind, meta, spec = monitor["kind"], monitor["metadata"], monitor["spec"]
@@ -170,10 +172,11 @@ def monitor_scrape_configs(monitors: list[dict[str, Any]], kubernetes_sd: dict[s
                 {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
                 {"target_label": "endpoint", "replacement": endpoint["port"]},
             ]
-            sd = {"role": "pod" if pods else "endpoints", **kubernetes_sd, **_namespaces(monitor)}
+            query = urllib.parse.urlencode({"role": "pod" if pods else "endpoints",
+                                            "namespaces": ",".join(_namespaces(monitor))})  # fmt: skip
             configs.append({
                 "job_name": f"{kind[0].lower()}{kind[1:]}/{meta['namespace']}/{meta['name']}/{i}",
-                "kubernetes_sd_configs": [sd],
+                "http_sd_configs": [{"url": f"{discovery_url}/?{query}", "refresh_interval": "1s"}],
                 "relabel_configs": relabels,
                 **_endpoint_settings(endpoint),
             })  # fmt: skip
