@@ -304,7 +304,8 @@ def test_the_operator_pod_killed_mid_job_is_replaced_and_the_job_finishes_withou
     assert status["restarts"] == 0, "the operator's restart did not restart the job's pods"
     created = collections.Counter(loop.pods.names(f"{name}-"))
     assert created and set(created.values()) == {1}, f"every pod was created once: {created}"
-    assert sorted(created) == [f"{name}-export-0", f"{name}-train-0", f"{name}-train-1"]  # the cache hit: no precompute
+    phases_and_replicas = ["export-0", "precompute-0", "precompute-1", "train-0", "train-1"]
+    assert sorted(created) == [f"{name}-{p}" for p in phases_and_replicas]
 
 
 def test_a_job_whose_image_does_not_exist_fails_at_its_startup_deadline_naming_the_image(loop):
