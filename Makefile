@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup demo test test-unit test-integration e2e bench servers images cluster cluster-down cluster-check lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: $(SETUP_STAMP)  ## create .venv with both distributions (editable) and the test tools
 
@@ -50,13 +50,13 @@ servers: setup  ## install and build the real servers the tests start (etcd, Kub
 images:  ## build prefops/operator:dev and prefops/trainer:dev from images/ (podman or docker; cached by content)
 	scripts/images.sh
 
-cluster: servers images  ## a real single-node Kubernetes here running both images; admin kubeconfig in .cluster/
+cluster: images  ## a real single-node Kubernetes here running both images; admin kubeconfig in .cluster/
 	scripts/cluster.sh up
 
 cluster-down:  ## stop the node and undo every change it made to the host
 	scripts/cluster.sh down
 
-cluster-check: servers images  ## check that cluster-down leaves the host as it was before cluster (node must be down)
+cluster-check: images  ## check that cluster-down leaves the host as it was before cluster (node must be down)
 	@! scripts/cluster.sh status || { echo "the node is up: make cluster-down first"; exit 1; }
 	$(PYTHON) scripts/host_state.py snapshot .cluster-before.json
 	scripts/cluster.sh up

@@ -58,8 +58,9 @@ CHART_VALUES = {
 MONITOR_KINDS = ("PodMonitor", "ServiceMonitor")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Node:
+    """The node for this module only: one started here is gone before the rest of the suite runs beside it."""
     with node_cluster(tmp_path_factory.mktemp("node")) as node:
         yield node
 
@@ -114,7 +115,8 @@ class Loop:
             f"--- {p}\n{pod_logs(self.node, self.namespace, p)[-1500:]}" for p in sorted(set(self.pods.names(name)))
         )
         operator = self.node.kubectl("logs", "deployment/prefops", "--tail=60", namespace=OPERATOR_NAMESPACE)
-        return f"status={self.job(name).get('status')}\n{pod_summary(self.node, self.namespace)}\n{logs}\n--- operator\n{operator}"
+        pods = pod_summary(self.node, self.namespace)
+        return f"status={self.job(name).get('status')}\n{pods}\n{logs}\n--- operator\n{operator}"
 
     def manifest(self, name: str) -> dict:
         return json.loads(self.s3.get(BUCKET, f"models/{name}/prefops.json"))

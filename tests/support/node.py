@@ -56,10 +56,10 @@ def node_cluster(workdir: Path) -> Iterator[Node]:
     started_here = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode != 0
     host_state = _host_state()
     before = host_state.snapshot(str(STATE)) if started_here else None
-    _cluster("up", workdir / "cluster-up.log", timeout=1800)
     try:
+        _cluster("up", workdir / "cluster-up.log", timeout=1800)
         yield Node(STATE / "kubeconfig")
-    finally:
+    finally:  # also after a failed start: what it did start goes
         if started_here:
             _cluster("down", workdir / "cluster-down.log", timeout=300)
             changed = host_state.differences(before, host_state.snapshot(str(STATE)))
