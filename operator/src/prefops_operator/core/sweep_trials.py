@@ -200,6 +200,10 @@ def _overlaps(trials: Iterable[Trial]) -> list[str]:
 def _trial_problems(sweep: Sweep, trial: Trial) -> list[str]:
     try:
         raw = trial_spec(sweep.spec.template, trial, suspend=False)
+    except InvalidSpec as e:  # an override through a value: the message names the override
+        return [str(e)]
+    raw["output"]["uri"] = get_path(sweep.spec.template, "output.uri")  # valid exactly when <uri>/<trial> is
+    try:
         spec = parse_spec(raw)
     except InvalidSpec as e:
         return [locate(trial, str(e))]
