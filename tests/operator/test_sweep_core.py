@@ -359,11 +359,13 @@ def test_a_trial_job_deleted_while_running_is_created_again_but_a_finished_one_i
     assert again.status.trials[0].phase == "Succeeded"
 
 
-def test_a_job_holding_a_trials_name_that_the_sweep_does_not_own_fails_that_trial():
-    d = running(make_sweep())
-    d = step(make_sweep(), d.status, [view("beta-0", "Training", owner="someone-else")], 1)
-    assert d.status.trials[0].phase == "Failed"
-    assert "exists that this sweep does not own" in d.status.trials[0].message
+def test_a_job_holding_a_trials_name_that_the_sweep_does_not_own_is_waited_for_and_left_alone():
+    sweep = make_sweep()
+    d = running(sweep)
+    d = step(sweep, d.status, [view("beta-0", "Training", owner="an-older-sweep")], 1)
+    assert (d.status.trials[0].phase, d.create, d.suspend) == ("Pending", (), ())
+    assert d.status.trials[0].message == "waiting for the PreferenceTrainingJob beta-0, not this sweep's, to go"
+    assert [t.name for t in step(sweep, d.status, (), 2).create] == ["beta-0"]  # gone: created again
 
 
 def test_a_trial_job_the_apiserver_refused_fails_that_trial_and_the_next_one_starts():

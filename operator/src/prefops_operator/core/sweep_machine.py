@@ -129,9 +129,8 @@ def _update(record: TrialRecord, view: TrialView | None, sweep: Sweep) -> TrialR
     """The trial's row after observing its job (unchanged while the job is not observed)."""
     if view is None or view.terminating or record.finished:
         return record
-    if view.owner_uid != sweep.meta.uid:
-        message = f"a PreferenceTrainingJob {view.name} exists that this sweep does not own; delete or rename it"
-        return replace(record, phase="Failed", message=message)
+    if view.owner_uid != sweep.meta.uid:  # e.g. a trial of a deleted sweep of the same name, not yet collected
+        return replace(record, message=f"waiting for the PreferenceTrainingJob {view.name}, not this sweep's, to go")
     metric = sweep.spec.objective.metric
     evaluation = view.evaluation
     value = evaluation.metrics.get(metric) if evaluation else None
