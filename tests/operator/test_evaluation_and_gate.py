@@ -141,6 +141,14 @@ def test_a_gate_verdict_that_is_not_the_documented_json_is_shown_as_text_and_sti
     assert status.condition("Failed").message == "spec.output.gate is not met: accuracy too low"
 
 
+def test_exit_code_3_from_another_phase_than_export_is_an_ordinary_failure_that_restarts_the_group():
+    job = make_job(spec={"algorithm": {"name": "simpo"}})
+    status = decide(Status(), Observed(job), at(0)).status
+    crashed = pod(job, PodPhase.TRAIN, 0, "Failed", exit_code=GATE_NOT_MET_EXIT_CODE, message="killed")
+    status = decide(status, Observed(job, (crashed,)), at(1)).status
+    assert (status.phase, status.restarts) == (Phase.TRAINING, 1)
+
+
 def test_a_missing_metric_and_a_max_bound_are_named_too():
     gate = {"gate": {"metric": "loss", "value": None, "max": 0.4, "step": 10}}
     assert "eval loss at step 10 was not reported by the final evaluation (output.gate.max)" in gate_message(

@@ -72,8 +72,8 @@ BAD_SWEEPS = [
     ({"parameters": []}, "spec.parameters: Invalid value: 0"),
     ({"parameters": [{"path": "algorithm beta", "values": [1]}]}, "spec.parameters.path: Invalid value"),
     ({"parameters": [{"path": "algorithm.beta", "values": []}]}, "spec.parameters.values: Invalid value: 0"),
-    ({"trials": [{"algorithm.beta": 0.1}]}, "spec: Invalid value"),  # both parameters and trials
-    ({"parameters": None}, "spec: Invalid value"),  # neither
+    ({"trials": [{"algorithm.beta": 0.1}]}, '"spec" must validate one and only one schema (oneOf). Found 2'),
+    ({"parameters": None}, '"spec" must validate one and only one schema (oneOf). Found none valid'),
     ({"template": {**sweep_manifest("x")["spec"]["template"], "algorithm": {"name": "ppo"}}},
      'spec.template.algorithm.name: Unsupported value: "ppo"'),
 ]  # fmt: skip
@@ -112,8 +112,11 @@ def test_a_sweep_keeps_its_parameter_values_as_written_and_defaults_its_template
 @pytest.mark.parametrize(
     ("gate", "message"),
     [
-        ({"metric": "loss"}, "spec.output.gate: Invalid value"),
-        ({"metric": "loss", "min": 0.1, "max": 0.5}, "spec.output.gate: Invalid value"),
+        ({"metric": "loss"}, '"spec.output.gate" must validate one and only one schema (oneOf). Found none valid'),
+        (
+            {"metric": "loss", "min": 0.1, "max": 0.5},
+            '"spec.output.gate" must validate one and only one schema (oneOf). Found 2',
+        ),
         ({"metric": "accuracy", "min": 0.5}, 'spec.output.gate.metric: Unsupported value: "accuracy"'),
         ({"min": 0.5}, "spec.output.gate.metric: Required value"),
     ],

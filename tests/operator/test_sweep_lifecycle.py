@@ -26,6 +26,8 @@ class JobWatch:
         import kubernetes
 
         self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.error: Exception | None = None
+        self._stopped = False
         self._watch = kubernetes.watch.Watch()
         self._thread = threading.Thread(target=self._run, args=(custom, namespace), daemon=True)
 
@@ -33,19 +35,25 @@ class JobWatch:
         stream = self._watch.stream(
             custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_seconds=600
         )
-        for event in stream:
-            obj = event["object"]
-            self.events.append((event["type"], obj["metadata"]["name"], obj.get("status") or {}))
+        try:
+            for event in stream:
+                obj = event["object"]
+                self.events.append((event["type"], obj["metadata"]["name"], obj.get("status") or {}))
+        except Exception as e:  # the connection closes when the test's namespace goes: only earlier errors count
+            if not self._stopped:
+                self.error = e
 
     def __enter__(self) -> JobWatch:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stopped = True
         self._watch.stop()
 
     def most_running(self) -> int:
         """The most trial jobs that existed unfinished at once."""
+        assert self.error is None, f"the watch failed: {self.error!r}"
         state: dict[str, str] = {}
         most = 0
         for kind, name, status in self.events:

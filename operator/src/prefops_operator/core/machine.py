@@ -183,7 +183,7 @@ def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: 
     group = current_group(previous, observed.pods)
     failures = _failures(group, spec, now) + _lost(previous, observed.pods, now)
     gate = next((f for f in failures if f.exit_code == GATE_NOT_MET_EXIT_CODE), None)
-    if gate is not None:  # the export refused to publish (docs/contract.md §8): permanent
+    if gate is not None and pod_phase == PodPhase.EXPORT:  # it refused to publish (docs/contract.md §8): permanent
         return _Finding(Happening.GATE_NOT_MET, gate_message(gate.message, spec.gate, spec.output_uri), gate)
     permanent = [f for f in failures if f.exit_code == PERMANENT_EXIT_CODE]
     if permanent:
