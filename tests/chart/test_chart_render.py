@@ -10,7 +10,19 @@ import re
 import helm_python
 import pytest
 import yaml
-from chart.rendering import CHART, NAMESPACE, ROOT, VALUE_SETS, args, chart, container, crd_file_spec, load_all, render
+from chart.rendering import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    VALUE_SETS,
+    args,
+    chart,
+    container,
+    crd_file_spec,
+    crd_file_specs,
+    load_all,
+    render,
+)
 from dockerfile_parse import DockerfileParser
 from support.operator_core import make_job
 
@@ -197,17 +209,25 @@ def test_the_charts_crd_file_is_a_byte_for_byte_copy_of_the_repository_crd():
         assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
 
 
-def test_the_rendered_crd_is_the_repository_crd_with_the_charts_labels():
-    crd = render().one("CustomResourceDefinition")
-    original = crd_file_spec()
-    assert crd["spec"] == original["spec"]
-    assert crd["metadata"]["name"] == original["metadata"]["name"]
-    assert original["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+def test_the_rendered_crds_are_the_repositorys_jobs_and_sweeps_crds_with_the_charts_labels():
+    rendered = {crd["metadata"]["name"]: crd for crd in render().all("CustomResourceDefinition")}
+    originals = crd_file_specs()
+    assert (
+        set(rendered)
+        == set(originals)
+        == {"preferencetrainingjobs.prefops.dev", "preferencetrainingsweeps.prefops.dev"}
+    )
+    for name, crd in rendered.items():
+        assert crd["spec"] == originals[name]["spec"], name
+        assert originals[name]["metadata"]["labels"].items() <= crd["metadata"]["labels"].items(), name
 
 
-def test_the_crd_is_kept_on_uninstall_unless_switched_off():
-    assert render().one("CustomResourceDefinition")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert "annotations" not in render(VALUE_SETS["crd-not-kept"]).one("CustomResourceDefinition")["metadata"]
+def test_the_crds_are_kept_on_uninstall_unless_switched_off():
+    kept = render().all("CustomResourceDefinition")
+    assert len(kept) == 2 and all(c["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for c in kept)
+    assert all(
+        "annotations" not in c["metadata"] for c in render(VALUE_SETS["crd-not-kept"]).all("CustomResourceDefinition")
+    )
     assert "CustomResourceDefinition" not in render(VALUE_SETS["no-crd"]).kinds()
 
 
@@ -298,7 +318,8 @@ def test_the_notes_give_the_next_commands_for_the_release():
     assert "kubectl -n prefops-system rollout status deployment/prefops" in notes
     assert "kubectl -n default get ptj -w" in notes
     assert "port-forward service/prefops-metrics 8080" in notes
-    assert "keeps the CRD" in notes
+    assert "keeps the CRDs" in notes
+    assert "kubectl -n default get ptsweep" in notes
 
 
 def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
@@ -306,7 +327,10 @@ def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
     assert "chart-team-a, chart-team-b only" in namespaced
     assert "kubectl -n chart-team-a apply -f examples/dpo-lora-s3.yaml" in namespaced
     assert "kubectl apply -f crds/" in render(VALUE_SETS["no-crd"]).notes
-    assert "deletes the CRD and every PreferenceTrainingJob" in render(VALUE_SETS["crd-not-kept"]).notes
+    assert (
+        "deletes the CRDs and every PreferenceTrainingJob and PreferenceTrainingSweep"
+        in render(VALUE_SETS["crd-not-kept"]).notes
+    )
 
 
 @pytest.mark.parametrize(
@@ -338,7 +362,11 @@ def test_the_packaged_chart_carries_the_crd_and_the_dashboard_and_renders_the_sa
     archive = helm_python.package(CHART, destination=tmp_path)
     packaged = helm_python.Chart.load(archive)
     files = {f["name"] for f in packaged.files}
-    assert {"files/crds/prefops.dev_preferencetrainingjobs.yaml", "dashboards/prefops.json", "README.md"} <= files
+    crds = {
+        "files/crds/prefops.dev_preferencetrainingjobs.yaml",
+        "files/crds/prefops.dev_preferencetrainingsweeps.yaml",
+    }
+    assert {*crds, "dashboards/prefops.json", "README.md"} <= files
     values = {"dashboards": {"enabled": True}}
     from_archive = packaged.render(values, name="prefops", namespace=NAMESPACE)
     from_dir = chart().render(values, name="prefops", namespace=NAMESPACE)

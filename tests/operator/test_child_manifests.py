@@ -42,6 +42,7 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
         "PREFOPS_METRICS_PORT": "9400",
         "PREFOPS_METRICS_ADDR": "0.0.0.0",
         "PREFOPS_ATTEMPT": "3",
+        "PREFOPS_TRAINER_IMAGE": "registry.example/prefops-trainer:1.2.3",
     }
     assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-1", "qwen-dpo-train")
     assert c["resources"] == {
@@ -50,6 +51,14 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
     }
     assert p["spec"]["nodeSelector"] == {"gpu": "h100"}
     assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+@pytest.mark.parametrize("phase", list(PodPhase))
+def test_every_pod_is_told_the_image_it_runs_for_the_models_lineage(phase):
+    own = make_job(spec={"resources": {"image": "registry.example/custom@sha256:abc"}})
+    for job, image in ((make_job(), SETTINGS.default_image), (own, "registry.example/custom@sha256:abc")):
+        p = pod(job, phase, 0, attempt=1, settings=SETTINGS)
+        assert p["spec"]["containers"][0]["image"] == env(p)["PREFOPS_TRAINER_IMAGE"] == image
 
 
 def test_pods_are_labelled_owned_by_the_job_and_never_restarted_by_the_kubelet():

@@ -80,7 +80,14 @@ def test_the_short_name_and_category_are_served(kube_cluster):
     jobs = next(r for r in resources if r["name"] == "preferencetrainingjobs")
     assert jobs["shortNames"] == ["ptj"]
     assert jobs["categories"] == ["prefops"]
-    assert {r["name"] for r in resources} == {"preferencetrainingjobs", "preferencetrainingjobs/status"}
+    sweeps = next(r for r in resources if r["name"] == "preferencetrainingsweeps")
+    assert (sweeps["shortNames"], sweeps["categories"]) == (["ptsweep"], ["prefops"])
+    assert {r["name"] for r in resources} == {
+        "preferencetrainingjobs",
+        "preferencetrainingjobs/status",
+        "preferencetrainingsweeps",
+        "preferencetrainingsweeps/status",
+    }
 
 
 @pytest.mark.integration

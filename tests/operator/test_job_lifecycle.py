@@ -72,6 +72,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
             "Progress": "120/1000",
             "Loss": 0.42,
             "RewardAcc": 0.81,
+            "EvalLoss": None,
             "Restarts": 0,
             "Output": None,
             "Age": "-",

@@ -14,7 +14,9 @@ from typing import Any
 
 import kopf
 
-from .adapters.kube import Credentials, CredentialsProvider, KubeApi
+from . import sweep_handlers  # registers the sweep controller's handlers
+from .adapters.kube import Credentials, CredentialsProvider
+from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
 from .core.naming import LABEL_JOB
 from .core.pods import PodView, pod_view
@@ -84,17 +86,21 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.queueing.idle_timeout = 1.0  # per-object kopf workers (and the event bodies they hold) go sooner
     settings.watching.label_selectors[PODS] = LABEL_JOB  # server-side: only our pods reach the operator
-    reconciler = Reconciler(KubeApi(_credentials(settings, logger), connections=config.workers * 2), config)
+    api = SweepKubeApi(_credentials(settings, logger), connections=config.workers * 2)
+    reconciler = Reconciler(api, config)
     reconciler.metrics.serve(config.metrics_port, config.bind_address)
     # kopf passes each index as a keyword argument named after its handler's id
     memo.runtime = Runtime(reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers)
     memo.runtime.start()
+    memo.sweeps = sweep_handlers.start(api, config, reconciler.metrics.registry, kwargs)
     scope = ", ".join(config.namespaces) or "all namespaces"
     logger.info("prefops operator started: %s, default image %s", scope, config.default_image)
 
 
 @kopf.on.cleanup(id="prefops-cleanup")
 async def stop(*, memo: kopf.Memo, **_: Any) -> None:
+    if "sweeps" in memo:
+        await memo.sweeps.queue.stop()
     if "runtime" in memo:
         await memo.runtime.stop()
 

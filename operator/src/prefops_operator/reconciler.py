@@ -25,12 +25,14 @@ from .adapters.kube import Conflict, Gone, KubeApi, Rejected, TemporaryError
 from .adapters.metrics import OperatorMetrics
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
+from .core.algorithms import ALGORITHMS
+from .core.evaluation import Evaluation, evaluation_from_metrics
 from .core.machine import Decision, Observed, current_group, decide
 from .core.naming import LABEL_ATTEMPT, PodPhase
 from .core.patch import merge_patch
 from .core.plan import Plan, plan
 from .core.pods import PodView
-from .core.progress import precompute_progress, training_progress
+from .core.progress import parse_exposition, precompute_progress, training_progress
 from .core.spec import InvalidSpec, Job, parse_job, parse_meta
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
 from .core.timefmt import utcnow
@@ -115,8 +117,9 @@ class Reconciler:
         now = self.clock()
         job, spec_error = _parse(body)
         previous = Status.from_dict(body.get("status"))
-        progress = await self._scrape(mem, previous, pods, now) if job else None
-        decision = decide(previous, Observed(job, pods, spec_error, mem.rejection, progress), now)
+        progress, evaluation = await self._scrape(mem, job, previous, pods, now) if job else (None, None)
+        observed = Observed(job, pods, spec_error, mem.rejection, progress, evaluation)
+        decision = decide(previous, observed, now)
         if decision.status != previous:
             await self._write(mem, job, body, decision, now)
         self._phases[key] = decision.status.phase
@@ -196,22 +199,28 @@ class Reconciler:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
             await self.api.delete_job(job.meta)
 
-    async def _scrape(self, mem: _Memory, status: Status, pods: Sequence[PodView], now: datetime) -> Progress | None:
+    async def _scrape(
+        self, mem: _Memory, job: Job, status: Status, pods: Sequence[PodView], now: datetime
+    ) -> tuple[Progress | None, Evaluation | None]:
         if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
-            return None
+            return None, None
         group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
         if not group:
-            return None
+            return None, None
         mem.last_scrape = time.monotonic()
         port = self.config.trainer_metrics_port
         if status.phase.pod_phase == PodPhase.PRECOMPUTE:
             texts = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
             mem.shard_metrics.update({p.name: text for p, text in zip(group, texts, strict=True) if text is not None})
-            return precompute_progress(mem.shard_metrics.values(), now)
+            return precompute_progress(mem.shard_metrics.values(), now), None
         if group[0].index != 0:
-            return None
+            return None, None
         text = await self.scraper.fetch(str(group[0].ip), port)
-        return training_progress(text, now) if text else None
+        if not text:
+            return None, None
+        rule = ALGORITHMS.get(job.spec.algorithm.name)
+        evaluation = evaluation_from_metrics(parse_exposition(text), rule.eval_metrics if rule else ())
+        return training_progress(text, now), evaluation
 
     def _requeue_after(self, decision: Decision, mem: _Memory, now: datetime) -> float | None:
         delays = []

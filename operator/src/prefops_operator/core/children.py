@@ -48,6 +48,7 @@ ENV_MASTER_PORT = "PREFOPS_MASTER_PORT"
 ENV_METRICS_PORT = "PREFOPS_METRICS_PORT"
 ENV_METRICS_ADDR = "PREFOPS_METRICS_ADDR"
 ENV_ATTEMPT = "PREFOPS_ATTEMPT"
+ENV_TRAINER_IMAGE = "PREFOPS_TRAINER_IMAGE"  # the image reference the pod runs, for the model's lineage
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
         ports.append({"name": "rendezvous", "containerPort": settings.master_port})
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.resources.image or settings.default_image,
+        "image": trainer_image(job, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["prefops-trainer"],
         "args": args,
@@ -187,8 +188,18 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
     return container
 
 
+def trainer_image(job: Job, settings: ChildSettings) -> str:
+    """The image every pod of the job runs: ``spec.resources.image``, else the operator's default."""
+    return job.spec.resources.image or settings.default_image
+
+
 def _env(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, str]:
-    env = {ENV_METRICS_PORT: str(settings.metrics_port), ENV_METRICS_ADDR: "0.0.0.0", ENV_ATTEMPT: str(attempt)}
+    env = {
+        ENV_METRICS_PORT: str(settings.metrics_port),
+        ENV_METRICS_ADDR: "0.0.0.0",
+        ENV_ATTEMPT: str(attempt),
+        ENV_TRAINER_IMAGE: trainer_image(job, settings),
+    }
     if phase == PodPhase.TRAIN:
         res = job.spec.resources
         master = f"{pod_name(job.meta.name, PodPhase.TRAIN, 0)}.{service_name(job.meta.name)}"

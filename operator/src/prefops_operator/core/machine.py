@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from .algorithms import ALGORITHMS
+from .evaluation import GATE_NOT_MET_EXIT_CODE, Evaluation, final_evaluation, gate_message
 from .naming import PodPhase
 from .pods import PodView
 from .spec import Job, JobSpec
@@ -33,6 +34,7 @@ class Happening(str, Enum):
     GROUP_FAILED = "GroupFailed"
     BACKOFF_EXHAUSTED = "BackoffExhausted"
     INVALID_INPUT = "InvalidInput"
+    GATE_NOT_MET = "GateNotMet"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPEND = "Suspend"
     RESUME = "Resume"
@@ -58,6 +60,7 @@ TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
     **_running(Happening.GROUP_FAILED, Target.RESTART),
     **_running(Happening.BACKOFF_EXHAUSTED, Target.FAILED),
     **_running(Happening.INVALID_INPUT, Target.FAILED),
+    **_running(Happening.GATE_NOT_MET, Target.FAILED),
     **_running(Happening.INVALID_SPEC, Target.FAILED),
     **_running(Happening.DEADLINE_EXCEEDED, Target.FAILED),
     **_running(Happening.SUSPEND, Target.SUSPENDED),
@@ -70,8 +73,8 @@ class Observed:
     """Everything a decision depends on besides the previous status and the clock.
 
     ``spec`` is ``None`` when the job's spec could not be parsed (``spec_error`` says why). ``rejection`` is the
-    apiserver's reason for refusing a child built from the spec (e.g. an invalid toleration). ``progress`` is the
-    latest sample of the trainer's metrics, if one was taken.
+    apiserver's reason for refusing a child built from the spec (e.g. an invalid toleration). ``progress`` and
+    ``evaluation`` are the latest sample of the trainer's metrics, if one was taken.
     """
 
     job: Job | None
@@ -79,6 +82,7 @@ class Observed:
     spec_error: str | None = None
     rejection: str | None = None
     progress: Progress | None = None
+    evaluation: Evaluation | None = None
 
     @property
     def spec(self) -> JobSpec | None:
@@ -178,6 +182,9 @@ def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: 
     assert pod_phase is not None
     group = current_group(previous, observed.pods)
     failures = _failures(group, spec, now) + _lost(previous, observed.pods, now)
+    gate = next((f for f in failures if f.exit_code == GATE_NOT_MET_EXIT_CODE), None)
+    if gate is not None and pod_phase == PodPhase.EXPORT:  # it refused to publish (docs/contract.md §8): permanent
+        return _Finding(Happening.GATE_NOT_MET, gate_message(gate.message, spec.gate, spec.output_uri), gate)
     permanent = [f for f in failures if f.exit_code == PERMANENT_EXIT_CODE]
     if permanent:
         return _Finding(Happening.INVALID_INPUT, permanent[0].describe(), permanent[0])
@@ -263,6 +270,8 @@ def _advance(
         done = replace(phases.get(key, PhaseTimes()), completion_time=now)
         if base.phase == Phase.PRECOMPUTING:
             done = replace(done, cache_hit=_cache_hit(current_group(base, observed.pods)))
+        if base.phase == Phase.TRAINING:
+            base = replace(base, evaluation=_final_evaluation(base, observed, spec))
         phases[key] = done
     nxt = next(
         (p for p in phase_plan(spec) if phases.get(PHASE_KEYS[p], PhaseTimes()).completion_time is None),
@@ -348,11 +357,15 @@ def _refresh(previous: Status, observed: Observed, spec: JobSpec) -> Status:
         merged = (progress or Progress()).merged(observed.progress)
         if replace(merged, last_scrape_time=None) != replace(progress or Progress(), last_scrape_time=None):
             progress = merged  # a scrape that read the same numbers writes nothing
+    evaluation = previous.evaluation
+    if observed.evaluation is not None and observed.evaluation.newer_than(evaluation):
+        evaluation = observed.evaluation
     meta = observed.job.meta if observed.job else None
     return replace(
         previous,
         shape=f"{spec.resources.nodes}x{spec.resources.gpus_per_node}",
         progress=progress,
+        evaluation=evaluation,
         observed_generation=meta.generation if meta else previous.observed_generation,
     )
 
@@ -390,6 +403,15 @@ def _cache_hit(group: Sequence[PodView]) -> bool | None:
         return None
     hit = doc.get("cacheHit") if isinstance(doc, dict) else None
     return hit if isinstance(hit, bool) else None
+
+
+def _final_evaluation(status: Status, observed: Observed, spec: JobSpec) -> Evaluation | None:
+    """Replica 0 of a finished training group reports the final evaluation in its termination message
+    (docs/contract.md §7); without one the last scraped evaluation stays."""
+    first = next((p for p in current_group(status, observed.pods) if p.index == 0), None)
+    rule = ALGORITHMS.get(spec.algorithm.name)
+    final = final_evaluation(first.message if first else None, rule.eval_metrics if rule else ())
+    return final or status.evaluation
 
 
 def _wake_at(status: Status, observed: Observed, spec: JobSpec) -> datetime | None:

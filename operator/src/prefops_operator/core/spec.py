@@ -33,6 +33,16 @@ class Algorithm:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """``spec.output.gate``: publish the model only if the final evaluation's ``metric`` is at least ``minimum`` or
+    at most ``maximum`` (exactly one is set; docs/contract.md §8)."""
+
+    metric: str
+    minimum: float | None
+    maximum: float | None
+
+
+@dataclass(frozen=True)
 class Reference:
     precompute: bool | None
     workers: int
@@ -78,6 +88,8 @@ class JobSpec:
     has_reward_model: bool
     has_generation: bool
     raw: Mapping[str, Any]
+    eval_split: str | None = None
+    gate: Gate | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +242,17 @@ def parse_spec(spec: Any) -> JobSpec:
         has_reward_model=f.data.get("rewardModel") is not None,
         has_generation=f.data.get("generation") is not None,
         raw=dict(spec),
+        eval_split=dataset.str_("evalSplit"),
+        gate=_parse_gate(output),
     )
+
+
+def _parse_gate(output: _Fields) -> Gate | None:
+    if output.data.get("gate") is None:
+        return None
+    gate = output.obj("gate")
+    minimum, maximum = (gate.float_(k, 0.0) if gate.data.get(k) is not None else None for k in ("min", "max"))
+    return Gate(metric=gate.str_("metric", required=True), minimum=minimum, maximum=maximum)
 
 
 def _parse_resources(res: _Fields) -> Resources:

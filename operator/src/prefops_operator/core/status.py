@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from .evaluation import Evaluation
 from .naming import PodPhase
 from .timefmt import format_time, parse_time
 
@@ -194,6 +195,7 @@ class Status:
     conditions: tuple[Condition, ...] = ()
     phases: Mapping[str, PhaseTimes] = field(default_factory=dict)
     progress: Progress | None = None
+    evaluation: Evaluation | None = None
     restarts: int = 0
     last_failure: Failure | None = None
     output_uri: str | None = None
@@ -220,6 +222,7 @@ class Status:
                 "conditions": [c.to_dict() for c in self.conditions] or None,
                 "phases": {k: v.to_dict() for k, v in sorted(self.phases.items())} or None,
                 "progress": (self.progress.to_dict() or None) if self.progress else None,
+                "evaluation": self.evaluation.to_dict() if self.evaluation else None,
                 "restarts": self.restarts,
                 "lastFailure": self.last_failure.to_dict() if self.last_failure else None,
                 "outputURI": self.output_uri,
@@ -242,6 +245,7 @@ class Status:
             conditions=tuple(Condition.from_dict(c) for c in d.get("conditions") or () if isinstance(c, Mapping)),
             phases={k: PhaseTimes.from_dict(v) for k, v in (d.get("phases") or {}).items() if isinstance(v, Mapping)},
             progress=Progress.from_dict(d["progress"]) if isinstance(d.get("progress"), Mapping) else None,
+            evaluation=Evaluation.from_dict(d["evaluation"]) if isinstance(d.get("evaluation"), Mapping) else None,
             restarts=_int(d.get("restarts")) or 0,
             last_failure=Failure.from_dict(d["lastFailure"]) if isinstance(d.get("lastFailure"), Mapping) else None,
             output_uri=d.get("outputURI"),

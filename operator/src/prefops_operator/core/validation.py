@@ -22,7 +22,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 
 def semantic_problems(spec: JobSpec) -> list[str]:
     """Every problem of ``spec`` the schema lets through, as ``field: message`` strings; empty when valid."""
-    return [*_algorithm_problems(spec), *_storage_problems(spec), *_resource_problems(spec)]
+    return [*_algorithm_problems(spec), *_gate_problems(spec), *_storage_problems(spec), *_resource_problems(spec)]
 
 
 def _algorithm_problems(spec: JobSpec) -> list[str]:
@@ -69,6 +69,30 @@ def _algorithm_problems(spec: JobSpec) -> list[str]:
         ]
     if rule.keep_start_only and spec.truncation_mode != "keep_start":
         problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
+    return problems
+
+
+def _gate_problems(spec: JobSpec) -> list[str]:
+    """``spec.output.gate`` (docs/contract.md §8): an evaluation metric of the algorithm, exactly one bound, and an
+    eval split to evaluate on. The trainer's parser reports the same problems with the same messages."""
+    gate, rule = spec.gate, ALGORITHMS.get(spec.algorithm.name)
+    if gate is None or rule is None:
+        return []
+    problems = []
+    if not rule.eval_metrics:
+        problems.append(
+            f"spec.output.gate: algorithm {rule.name!r} reports no evaluation metrics, so there is nothing to gate on"
+        )
+    elif gate.metric not in rule.eval_metrics:
+        problems.append(
+            f"spec.output.gate.metric: {gate.metric!r} is not an evaluation metric of algorithm {rule.name!r}; "
+            f"valid: {', '.join(rule.eval_metrics)}"
+        )
+    if (gate.minimum is None) == (gate.maximum is None):
+        got = "both" if gate.minimum is not None else "neither"
+        problems.append(f"spec.output.gate: set exactly one of min and max, got {got}")
+    if not spec.eval_split:
+        problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
     return problems
 
 
