@@ -9,6 +9,8 @@ from support.jobs import job_manifest
 from support.kube import wait_for
 from support.trainer_metrics import TrainerMetricsServer
 
+from prefops_operator.core.conditions import ConditionType, FailureReason, Reason
+
 pytestmark = pytest.mark.integration
 
 TRAIN_METRICS = """\
@@ -83,14 +85,14 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
         status = jobs.wait_phase("qwen", "Succeeded")
 
     assert status["outputURI"] == "s3://models/qwen"
-    assert set(status["phases"]) == {"precompute", "training", "export"}
+    assert set(status["phases"]) == {"precompute", "train", "export"}
     assert all("completionTime" in times for times in status["phases"].values())
     assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]} == {
         "Running": ("False", "Succeeded"),
         "Succeeded": ("True", "Exported"),
     }
     reasons = [reason for _, reason, _ in jobs.events("qwen")]
-    assert reasons == ["PrecomputingStarted", "TrainingStarted", "ExportingStarted", "Succeeded"]
+    assert reasons == [Reason.PRECOMPUTING_STARTED, Reason.TRAINING_STARTED, Reason.EXPORTING_STARTED, Reason.SUCCEEDED]
     job = jobs.get("qwen")
     assert not job["metadata"].get("finalizers")  # deletable even while the operator is down
     assert status["observedGeneration"] == job["metadata"]["generation"]
@@ -131,8 +133,8 @@ def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_pods_reason_
     kubelet.exit(namespace, "flaky-train-1", 137, reason="OOMKilled")
 
     status = jobs.wait_phase("flaky", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "BackoffLimitExceeded"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.BACKOFF_LIMIT_EXCEEDED
     assert failed["message"].startswith("pod flaky-train-1 failed (OOMKilled, exit code 137)")
     assert status["restarts"] == 1
     # the rank still running is stopped; the failed pod stays for its logs
@@ -148,8 +150,8 @@ def test_exit_code_2_means_invalid_input_and_fails_at_once_without_retrying(jobs
         namespace, "badinput-precompute-0", 2, message="s3://prefs/ultrafeedback.jsonl row 7: field 'chosen' is missing"
     )
     status = jobs.wait_phase("badinput", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "InvalidInput"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.INVALID_INPUT
     assert "row 7: field 'chosen' is missing" in failed["message"]
     assert status["restarts"] == 0
 
@@ -171,7 +173,7 @@ def test_a_pod_stuck_pulling_its_image_fails_the_attempt_at_the_startup_deadline
     )
     kubelet.image_pull_backoff(namespace, next(iter(jobs.wait_pods("stuck", "train", 1))))
     status = jobs.wait_phase("stuck", "Failed")
-    assert status["lastFailure"]["reason"] == "StartupDeadlineExceeded"
+    assert status["lastFailure"]["reason"] == FailureReason.STARTUP_DEADLINE_EXCEEDED
     assert "ImagePullBackOff: Back-off pulling image" in status["lastFailure"]["message"]
     wait_for(lambda: not jobs.pods("stuck"), 30, "the stuck pod deleted")
 
@@ -181,7 +183,8 @@ def test_active_deadline_seconds_bounds_the_whole_job(jobs, kubelet, namespace, 
     jobs.create(job_manifest("slow", {**REFERENCE_FREE, "activeDeadlineSeconds": 3}))  # 2-3 s in whole seconds
     run_all(kubelet, namespace, jobs.wait_pods("slow", "train", 1))
     status = jobs.wait_phase("slow", "Failed")
-    assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.DEADLINE_EXCEEDED
     wait_for(lambda: not jobs.pods("slow"), 30, "running pods deleted")
 
 
@@ -203,7 +206,7 @@ def test_suspend_deletes_the_running_pods_and_resume_continues_from_the_unfinish
     jobs.wait_pods("pausable", "train", 2)
     status = jobs.wait_phase("pausable", "Training")
     assert status["restarts"] == 0
-    assert [r for _, r, _ in jobs.events("pausable")][-2:] == ["Suspended", "Resumed"]
+    assert [r for _, r, _ in jobs.events("pausable")][-2:] == [Reason.SUSPENDED, Reason.RESUMED]
 
 
 def test_deleting_a_job_deletes_its_pods_service_and_config(jobs, kubelet, namespace, kube_cluster, start_operator):
@@ -247,8 +250,8 @@ def test_a_spec_the_schema_cannot_catch_fails_at_once_with_invalid_spec_and_crea
     start_operator()
     jobs.create(job_manifest("typo", spec))
     status = jobs.wait_phase("typo", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "InvalidSpec"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.INVALID_SPEC
     assert failed["message"].startswith(f"{field}: ") and message in failed["message"]
     assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in jobs.events("typo")]
     assert not jobs.pods("typo")

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from .algorithms import ALGORITHMS
+from .conditions import RUNNING_REASON, STARTED_REASON, ConditionType, FailureReason, Reason
 from .naming import PodPhase
 from .pods import PodView
 from .spec import Job, JobSpec
@@ -36,6 +37,15 @@ class Happening(str, Enum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPEND = "Suspend"
     RESUME = "Resume"
+
+
+#: the Failed condition's reason for each happening that fails a job
+FAILURE_REASONS: Mapping[Happening, Reason] = {
+    Happening.INVALID_SPEC: Reason.INVALID_SPEC,
+    Happening.INVALID_INPUT: Reason.INVALID_INPUT,
+    Happening.BACKOFF_EXHAUSTED: Reason.BACKOFF_LIMIT_EXCEEDED,
+    Happening.DEADLINE_EXCEEDED: Reason.DEADLINE_EXCEEDED,
+}
 
 
 class Target(str, Enum):
@@ -91,7 +101,7 @@ class Transition:
 
     source: Phase
     target: Phase
-    reason: str
+    reason: Reason
     message: str
     warning: bool = False
 
@@ -197,13 +207,16 @@ def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: 
 def _failures(group: Sequence[PodView], spec: JobSpec, now: datetime) -> list[Failure]:
     """Failed pods (earliest first) and pods stuck before running past the startup deadline."""
     failed = sorted((p for p in group if p.failed), key=lambda p: (p.finished or now, p.index))
-    found = [Failure(p.name, p.phase.value, p.reason or "Failed", p.exit_code, p.message or "", now) for p in failed]
+    found = [
+        Failure(p.name, p.phase.value, p.reason or FailureReason.FAILED, p.exit_code, p.message or "", now)
+        for p in failed
+    ]
     limit = timedelta(seconds=spec.startup_deadline_seconds)
     for p in group:
         if not p.started and p.created is not None and now - p.created >= limit:
             why = f"{p.waiting_reason}: {p.waiting_message}" if p.waiting_message else p.waiting_reason or "Pending"
             message = f"not running {spec.startup_deadline_seconds}s after creation ({why})"
-            found.append(Failure(p.name, p.phase.value, "StartupDeadlineExceeded", None, message, now))
+            found.append(Failure(p.name, p.phase.value, FailureReason.STARTUP_DEADLINE_EXCEEDED, None, message, now))
     return found
 
 
@@ -223,7 +236,7 @@ def _lost(status: Status, pods: Sequence[PodView], now: datetime) -> list[Failur
         and p.created is not None
         and p.created >= since
     ]
-    return [Failure(p.name, p.phase.value, "Deleted", None, "deleted while running", now) for p in lost]
+    return [Failure(p.name, p.phase.value, FailureReason.DELETED, None, "deleted while running", now) for p in lost]
 
 
 def _active_deadline(status: Status, spec: JobSpec) -> datetime | None:
@@ -278,19 +291,24 @@ def _advance(
             output_uri=spec.output_uri,
             completion_time=now,
             conditions=_conditions(
-                base.conditions, now, Running=("False", "Succeeded", message), Succeeded=("True", "Exported", message)
+                base.conditions,
+                now,
+                {
+                    ConditionType.RUNNING: ("False", Reason.SUCCEEDED, message),
+                    ConditionType.SUCCEEDED: ("True", Reason.EXPORTED, message),
+                },
             ),
         )
-        return status, Transition(base.phase, nxt, "Succeeded", message)
+        return status, Transition(base.phase, nxt, Reason.SUCCEEDED, message)
     key = PHASE_KEYS[nxt]
     if phases.get(key, PhaseTimes()).start_time is None:
         phases[key] = replace(phases.get(key, PhaseTimes()), start_time=now)
     message = _running_message(nxt, spec)
-    updates: dict[str, tuple[str, str, str]] = {"Running": ("True", nxt.value, message)}
-    if base.condition("Suspended"):
-        updates["Suspended"] = ("False", "Resumed", "spec.suspend is false")
-    reason = "Resumed" if finding.happening == Happening.RESUME else f"{nxt.value}Started"
-    status = replace(status, phases=phases, conditions=_conditions(base.conditions, now, **updates))
+    updates = {ConditionType.RUNNING: ("True", RUNNING_REASON[nxt], message)}
+    if base.condition(ConditionType.SUSPENDED):
+        updates[ConditionType.SUSPENDED] = ("False", Reason.RESUMED, "spec.suspend is false")
+    reason = Reason.RESUMED if finding.happening == Happening.RESUME else STARTED_REASON[nxt]
+    status = replace(status, phases=phases, conditions=_conditions(base.conditions, now, updates))
     return status, Transition(base.phase, nxt, reason, message)
 
 
@@ -304,13 +322,15 @@ def _restart(base: Status, finding: _Finding, spec: JobSpec, now: datetime) -> t
         base,
         restarts=restarts,
         last_failure=finding.failure,
-        conditions=_conditions(base.conditions, now, Running=("True", base.phase.value, message)),
+        conditions=_conditions(
+            base.conditions, now, {ConditionType.RUNNING: ("True", RUNNING_REASON[base.phase], message)}
+        ),
     )
-    return status, Transition(base.phase, base.phase, "Restarting", message, warning=True)
+    return status, Transition(base.phase, base.phase, Reason.RESTARTING, message, warning=True)
 
 
 def _fail(base: Status, finding: _Finding, now: datetime) -> tuple[Status, Transition]:
-    reason = {Happening.BACKOFF_EXHAUSTED: "BackoffLimitExceeded"}.get(finding.happening, finding.happening.value)
+    reason = FAILURE_REASONS[finding.happening]
     message = finding.message
     if finding.happening == Happening.BACKOFF_EXHAUSTED:
         message = f"{finding.message}; backoffLimit ({base.restarts} restarts) exhausted"
@@ -320,7 +340,9 @@ def _fail(base: Status, finding: _Finding, now: datetime) -> tuple[Status, Trans
         completion_time=now,
         last_failure=finding.failure or base.last_failure,
         conditions=_conditions(
-            base.conditions, now, Running=("False", reason, message), Failed=("True", reason, message)
+            base.conditions,
+            now,
+            {ConditionType.RUNNING: ("False", reason, message), ConditionType.FAILED: ("True", reason, message)},
         ),
     )
     return status, Transition(base.phase, Phase.FAILED, reason, message, warning=True)
@@ -332,10 +354,15 @@ def _suspend(base: Status, now: datetime) -> tuple[Status, Transition]:
         base,
         phase=Phase.SUSPENDED,
         conditions=_conditions(
-            base.conditions, now, Running=("False", "Suspended", message), Suspended=("True", "Suspended", message)
+            base.conditions,
+            now,
+            {
+                ConditionType.RUNNING: ("False", Reason.SUSPENDED, message),
+                ConditionType.SUSPENDED: ("True", Reason.SUSPENDED, message),
+            },
         ),
     )
-    return status, Transition(base.phase, Phase.SUSPENDED, "Suspended", message)
+    return status, Transition(base.phase, Phase.SUSPENDED, Reason.SUSPENDED, message)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -357,7 +384,9 @@ def _refresh(previous: Status, observed: Observed, spec: JobSpec) -> Status:
     )
 
 
-def _conditions(current: Sequence[Condition], now: datetime, **updates: tuple[str, str, str]) -> tuple[Condition, ...]:
+def _conditions(
+    current: Sequence[Condition], now: datetime, updates: Mapping[ConditionType, tuple[str, Reason, str]]
+) -> tuple[Condition, ...]:
     """``current`` with each named condition set to (status, reason, message); the transition time moves only
     when the status does."""
     out = {c.type: c for c in current}
@@ -365,7 +394,7 @@ def _conditions(current: Sequence[Condition], now: datetime, **updates: tuple[st
         old = out.get(type_)
         since = now if old is None or old.status != status else old.last_transition_time
         out[type_] = Condition(type_, status, reason, message, since)
-    order = ["Running", "Suspended", "Succeeded", "Failed"]
+    order: list[str] = list(ConditionType)
     return tuple(sorted(out.values(), key=lambda c: order.index(c.type) if c.type in order else len(order)))
 
 

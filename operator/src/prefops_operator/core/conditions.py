@@ -1,0 +1,74 @@
+"""The names the job's status and Events speak: condition types and CamelCase reasons, as constants. Pure.
+
+The state machine, the reconciler, the docs and the tests use these, never the bare strings; the CRD's
+``status.conditions`` descriptions list them (``tests/operator/test_crd_schema.py`` checks that).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .status import Phase
+
+
+class _Name(str, Enum):
+    """A string constant: equal to, formatted as and serialized as its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ConditionType(_Name):
+    """``status.conditions[].type``."""
+
+    RUNNING = "Running"  # a phase's pods are (being) run
+    SUSPENDED = "Suspended"  # spec.suspend is true
+    SUCCEEDED = "Succeeded"  # the model is written
+    FAILED = "Failed"  # the job ended without a model
+
+
+class Reason(_Name):
+    """``status.conditions[].reason`` and the reason of the Event recorded with each transition."""
+
+    # Running while a phase runs: the phase's name
+    PRECOMPUTING = Phase.PRECOMPUTING.value
+    TRAINING = Phase.TRAINING.value
+    EXPORTING = Phase.EXPORTING.value
+    # a phase started (Events)
+    PRECOMPUTING_STARTED = "PrecomputingStarted"
+    TRAINING_STARTED = "TrainingStarted"
+    EXPORTING_STARTED = "ExportingStarted"
+    # the job succeeded: Running False / the Event, and the Succeeded condition's reason
+    SUCCEEDED = "Succeeded"
+    EXPORTED = "Exported"
+    # pausing and continuing
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    # a failed pod group is recreated (a Warning Event; Running stays True)
+    RESTARTING = "Restarting"
+    # why a job failed
+    INVALID_SPEC = "InvalidSpec"  # the user's spec is wrong (the operator's checks, or a manifest the API refuses)
+    INVALID_INPUT = "InvalidInput"  # the trainer exited 2: the input data or model is wrong
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+class FailureReason(_Name):
+    """``status.lastFailure.reason`` the operator sets itself (otherwise the pod's or container's own reason)."""
+
+    FAILED = "Failed"  # the pod failed without saying why
+    STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
+    DELETED = "Deleted"  # a running rank was deleted by someone else (preemption, a drained node)
+
+
+#: the Running condition's reason while each running phase runs, and the reason of the Event that starts it
+RUNNING_REASON = {
+    Phase.PRECOMPUTING: Reason.PRECOMPUTING,
+    Phase.TRAINING: Reason.TRAINING,
+    Phase.EXPORTING: Reason.EXPORTING,
+}
+STARTED_REASON = {
+    Phase.PRECOMPUTING: Reason.PRECOMPUTING_STARTED,
+    Phase.TRAINING: Reason.TRAINING_STARTED,
+    Phase.EXPORTING: Reason.EXPORTING_STARTED,
+}
