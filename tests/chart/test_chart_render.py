@@ -80,12 +80,9 @@ def test_the_default_flags_are_the_operators_own_defaults_and_the_chart_app_vers
     config = operator_config({})
     app_version = chart().metadata["appVersion"]
     assert config.namespaces == ()
-    assert config.default_image == f"ghcr.io/prefops/trainer:{app_version}" == ChildSettings.default_image
+    assert config.children.default_image == f"ghcr.io/prefops/trainer:{app_version}" == ChildSettings().default_image
     assert container(render())["image"] == f"ghcr.io/prefops/operator:{app_version}"
-    defaults = OperatorConfig()
-    for field in ("image_pull_policy", "trainer_metrics_port", "run_as_user", "metrics_port", "health_port",
-                  "workers", "progress_interval", "scrape_timeout", "verbose"):  # fmt: skip
-        assert getattr(config, field) == getattr(defaults, field), field
+    assert config == OperatorConfig()  # every other setting too
 
 
 def test_image_values_reach_the_operator_image_and_its_trainer_pods():
@@ -99,7 +96,7 @@ def test_image_values_reach_the_operator_image_and_its_trainer_pods():
     assert trainer["image"] == "registry.example.com/ml/prefops-trainer:0.1.0-cu128"
     assert trainer["imagePullPolicy"] == "Always"
     assert {"name": "metrics", "containerPort": 9500} in trainer["ports"]
-    assert config.run_as_user == 2000
+    assert config.children.run_as_user == 2000
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))

@@ -90,7 +90,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     memo.runtime = Runtime(reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers)
     memo.runtime.start()
     scope = ", ".join(config.namespaces) or "all namespaces"
-    logger.info("prefops operator started: %s, default image %s", scope, config.default_image)
+    logger.info("prefops operator started: %s, default image %s", scope, config.children.default_image)
 
 
 @kopf.on.cleanup(id="prefops-cleanup")

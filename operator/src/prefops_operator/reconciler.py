@@ -25,6 +25,7 @@ from .adapters.kube import Conflict, Gone, KubeApi, Rejected, TemporaryError
 from .adapters.metrics import OperatorMetrics
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
+from .core.conditions import Reason
 from .core.machine import Decision, Observed, current_group, decide
 from .core.naming import LABEL_ATTEMPT, PodPhase
 from .core.patch import merge_patch
@@ -166,7 +167,7 @@ class Reconciler:
             )
             await self.api.post_event(meta, t.reason, t.message, t.warning, now)
             self.metrics.transitions.labels(t.source.value, t.target.value).inc()
-            if t.reason == "Restarting":
+            if t.reason == Reason.RESTARTING:
                 self.metrics.restarts.labels(t.source.value).inc()
             if t.target.finished and meta.created:
                 result = t.target.value.lower()
@@ -203,7 +204,7 @@ class Reconciler:
         if not group:
             return None
         mem.last_scrape = time.monotonic()
-        port = self.config.trainer_metrics_port
+        port = self.config.children.metrics_port
         if status.phase.pod_phase == PodPhase.PRECOMPUTE:
             texts = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
             mem.shard_metrics.update({p.name: text for p, text in zip(group, texts, strict=True) if text is not None})

@@ -27,6 +27,7 @@ from .naming import (
     service_name,
 )
 from .pods import CONTAINER
+from .settings import setting
 from .spec import API_VERSION, KIND, Job
 from .validation import GPU_RESOURCE
 
@@ -38,6 +39,11 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 VOLCANO_QUEUE = "scheduling.volcano.sh/queue-name"
+
+
+def _port(value: int) -> bool:
+    return 0 < value < 65536
+
 
 #: Environment variables the operator sets on trainer pods (docs/contract.md §3), minus AWS_* from envFrom.
 ENV_NNODES = "PREFOPS_NNODES"
@@ -52,13 +58,36 @@ ENV_ATTEMPT = "PREFOPS_ATTEMPT"
 
 @dataclass(frozen=True)
 class ChildSettings:
-    """Operator-wide settings that shape children (see :class:`prefops_operator.config.OperatorConfig`)."""
+    """Operator-wide settings that shape children: part of :class:`prefops_operator.config.OperatorConfig`, whose
+    flags are built from these fields."""
 
-    default_image: str = "ghcr.io/prefops/trainer:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    metrics_port: int = 9400
-    master_port: int = 29500
-    run_as_user: int = 1000
+    default_image: str = setting(
+        "ghcr.io/prefops/trainer:0.1.0",
+        "trainer image for jobs without spec.resources.image",
+        "--default-image",
+        "DEFAULT_IMAGE",
+    )
+    image_pull_policy: str = setting(
+        "IfNotPresent", "of trainer pods", "--image-pull-policy", "IMAGE_PULL_POLICY",
+        choices=("Always", "IfNotPresent", "Never"),
+    )  # fmt: skip
+    metrics_port: int = setting(
+        9400,
+        "PREFOPS_METRICS_PORT of trainer pods, scraped for progress",
+        "--trainer-metrics-port",
+        "TRAINER_METRICS_PORT",
+        rule=_port,
+        rule_text="a port number",
+    )
+    run_as_user: int = setting(
+        1000,
+        "non-root uid/gid trainer pods run as",
+        "--run-as-user",
+        "RUN_AS_USER",
+        rule=lambda uid: uid > 0,
+        rule_text="> 0 (non-root)",
+    )
+    master_port: int = 29500  # the torchrun rendezvous port inside the job's own pods: not a setting
 
 
 def owner_reference(job: Job) -> dict[str, Any]:
