@@ -15,8 +15,8 @@ S = ChildSettings()
 TRAIN, PRE = PodPhase.TRAIN, PodPhase.PRECOMPUTE
 
 
-def names(manifests):
-    return [m["metadata"]["name"] for m in manifests]
+def names(new_pods):
+    return [new.manifest["metadata"]["name"] for new in new_pods]
 
 
 def test_a_training_phase_wants_config_service_and_one_pod_per_node():
@@ -45,7 +45,8 @@ def test_after_a_restart_the_old_group_is_deleted_before_the_new_one_is_created(
     assert plan(job, status, dying, S, at(1)).delete_pods == ()
     assert plan(job, status, dying, S, at(1)).create_pods == ()
     created = plan(job, status, [], S, at(2)).create_pods
-    assert {m["metadata"]["labels"]["prefops.dev/attempt"] for m in created} == {"2"}
+    assert {new.manifest["metadata"]["labels"]["prefops.dev/attempt"] for new in created} == {"2"}
+    assert [(new.name, new.attempt) for new in created] == [("qwen-dpo-train-0", 2), ("qwen-dpo-train-1", 2)]
 
 
 def test_finished_pods_of_earlier_phases_are_kept_for_their_logs():

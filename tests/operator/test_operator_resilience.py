@@ -20,13 +20,6 @@ pytestmark = pytest.mark.integration
 REFERENCE_FREE = {"algorithm": {"name": "simpo"}}
 
 
-def run_all(kubelet, namespace, pods, exit_code=None):
-    for name in sorted(pods):
-        kubelet.run(namespace, name)
-        if exit_code is not None:
-            kubelet.exit(namespace, name, exit_code)
-
-
 def test_killing_the_operator_mid_phase_neither_duplicates_pods_nor_loses_the_job(
     jobs, kubelet, namespace, start_operator
 ):
@@ -34,11 +27,11 @@ def test_killing_the_operator_mid_phase_neither_duplicates_pods_nor_loses_the_jo
     jobs.create(job_manifest("survivor", {**REFERENCE_FREE, "resources": {"nodes": 3}}))
     pods = jobs.wait_pods("survivor", "train", 3)
     uids = {p.metadata.uid for p in pods.values()}
-    run_all(kubelet, namespace, pods)
+    kubelet.run_all(namespace, pods)
     first.kill()
 
     start_operator()
-    run_all(kubelet, namespace, pods, exit_code=0)  # the group finishes while (and after) the new operator starts
+    kubelet.run_all(namespace, pods, exit_code=0)  # the group finishes while (and after) the new operator starts
     jobs.wait_pods("survivor", "export", 1)
     assert {p.metadata.uid for p in jobs.pods("survivor", "train").values()} == uids
     status = jobs.status("survivor")
@@ -71,10 +64,10 @@ def test_an_operator_killed_while_creating_a_group_creates_each_pod_exactly_once
 def test_the_operator_exports_its_metrics_and_a_liveness_endpoint(jobs, kubelet, namespace, start_operator):
     op = start_operator()
     jobs.create(job_manifest("observed", REFERENCE_FREE))
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "train", 1))
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1))
     kubelet.exit(namespace, "observed-train-0", 1)
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "train", 1, attempt=2), exit_code=0)
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "export", 1, attempt=2), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1, attempt=2), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "export", 1, attempt=2), exit_code=0)
     jobs.wait_phase("observed", "Succeeded")
 
     samples = wait_for(
@@ -101,7 +94,7 @@ def test_the_operator_runs_with_only_its_own_dependencies_as_in_its_image(jobs, 
 
     op = start_operator(python=image_like_python())
     jobs.create(job_manifest("lean", REFERENCE_FREE))
-    run_all(kubelet, namespace, jobs.wait_pods("lean", "train", 1), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("lean", "train", 1), exit_code=0)
     jobs.wait_pods("lean", "export", 1)
     assert jobs.status("lean")["phase"] == "Exporting"
     assert op.rss_bytes() < 100 * 2**20  # no kubernetes client imported (it alone is ~45 MB)

@@ -12,11 +12,16 @@ from .kube import wait_for
 GROUP, VERSION, PLURAL = "prefops.dev", "v1alpha1", "preferencetrainingjobs"
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: nested mappings merge, other values replace, ``None`` removes the key.
+    Neither argument is changed. The one merge of every test helper that builds manifests (here, and the trainer
+    tests' ``trainer_jobs``)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
+        elif value is None:
+            out.pop(key, None)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -35,7 +40,7 @@ def job_manifest(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PreferenceTrainingJob",
         "metadata": {"name": name},
-        "spec": _merge(base, spec or {}),
+        "spec": deep_merge(base, spec or {}),
     }
 
 

@@ -92,10 +92,15 @@ class Process:
         stop_process(self.popen, timeout)
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log, lines)
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a server's log file (empty when there is none yet)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:

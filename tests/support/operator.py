@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kube import CACHE, ROOT, free_port, stop_process, wait_for
+from .kube import CACHE, ROOT, free_port, stop_process, tail, wait_for
 
 
 def image_like_python() -> str:
@@ -96,10 +96,7 @@ class OperatorProcess:
         raise RuntimeError("no VmRSS")
 
     def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log, lines)
 
     def __enter__(self) -> OperatorProcess:
         return self.start()

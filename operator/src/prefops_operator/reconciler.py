@@ -27,7 +27,7 @@ from .adapters.scrape import Scraper
 from .config import OperatorConfig
 from .core.conditions import Reason
 from .core.machine import Decision, Observed, current_group, decide
-from .core.naming import LABEL_ATTEMPT, PodPhase
+from .core.naming import PodPhase
 from .core.patch import merge_patch
 from .core.plan import Plan, plan
 from .core.pods import PodView
@@ -188,11 +188,10 @@ class Reconciler:
             if name not in mem.deleted:
                 await self.api.delete_pod(job.meta.namespace, name)
                 mem.deleted[name] = clock + EXPECTATION_TTL
-        for manifest in actions.create_pods:
-            replica = (manifest["metadata"]["name"], int(manifest["metadata"]["labels"][LABEL_ATTEMPT]))
-            if replica not in mem.created:
-                await self.api.create(manifest)
-                mem.created[replica] = clock + EXPECTATION_TTL
+        for new in actions.create_pods:
+            if (new.name, new.attempt) not in mem.created:
+                await self.api.create(new.manifest)
+                mem.created[new.name, new.attempt] = clock + EXPECTATION_TTL
         if actions.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
             await self.api.delete_job(job.meta)

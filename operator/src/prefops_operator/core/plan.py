@@ -25,16 +25,21 @@ from .status import Phase, Status
 
 
 @dataclass(frozen=True)
+class NewPod:
+    """A pod to create: replica ``name`` of attempt ``attempt``, and its manifest."""
+
+    name: str
+    attempt: int
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Plan:
     ensure: tuple[dict[str, Any], ...] = ()  # ConfigMap/Service: create when absent, never changed afterwards
-    create_pods: tuple[dict[str, Any], ...] = ()
+    create_pods: tuple[NewPod, ...] = ()
     delete_pods: tuple[str, ...] = ()
     delete_job: bool = False
     waiting: tuple[str, ...] = field(default=())  # replicas whose name is still held by a pod being deleted
-
-    @property
-    def empty(self) -> bool:
-        return not (self.ensure or self.create_pods or self.delete_pods or self.delete_job)
 
 
 def plan(job: Job, status: Status, pods: Sequence[PodView], settings: ChildSettings, now: datetime) -> Plan:
@@ -69,7 +74,7 @@ def _plan_running(
     for index in range(group_size(job.spec, pod_phase)):
         name = pod_name(job.meta.name, pod_phase, index)
         if name not in held:
-            creates.append(pod(job, pod_phase, index, attempt, settings))
+            creates.append(NewPod(name, attempt, pod(job, pod_phase, index, attempt, settings)))
         elif any(p.name == name and (p.terminating or p in stale) for p in pods):
             waiting.append(name)
     ensure = [config_map(job)]
