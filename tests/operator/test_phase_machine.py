@@ -10,6 +10,7 @@ from support.operator_core import at, group, make_job, pod
 from prefops_operator.core.conditions import ConditionType, FailureReason, Reason
 from prefops_operator.core.machine import TRANSITIONS, Happening, Observed, decide, phase_plan
 from prefops_operator.core.naming import PodPhase
+from prefops_operator.core.refusals import classify_refusal
 from prefops_operator.core.spec import Job
 from prefops_operator.core.status import RUNNING_PHASES, Phase, Progress, Status
 
@@ -222,7 +223,8 @@ def test_a_job_created_suspended_starts_only_when_resumed():
 def test_a_manifest_the_apiserver_rejects_fails_the_job_with_invalid_spec():
     job = make_job()
     status = run_to(job, Phase.TRAINING)
-    decision = step(job, status, [], at(3), rejection="create Pod: spec.tolerations[0].operator: Invalid value")
+    refusal = classify_refusal(422, "create Pod: spec.tolerations[0].operator: Invalid value", job.spec)
+    decision = step(job, status, [], at(3), refusal=refusal)
     assert decision.status.phase == Phase.FAILED
     assert decision.status.condition(ConditionType.FAILED).reason == Reason.INVALID_SPEC
 

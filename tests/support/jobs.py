@@ -65,8 +65,10 @@ class Jobs:
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})
 
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+    def delete(self, name: str, propagation: str | None = None) -> None:
+        """Delete the job; ``propagation="Orphan"`` leaves its children behind, without their owner reference."""
+        body = {"propagationPolicy": propagation} if propagation else None
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body=body)
 
     def exists(self, name: str) -> bool:
         import kubernetes
@@ -106,6 +108,10 @@ class Jobs:
             return pods if len(pods) == count and attempts == {str(attempt)} else None
 
         return wait_for(ready, timeout, f"{count} {phase} pods of {name}, attempt {attempt}")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        """The job's status condition of ``type_``, if it has one."""
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), None)
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
         """(type, reason, message) of the Events recorded on the job, oldest first."""

@@ -1,5 +1,5 @@
 """A real Kubernetes control plane on 127.0.0.1 for tests and benchmarks: etcd, kube-apiserver and
-kube-controller-manager (garbage collection, namespaces, service accounts). No scheduler, no kubelet: tests
+kube-controller-manager (garbage collection, namespaces, service accounts, resource quotas). No scheduler, no kubelet: tests
 drive pod status themselves (see ``support.kubelet``).
 
 Usage::
@@ -398,7 +398,7 @@ class KubeCluster:
                 "--port=0",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token",
+                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--concurrent-gc-syncs=5",

@@ -7,8 +7,9 @@ service-account/kubeconfig login, wired in by the handlers) and are fetched agai
 service-account tokens keep working.
 
 Errors are sorted into the taxonomy the reconciler acts on: :class:`Conflict` (a stale read: reconcile again),
-:class:`Gone` (404), :class:`Rejected` (the apiserver refuses a manifest built from the user's spec: permanent),
-and :class:`TemporaryError` (anything else: retry with backoff).
+:class:`Gone` (404), :class:`Rejected` (400/422: the apiserver refuses a manifest built from the user's spec),
+:class:`Forbidden` (403: RBAC or an admission plugin such as a ResourceQuota refuses it; core.refusals says
+whether retrying helps) and :class:`TemporaryError` (anything else: retry with backoff).
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class Gone(TemporaryError):
 
 class Rejected(ValueError):
     """The apiserver refused an object built from the user's spec (400/422): retrying cannot help."""
+
+    status = 422
+
+
+class Forbidden(TemporaryError):
+    """403: the apiserver forbids the call (the operator's RBAC, or an admission plugin: a ResourceQuota, a missing
+    ServiceAccount or PriorityClass, a webhook). ``message`` is the apiserver's own."""
+
+    status = 403
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(f"{what}: {message}")
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,7 @@ class KubeApi:
         raise TemporaryError(f"{what}: unauthorized")
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
-        """Create a Pod, ConfigMap or Service; ``False`` when it already exists (409)."""
+        """Create a Pod, ConfigMap or Service; ``False`` when one of that name already exists (409)."""
         kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
             await self._call(
@@ -160,6 +174,17 @@ class KubeApi:
         except Conflict:
             return False
         return True
+
+    async def controller_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid in the controller owner reference of a ConfigMap or Service (``None``: it has none, or it is
+        gone): whose it is, when creating it answered 409."""
+        path = f"/api/v1/namespaces/{namespace}/{_COLLECTIONS[kind]}/{name}"
+        try:
+            found = await self._call("GET", path, f"get {kind} {namespace}/{name}")
+        except Gone:
+            return None
+        refs = (found.get("metadata") or {}).get("ownerReferences") or []
+        return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (gracefully: the trainer gets SIGTERM); already gone is fine."""
@@ -222,6 +247,8 @@ def _classify(status: int, payload: bytes, what: str) -> Exception:
         return Gone(f"{what}: not found")
     if status in (400, 422):
         return Rejected(f"{what}: {message}")
+    if status == 403:
+        return Forbidden(what, message)
     return TemporaryError(f"{what}: HTTP {status} {message}")
 
 

@@ -25,6 +25,9 @@ class ConditionType(_Name):
     SUSPENDED = "Suspended"  # spec.suspend is true
     SUCCEEDED = "Succeeded"  # the model is written
     FAILED = "Failed"  # the job ended without a model
+    # the apiserver refuses a child (a quota, ...) or an object the job does not control holds a name it needs:
+    # present only while it lasts, retried with backoff
+    REPLICA_FAILURE = "ReplicaFailure"
 
 
 class Reason(_Name):
@@ -51,6 +54,14 @@ class Reason(_Name):
     INVALID_INPUT = "InvalidInput"  # the trainer exited 2: the input data or model is wrong
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    # why the apiserver refused a child: ReplicaFailure while retried, Failed where a retry cannot help
+    QUOTA_EXCEEDED = "QuotaExceeded"  # a ResourceQuota: retried until it has room
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"  # spec.resources.serviceAccountName: fails the job
+    PRIORITY_CLASS_NOT_FOUND = "PriorityClassNotFound"  # spec.resources.priorityClassName: fails the job
+    CREATE_FORBIDDEN = "CreateForbidden"  # any other 403 (the operator's RBAC, an admission webhook): retried
+    # a child's name is held by an object the job does not control (left by a deleted job of the same name, or
+    # made by someone else): waited for, retried
+    NAME_TAKEN = "NameTaken"
 
 
 class FailureReason(_Name):

@@ -20,6 +20,7 @@ from .algorithms import ALGORITHMS
 from .conditions import RUNNING_REASON, STARTED_REASON, ConditionType, FailureReason, Reason
 from .naming import PodPhase
 from .pods import PodView
+from .refusals import Refusal
 from .spec import Job, JobSpec
 from .status import PHASE_KEYS, RUNNING_PHASES, Condition, Failure, Phase, PhaseTimes, Progress, Status
 from .validation import semantic_problems
@@ -37,6 +38,7 @@ class Happening(str, Enum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPEND = "Suspend"
     RESUME = "Resume"
+    CREATE_REFUSED = "CreateRefused"  # the apiserver refused a child, and retrying cannot help
 
 
 #: the Failed condition's reason for each happening that fails a job
@@ -70,6 +72,7 @@ TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
     **_running(Happening.INVALID_INPUT, Target.FAILED),
     **_running(Happening.INVALID_SPEC, Target.FAILED),
     **_running(Happening.DEADLINE_EXCEEDED, Target.FAILED),
+    **_running(Happening.CREATE_REFUSED, Target.FAILED),
     **_running(Happening.SUSPEND, Target.SUSPENDED),
     (Phase.SUSPENDED, Happening.RESUME): Target.NEXT,
 }
@@ -79,15 +82,16 @@ TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
 class Observed:
     """Everything a decision depends on besides the previous status and the clock.
 
-    ``spec`` is ``None`` when the job's spec could not be parsed (``spec_error`` says why). ``rejection`` is the
-    apiserver's reason for refusing a child built from the spec (e.g. an invalid toleration). ``progress`` is the
-    latest sample of the trainer's metrics, if one was taken.
+    ``spec`` is ``None`` when the job's spec could not be parsed (``spec_error`` says why). ``pods`` are the pods
+    the job controls (owner reference with its uid). ``refusal`` is why the apiserver refused the last child built
+    from the spec (an invalid toleration, a quota, a missing ServiceAccount, ...) or why a name is taken.
+    ``progress`` is the latest sample of the trainer's metrics, if one was taken.
     """
 
     job: Job | None
     pods: Sequence[PodView] = ()
     spec_error: str | None = None
-    rejection: str | None = None
+    refusal: Refusal | None = None
     progress: Progress | None = None
 
     @property
@@ -107,10 +111,20 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something to tell the user with an Event that changes no phase (a refused create being retried)."""
+
+    reason: Reason
+    message: str
+    warning: bool = True
+
+
+@dataclass(frozen=True)
 class Decision:
     status: Status
     transitions: tuple[Transition, ...] = ()
     wake_at: datetime | None = None  # the earliest time a deadline may change the decision
+    notices: tuple[Notice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,7 @@ class _Finding:
     happening: Happening
     message: str = ""
     failure: Failure | None = None
+    reason: Reason | None = None  # the Failed reason, when not the happening's own
 
 
 # -- public entry point ----------------------------------------------------------------------------------------
@@ -125,6 +140,17 @@ class _Finding:
 
 def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     """The job's next status given its previous status and what was observed at ``now``."""
+    decision = _decide(previous, observed, now)
+    before, after = (
+        previous.condition(ConditionType.REPLICA_FAILURE),
+        decision.status.condition(ConditionType.REPLICA_FAILURE),
+    )
+    if after and (before is None or (before.reason, before.message) != (after.reason, after.message)):
+        return replace(decision, notices=(Notice(Reason(after.reason), after.message),))
+    return decision
+
+
+def _decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     spec = observed.spec
     if spec is None:
         if previous.phase == Phase.PENDING and observed.spec_error:
@@ -132,7 +158,7 @@ def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
         return Decision(previous)
     finding = _classify(previous, observed, spec, now)
     if finding is None:
-        status = _refresh(previous, observed, spec)
+        status = _refresh(previous, observed, spec, now)
         return Decision(status, (), _wake_at(status, observed, spec))
     return _apply(previous, finding, observed, now)
 
@@ -176,8 +202,9 @@ def _classify(previous: Status, observed: Observed, spec: JobSpec, now: datetime
 
 
 def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: datetime) -> _Finding | None:
-    if observed.rejection:
-        return _Finding(Happening.INVALID_SPEC, observed.rejection)
+    refusal = observed.refusal
+    if refusal and refusal.permanent:
+        return _Finding(Happening.CREATE_REFUSED, refusal.message, reason=refusal.reason)
     deadline = _active_deadline(previous, spec)
     if deadline is not None and now >= deadline:
         return _Finding(
@@ -253,7 +280,7 @@ def _apply(previous: Status, finding: _Finding, observed: Observed, now: datetim
     if target is None:  # not a transition from this phase: nothing changes
         return Decision(previous)
     spec = observed.spec
-    base = _refresh(previous, observed, spec) if spec else previous
+    base = _refresh(previous, observed, spec, now) if spec else previous
     if target == Target.FAILED:
         status, transition = _fail(base, finding, now)
     elif target == Target.SUSPENDED:
@@ -330,7 +357,7 @@ def _restart(base: Status, finding: _Finding, spec: JobSpec, now: datetime) -> t
 
 
 def _fail(base: Status, finding: _Finding, now: datetime) -> tuple[Status, Transition]:
-    reason = FAILURE_REASONS[finding.happening]
+    reason = finding.reason or FAILURE_REASONS[finding.happening]
     message = finding.message
     if finding.happening == Happening.BACKOFF_EXHAUSTED:
         message = f"{finding.message}; backoffLimit ({base.restarts} restarts) exhausted"
@@ -368,8 +395,9 @@ def _suspend(base: Status, now: datetime) -> tuple[Status, Transition]:
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _refresh(previous: Status, observed: Observed, spec: JobSpec) -> Status:
-    """The previous status with what is observed regardless of transitions: shape, generation, progress."""
+def _refresh(previous: Status, observed: Observed, spec: JobSpec, now: datetime) -> Status:
+    """The previous status with what is observed regardless of transitions: shape, generation, progress, and the
+    ReplicaFailure condition while children are refused."""
     progress = previous.progress
     if observed.progress is not None:
         merged = (progress or Progress()).merged(observed.progress)
@@ -381,7 +409,16 @@ def _refresh(previous: Status, observed: Observed, spec: JobSpec) -> Status:
         shape=f"{spec.resources.nodes}x{spec.resources.gpus_per_node}",
         progress=progress,
         observed_generation=meta.generation if meta else previous.observed_generation,
+        conditions=_replica_failure(previous, observed.refusal, now),
     )
+
+
+def _replica_failure(previous: Status, refusal: Refusal | None, now: datetime) -> tuple[Condition, ...]:
+    """The conditions with ReplicaFailure set while a retried refusal lasts in a running phase, else without it."""
+    if refusal is None or refusal.permanent or previous.phase not in RUNNING_PHASES:
+        return tuple(c for c in previous.conditions if c.type != ConditionType.REPLICA_FAILURE)
+    update = {ConditionType.REPLICA_FAILURE: ("True", refusal.reason, refusal.message)}
+    return _conditions(previous.conditions, now, update)
 
 
 def _conditions(
