@@ -229,6 +229,7 @@ def test_a_finished_job_is_deleted_after_ttl_seconds_after_finished(jobs, kubele
             "not valid for algorithm 'cpo'",
         ),
         ({"output": {"uri": "/models/out"}}, "spec.output.uri", "must be an s3://bucket/prefix URI"),
+        ({"training": {"epochz": 3}}, "spec.training.epochz", "unknown field; did you mean 'epochs'?"),
     ],
 )
 def test_a_spec_the_schema_cannot_catch_fails_at_once_with_invalid_spec_and_creates_nothing(
