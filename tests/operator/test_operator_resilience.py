@@ -8,6 +8,7 @@ import ssl
 import urllib.error
 import urllib.request
 
+import kubernetes
 import pytest
 import yaml
 from support.fixtures import OPERATOR_USER
@@ -131,3 +132,28 @@ def rejected(cluster, token: str) -> bool:
     except urllib.error.HTTPError as e:
         return e.code == 401
     return False
+
+
+def test_a_client_certificate_from_the_kubeconfig_leaves_no_key_file_behind(jobs, namespace, kube_cluster, tmp_path):
+    from support.operator import OperatorProcess
+
+    user = f"prefops-cert-{namespace}"[:60]
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_cluster.admin_client())
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prefops-operator"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+    )
+    kubeconfig = kube_cluster.client_certificate_kubeconfig(user, tmp_path / "cert.kubeconfig")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    try:
+        with OperatorProcess(kubeconfig, tmp_path / "operator.log", (namespace,), env={"TMPDIR": str(temp)}):
+            jobs.create(job_manifest("certified", REFERENCE_FREE))
+            jobs.wait_pods("certified", "train", 1)  # the reconciler's own session is up, logged in by certificate
+            assert list(temp.iterdir()) == []  # while it runs
+        assert list(temp.iterdir()) == []  # and after
+    finally:
+        rbac.delete_cluster_role_binding(user)

@@ -492,6 +492,24 @@ class KubeCluster:
                 core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
         return name
 
+    def client_certificate_kubeconfig(self, user: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as ``user`` with a client certificate signed by the cluster's CA, the
+        certificate and its key inline (``client-certificate-data``/``client-key-data``), as cloud CLIs write them."""
+        import base64
+
+        key, csr, crt = (self.workdir / f"{user}.{ext}" for ext in ("key", "csr", "crt"))
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={user}", "-keyout", str(key), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(self.pki / "ca.key"),
+                 "-CAcreateserial", "-days", "1", "-out", str(crt))  # fmt: skip
+        doc = kubeconfig_document(self.server, self.ca_file, user, "")
+        doc["users"][0]["user"] = {
+            "client-certificate-data": base64.b64encode(crt.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(key.read_bytes()).decode(),
+        }
+        key.unlink()
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
     def service_account_kubeconfig(
         self, namespace: str, name: str, path: Path | None = None, bound_to_secret: str | None = None
     ) -> Path:

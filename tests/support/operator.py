@@ -38,6 +38,7 @@ class OperatorProcess:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     extra_args: tuple[str, ...] = ()
     python: str = sys.executable  # e.g. a venv with only the operator's dependencies, as in its image
+    env: dict[str, str] = field(default_factory=dict)  # more environment, e.g. TMPDIR
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
@@ -58,6 +59,7 @@ class OperatorProcess:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREFOPS_OPERATOR_"))}
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(self.env)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_for(self._healthy, 60, f"operator health endpoint (log: {self.log})")

@@ -85,13 +85,16 @@ class Credentials:
     private_key_data: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context: CA, and the client certificate if any. Python's ssl loads a certificate and key only from
+        files, so data from a kubeconfig goes through private temporary files that are gone when this returns."""
         ctx = ssl.create_default_context(cafile=self.ca_path, cadata=_pem(self.ca_data))
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        cert = self.certificate_path or _temp_file(self.certificate_data)
-        if cert:
-            ctx.load_cert_chain(cert, self.private_key_path or _temp_file(self.private_key_data))
+        with contextlib.ExitStack() as files:
+            cert = self.certificate_path or _temp_file(files, self.certificate_data)
+            if cert:
+                ctx.load_cert_chain(cert, self.private_key_path or _temp_file(files, self.private_key_data))
         return ctx
 
     def headers(self) -> dict[str, str]:
@@ -104,11 +107,13 @@ def _pem(data: str | None) -> str | None:
     return base64.b64decode(data).decode()
 
 
-def _temp_file(data: str | None) -> str | None:
+def _temp_file(files: contextlib.ExitStack, data: str | None) -> str | None:
+    """A file readable only by this user holding ``data`` as PEM, deleted when ``files`` closes."""
     if not data:
         return None
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
-        f.write(_pem(data) or "")
+    f = files.enter_context(tempfile.NamedTemporaryFile("w", suffix=".pem"))  # noqa: SIM115 - mode 0600
+    f.write(_pem(data) or "")
+    f.flush()
     return f.name
 
 
