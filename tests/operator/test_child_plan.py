@@ -76,3 +76,12 @@ def test_a_finished_job_is_deleted_once_its_ttl_has_passed():
     assert not plan(job, done, [], S, at(29)).delete_job
     assert plan(job, done, [], S, at(30)).delete_job
     assert not plan(make_job(), done, [], S, at(10**6)).delete_job
+
+
+def test_with_network_policies_every_running_phase_wants_the_jobs_policy():
+    job = make_job()
+    settings = ChildSettings(network_policy=True, metrics_from=("team=ml",))
+    for phase, kinds in ((Phase.PRECOMPUTING, ["ConfigMap", "NetworkPolicy"]),
+                         (Phase.TRAINING, ["ConfigMap", "NetworkPolicy", "Service"])):  # fmt: skip
+        assert [m["kind"] for m in plan(job, Status(phase=phase), [], settings, at(0)).ensure] == kinds
+    assert [m["kind"] for m in plan(job, Status(phase=Phase.EXPORTING), [], S, at(0)).ensure] == ["ConfigMap"]

@@ -92,4 +92,10 @@ rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.networkPolicy.enabled }}
+# each job's NetworkPolicy (networkPolicy.enabled): created once per job, read when its name exists already
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, get]
+{{- end }}
 {{- end }}

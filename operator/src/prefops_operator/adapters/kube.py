@@ -37,7 +37,18 @@ GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "preferencetrainingjobs"
 COMPONENT = "prefops-operator"
 MERGE_PATCH = "application/merge-patch+json"
-_COLLECTIONS = {"Pod": "pods", "ConfigMap": "configmaps", "Service": "services"}
+#: where each kind of child lives: API prefix and collection
+_COLLECTIONS = {
+    "Pod": ("/api/v1", "pods"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+}
+
+
+def _collection(kind: str, namespace: str) -> str:
+    prefix, plural = _COLLECTIONS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
 class TemporaryError(RuntimeError):
@@ -170,20 +181,18 @@ class KubeApi:
         raise TemporaryError(f"{what}: unauthorized")
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
-        """Create a Pod, ConfigMap or Service; ``False`` when one of that name already exists (409)."""
+        """Create a Pod, ConfigMap, Service or NetworkPolicy; ``False`` when one of that name exists already (409)."""
         kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            await self._call(
-                "POST", f"/api/v1/namespaces/{ns}/{_COLLECTIONS[kind]}", f"create {kind} {ns}/{name}", manifest
-            )
+            await self._call("POST", _collection(kind, ns), f"create {kind} {ns}/{name}", manifest)
         except Conflict:
             return False
         return True
 
     async def controller_uid(self, kind: str, namespace: str, name: str) -> str | None:
-        """The uid in the controller owner reference of a ConfigMap or Service (``None``: it has none, or it is
-        gone): whose it is, when creating it answered 409."""
-        path = f"/api/v1/namespaces/{namespace}/{_COLLECTIONS[kind]}/{name}"
+        """The uid in the controller owner reference of a ConfigMap, Service or NetworkPolicy (``None``: it has
+        none, or it is gone): whose it is, when creating it answered 409."""
+        path = f"{_collection(kind, namespace)}/{name}"
         try:
             found = await self._call("GET", path, f"get {kind} {namespace}/{name}")
         except Gone:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .children import ChildSettings, config_map, pod, training_service
+from .children import ChildSettings, config_map, network_policy, pod, training_service
 from .machine import group_size
 from .naming import PodPhase, pod_name
 from .pods import PodView
@@ -91,6 +91,8 @@ def _plan_running(
         elif any(p.name == name and (p.terminating or p in stale) for p in pods):
             waiting.append(name)
     ensure = [config_map(job)]
+    if settings.network_policy:
+        ensure.append(network_policy(job, settings))
     if pod_phase == PodPhase.TRAIN:
         ensure.append(training_service(job, settings))
     return Plan(

@@ -25,6 +25,11 @@ _CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*@")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
+def is_quantity(value: str) -> bool:
+    """Whether ``value`` is a Kubernetes resource quantity (16, 500m, 64Gi, ...)."""
+    return bool(_QUANTITY.match(value))
+
+
 def semantic_problems(spec: JobSpec) -> list[str]:
     """Every problem of ``spec`` the schema lets through, as ``field: message`` strings; empty when valid.
 
