@@ -187,6 +187,7 @@ class KubeCluster:
     audit_mode: str = "blocking"  # "batch" writes asynchronously: less latency per request (benchmarks)
     processes: list[Process] = field(default_factory=list)
     port: int = 0
+    etcd_url: str = ""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -216,8 +217,8 @@ class KubeCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         _make_pki(self.pki)
         (self.workdir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
-        etcd_url = self._start_etcd()
-        self._start_apiserver(etcd_url)
+        self.etcd_url = self._start_etcd()
+        self._start_apiserver(self.etcd_url)
         self._write_kubeconfig(self.admin_kubeconfig, "admin", ADMIN_TOKEN)
         if self.controller_manager:
             self._start_controller_manager()
@@ -283,12 +284,23 @@ class KubeCluster:
         self._await(proc, lambda: _http_ok(f"{url}/health"), 30)
         return url
 
-    def _start_apiserver(self, etcd_url: str) -> None:
+    def restart_apiserver(self) -> None:
+        """Stop the kube-apiserver (SIGTERM, as a rolling control-plane upgrade does) and start a new one on the same
+        port over the same etcd; returns once it is ready again. Clients see refused connections meanwhile."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        old.stop()
+        old.log.rename(old.log.with_suffix(f".{time.monotonic_ns()}.log"))  # kept; the new one starts a fresh log
+        self._start_apiserver(self.etcd_url, port=self.port)
+        self.processes.remove(old)
+        new = self.processes.pop()
+        self.processes.insert(1, new)  # stop order stays controller-manager, apiserver, etcd
+
+    def _start_apiserver(self, etcd_url: str, port: int = 0) -> None:
         if not APISERVER.is_file():
             raise ClusterError(
                 f"kube-apiserver not found at {APISERVER}: run scripts/install-servers.sh (make servers)"
             )
-        self.port = free_port()
+        self.port = port or free_port()
         pki = self.pki
         proc = _spawn(
             "kube-apiserver",
