@@ -13,6 +13,7 @@ import yaml
 from chart.rendering import CHART, NAMESPACE, ROOT, VALUE_SETS, args, chart, container, crd_file_spec, load_all, render
 from dockerfile_parse import DockerfileParser
 from support.operator_core import make_job
+from support.pod_security import restricted_violations
 
 from prefops_operator.config import OperatorConfig
 from prefops_operator.core.children import ChildSettings, network_policy, pod
@@ -56,6 +57,10 @@ def test_the_operator_runs_as_the_images_non_root_user_with_a_read_only_root_fil
     # the only writable path, as the image expects
     assert {"name": "tmp", "mountPath": "/tmp"} in container(rendered)["volumeMounts"]
     assert {v["name"]: v for v in pod_spec["volumes"]}["tmp"]["emptyDir"]
+
+
+def test_the_operator_pod_satisfies_the_restricted_pod_security_standard():
+    assert restricted_violations({"spec": render().one("Deployment")["spec"]["template"]["spec"]}) == []
 
 
 def test_the_operator_container_requests_cpu_and_memory():

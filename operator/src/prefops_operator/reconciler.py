@@ -206,8 +206,11 @@ class Reconciler:
                 if (new.name, new.attempt) not in mem.created:
                     await self.api.create(new.manifest)
                     mem.created[new.name, new.attempt] = clock + EXPECTATION_TTL
-        except (Rejected, Forbidden) as e:
-            self.metrics.api_errors.labels("rejected" if isinstance(e, Rejected) else "forbidden").inc()
+        except Rejected as e:
+            self.metrics.api_errors.labels("rejected").inc()
+            return classify_refusal(e.status, str(e), job.spec)
+        except Forbidden as e:
+            self.metrics.api_errors.labels("forbidden").inc()
             return classify_refusal(e.status, str(e), job.spec)
         if actions.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
