@@ -79,8 +79,10 @@ def render() -> str:
         "",
         f"`{crd['spec']['group']}/{version['name']}` `{crd['spec']['names']['kind']}` (short name "
         f"`{crd['spec']['names']['shortNames'][0]}`). Generated from `crds/` by `scripts/gen_spec_reference.py`; "
-        "`kubectl explain ptj.spec.<field>` shows the same text. Checks the schema cannot express (loss types per "
-        "algorithm, lossWeights length, ...) are listed with each field and enforced by the operator and the trainer.",
+        "`kubectl explain ptj.spec.<field>` shows the same text (Kubernetes 1.27 and later: older apiservers publish "
+        "no fields below spec, which keeps unknown fields for the operator to name). Checks the schema cannot "
+        "express (loss types per algorithm, lossWeights length, ...) are listed with each field and enforced by the "
+        "operator and the trainer.",
         "",
         "| field | type | required | default | allowed | description |",
         "|---|---|---|---|---|---|",

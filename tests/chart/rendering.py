@@ -154,6 +154,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
         "serviceAccount": {"annotations": {"example.com/role": "prefops"}},
     },
+    "network-policy": {
+        "networkPolicy": {"enabled": True, "metricsFrom": ["kubernetes.io/metadata.name=monitoring", "team=ml-ops"]},
+        "trainer": {"shmSizeLimit": "8Gi", "cacheSizeLimit": "1Ti"},
+    },
     "bring-your-own-account": {
         "serviceAccount": {"create": False, "name": "existing-operator"},
         "rbac": {"create": False},

@@ -37,6 +37,23 @@ DIFFERENT_MECHANISM = {
     "spec.resources.tolerations[]": "Pod toleration schema in the CRD; trainer: any mapping",
 }
 
+#: CRD path -> what the trainer's parser still lacks. The operator side landed first (issue 11); the trainer side
+#: follows. A field missing there is left out of the same-fields check; once the trainer declares it, its
+#: comparison below is a strict xfail that fails when it passes, so the entry must then go.
+AWAITING_TRAINER = {
+    # no CRD default until the trainer knows the field: the apiserver would write it into every rewardModel, and
+    # the trainer refuses fields it does not know; add `default: false` with the trainer side
+    "spec.rewardModel.trustRemoteCode": "the reward model's own trustRemoteCode (default false)",
+    "spec.resources.nodes": "upper bound 512",
+    "spec.resources.gpusPerNode": "upper bound 16",
+    "spec.reference.workers": "upper bound 256",
+    "spec.dataset.maxLength": "upper bound 131072",
+}
+
+
+def _awaiting(path: str) -> Any:
+    return pytest.mark.xfail(strict=True, reason=f"trainer side pending: {AWAITING_TRAINER[path]}")
+
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """(the annotation without ``| None``, whether it was optional)."""
@@ -111,6 +128,7 @@ def walk(model: type[BaseModel], schema: dict[str, Any], path: str):
 
 PAIRS = list(walk(trainer_spec.JobSpec, SPEC_SCHEMA, "spec"))
 BOTH = [x for x in PAIRS if x[1] is not None and x[2] is not None]
+BOTH_PARAMS = [pytest.param(*x, id=x[0], marks=[_awaiting(x[0])] if x[0] in AWAITING_TRAINER else []) for x in BOTH]
 
 
 #: In the CRD and the operator ahead of the trainer's parser: the trainer side of issue 13 (docs/contract.md §8).
@@ -118,7 +136,7 @@ PENDING_IN_TRAINER = {"spec.output.gate"}
 
 
 def test_the_crd_and_the_trainer_have_the_same_fields():
-    only_crd = [p for p, f, c in PAIRS if f is None and p not in PENDING_IN_TRAINER]
+    only_crd = [p for p, f, c in PAIRS if f is None and p not in AWAITING_TRAINER and p not in PENDING_IN_TRAINER]
     only_trainer = [p for p, f, c in PAIRS if c is None]
     assert (only_crd, only_trainer) == ([], [])
     assert len(PAIRS) >= 70  # the walk reached every nested block
@@ -129,7 +147,7 @@ def test_the_trainer_parses_the_fields_still_pending_on_its_side():
     assert [p for p, f, c in PAIRS if f is None and p in PENDING_IN_TRAINER] == []
 
 
-@pytest.mark.parametrize(("path", "field", "prop"), BOTH, ids=[x[0] for x in BOTH])
+@pytest.mark.parametrize(("path", "field", "prop"), BOTH_PARAMS)
 def test_each_field_has_the_same_type_default_enum_bounds_and_requiredness(path, field, prop):
     annotation, _ = _unwrap(field.annotation)
     assert prop["type"] == _crd_type(annotation), path

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support import trainer_metrics as fake_trainer_metrics
 
 from prefops_operator.core import children
 from prefops_operator.core.algorithms import ALGORITHMS as OPERATOR_ALGORITHMS
@@ -54,6 +55,10 @@ def test_exit_code_2_means_the_same_on_both_sides():
 def test_the_metrics_the_operator_scrapes_are_the_ones_the_trainer_serves():
     served = {f"prefops_trainer_{name}" for name in trainer_metrics.HELP}
     assert set(TRAINING_METRICS.values()) | set(PRECOMPUTE_METRICS.values()) <= served
+
+
+def test_the_operator_tests_fake_trainer_endpoint_labels_samples_as_the_trainer_does():
+    assert fake_trainer_metrics.LABELS == trainer_metrics.LABELS
 
 
 LOSS_CHOICES = [

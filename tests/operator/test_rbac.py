@@ -1,6 +1,6 @@
 """The operator's ClusterRole grants exactly what it uses: the apiserver's audit log of a run that touches every
-code path (watch, create, restart, status, events, TTL deletion; a sweep creating and suspending its trial) shows
-every granted verb used, and none denied."""
+code path (watch, create, restart, status, events, an operator restart, TTL deletion; a sweep creating and suspending
+its trial) shows every granted verb used, and none denied."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ def test_the_operator_uses_every_permission_it_is_granted_and_is_denied_none(
     jobs, sweeps, kubelet, namespace, kube_cluster, start_operator
 ):
     mark = kube_cluster.audit_mark()
-    operator = start_operator(all_namespaces=True)
+    first = start_operator(all_namespaces=True)
     jobs.create(job_manifest("audited", {"algorithm": {"name": "orpo"}, "ttlSecondsAfterFinished": 0}))
     pod = next(iter(jobs.wait_pods("audited", "train", 1)))
+    first.stop()  # a new operator finds the job's ConfigMap and Service made (409) and checks their owner
+    operator = start_operator(all_namespaces=True)
     kubelet.run(namespace, pod)
     kubelet.exit(namespace, pod, 1)  # a restart: the operator deletes the failed group
     pod = next(iter(jobs.wait_pods("audited", "train", 1, attempt=2)))

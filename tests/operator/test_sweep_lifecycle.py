@@ -211,7 +211,7 @@ def test_deleting_a_sweep_deletes_its_trials_and_their_pods(jobs, sweeps, namesp
     ("spec", "template", "field", "message"),
     [
         ({"parameters": [{"path": "algorithm.betta", "values": [0.1]}]}, {}, "spec.parameters[0].values[0]",
-         "'algorithm.betta' is not a field of the PreferenceTrainingJob spec"),
+         "spec.algorithm.betta: unknown field; did you mean 'beta'?"),
         ({"parameters": [{"path": "dataset.truncationMode", "values": ["keep_start", "middle"]}]}, {},
          "spec.parameters[0].values[1]", 'the job schema rejects the trial: create job'),
         ({"parameters": [{"path": "algorithm.name", "values": ["dpo", "kto"]}]}, {}, "spec.parameters[0].values[1]",
@@ -226,8 +226,6 @@ def test_a_sweep_with_invalid_trials_fails_naming_the_field_and_creates_no_trial
 ):
     start_operator()
     manifest = sweep_manifest("typo", spec, template)
-    if template.get("dataset", {}).get("evalSplit", "") is None:
-        del manifest["spec"]["template"]["dataset"]["evalSplit"]
     sweeps.create(manifest)
     status = sweeps.wait_phase("typo", "Failed")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")

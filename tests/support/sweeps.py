@@ -7,7 +7,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from .jobs import GROUP, VERSION, _merge, job_manifest
+from .jobs import GROUP, VERSION, deep_merge, job_manifest
 from .kube import wait_for
 
 PLURAL = "preferencetrainingsweeps"
@@ -16,7 +16,7 @@ PLURAL = "preferencetrainingsweeps"
 def sweep_manifest(name: str, spec: dict[str, Any] | None = None, template: dict[str, Any] | None = None) -> dict:
     """A valid sweep over beta of the cluster DPO job (with an eval split); ``spec`` replaces top-level fields,
     ``template`` merges over the job spec."""
-    job = job_manifest(name, _merge({"dataset": {"evalSplit": "test"}}, template or {}))["spec"]
+    job = job_manifest(name, deep_merge({"dataset": {"evalSplit": "test"}}, template or {}))["spec"]
     base = {
         "template": job,
         "parameters": [{"path": "algorithm.beta", "values": [0.05, 0.1, 0.3]}],

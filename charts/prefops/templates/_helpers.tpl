@@ -92,12 +92,19 @@ rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# the trainer config (ConfigMap) and the training rendezvous (headless Service): created once per job
+# the trainer config (ConfigMap) and the training rendezvous (headless Service): created once per job; read
+# when the name exists already (409), to check the job owns it (not a deleted job of the same name)
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [create]
+  verbs: [create, get]
 # an Event on the job at every phase transition, on the sweep when a trial starts or ends
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.networkPolicy.enabled }}
+# each job's NetworkPolicy (networkPolicy.enabled): created once per job, read when its name exists already
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, get]
+{{- end }}
 {{- end }}

@@ -45,14 +45,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
+def _login(settings: kopf.OperatorSettings, logger: Logger) -> kopf.ConnectionInfo | None:
+    """kopf's minimal logins: the pod's ServiceAccount, else $KUBECONFIG (or ~/.kube/config)."""
+    return kopf.login_with_service_account(settings=settings, logger=logger) or kopf.login_with_kubeconfig(
+        settings=settings, logger=logger
+    )
+
+
+@kopf.on.login(id="prefops-login")
+async def login(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches log in as the reconciler does, whatever else is installed: kopf would otherwise prefer the
+    ``kubernetes`` client's login, which keeps a kubeconfig's client key in a temporary file for the process's
+    lifetime (kopf's own writes it only while building the TLS context)."""
+    return _login(settings, logger)
+
+
 def _credentials(settings: kopf.OperatorSettings, logger: Logger) -> CredentialsProvider:
-    """The reconciler's API credentials, from kopf's minimal logins: the pod's ServiceAccount, else $KUBECONFIG
-    (or ~/.kube/config). Called again whenever the apiserver answers 401 (rotated tokens)."""
+    """The reconciler's API credentials, from the same login. Called again whenever the apiserver answers 401
+    (rotated tokens)."""
 
     async def provide() -> Credentials:
-        info = kopf.login_with_service_account(settings=settings, logger=logger) or kopf.login_with_kubeconfig(
-            settings=settings, logger=logger
-        )
+        info = _login(settings, logger)
         if info is None:
             raise kopf.PermanentError("no credentials: neither a ServiceAccount token nor a kubeconfig")
         return Credentials(
@@ -94,7 +107,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     memo.runtime.start()
     memo.sweeps = sweep_handlers.start(api, config, reconciler.metrics.registry, kwargs)
     scope = ", ".join(config.namespaces) or "all namespaces"
-    logger.info("prefops operator started: %s, default image %s", scope, config.default_image)
+    logger.info("prefops operator started: %s, default image %s", scope, config.children.default_image)
 
 
 @kopf.on.cleanup(id="prefops-cleanup")
