@@ -135,10 +135,10 @@ def worker(kind: str, root: Path, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from prefops_trainer.core.spec import parse_job
     from prefops_trainer.inputs import load_inputs
     from prefops_trainer.phases import precompute as pre_phase
     from prefops_trainer.phases import train as train_phase
-    from prefops_trainer.spec import parse_job
 
     torch.manual_seed(0)
     out: dict = {}

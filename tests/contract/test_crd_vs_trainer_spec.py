@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from prefops_trainer import spec as trainer_spec
-from prefops_trainer.algorithms import ALGORITHM_NAMES, ALGORITHMS
-from prefops_trainer.errors import SpecError
+from prefops_trainer.core import spec as trainer_spec
+from prefops_trainer.core.algorithms import ALGORITHM_NAMES, ALGORITHMS
+from prefops_trainer.core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml").read_text())

@@ -15,10 +15,10 @@ from prefops_operator.core.machine import PERMANENT_EXIT_CODE
 from prefops_operator.core.progress import PRECOMPUTE_METRICS, TRAINING_METRICS
 from prefops_operator.core.spec import parse_job as operator_parse
 from prefops_operator.core.validation import semantic_problems
-from prefops_trainer import metrics as trainer_metrics
-from prefops_trainer.algorithms import ALGORITHMS as TRAINER_ALGORITHMS
-from prefops_trainer.errors import SpecError, UserError
-from prefops_trainer.spec import parse_job as trainer_parse
+from prefops_trainer.adapters import metrics as trainer_metrics
+from prefops_trainer.core.algorithms import ALGORITHMS as TRAINER_ALGORITHMS
+from prefops_trainer.core.errors import SpecError, UserError
+from prefops_trainer.core.spec import parse_job as trainer_parse
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -67,7 +67,7 @@ def trainer_registry(
     cuda: bool = False,
 ):
     """One trainer process's registry, driven the way the phases drive it (precompute.py, train.py)."""
-    from prefops_trainer.metrics import TrainerMetrics
+    from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics(job, namespace, rank=rank)
     if precompute is not None:  # the precompute phase: no set_phase; the gauges carry phase="precompute"
@@ -114,7 +114,7 @@ def _cuda(available: bool):
 def trainer_everything() -> list[Sample]:
     """Every series the trainer can export: every gauge set in every phase, memory with and without CUDA,
     throughput, and the phase enum in each of its states."""
-    from prefops_trainer.metrics import HELP, PHASES, TrainerMetrics
+    from prefops_trainer.adapters.metrics import HELP, PHASES, TrainerMetrics
 
     out: list[Sample] = []
     for phase in PHASES:

@@ -24,7 +24,7 @@ def test_readme_opens_with_the_demo_and_test_commands():
 def test_every_trainer_metric_in_the_readme_is_exported():
     from prometheus_client import generate_latest
 
-    from prefops_trainer.metrics import TrainerMetrics
+    from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics("j", "n")
     m.set_phase("train")

@@ -6,11 +6,11 @@ import re
 import pytest
 from trainer_jobs import job_doc
 
-from prefops_trainer.algorithms import ALGORITHMS, DPO_LOSS_TYPES
+from prefops_trainer.core.algorithms import ALGORITHMS, DPO_LOSS_TYPES
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 
 
 def test_dpo_loss_registry_matches_trl():

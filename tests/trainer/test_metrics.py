@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from trainer_jobs import CLI
 
-from prefops_trainer.metrics import TrainerMetrics
+from prefops_trainer.adapters.metrics import TrainerMetrics
 
 REQUIRED = [
     "loss", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin", "logps_chosen",

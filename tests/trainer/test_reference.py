@@ -7,10 +7,10 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 
 
 def trl_reference(rows, tokenizer, max_length: int, truncation_mode: str = "keep_start"):
@@ -160,7 +160,7 @@ def test_trl_without_precompute_does_run_a_reference_forward(tmp_path, monkeypat
 
 
 def test_stale_cache_fails_fast_naming_the_row(tmp_path):
-    from prefops_trainer.errors import CacheError
+    from prefops_trainer.core.errors import CacheError
 
     job = parse_job(job_doc(tmp_path))
     inputs = load_inputs(job)

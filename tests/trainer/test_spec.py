@@ -6,9 +6,9 @@ import pytest
 import yaml
 from trainer_jobs import ROOT, job_doc
 
-from prefops_trainer.algorithms import ALGORITHM_NAMES
-from prefops_trainer.errors import SpecError
-from prefops_trainer.spec import load_job, parse_job
+from prefops_trainer.core.algorithms import ALGORITHM_NAMES
+from prefops_trainer.core.errors import SpecError
+from prefops_trainer.core.spec import load_job, parse_job
 
 
 def parse(tmp_path: Path, **spec):

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .core.errors import UserError
 
 log = logging.getLogger("prefops_trainer")
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        from .spec import load_job
+        from .core.spec import load_job
 
         job = load_job(args.job)
         code = COMMANDS[args.command](job, args)
@@ -104,7 +104,7 @@ def setup_logging(level: str) -> None:
 
 
 def _serve_metrics(job) -> None:
-    from . import metrics
+    from .adapters import metrics
 
     metrics.serve(job.name, job.namespace)
 
@@ -153,7 +153,8 @@ def cmd_export(job, args) -> int:
 
 
 def cmd_run(job, args) -> int:
-    from . import launch, metrics
+    from . import launch
+    from .adapters import metrics
     from .inputs import load_inputs
     from .phases import export, precompute, train
 

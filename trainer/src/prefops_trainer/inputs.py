@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .data import LoadedDataset, fingerprint, load_split
-from .errors import SpecError
-from .modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
-from .refcache import RefCache, cache_key
-from .spec import Job
-from .tokenize import tokenize_pairs, tokenize_unpaired
-from .workspace import Workspace
+from .adapters.data import LoadedDataset, fingerprint, load_split
+from .adapters.modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
+from .adapters.refcache import RefCache, cache_key
+from .compute.tokenize import tokenize_pairs, tokenize_unpaired
+from .core.errors import SpecError
+from .core.spec import Job
+from .core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, storage
+from .. import __version__
+from ..adapters import storage
+from ..core.uris import Uri, parse_uri
+from ..core.workspace import timed
 from ..inputs import Inputs
-from ..uris import Uri, parse_uri
-from ..workspace import timed
 from .train import TRAINED_MARKER, trained_dir
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def build_local(inputs: Inputs, out: Path) -> bool:
     trained = trained_dir(inputs)
     lora = (trained / "adapter_config.json").exists()
     if lora and inputs.spec.output.merge:
-        from ..modelio import model_init_kwargs
+        from ..adapters.modelio import model_init_kwargs
 
         merge(inputs.model_path, trained, out, model_init_kwargs(inputs.spec.model))
     else:
@@ -167,7 +168,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
 
 def _extra_artifacts(inputs: Inputs, out: Path, phases: dict[str, Any]) -> None:
     """Training curves beside the model, from the train phase's log history."""
-    from ..plots import plot_training
+    from ..adapters.plots import plot_training
 
     train = inputs.ws.report("train") or {}
     spec = inputs.spec

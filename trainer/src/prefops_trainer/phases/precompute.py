@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import metrics as m
-from .. import precompute
-from ..errors import SpecError
+from ..adapters import metrics as m
+from ..adapters.progress import Progress
+from ..adapters.refcache import shard_rows
+from ..compute import logprobs
+from ..core.errors import SpecError
+from ..core.workspace import timed
 from ..inputs import Inputs
-from ..progress import Progress
-from ..refcache import shard_rows
-from ..workspace import timed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> dict[s
             else:
                 if model is None:
                     model = inputs.load_model().to(_device())
-                    precompute.prepare_model(model)
+                    logprobs.prepare_model(model)
                 entry["pairs"] = len(mine)
                 entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split, metrics)
             cache.finalize(num_shards, len(rows), _cache_info(inputs, split))
@@ -70,13 +70,13 @@ def _compute_shard(inputs, model, rows, cache, shard, num_shards, split, metrics
         f"reference log-probs ({split}, shard {shard + 1}/{num_shards})",
         on_update=(lambda done: metrics.set("precompute_pairs_done", done)) if metrics else (lambda d: None),
     )
-    speed = precompute.Throughput()
+    speed = logprobs.Throughput()
 
     def step(n: int) -> None:
         speed.add(n)
         bar.update(n)
 
-    result = precompute.compute(
+    result = logprobs.compute(
         model,
         rows,
         pad_token_id=tok.pad_token_id,

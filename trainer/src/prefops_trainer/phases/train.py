@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoints, precompute, storage
-from .. import metrics as m
-from ..errors import CacheError
+from ..adapters import checkpoints, storage
+from ..adapters import metrics as m
+from ..adapters.progress import is_tty
+from ..compute import logprobs
+from ..core.errors import CacheError
+from ..core.trlconfig import Runtime, lora_kwargs, trl_kwargs
+from ..core.uris import Uri
+from ..core.workspace import timed
 from ..inputs import Inputs
-from ..progress import is_tty
-from ..trlconfig import Runtime, lora_kwargs, trl_kwargs
-from ..uris import Uri
-from ..workspace import timed
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ def verify_sample(inputs: Inputs, model, table: dict[int, tuple[float, float]]) 
     rows = inputs.tokenized("train")
     picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(rows)), n))
     sample = rows.select(picks)
-    precompute.prepare_model(model)
+    logprobs.prepare_model(model)
     try:
-        got = precompute.compute(
+        got = logprobs.compute(
             model,
             sample,
             pad_token_id=inputs.tokenizer.pad_token_id,
@@ -333,7 +334,7 @@ def load_reward_model(inputs: Inputs):
     """Online DPO's judge: a sequence-classification model with one output and its own tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from ..modelio import load_tokenizer, model_dir, model_init_kwargs
+    from ..adapters.modelio import load_tokenizer, model_dir, model_init_kwargs
 
     spec = inputs.spec.reward_model
     path = model_dir(spec, field="spec.rewardModel.source")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import storage
-from .sources import cache_dir
+from ..adapters import storage
+from ..adapters.sources import cache_dir
 from .spec import Job
 from .uris import Uri, parse_uri
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, SourceError
+from ..core.errors import DataError, SourceError
+from ..core.spec import DatasetSpec
 from .sources import local_dataset
-from .spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from ..core.spec import ModelSpec
 from .sources import local_model
-from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

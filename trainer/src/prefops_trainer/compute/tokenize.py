@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .errors import DataError
-from .spec import DatasetSpec
+from ..core.errors import DataError
+from ..core.spec import DatasetSpec
 
 
 def tokenize_pairs(rows, tokenizer, spec: DatasetSpec, name: str):

@@ -12,9 +12,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..core.errors import SourceError
+from ..core.uris import Uri, parse_uri
 from . import storage
-from .errors import SourceError
-from .uris import Uri, parse_uri
 
 log = logging.getLogger(__name__)
 

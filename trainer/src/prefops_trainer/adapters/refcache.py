@@ -20,9 +20,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+from ..core.errors import CacheError
+from ..core.uris import Uri
 from . import storage
-from .errors import CacheError
-from .uris import Uri
 
 log = logging.getLogger(__name__)
 

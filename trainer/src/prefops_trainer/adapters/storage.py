@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .uris import Uri
+from ..core.uris import Uri
 
 log = logging.getLogger(__name__)
 
