@@ -12,7 +12,8 @@ import yaml
 from prefops_operator.core.children import CONFIG_FILE, config_map
 from prefops_operator.core.spec import parse_job as operator_parse
 from prefops_operator.core.validation import semantic_problems
-from prefops_trainer.core.spec import KIND, load_job
+from prefops_trainer.adapters.jobfile import load_job
+from prefops_trainer.core.spec import KIND
 from prefops_trainer.core.spec import parse_job as trainer_parse
 
 ROOT = Path(__file__).resolve().parents[2]

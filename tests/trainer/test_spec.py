@@ -6,9 +6,10 @@ import pytest
 import yaml
 from trainer_jobs import ROOT, job_doc
 
+from prefops_trainer.adapters.jobfile import load_job
 from prefops_trainer.core.algorithms import ALGORITHM_NAMES
 from prefops_trainer.core.errors import SpecError
-from prefops_trainer.core.spec import load_job, parse_job
+from prefops_trainer.core.spec import parse_job
 
 
 def parse(tmp_path: Path, **spec):

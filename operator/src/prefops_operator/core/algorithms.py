@@ -1,6 +1,7 @@
 """What the operator needs to know about each algorithm: whether it needs reference log-probs (a precompute
 phase) and which loss types it accepts. Pure data, mirroring the trainer's registry
-(``prefops_trainer.algorithms``); ``tests/contract`` checks the two agree."""
+(``prefops_trainer.core.algorithms``), whose first fields are these; ``tests/contract`` compares the two tables
+field by field."""
 
 from __future__ import annotations
 

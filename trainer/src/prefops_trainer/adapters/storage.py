@@ -174,6 +174,12 @@ def abort_incomplete_uploads(uri: Uri) -> int:
     return len(pending)
 
 
+def local_dir(path: Path) -> Path:
+    """``path``, created (with its parents) if missing."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def remove(uri: Uri) -> None:
     f = fs(uri)
     if f.exists(uri.path):

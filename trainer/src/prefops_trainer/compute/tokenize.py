@@ -1,29 +1,34 @@
 """Tokenize rows exactly as TRL's trainers do, so precomputed numbers equal TRL's own.
 
-We call the trainers' own ``_prepare_dataset`` (prompt extraction, EOS, chat template, prompt/completion split
-at the common prefix, KTO's KL completions) rather than a copy of it; the TRL version is pinned and tests
-compare our reference log-probs with TRL's ``precompute_ref_log_probs`` on the same model and data.
+The trainers' own dataset preparation (prompt extraction, EOS, chat template, prompt/completion split at the common
+prefix, KTO's KL completions) runs through the TRL bridge rather than a copy of it; tests compare our reference
+log-probs with TRL's ``precompute_ref_log_probs`` on the same model and data. What we add: a row TRL would drop
+silently is refused, naming it.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
+from ..adapters import trl_bridge
 from ..core.errors import DataError
 from ..core.spec import DatasetSpec
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
-def tokenize_pairs(rows, tokenizer, spec: DatasetSpec, name: str):
+
+def tokenize_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, name: str) -> Dataset:
     """Add ``prompt_ids``/``chosen_ids``/``rejected_ids`` to paired ``rows`` (which carry an ``index`` column),
     as ``DPOTrainer`` does."""
-    from trl import DPOTrainer
-
-    shim = SimpleNamespace(_tokenizer=_with_pad(tokenizer))
-    args = SimpleNamespace(dataset_num_proc=None, max_length=spec.max_length, truncation_mode=spec.truncation_mode)
-    return _none_dropped(rows, DPOTrainer._prepare_dataset(shim, rows, tokenizer, args, "train"), tokenizer, spec, name)
+    tokenized = trl_bridge.prepare_pairs(rows, _with_pad(tokenizer), spec.max_length, spec.truncation_mode)
+    return _none_dropped(rows, tokenized, tokenizer, spec, name)
 
 
-def tokenize_unpaired(rows, tokenizer, spec: DatasetSpec, name: str, batch_size: int, calculate_kl: bool):
+def tokenize_unpaired(
+    rows: Dataset, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, name: str, batch_size: int, kl_term: bool
+) -> Dataset:
     """Tokenize unpaired rows as ``KTOTrainer`` does, KL completions included.
 
     The KL completions are the completions rotated by one within each batch of ``batch_size`` rows (the training
@@ -31,26 +36,21 @@ def tokenize_unpaired(rows, tokenizer, spec: DatasetSpec, name: str, batch_size:
     result has the columns the precompute pass reads: ``chosen_ids`` (the completion) and ``rejected_ids`` (the
     KL completion; the completion again when the loss needs no KL term).
     """
-    from trl import KTOTrainer
-
-    shim = SimpleNamespace(
-        _tokenizer=_with_pad(tokenizer), calculate_KL=calculate_kl, desirable_weight=1.0, undesirable_weight=1.0
-    )
-    args = SimpleNamespace(dataset_num_proc=None, max_length=spec.max_length, per_device_train_batch_size=batch_size)
-    tokenized = _none_dropped(
-        rows, KTOTrainer._prepare_dataset(shim, rows, tokenizer, args, "prefops"), tokenizer, spec, name
-    )
-    kl = "KL_completion_ids" if calculate_kl else "completion_ids"
+    prepared = trl_bridge.prepare_unpaired(rows, _with_pad(tokenizer), spec.max_length, batch_size, kl_term)
+    tokenized = _none_dropped(rows, prepared, tokenizer, spec, name)
+    kl = "KL_completion_ids" if kl_term else "completion_ids"
     return tokenized.map(lambda r: {"chosen_ids": r["completion_ids"], "rejected_ids": r[kl]})
 
 
-def _with_pad(tokenizer):
+def _with_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _none_dropped(rows, tokenized, tokenizer, spec: DatasetSpec, name: str):
+def _none_dropped(
+    rows: Dataset, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, name: str
+) -> Dataset:
     """TRL silently drops rows whose prompt alone fills ``max_length`` (their completion would never be trained
     on); we refuse instead, naming the first such row."""
     if len(tokenized) == len(rows):
@@ -64,10 +64,9 @@ def _none_dropped(rows, tokenized, tokenizer, spec: DatasetSpec, name: str):
     )
 
 
-def _prompt_ids(tokenizer, row) -> list[int]:
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> list[int]:
     prompt = row["prompt"]
     if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
-            "input_ids"
-        ]
-    return tokenizer(text=prompt)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+        return list(ids["input_ids"])
+    return list(tokenizer(text=prompt)["input_ids"])

@@ -1,28 +1,26 @@
-"""Where a job's intermediate results live, and the small reports each phase leaves for the next.
+"""Where a job's intermediate results live: the storage layout of docs/contract.md §6, as paths. Pure.
 
-``<storage.uri>/jobs/<namespace>/<name>/<run>/`` holds checkpoints, the trained weights handed to export,
-and one ``phases/<phase>.json`` report per finished phase. ``<run>`` is the resource's uid on a cluster
-(a re-created job never picks up a predecessor's checkpoints) and, in local mode, a hash of the spec fields
-that shape the model, so re-running the same job resumes while an edited job starts afresh.
+``<storage.uri>/refcache/<key>/`` holds the reference cache, shared by every job. ``<storage.uri>/jobs/<namespace>/
+<name>/<run>/`` holds one run's checkpoints, the trained weights handed to export (``trained/``) and one
+``phases/<phase>.json`` report per finished phase. ``<run>`` is the resource's uid on a cluster (a re-created job
+never picks up a predecessor's checkpoints) and, in local mode, a hash of the spec fields that shape the model, so
+re-running the same job resumes while an edited job starts afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..adapters import storage
-from ..adapters.sources import cache_dir
 from .spec import Job
-from .uris import Uri, parse_uri
+from .uris import Uri
 
 #: Spec fields whose change makes earlier checkpoints unusable.
 RUN_FIELDS = ("model", "dataset", "algorithm", "training", "reference")
+#: Written into ``trained/`` last, once the train phase has saved everything export needs.
+TRAINED_MARKER = "prefops-trained.json"
 
 
 def run_id(job: Job) -> str:
@@ -34,14 +32,30 @@ def run_id(job: Job) -> str:
 
 @dataclass(frozen=True)
 class Workspace:
-    job: Job
+    """The storage layout of one run.
+
+    Attributes:
+        storage: ``spec.storage.uri``.
+        root: ``<storage>/jobs/<namespace>/<name>/<run>``.
+        local_root: where this machine keeps local copies of the run's files: ``root`` itself for local storage,
+            a folder of the local cache for S3.
+    """
+
     storage: Uri
     root: Uri
+    local_root: Path
 
     @classmethod
-    def for_job(cls, job: Job) -> Workspace:
-        store = parse_uri(job.spec.storage.uri, "spec.storage.uri")
-        return cls(job, store, store.join("jobs", job.namespace, job.name, run_id(job)))
+    def for_job(cls, job: Job, cache_dir: Path) -> Workspace:
+        """The workspace of ``job``; ``cache_dir`` is the local cache (``$PREFOPS_CACHE_DIR``)."""
+        run = run_id(job)
+        root = job.spec.storage.uri.join("jobs", job.namespace, job.name, run)
+        local = Path(root.path) if root.is_local else cache_dir / "work" / job.namespace / job.name / run
+        return cls(job.spec.storage.uri, root, local)
+
+    def refcache(self, key: str) -> Uri:
+        """The reference cache of ``key``, shared by every job on this storage."""
+        return self.storage.join("refcache", key)
 
     @property
     def checkpoints(self) -> Uri:
@@ -52,35 +66,18 @@ class Workspace:
         """The final weights (adapter or full model) the train phase hands to export."""
         return self.root.join("trained")
 
-    def report_uri(self, phase: str) -> Uri:
-        return self.root.join("phases", f"{phase}.json")
+    @property
+    def trained_marker(self) -> Uri:
+        return self.trained.join(TRAINED_MARKER)
 
-    def report(self, phase: str) -> dict[str, Any] | None:
-        return storage.read_json_if_exists(self.report_uri(phase))
+    @property
+    def phases(self) -> Uri:
+        return self.root.join("phases")
 
-    def write_report(self, phase: str, report: dict[str, Any]) -> None:
-        storage.write_json(self.report_uri(phase), report)
+    def report(self, name: str) -> Uri:
+        """The report of phase ``name`` (``precompute``, ``precompute-00001``, ``train``, ``export``)."""
+        return self.phases.join(f"{name}.json")
 
-    def local_dir(self, name: str) -> Path:
-        """A local folder for ``name``: inside the workspace for local storage, a cache folder for S3."""
-        if self.root.is_local:
-            path = Path(self.root.join(name).path)
-        else:
-            path = cache_dir() / "work" / self.job.namespace / self.job.name / self.root.path.rsplit("/", 1)[-1] / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-
-@contextmanager
-def timed(report: dict[str, Any]):
-    """Fill ``startTime``, ``completionTime`` and ``seconds`` of a phase report around a block."""
-    start = time.time()
-    report["startTime"] = _iso(start)
-    yield report
-    end = time.time()
-    report["completionTime"] = _iso(end)
-    report["seconds"] = round(end - start, 3)
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    def local(self, name: str) -> Path:
+        """The local folder for ``name`` (``checkpoints``, ``trained``); the caller creates it."""
+        return self.local_root / name
