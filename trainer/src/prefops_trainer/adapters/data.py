@@ -66,7 +66,7 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
         conversational = check_rows(ds, name, COLUMNS)
         ds = ds.select_columns([c for c in COLUMNS if c in ds.column_names])
         if kind == "unpaired":
-            from trl import unpair_preference_dataset
+            from trl.data_utils import unpair_preference_dataset
 
             ds = unpair_preference_dataset(ds)
     ds = ds.add_column("index", list(range(len(ds))))

@@ -187,7 +187,7 @@ def paused() -> Iterator[None]:
     if _server is None:
         yield
         return
-    port, addr = _server.server_port, _server.server_address[0]
+    port, addr = _server.server_port, str(_server.server_address[0])
     _server.shutdown()
     _server.server_close()
     _server = None

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -182,18 +183,22 @@ def prepare_unpaired(
 # -- TRL's fused LM head and preference collator ------------------------------------------------------------------
 
 
-def add_fused_lm_head(model: PreTrainedModel) -> None:
+#: The models that carry TRL's fused LM head now.
+_fused: weakref.WeakSet[PreTrainedModel] = weakref.WeakSet()
+
+
+def attach_fused_head(model: PreTrainedModel) -> None:
     """Give ``model`` TRL's fused LM head (once): :func:`fused_log_probs` then scores completion tokens only."""
-    if not getattr(model, "_prefops_fused", False):
+    if model not in _fused:
         _add_fused_lm_head(model)
-        model._prefops_fused = True
+        _fused.add(model)
 
 
-def remove_fused_lm_head(model: PreTrainedModel) -> None:
-    """Undo :func:`add_fused_lm_head` (the patched forward is an instance attribute over the class's own)."""
-    if getattr(model, "_prefops_fused", False):
+def detach_fused_head(model: PreTrainedModel) -> None:
+    """Undo :func:`attach_fused_head` (the patched forward is an instance attribute over the class's own)."""
+    if model in _fused:
         del model.forward
-        model._prefops_fused = False
+        _fused.discard(model)
 
 
 def fused_log_probs(model: PreTrainedModel, **inputs: Any) -> torch.Tensor:
@@ -274,7 +279,7 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
     trained on (prompts and completions), and Online DPO also logs ``completion_length``.
     """
 
-    class PrefopsTrainer(base):  # type: ignore[misc, valid-type]  # the TRL trainer the algorithm names
+    class PrefopsTrainer(base):  # type: ignore[misc]  # base: the TRL trainer the algorithm names
         def __init__(self, *args: Any, reference: dict[str, RefTable] | None = None, **kwargs: Any) -> None:
             self._prefops_reference = reference or {}
             self.prefops_tokens = 0

@@ -48,7 +48,7 @@ def pair_length(row: Pair) -> int:
 
 def prepare_model(model: PreTrainedModel) -> None:
     """Patch ``model`` with TRL's fused LM head (once) and put it in eval mode."""
-    trl_bridge.add_fused_lm_head(model)
+    trl_bridge.attach_fused_head(model)
     model.eval()
 
 
@@ -166,7 +166,8 @@ def shared_prompt_logps(
     cache = None
     if lp > 0:
         positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-        out = model.get_base_model() if hasattr(model, "get_base_model") else model
+        unwrap = getattr(model, "get_base_model", None)  # a PEFT model: run the base model's backbone
+        out: Any = unwrap() if unwrap is not None else model
         cache = out.base_model(
             input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
         ).past_key_values

@@ -67,6 +67,6 @@ def _none_dropped(
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> list[int]:
     prompt = row["prompt"]
     if isinstance(prompt, list):
-        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+        ids: Any = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
         return list(ids["input_ids"])
     return list(tokenizer(text=prompt)["input_ids"])

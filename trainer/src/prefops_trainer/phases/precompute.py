@@ -70,7 +70,8 @@ def _split(
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
         if model is None:
-            model = inputs.load_model().to(_device())
+            model = inputs.load_model()
+            _on_device(model)
             logprobs.prepare_model(model)
         entry["pairs"] = len(mine)
         entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
@@ -122,7 +123,8 @@ def _cache_info(inputs: Inputs, split: str) -> dict[str, Any]:
     }
 
 
-def _device() -> torch.device:
+def _on_device(model: torch.nn.Module) -> None:
+    """Move ``model`` (in place) to the GPU when there is one."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -76,5 +76,5 @@ def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLo
             batch_size=n,
         )
     finally:
-        trl_bridge.remove_fused_lm_head(model)  # the trainer adds its own
+        trl_bridge.detach_fused_head(model)  # the trainer adds its own
         model.train()
