@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
+        attempt = os.environ.get("PREFOPS_ATTEMPT")
+        log.info("%s: job %s/%s%s", args.command, job.namespace, job.name, f", attempt {attempt}" if attempt else "")
         code = COMMANDS[args.command](job, args)
     except UserError as e:
         _fail(str(e), UserError.exit_code)
