@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +23,6 @@ from .sources import local_dataset
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-log = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "chosen", "rejected")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -134,30 +134,36 @@ def run(inputs: Inputs) -> dict[str, Any]:
         phases = reports.gathered(inputs.ws, inputs.spec.precompute)
         files = file_table(out)  # the card's checksum count is of the weights/tokenizer files
         (out / "README.md").write_text(model_card(inputs, files, phases, lora))
-        _extra_artifacts(inputs, out, phases)
+        _extra_artifacts(inputs, out)
         files = file_table(out)
         _upload(out, dest, files)
-    manifest = {
-        "format": 1,
-        "job": {"name": inputs.job.name, "namespace": inputs.job.namespace, "uid": inputs.job.metadata.uid},
-        "model": {
-            "source": inputs.spec.model.source.as_written,
-            "dtype": inputs.dtype,
-            "loraMerged": lora and inputs.spec.output.merge,
-        },
-        "algorithm": inputs.spec.algorithm.name,
-        "files": files,
-        "phases": phases | {"export": report},
-        "metrics": phases.get("train", {}).get("metrics", {}),
-        "prefopsVersion": __version__,
-    }
+    manifest = _manifest(inputs, lora, files, phases | {"export": report})
     storage.write_json(dest.join(MANIFEST), manifest)  # last: the model is complete
     reports.write(inputs.ws, "export", report)
     log.info("model exported to %s (%d files)", dest, len(files))
     return manifest
 
 
-def _extra_artifacts(inputs: Inputs, out: Path, phases: dict[str, Any]) -> None:
+def _manifest(inputs: Inputs, lora: bool, files: list[dict[str, Any]], phases: dict[str, Any]) -> dict[str, Any]:
+    """``prefops.json``: the job, the base model, every file with its checksum, each phase's report, the metrics."""
+    job = inputs.job
+    return {
+        "format": 1,
+        "job": {"name": job.name, "namespace": job.namespace, "uid": job.metadata.uid},
+        "model": {
+            "source": job.spec.model.source.as_written,
+            "dtype": inputs.dtype,
+            "loraMerged": lora and job.spec.output.merge,
+        },
+        "algorithm": job.spec.algorithm.name,
+        "files": files,
+        "phases": phases,
+        "metrics": phases.get("train", {}).get("metrics", {}),
+        "prefopsVersion": __version__,
+    }
+
+
+def _extra_artifacts(inputs: Inputs, out: Path) -> None:
     """Training curves beside the model, from the train phase's log history."""
     from ..adapters.plots import plot_training
 
