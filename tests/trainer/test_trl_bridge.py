@@ -65,7 +65,7 @@ def test_a_private_method_reading_what_our_stand_in_lacks_fails_naming_it():
         return args.padding_free
 
     with pytest.raises(TrlBoundaryError, match=r"TRL 1\.16\.0: .*reads_more reads args\.padding_free"):
-        trl_bridge.call_with_stand_in(reads_more, SimpleNamespace(), SimpleNamespace(), [], None, "train")
+        trl_bridge.call_with_stand_in(reads_more, SimpleNamespace(), [], None, SimpleNamespace(), "train")
 
 
 def test_tokenized_pairs_carry_the_columns_the_precompute_pass_reads():

@@ -138,15 +138,18 @@ from trl.trainer.utils import add_fused_lm_head as _add_fused_lm_head  # noqa: E
 # -- tokenization as the trainers do it ---------------------------------------------------------------------------
 
 
-def call_with_stand_in(method: Callable[..., Any], stand_in: SimpleNamespace, args: SimpleNamespace, *rest: Any) -> Any:
-    """``method(stand_in, *rest[:2], args, *rest[2:])``: a private trainer method called on a stand-in ``self`` and
-    ``args`` that hold only what it reads; a read of anything else fails naming TRL's version and the name."""
+def call_with_stand_in(method: Callable[..., Any], stand_in: SimpleNamespace, *call_args: Any) -> Any:
+    """``method(stand_in, *call_args)``: a private trainer method called on a stand-in ``self`` (and, among
+    ``call_args``, stand-in ``args``) holding only what it reads; a read of anything else fails naming TRL's version
+    and the attribute."""
+    stand_ins = {id(stand_in): "self"} | {id(a): "args" for a in call_args if isinstance(a, SimpleNamespace)}
     try:
-        return method(stand_in, rest[0], rest[1], args, *rest[2:])
+        return method(stand_in, *call_args)
     except AttributeError as e:
-        if e.obj is stand_in or e.obj is args:
-            owner = "self" if e.obj is stand_in else "args"
-            raise _error(f"{method.__qualname__} reads {owner}.{e.name}, which prefops' stand-in lacks") from e
+        if id(e.obj) in stand_ins:
+            raise _error(
+                f"{method.__qualname__} reads {stand_ins[id(e.obj)]}.{e.name}, which prefops' stand-in lacks"
+            ) from e
         raise
 
 
@@ -162,7 +165,7 @@ def prepare_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length:
     TRL drops rows whose prompt alone fills ``max_length``."""
     stand_in = SimpleNamespace(_tokenizer=tokenizer)
     args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode=truncation_mode)
-    out = call_with_stand_in(DPOTrainer._prepare_dataset, stand_in, args, rows, tokenizer, "train")
+    out = call_with_stand_in(DPOTrainer._prepare_dataset, stand_in, rows, tokenizer, args, "train")
     return _require_columns(out, ("prompt_ids", "chosen_ids", "rejected_ids"), "DPOTrainer._prepare_dataset")
 
 
@@ -175,7 +178,7 @@ def prepare_unpaired(
         _tokenizer=tokenizer, calculate_KL=calculate_kl, desirable_weight=1.0, undesirable_weight=1.0
     )
     args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, per_device_train_batch_size=batch_size)
-    out = call_with_stand_in(KTOTrainer._prepare_dataset, stand_in, args, rows, tokenizer, "prefops")
+    out = call_with_stand_in(KTOTrainer._prepare_dataset, stand_in, rows, tokenizer, args, "prefops")
     columns = ("prompt_ids", "completion_ids", *(("KL_completion_ids",) if calculate_kl else ()))
     return _require_columns(out, columns, "KTOTrainer._prepare_dataset")
 

@@ -33,7 +33,7 @@ def _uri_validator(allow_hf: bool) -> PlainValidator:
         if isinstance(value, Uri):
             return value
         if not isinstance(value, str):
-            raise PydanticCustomError(URI_ERROR, "must be a string, got {got!r}", {"got": value})
+            raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": f"must be a string, got {value!r}"})
         try:
             return parse_uri(value, allow_hf=allow_hf)
         except UriError as e:
