@@ -38,7 +38,11 @@ def _constraints(schema: dict) -> str:
     parts = []
     if "enum" in schema:
         parts.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
-    for key, word in (("minimum", "≥"), ("maximum", "≤"), ("minLength", "length ≥"), ("minItems", "items ≥")):
+    for key, word, exclusive in (("minimum", "≥", ">"), ("maximum", "≤", "<")):
+        if key in schema:
+            bound = exclusive if schema.get(f"exclusive{key.capitalize()}") else word
+            parts.append(f"{bound} {schema[key]}")
+    for key, word in (("minLength", "length ≥"), ("minItems", "items ≥")):
         if key in schema:
             parts.append(f"{word} {schema[key]}")
     items = schema.get("items", {})

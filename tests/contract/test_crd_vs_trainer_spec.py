@@ -1,4 +1,4 @@
-"""The CRD (crds/) and the trainer's parser (prefops_trainer.spec) describe the same job spec: the same fields
+"""The CRD (crds/) and the trainer's parser (prefops_trainer.core.spec) describe the same job spec: the same fields
 (camelCase aliases), types, defaults, enums, bounds and required fields, walked recursively through
 ``JobSpec.model_fields``. Where the schema and the parser express a rule differently (the CRD has an enum, the
 trainer checks it in ``check_semantics``), :data:`DIFFERENT_MECHANISM` names it, and a test shows the parser
@@ -6,6 +6,7 @@ rejects what the CRD rejects."""
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,14 +18,19 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from prefops_trainer import spec as trainer_spec
-from prefops_trainer.algorithms import ALGORITHM_NAMES, ALGORITHMS
-from prefops_trainer.errors import SpecError
+from prefops_trainer.core import spec as trainer_spec
+from prefops_trainer.core.algorithms import ALGORITHM_NAMES, ALGORITHMS
+from prefops_trainer.core.errors import SpecError
+from prefops_trainer.core.uris import Uri
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml").read_text())
 SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 SPEC_SCHEMA = SCHEMA["properties"]["spec"]
+
+#: The fields the trainer parses into a :class:`Uri` (a string in the CRD).
+URI_FIELDS = ("spec.model.source", "spec.dataset.source", "spec.rewardModel.source", "spec.output.uri",
+              "spec.storage.uri")  # fmt: skip
 
 #: CRD path -> how the trainer enforces the same rule instead of a pydantic constraint.
 DIFFERENT_MECHANISM = {
@@ -35,6 +41,9 @@ DIFFERENT_MECHANISM = {
     "spec.resources.requests": "int-or-string quantities in the CRD; trainer: str | int | float",
     "spec.resources.limits": "int-or-string quantities in the CRD; trainer: str | int | float",
     "spec.resources.tolerations[]": "Pod toleration schema in the CRD; trainer: any mapping",
+    **{
+        path: "minLength 1 in the CRD; trainer: a typed Uri whose parser refuses an empty string" for path in URI_FIELDS
+    },
 }
 
 #: CRD path -> what the trainer's parser still lacks. The operator side landed first (issue 11); the trainer side
@@ -76,7 +85,7 @@ def _crd_type(annotation: Any) -> str:
         return "array"
     if origin is dict:
         return "object"
-    return {bool: "boolean", int: "integer", float: "number", str: "string"}[annotation]
+    return {bool: "boolean", int: "integer", float: "number", str: "string", Uri: "string"}[annotation]
 
 
 def _bounds(field: Any) -> dict[str, Any]:
@@ -231,6 +240,16 @@ def test_deepspeed_stage_is_2_or_3_on_both_sides():
     with pytest.raises(SpecError, match=r"spec\.training\.deepspeed\.stage: must be 2 or 3, got 1"):
         parse(training={"deepspeed": {"stage": 1}})
     assert parse(training={"deepspeed": {"stage": 3}}).spec.training.deepspeed.stage == 3
+
+
+def test_uri_fields_are_the_crd_strings_of_at_least_one_character_and_empty_ones_are_rejected_by_both():
+    assert sorted(p for p, f, c in BOTH if _unwrap(f.annotation)[0] is Uri) == sorted(URI_FIELDS)
+    for path in URI_FIELDS:
+        assert _schema_at(path)["minLength"] == 1, path
+        block, key = path.split(".")[1:]
+        field = {"uri": ""} if key == "uri" else {"source": ""}
+        with pytest.raises(SpecError, match=re.escape(f"{path}: must not be empty")):
+            parse(**{block: field})
 
 
 def test_quantities_and_tolerations_the_crd_accepts_parse_in_the_trainer():

@@ -156,8 +156,8 @@ def _merge(base: dict, over: dict) -> dict:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, tuple[frozenset[str], str | None]]:
     """Variation → (the trainer's reference-cache keys of every split, the operator's reference group)."""
+    from prefops_trainer.core.spec import parse_job
     from prefops_trainer.inputs import load_inputs
-    from prefops_trainer.spec import parse_job
 
     out = {}
     for name, change in {"base": {}, **IGNORED, **READ}.items():
@@ -192,7 +192,7 @@ def test_every_field_the_trainers_key_reads_separates_the_groups(keys):
 
 @PENDING
 def test_the_trainer_serves_an_eval_gauge_for_every_evaluation_metric_and_the_eval_step():
-    from prefops_trainer import metrics
+    from prefops_trainer.adapters import metrics
 
     served = {f"prefops_trainer_{name}" for name in metrics.HELP}
     assert {gauge_name(m) for m in ALL_EVAL_METRICS} | {"prefops_trainer_eval_step"} <= served
@@ -200,7 +200,7 @@ def test_the_trainer_serves_an_eval_gauge_for_every_evaluation_metric_and_the_ev
 
 @PENDING
 def test_the_trainer_knows_the_same_evaluation_metrics_per_algorithm():
-    from prefops_trainer.algorithms import ALGORITHMS as TRAINER
+    from prefops_trainer.core.algorithms import ALGORITHMS as TRAINER
 
     assert {n: set(a.eval_metrics) for n, a in TRAINER.items()} == {
         n: set(r.eval_metrics) for n, r in ALGORITHMS.items()
@@ -211,8 +211,8 @@ def test_the_trainer_knows_the_same_evaluation_metrics_per_algorithm():
 def test_the_trainer_rejects_a_gate_like_the_operator():
     from prefops_operator.core.spec import parse_job as operator_parse
     from prefops_operator.core.validation import semantic_problems
-    from prefops_trainer.errors import SpecError
-    from prefops_trainer.spec import parse_job as trainer_parse
+    from prefops_trainer.core.errors import SpecError
+    from prefops_trainer.core.spec import parse_job as trainer_parse
 
     doc = {"apiVersion": "prefops.dev/v1alpha1", "kind": "PreferenceTrainingJob", "metadata": {"name": "j"},
            "spec": _merge(BASE, {"algorithm": {"name": "kto"}, "output": {"uri": "s3://o/m", "gate": {

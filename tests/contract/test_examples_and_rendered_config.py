@@ -18,8 +18,9 @@ from prefops_operator.core.sweep_status import SweepStatus
 from prefops_operator.core.sweep_trials import expand, trial_manifest
 from prefops_operator.core.timefmt import utcnow
 from prefops_operator.core.validation import semantic_problems
-from prefops_trainer.spec import KIND, load_job
-from prefops_trainer.spec import parse_job as trainer_parse
+from prefops_trainer.adapters.jobfile import load_job
+from prefops_trainer.core.spec import KIND
+from prefops_trainer.core.spec import parse_job as trainer_parse
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -60,7 +61,7 @@ def test_every_trial_of_a_sweep_example_passes_the_operators_checks_and_parses_w
     assert decide(SweepStatus(), SweepObserved(sweep), utcnow()).status.phase.value == "Running"
     for trial in trials:
         manifest = trial_manifest(sweep, trial, suspend=False)
-        assert trainer_parse(manifest, trial.name).spec.output.uri == manifest["spec"]["output"]["uri"]
+        assert str(trainer_parse(manifest, trial.name).spec.output.uri) == manifest["spec"]["output"]["uri"]
 
 
 @pytest.mark.integration

@@ -9,7 +9,7 @@ algorithm table), labelled as the contract says. Once the trainer exports a gaug
 contract's stand-in here (and tests/contract checks the trainer serves them all).
 
 Label values that come from a closed set are taken from the code too: the trainer's phases
-(``prefops_trainer.metrics.PHASES``), the memory kinds ``record_memory`` writes (with CUDA reported available, so
+(``prefops_trainer.adapters.metrics.PHASES``), the memory kinds ``record_memory`` writes (with CUDA reported available, so
 the GPU kinds appear), the operator's ``Phase`` enum, the results its reconciler records (read from the
 reconciler's source with ``ast``) and its API error kinds."""
 
@@ -73,7 +73,7 @@ def trainer_registry(
     cuda: bool = False,
 ):
     """One trainer process's registry, driven the way the phases drive it (precompute.py, train.py)."""
-    from prefops_trainer.metrics import TrainerMetrics
+    from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics(job, namespace, rank=rank)
     if precompute is not None:  # the precompute phase: no set_phase; the gauges carry phase="precompute"
@@ -120,7 +120,7 @@ def _cuda(available: bool):
 def trainer_everything() -> list[Sample]:
     """Every series the trainer can export: every gauge set in every phase, memory with and without CUDA,
     throughput, and the phase enum in each of its states."""
-    from prefops_trainer.metrics import HELP, PHASES, TrainerMetrics
+    from prefops_trainer.adapters.metrics import HELP, PHASES, TrainerMetrics
 
     out: list[Sample] = []
     for phase in PHASES:
@@ -140,7 +140,7 @@ def pending_eval_gauges() -> dict[str, str]:
     """Gauge name → help of the contract's eval gauges the trainer does not export yet."""
     from prefops_operator.core.algorithms import ALL_EVAL_METRICS
     from prefops_operator.core.evaluation import STEP_GAUGE, gauge_name
-    from prefops_trainer.metrics import HELP
+    from prefops_trainer.adapters.metrics import HELP
 
     served = {f"prefops_trainer_{name}" for name in HELP}
     wanted = {gauge_name(m): f"Evaluation {m} on dataset.evalSplit." for m in ALL_EVAL_METRICS}

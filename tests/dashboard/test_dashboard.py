@@ -368,7 +368,7 @@ def test_units_are_the_ones_a_user_reads():
 SLOTS = 240  # samples 15 s apart: one hour of data, evaluated at its end
 INTERVAL_S = 15
 EVAL = f"{SLOTS * INTERVAL_S // 60}m"
-TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_trainer.metrics.TRAIN_GAUGES)
+TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_trainer.adapters.metrics.TRAIN_GAUGES)
     "loss": 0.42, "rewards/chosen": 0.8, "rewards/rejected": -0.6, "rewards/accuracies": 0.75,
     "rewards/margins": 1.4, "logps/chosen": -80.0, "logps/rejected": -95.0, "learning_rate": 5e-6,
     "grad_norm": 3.2, "epoch": 0.24, "kl": 0.05, "objective/scores": 1.5, "objective/scores_margin": 0.9,

@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-#: the labels of every prefops_trainer_* gauge (prefops_trainer.metrics.LABELS)
+#: the labels of every prefops_trainer_* gauge (prefops_trainer.adapters.metrics.LABELS)
 LABELS = ("job_name", "job_namespace", "phase")
 
 

@@ -1,7 +1,8 @@
 """What the operator needs to know about each algorithm: whether it needs reference log-probs (a precompute
 phase), which loss types it accepts, and which evaluation metrics it reports. Pure data, mirroring the trainer's
-registry (``prefops_trainer.algorithms``); ``tests/contract`` checks the two agree, and the evaluation metrics
-against what TRL's trainers log when they evaluate (docs/contract.md §7)."""
+registry (``prefops_trainer.core.algorithms``), whose first fields are these; ``tests/contract`` compares the two
+tables field by field, and the evaluation metrics against what TRL's trainers log when they evaluate
+(docs/contract.md §7)."""
 
 from __future__ import annotations
 

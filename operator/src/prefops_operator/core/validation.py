@@ -1,7 +1,7 @@
 """Checks the CRD schema cannot express (Kubernetes 1.20 has no CEL): the operator runs them before a job starts
 and fails the job at once with reason ``InvalidSpec`` and these messages, each naming its field.
 
-The algorithm checks mirror ``prefops_trainer.spec.check_semantics``; the storage checks are the cluster's
+The algorithm checks mirror ``prefops_trainer.core.spec.check_semantics``; the storage checks are the cluster's
 (pods share no filesystem, so work and output storage must be object storage).
 """
 

@@ -6,6 +6,8 @@ training metrics; every rank its own throughput and memory. All series are label
 ``job_namespace`` and ``phase`` (plus ``rank`` for per-process series); not ``job``/``namespace``, which
 Prometheus and its Kubernetes discovery put on every target. Training values are TRL's logged values,
 one per optimizer step (TRL averages them over the step's micro-batches, so gradient accumulation is right).
+``prefops_trainer_phase`` says which phase the process runs: each phase enters its own state when it starts, and
+the command ends in ``done`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from __future__ import annotations
 import logging
 import os
 import resource
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Enum, Gauge, start_http_server
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
 log = logging.getLogger(__name__)
 
-PHASES = ("precompute", "train", "export", "done", "failed")
+Phase = Literal["precompute", "train", "export", "done", "failed"]
+PHASES: tuple[Phase, ...] = ("precompute", "train", "export", "done", "failed")
 LABELS = ("job_name", "job_namespace", "phase")
 
 #: TRL log key → metric suffix (``prefops_trainer_<suffix>``).
@@ -93,20 +101,21 @@ class TrainerMetrics:
             states=list(PHASES),
             registry=self.registry,
         )
-        self.phase = "precompute"
+        self.phase: Phase = "precompute"
 
-    def set_phase(self, phase: str) -> None:
+    def set_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.phase_enum.labels(self.job, self.namespace).state(phase)
 
     def set(self, name: str, value: float) -> None:
         self.gauges[name].labels(self.job, self.namespace, self.phase).set(value)
 
-    def record_logs(self, logs: dict[str, float], step: int) -> None:
+    def record_logs(self, logs: dict[str, float | None], step: int) -> None:
         """Record one TRL log entry (rank 0 only)."""
         for key, suffix in TRAIN_GAUGES.items():
-            if key in logs and logs[key] is not None:
-                self.set(suffix, float(logs[key]))
+            value = logs.get(key)
+            if value is not None:
+                self.set(suffix, float(value))
         self.set("step", step)
 
     def record_memory(self) -> None:
@@ -135,6 +144,7 @@ def _rss_bytes() -> int:
 
 
 _current: TrainerMetrics | None = None
+_server: WSGIServer | None = None
 
 
 def serve(job: str, namespace: str) -> TrainerMetrics:
@@ -164,17 +174,20 @@ def current() -> TrainerMetrics | None:
     return _current
 
 
-_server = None
+def enter(phase: Phase) -> None:
+    """Report that this process now runs ``phase`` (no-op when it serves no metrics)."""
+    if _current is not None:
+        _current.set_phase(phase)
 
 
 @contextmanager
-def paused():
+def paused() -> Iterator[None]:
     """Stop serving while child processes (torchrun ranks) take the port over; serve again afterwards."""
     global _server
     if _server is None:
         yield
         return
-    port, addr = _server.server_port, _server.server_address[0]
+    port, addr = _server.server_port, str(_server.server_address[0])
     _server.shutdown()
     _server.server_close()
     _server = None

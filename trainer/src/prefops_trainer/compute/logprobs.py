@@ -1,20 +1,28 @@
 """Reference log-probs for every preference pair, in inference mode, one shard at a time.
 
-The forward pass is TRL's own fused LM head (``trl.trainer.utils.add_fused_lm_head``): it projects only
-the completion positions through the LM head, in tiles, and returns per-token log-probs, so the sums equal
-what ``DPOTrainer.compute_ref_log_probs`` produces. What we add is throughput: batches are grouped by
+The forward pass is TRL's own fused LM head (through the TRL bridge): it projects only the completion positions
+through the LM head, in tiles, and returns per-token log-probs, so the sums equal what ``DPOTrainer``'s own
+reference pass produces. What we add is throughput: batches are grouped by
 length (far less padding than TRL's dataset-order batches), there is no per-batch cross-process gather, and
 the batch size is the reference pass's own (``spec.reference.batchSize``), not the training one.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-log = logging.getLogger(__name__)
+from ..adapters import trl_bridge
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel
+
+#: One tokenized pair: ``index``, ``prompt_ids``, ``chosen_ids``, ``rejected_ids``.
+Pair = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -34,23 +42,19 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pair_length(row) -> int:
+def pair_length(row: Pair) -> int:
     return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
 
 
-def prepare_model(model) -> None:
+def prepare_model(model: PreTrainedModel) -> None:
     """Patch ``model`` with TRL's fused LM head (once) and put it in eval mode."""
-    from trl.trainer.utils import add_fused_lm_head
-
-    if not getattr(model, "_prefops_fused", False):
-        add_fused_lm_head(model)
-        model._prefops_fused = True
+    trl_bridge.attach_fused_head(model)
     model.eval()
 
 
 def compute(
-    model,
-    rows,
+    model: PreTrainedModel,
+    rows: Dataset,
     *,
     pad_token_id: int,
     max_length: int | None,
@@ -64,11 +68,8 @@ def compute(
     must have gone through :func:`prepare_model`. ``on_progress`` is called with the pairs done per batch.
     """
     import torch
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    collate = DataCollatorForPreference(
-        pad_token_id=pad_token_id, max_length=max_length, truncation_mode=truncation_mode
-    )
+    collate = trl_bridge.preference_collator(pad_token_id, max_length, truncation_mode)
     device = next(model.parameters()).device
     cols = rows.select_columns(["index", "prompt_ids", "chosen_ids", "rejected_ids"])
     examples = cols.to_list()
@@ -92,7 +93,7 @@ def compute(
     return RefLogps(order, [chosen[i] for i in order], [rejected[i] for i in order])
 
 
-def _keep_start(row, max_length: int | None):
+def _keep_start(row: Pair, max_length: int | None) -> Pair:
     """The row as TRL's collator truncates it with keep_start: completions cut to the room the prompt leaves."""
     if max_length is None:
         return row
@@ -100,15 +101,19 @@ def _keep_start(row, max_length: int | None):
     return {**row, "chosen_ids": row["chosen_ids"][:room], "rejected_ids": row["rejected_ids"][:room]}
 
 
-def forward_logps(model, inputs, device):
+def forward_logps(
+    model: PreTrainedModel, inputs: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed completion log-probs for one collated batch, as TRL computes them."""
     input_ids = inputs["input_ids"].to(device)
     attention_mask = inputs["attention_mask"].to(device)
     completion_mask = inputs["completion_mask"].to(device)
     labels = input_ids.masked_fill(completion_mask == 0, -100)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, use_cache=False)
-    per_token = out.log_probs[:, -(completion_mask.size(1) - 1) :]
-    return per_token.sum(dim=1).float().cpu().chunk(2, dim=0)
+    log_probs = trl_bridge.fused_log_probs(
+        model, input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False
+    )
+    chosen, rejected = log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1).float().cpu().chunk(2, dim=0)
+    return chosen, rejected
 
 
 class Throughput:
@@ -126,7 +131,9 @@ class Throughput:
         return self.done / max(time.perf_counter() - self.start, 1e-9)
 
 
-def shared_prompt_logps(model, items, pad_token_id: int, device):
+def shared_prompt_logps(
+    model: PreTrainedModel, items: list[Pair], pad_token_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) completion log-prob sums for rows whose prompt is shared by both completions.
 
     The prompt (all but its last token) runs once, into a KV cache that both completions continue from; the
@@ -159,7 +166,8 @@ def shared_prompt_logps(model, items, pad_token_id: int, device):
     cache = None
     if lp > 0:
         positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-        out = model.get_base_model() if hasattr(model, "get_base_model") else model
+        unwrap = getattr(model, "get_base_model", None)  # a PEFT model: run the base model's backbone
+        out: Any = unwrap() if unwrap is not None else model
         cache = out.base_model(
             input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
         ).past_key_values
@@ -167,13 +175,8 @@ def shared_prompt_logps(model, items, pad_token_id: int, device):
     start = prefix_mask.sum(1).repeat_interleave(2).unsqueeze(1)
     positions = start + torch.arange(lc, device=device).unsqueeze(0)
     mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), cont_mask], dim=1) if lp > 0 else cont_mask
-    result = model(
-        input_ids=cont,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        labels=labels,
-        fused_lm_head=True,
+    log_probs = trl_bridge.fused_log_probs(
+        model, input_ids=cont, attention_mask=mask, position_ids=positions, past_key_values=cache, labels=labels
     )
-    sums = result.log_probs.double().sum(dim=1).float().cpu()
+    sums = log_probs.double().sum(dim=1).float().cpu()
     return sums[0::2], sums[1::2]

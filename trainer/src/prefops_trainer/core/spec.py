@@ -12,18 +12,41 @@ Every error is a :class:`SpecError` whose message names the field path, e.g.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
-from .algorithms import ALGORITHM_NAMES, Algorithm, get_algorithm
+from .algorithms import ALGORITHM_NAMES, ONLINE_NAMES, Algorithm, get_algorithm
 from .errors import SpecError
+from .uris import Uri, UriError, parse_uri
 
-API_VERSION = "prefops.dev/v1alpha1"
 KIND = "PreferenceTrainingJob"
+#: The pydantic error type of a URI the spec cannot use; its message says why (and never repeats a credential).
+URI_ERROR = "uri"
+
+
+def _uri_validator(allow_hf: bool) -> PlainValidator:
+    def parse(value: object) -> Uri:
+        if isinstance(value, Uri):
+            return value
+        if not isinstance(value, str):
+            raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": f"must be a string, got {value!r}"})
+        try:
+            return parse_uri(value, allow_hf=allow_hf)
+        except UriError as e:
+            raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": str(e)}) from None
+
+    return PlainValidator(parse)
+
+
+_AS_WRITTEN = PlainSerializer(lambda uri: uri.as_written, return_type=str)
+#: A model or dataset source: a local path, ``file://``, ``s3://`` or ``hf://``; a :class:`Uri` once parsed.
+SourceUri = Annotated[Uri, _uri_validator(allow_hf=True), _AS_WRITTEN]
+#: Where the job writes (``output.uri``, ``storage.uri``): a local path, ``file://`` or ``s3://``.
+TargetUri = Annotated[Uri, _uri_validator(allow_hf=False), _AS_WRITTEN]
 
 
 class _Spec(BaseModel):
@@ -44,7 +67,7 @@ class LoraSpec(_Spec):
 
 
 class ModelSpec(_Spec):
-    source: str = Field(min_length=1, description="hf://org/name, s3://bucket/prefix or a local path.")
+    source: SourceUri = Field(description="hf://org/name, s3://bucket/prefix or a local path.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hf:// sources.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute dtype; auto = bfloat16 on GPUs that support it, else float32."
@@ -57,7 +80,7 @@ class ModelSpec(_Spec):
 
 
 class DatasetSpec(_Spec):
-    source: str = Field(min_length=1)
+    source: SourceUri
     split: str = "train"
     eval_split: str | None = None
     max_length: int = Field(1024, ge=8)
@@ -90,6 +113,12 @@ class AlgorithmSpec(_Spec):
         return self.loss_weights or tuple(1.0 for _ in self.losses)
 
     @property
+    def kl_term(self) -> bool:
+        """KTO: the loss has a KL term, estimated from completions rotated within each training batch (loss ``kto``;
+        ``apo_zero_unpaired`` has none)."""
+        return self.losses[0] == "kto"
+
+    @property
     def effective_cpo_alpha(self) -> float:
         return self.info.default_cpo_alpha if self.cpo_alpha is None else self.cpo_alpha
 
@@ -101,7 +130,7 @@ class AlgorithmSpec(_Spec):
 class RewardModelSpec(_Spec):
     """The reward model that judges Online DPO's generated pairs (``AutoModelForSequenceClassification``)."""
 
-    source: str = Field(min_length=1)
+    source: SourceUri
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -165,12 +194,12 @@ class ResourcesSpec(_Spec):
 
 
 class OutputSpec(_Spec):
-    uri: str = Field(min_length=1)
+    uri: TargetUri
     merge: bool = True
 
 
 class StorageSpec(_Spec):
-    uri: str = Field(min_length=1)
+    uri: TargetUri
     credentials_secret: str | None = None
 
 
@@ -236,21 +265,16 @@ def parse_job(doc: Any, source: str = "job") -> Job:
     return job
 
 
-def load_job(path: str | Path) -> Job:
-    """Read a job manifest from a YAML file and parse it; errors name the file and the field."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{p}: job file does not exist") from None
+def parse_manifests(text: str, source: str) -> Job:
+    """Parse the one ``PreferenceTrainingJob`` among the YAML documents in ``text`` (read from ``source``)."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from None
+        raise SpecError(f"{source}: not valid YAML: {e}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
-        raise SpecError(f"{p}: expected exactly one {KIND} document, found {len(jobs)}")
-    return parse_job(jobs[0], str(p))
+        raise SpecError(f"{source}: expected exactly one {KIND} document, found {len(jobs)}")
+    return parse_job(jobs[0], source)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -263,7 +287,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         elif item["type"] == "missing":
             msg = "required field is missing"
         got = item.get("input")
-        suffix = "" if item["type"] in ("missing", "extra_forbidden") else f", got {got!r}"
+        suffix = "" if item["type"] in ("missing", "extra_forbidden", URI_ERROR) else f", got {got!r}"
         lines.append(f"{path}: {msg[0].lower()}{msg[1:]}{suffix}")
     return f"{source}: " + "; ".join(lines)
 
@@ -273,6 +297,16 @@ def check_semantics(spec: JobSpec) -> list[str]:
     a = spec.algorithm
     if a.name not in ALGORITHM_NAMES:
         return [f"spec.algorithm.name: unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHM_NAMES)}"]
+    return [
+        *_loss_problems(a),
+        *_reference_problems(spec),
+        *_online_problems(spec),
+        *_truncation_problems(spec),
+        *_deepspeed_problems(spec),
+    ]
+
+
+def _loss_problems(a: AlgorithmSpec) -> list[str]:
     info = a.info
     problems = []
     if a.beta <= 0:
@@ -292,27 +326,48 @@ def check_semantics(spec: JobSpec) -> list[str]:
         )
     if "exo_pair" in a.losses and a.label_smoothing == 0:
         problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
-    if spec.reference.precompute and info.family == "online-dpo":
-        problems.append(
-            "spec.reference.precompute: algorithm 'online-dpo' generates its responses during training, so there "
+    return problems
+
+
+def _reference_problems(spec: JobSpec) -> list[str]:
+    name, info = spec.algorithm.name, spec.algorithm.info
+    if not spec.reference.precompute:
+        return []
+    if info.online:
+        return [
+            f"spec.reference.precompute: algorithm {name!r} generates its responses during training, so there "
             "are no reference log-probs to precompute; remove it or set it to false"
-        )
-    elif spec.reference.precompute and not info.reference_based:
-        problems.append(
-            f"spec.reference.precompute: algorithm {a.name!r} is reference-free and has no reference log-probs "
-            "to precompute; remove it or set it to false"
-        )
-    if info.family == "online-dpo" and spec.reward_model is None:
-        problems.append("spec.rewardModel: algorithm 'online-dpo' needs a reward model to judge its generations")
-    if info.family != "online-dpo":
-        problems += [
-            f"spec.{field}: only algorithm 'online-dpo' uses it, not {a.name!r}"
-            for field, value in (("rewardModel", spec.reward_model), ("generation", spec.generation))
-            if value is not None
         ]
-    if info.family in ("kto", "online-dpo") and spec.dataset.truncation_mode != "keep_start":
-        problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
+    if not info.reference_based:
+        return [
+            f"spec.reference.precompute: algorithm {name!r} is reference-free and has no reference log-probs "
+            "to precompute; remove it or set it to false"
+        ]
+    return []
+
+
+def _online_problems(spec: JobSpec) -> list[str]:
+    name = spec.algorithm.name
+    if spec.algorithm.info.online:
+        if spec.reward_model is None:
+            return [f"spec.rewardModel: algorithm {name!r} needs a reward model to judge its generations"]
+        return []
+    online = " or ".join(map(repr, ONLINE_NAMES))
+    return [
+        f"spec.{field}: only algorithm {online} uses it, not {name!r}"
+        for field, value in (("rewardModel", spec.reward_model), ("generation", spec.generation))
+        if value is not None
+    ]
+
+
+def _truncation_problems(spec: JobSpec) -> list[str]:
+    if spec.algorithm.info.keep_start_only and spec.dataset.truncation_mode != "keep_start":
+        return [f"spec.dataset.truncationMode: algorithm {spec.algorithm.name!r} supports only keep_start"]
+    return []
+
+
+def _deepspeed_problems(spec: JobSpec) -> list[str]:
     ds = spec.training.deepspeed
     if ds is not None and ds.stage not in (2, 3):
-        problems.append(f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}")
-    return problems
+        return [f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}"]
+    return []

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .uris import Uri
+from ..core.uris import Uri
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ PART_SIZE = max(5 * 2**20, int(os.environ.get("PREFOPS_S3_PART_SIZE", 16 * 2**20
 
 
 @cache
-def _s3():
+def _s3() -> Any:
     import s3fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -38,8 +38,8 @@ def _s3():
     )
 
 
-def fs(uri: Uri):
-    """The fsspec filesystem serving ``uri``."""
+def fs(uri: Uri) -> Any:
+    """The fsspec filesystem serving ``uri`` (an ``fsspec.AbstractFileSystem``)."""
     if uri.is_local:
         from fsspec.implementations.local import LocalFileSystem
 
@@ -50,11 +50,11 @@ def fs(uri: Uri):
 
 
 def exists(uri: Uri) -> bool:
-    return fs(uri).exists(uri.path)
+    return bool(fs(uri).exists(uri.path))
 
 
 def read_bytes(uri: Uri) -> bytes:
-    return fs(uri).cat_file(uri.path)
+    return bytes(fs(uri).cat_file(uri.path))
 
 
 def read_json(uri: Uri) -> Any:
@@ -172,6 +172,12 @@ def abort_incomplete_uploads(uri: Uri) -> int:
     if pending:
         log.info("aborted %d unfinished multipart uploads under %s", len(pending), uri)
     return len(pending)
+
+
+def local_dir(path: Path) -> Path:
+    """``path``, created (with its parents) if missing."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def remove(uri: Uri) -> None:

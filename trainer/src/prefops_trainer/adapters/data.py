@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import DataError, SourceError
+from ..core.algorithms import Data
+from ..core.errors import DataError, SourceError
+from ..core.spec import DatasetSpec
+from ..core.uris import Uri
 from .sources import local_dataset
-from .spec import DatasetSpec
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 COLUMNS = ("prompt", "chosen", "rejected")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -28,7 +30,7 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 @dataclass(frozen=True)
 class LoadedDataset:
-    rows: Any  # datasets.Dataset with prompt/chosen/rejected and an ``index`` column
+    rows: Dataset  # the algorithm's columns (``Algorithm.data``) and an ``index`` column
     source: str
     conversational: bool
 
@@ -36,7 +38,7 @@ class LoadedDataset:
         return len(self.rows)
 
 
-def load_split(spec: DatasetSpec, split: str | None = None, kind: str = "paired") -> LoadedDataset:
+def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired") -> LoadedDataset:
     """Load ``split`` (default ``spec.split``) of ``spec.source``, check every row, and number the rows.
 
     ``kind`` is what the algorithm reads (``Algorithm.data``): ``paired`` rows; ``unpaired`` rows
@@ -44,7 +46,7 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: str = "paired"
     """
     split = split or spec.split
     uri = local_dataset(spec.source)
-    name = spec.source if uri.scheme == "hf" else str(Path(spec.source))
+    name = spec.source.as_written if uri.scheme == "hf" else str(Path(spec.source.as_written))
     ds = _load(uri, split, name)
     if spec.max_samples is not None and len(ds) > spec.max_samples:
         ds = ds.select(range(spec.max_samples))
@@ -68,7 +70,7 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: str = "paired"
     return LoadedDataset(ds, name, conversational)
 
 
-def _load(uri, split: str, name: str):
+def _load(uri: Uri, split: str, name: str) -> Dataset:
     import datasets
 
     datasets.disable_progress_bars()
@@ -118,7 +120,7 @@ def _kind(value: Any) -> str | None:
     return None
 
 
-def check_rows(ds, name: str, columns: tuple[str, ...]) -> bool:
+def check_rows(ds: Dataset, name: str, columns: tuple[str, ...]) -> bool:
     """Check every row's ``columns`` (strings or chat messages, one form throughout); return whether the data is
     conversational. Raise naming the row. A conversational prompt may be implicit in chosen/rejected."""
     present = set(ds.column_names)
@@ -153,7 +155,7 @@ def check_rows(ds, name: str, columns: tuple[str, ...]) -> bool:
     return expected == "chat"
 
 
-def check_labels(ds, name: str) -> None:
+def check_labels(ds: Dataset, name: str) -> None:
     """Unpaired rows need a boolean ``label`` (true: a desirable completion) and both kinds of label."""
     if "label" not in ds.column_names:
         raise DataError(f"{name}: row 0: missing column 'label' (unpaired rows need prompt, completion and label)")
@@ -165,7 +167,7 @@ def check_labels(ds, name: str) -> None:
         raise DataError(f"{name}: every label is {labels[0]}; KTO needs desirable and undesirable examples")
 
 
-def fingerprint(ds) -> str:
+def fingerprint(ds: Dataset) -> str:
     """A content hash of the rows as training sees them (in order, without our ``index`` column)."""
     h = hashlib.sha256()
     cols = [c for c in ds.column_names if c != "index"]

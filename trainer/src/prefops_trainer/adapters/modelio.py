@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..core.spec import ModelSpec, RewardModelSpec
 from .sources import local_model
-from .spec import ModelSpec
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 #: Files that describe a model but do not change its numbers.
 IGNORED_FILES = {"README.md", ".gitattributes", "prefops.json", "training_args.bin"}
 
@@ -23,7 +23,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_dtype(spec) -> str:
+def resolve_dtype(spec: ModelSpec | RewardModelSpec) -> str:
     """``auto`` is bfloat16 on a GPU that supports it, float32 otherwise (CPU training in bf16 is slow)."""
     if spec.dtype != "auto":
         return spec.dtype
@@ -41,35 +41,35 @@ def resolve_attn(spec: ModelSpec) -> str:
     return "sdpa"
 
 
-def model_dir(spec, field: str = "spec.model.source") -> Path:
+def model_dir(spec: ModelSpec | RewardModelSpec, field: str = "spec.model.source") -> Path:
     """The local folder of a model spec (``spec.model`` or ``spec.rewardModel``)."""
     return local_model(spec.source, spec.revision, field)
 
 
-def model_init_kwargs(spec, attn: ModelSpec | None = None) -> dict:
-    """``from_pretrained`` arguments for ``spec``; attention and remote-code settings come from ``attn`` (the
-    policy's model spec) when ``spec`` has none of its own (a reward model)."""
+def model_init_kwargs(policy: ModelSpec, weights: ModelSpec | RewardModelSpec | None = None) -> dict[str, Any]:
+    """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype, and the
+    policy's attention and remote-code settings (a reward model has none of its own)."""
     import torch
 
-    base = attn or spec
     return {
-        "dtype": getattr(torch, resolve_dtype(spec)),
-        "attn_implementation": resolve_attn(base),
-        "trust_remote_code": base.trust_remote_code,
+        "dtype": getattr(torch, resolve_dtype(weights or policy)),
+        "attn_implementation": resolve_attn(policy),
+        "trust_remote_code": policy.trust_remote_code,
     }
 
 
-def load_model(spec: ModelSpec, path: Path | None = None):
+def load_model(spec: ModelSpec, path: Path) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path or model_dir(spec), **model_init_kwargs(spec))
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, **model_init_kwargs(spec))
+    return model
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the model; a missing pad token falls back to EOS, as TRL's trainers do."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -1,11 +1,14 @@
-"""Spec → keyword arguments of TRL's config classes and the DeepSpeed config. Pure: no TRL, torch or
-DeepSpeed import, so every mapping is unit-tested without them."""
+"""Spec → the TRL trainer that runs it, keyword arguments of TRL's config classes, and the DeepSpeed config.
+Pure: no TRL, torch or DeepSpeed import (classes are named, not imported), so every mapping is unit-tested
+without them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .algorithms import Family
 from .spec import DeepSpeedSpec, GenerationSpec, JobSpec
 
 
@@ -62,6 +65,8 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
         "max_steps": t.max_steps or -1,
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler,
+        # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is the fraction of all steps, and the spec's
+        # warmupRatio is always below 1
         "warmup_steps": t.warmup_ratio,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
@@ -92,45 +97,99 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
     }
 
 
+def _dpo_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    a = spec.algorithm
+    return {
+        "loss_type": list(a.losses),
+        "loss_weights": list(a.weights) if a.loss_weights else None,
+        "label_smoothing": a.label_smoothing,
+        "truncation_mode": spec.dataset.truncation_mode,
+        "precompute_ref_log_probs": precompute,
+        "precompute_ref_batch_size": spec.reference.batch_size,
+    }
+
+
+def _cpo_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    a = spec.algorithm
+    return {
+        "loss_type": a.info.trl_loss_type or a.losses[0],
+        "cpo_alpha": a.effective_cpo_alpha,
+        "simpo_gamma": a.simpo_gamma,
+        "alpha": a.effective_alpha,
+        "label_smoothing": a.label_smoothing,
+    }
+
+
+def _orpo_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    return {}  # beta (the odds-ratio weight, lambda) and max_length are shared
+
+
+def _kto_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    a = spec.algorithm
+    return {
+        "loss_type": a.losses[0],
+        "desirable_weight": a.desirable_weight,
+        "undesirable_weight": a.undesirable_weight,
+        "precompute_ref_log_probs": precompute,
+        "precompute_ref_batch_size": spec.reference.batch_size,
+    }
+
+
+def _online_dpo_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
+    a, g = spec.algorithm, spec.generation or GenerationSpec()
+    return {
+        "loss_type": a.losses[0],
+        "beta": [a.beta],
+        "max_new_tokens": g.max_new_tokens,
+        "temperature": g.temperature,
+        "top_p": g.top_p,
+    }
+
+
+@dataclass(frozen=True)
+class TrlTrainer:
+    """The TRL trainer of one ``Algorithm.family``.
+
+    Attributes:
+        module: the module that exports both classes.
+        config: the config class (``DPOConfig``, ...).
+        trainer: the trainer class (``DPOTrainer``, ...).
+        kwargs: the algorithm's own arguments for ``config``: ``kwargs(spec, precompute)``.
+        reference_columns: the dataset columns the trainer reads precomputed reference log-probs from (chosen and
+            rejected; KTO: the completion's); empty for trainers that read none.
+        kl_column: KTO: the column of the KL completions' reference log-probs, read when the loss has a KL term.
+    """
+
+    module: str
+    config: str
+    trainer: str
+    kwargs: Callable[[JobSpec, bool], dict[str, Any]]
+    reference_columns: tuple[str, ...] = ()
+    kl_column: str | None = None
+
+
+TRL_TRAINERS: dict[Family, TrlTrainer] = {
+    "dpo": TrlTrainer("trl", "DPOConfig", "DPOTrainer", _dpo_kwargs, ("ref_chosen_logps", "ref_rejected_logps")),
+    "cpo": TrlTrainer("trl.experimental.cpo", "CPOConfig", "CPOTrainer", _cpo_kwargs),
+    "orpo": TrlTrainer("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer", _orpo_kwargs),
+    "kto": TrlTrainer("trl", "KTOConfig", "KTOTrainer", _kto_kwargs, ("ref_logps",), kl_column="ref_KL_logps"),
+    "online-dpo": TrlTrainer("trl.experimental.online_dpo", "OnlineDPOConfig", "OnlineDPOTrainer", _online_dpo_kwargs),
+}
+
+
+def trl_trainer(spec: JobSpec) -> TrlTrainer:
+    return TRL_TRAINERS[spec.algorithm.info.family]
+
+
+def reference_columns(spec: JobSpec) -> tuple[str, ...]:
+    """The columns the job's trainer reads precomputed reference log-probs from, in the cache's column order."""
+    t = trl_trainer(spec)
+    return t.reference_columns + ((t.kl_column,) if t.kl_column and spec.algorithm.kl_term else ())
+
+
 def algorithm_kwargs(spec: JobSpec, precompute: bool) -> dict[str, Any]:
     """The algorithm's own arguments for its TRL config class (DPO, CPO, ORPO, KTO or OnlineDPO config)."""
-    a = spec.algorithm
-    family = a.info.family
-    if family == "dpo":
-        return {
-            "loss_type": list(a.losses),
-            "loss_weights": list(a.weights) if a.loss_weights else None,
-            "label_smoothing": a.label_smoothing,
-            "truncation_mode": spec.dataset.truncation_mode,
-            "precompute_ref_log_probs": precompute,
-            "precompute_ref_batch_size": spec.reference.batch_size,
-        }
-    if family == "cpo":
-        return {
-            "loss_type": a.info.trl_loss_type or a.losses[0],
-            "cpo_alpha": a.effective_cpo_alpha,
-            "simpo_gamma": a.simpo_gamma,
-            "alpha": a.effective_alpha,
-            "label_smoothing": a.label_smoothing,
-        }
-    if family == "kto":
-        return {
-            "loss_type": a.losses[0],
-            "desirable_weight": a.desirable_weight,
-            "undesirable_weight": a.undesirable_weight,
-            "precompute_ref_log_probs": precompute,
-            "precompute_ref_batch_size": spec.reference.batch_size,
-        }
-    if family == "online-dpo":
-        g = spec.generation or GenerationSpec()
-        return {
-            "loss_type": a.losses[0],
-            "beta": [a.beta],
-            "max_new_tokens": g.max_new_tokens,
-            "temperature": g.temperature,
-            "top_p": g.top_p,
-        }
-    return {}  # orpo: beta (the odds-ratio weight, lambda) and max_length are shared
+    return trl_trainer(spec).kwargs(spec, precompute)
 
 
 def trl_kwargs(spec: JobSpec, rt: Runtime, output_dir: str, precompute: bool) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..core.errors import SourceError
+from ..core.uris import Uri
 from . import storage
-from .errors import SourceError
-from .uris import Uri, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +57,23 @@ def _hub_model(repo: str, revision: str | None, field: str) -> Path:
         ) from e
 
 
-def local_model(source: str, revision: str | None = None, field: str = "spec.model.source") -> Path:
-    """A local directory holding the model named by ``source``."""
-    uri = parse_uri(source, field, allow_hf=True)
+def local_model(uri: Uri, revision: str | None = None, field: str = "spec.model.source") -> Path:
+    """A local directory holding the model at ``uri`` (spec field ``field``)."""
     if uri.scheme == "hf":
         return _hub_model(uri.path, revision, field)
     path = _s3_copy(uri, field) if uri.scheme == "s3" else Path(uri.path)
     if not path.exists():
-        raise SourceError(f"{field}: model path {source!r} does not exist")
+        raise SourceError(f"{field}: model path {uri.as_written!r} does not exist")
     if not (path / "config.json").exists():
-        raise SourceError(f"{field}: {source!r} is not a model directory (no config.json in {path})")
+        raise SourceError(f"{field}: {uri.as_written!r} is not a model directory (no config.json in {path})")
     return path
 
 
-def local_dataset(source: str, field: str = "spec.dataset.source") -> Uri:
+def local_dataset(uri: Uri, field: str = "spec.dataset.source") -> Uri:
     """Where to read the dataset from: a local path, or ``hf://org/name`` left for ``datasets`` to fetch."""
-    uri = parse_uri(source, field, allow_hf=True)
     if uri.scheme == "hf":
         return uri
     path = _s3_copy(uri, field) if uri.scheme == "s3" else Path(uri.path)
     if not path.exists():
-        raise SourceError(f"{field}: dataset path {source!r} does not exist")
-    return Uri("file", str(path))
+        raise SourceError(f"{field}: dataset path {uri.as_written!r} does not exist")
+    return Uri("file", str(path), uri.written)

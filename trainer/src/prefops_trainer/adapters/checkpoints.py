@@ -12,8 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..core.uris import Uri
 from . import storage
-from .uris import Uri
 
 log = logging.getLogger(__name__)
 
