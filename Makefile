@@ -65,7 +65,7 @@ cluster-check: images  ## check that cluster-down leaves the host as it was befo
 	$(PYTHON) scripts/host_state.py compare .cluster-before.json .cluster-after.json
 	@rm -f .cluster-before.json .cluster-after.json
 
-test: setup servers images  ## the whole test suite: unit, contract, integration against real servers, e2e on a node
+test: lint servers images  ## lint first, then the whole test suite: unit, contract, integration, e2e on a node
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup  ## only the tests that need no server
@@ -77,11 +77,13 @@ e2e: setup servers images  ## only the whole-loop tests on a real node (started 
 bench: setup servers  ## run every benchmark under bench/ and print their tables
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
-lint: setup  ## ruff, mypy and the import-layer contracts
+lint: setup  ## ruff, the format check, the import-layer contracts and mypy (strict) of both distributions
 	$(VENV)/bin/ruff check trainer operator tests bench scripts
 	$(VENV)/bin/ruff format --check trainer operator tests bench scripts
 	$(VENV)/bin/lint-imports --config operator/pyproject.toml
+	$(VENV)/bin/lint-imports --config trainer/pyproject.toml
 	cd operator && ../$(VENV)/bin/mypy
+	cd trainer && ../$(VENV)/bin/mypy
 
 clean:  ## remove build outputs and the demo's results (keeps .venv and the server cache)
 	rm -rf out build .pytest_cache

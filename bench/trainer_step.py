@@ -135,10 +135,11 @@ def worker(kind: str, root: Path, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from prefops_trainer.core.spec import parse_job
     from prefops_trainer.inputs import load_inputs
     from prefops_trainer.phases import precompute as pre_phase
     from prefops_trainer.phases import train as train_phase
-    from prefops_trainer.spec import parse_job
+    from prefops_trainer.phases.train import trainers
 
     torch.manual_seed(0)
     out: dict = {}
@@ -167,14 +168,14 @@ def worker(kind: str, root: Path, steps: int) -> dict:
     elif kind == "train/ours":
         inputs = load_inputs(parse_job(job(root, steps)))
         timer = step_timer()
-        original = train_phase._build
+        original = trainers.build
 
         def build(*a, **kw):
             trainer = original(*a, **kw)
             trainer.add_callback(timer)
             return trainer
 
-        train_phase._build = build
+        trainers.build = build
         report = train_phase.run(inputs)
         out = {"step_seconds": timer.times, "steps": report["steps"]}
     elif kind == "train/trl-online":
