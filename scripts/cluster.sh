@@ -413,16 +413,17 @@ restore_host() {
 }
 
 down() {
-  remove_pods
   stop dnsmasq
   stop dns-sync
+  # nothing recreates or schedules pods any more, then the kubelet stops the ones there are
+  stop kube-scheduler
+  stop kube-controller-manager
+  remove_pods
   stop kube-proxy
   stop kubelet
   remove_containers
   stop containerd
   stop_shims
-  stop kube-scheduler
-  stop kube-controller-manager
   stop kube-apiserver
   stop etcd
   if [ -d "$state/host" ]; then  # only what `up` changed: nothing when it never ran
