@@ -269,6 +269,15 @@ import_images() {
     [ "$(node_image_id "$image")" = "sha256:${id#sha256:}" ] || die "importing $image gave another image ID"
     say "imported $image in $((SECONDS - start)) s"
   done
+  prune_images
+}
+
+prune_images() {  # versions replaced by an import, held by the kubelet's ID reference only: their layers go
+  local keep ref
+  keep=$(for ref in "$PAUSE" "${IMAGES[@]}"; do node_image_id "$ref"; done)
+  for ref in $(ctr_ images ls -q | grep '^sha256:' || true); do
+    grep -qx "$ref" <<<"$keep" || ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
+  done
 }
 
 start_node() {

@@ -139,12 +139,12 @@ local_base() {  # local_base NAME PARENT_REF PARENT_KEY ARG: scripts/images/NAME
   echo "$ref|$key"
 }
 
-copied_files_digest() {  # every file the Dockerfile COPYs from the repository (as .dockerignore leaves them)
+copied_files_digest() {  # every file the Dockerfile COPYs from the repository, less what .dockerignore leaves out
   local dockerfile=$1
   local sources
   sources=$(awk 'toupper($1) == "COPY" { for (i = 2; i < NF; i++) if ($i !~ /^--/) print $i }' "$dockerfile")
   # shellcheck disable=SC2086
-  (cd "$root" && find $sources -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | digest
+  (cd "$root" && find $sources -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum) | digest
 }
 
 app_image() {  # app_image NAME BASE_REF BASE_KEY

@@ -80,7 +80,8 @@ def test_every_copy_source_exists_in_the_build_context_and_is_not_ignored(image)
         for source in parts[:-1]:
             assert (ROOT / source).exists(), f"{image}: COPY {source} (build context is the repository root)"
             assert not ignored(source), f"{image}: COPY {source} is left out by .dockerignore"
-    assert ignored("operator/src/prefops_operator/__pycache__/x.pyc") and ignored(".venv"), "nothing else goes in"
+    leftovers = ("operator/src/prefops_operator/__pycache__/x.pyc", "operator/src/prefops_operator.egg-info/PKG-INFO")
+    assert all(ignored(p) for p in leftovers) and ignored(".venv"), "nothing else goes in"
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
