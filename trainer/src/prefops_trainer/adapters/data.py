@@ -174,3 +174,14 @@ def fingerprint(ds: Dataset) -> str:
     for batch in ds.select_columns(cols).iter(batch_size=1024):
         h.update(json.dumps(batch, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()
+
+
+def rows_digest(ds: Dataset) -> str:
+    """The sha256 of the rows as training reads them (in order, after ``maxSamples``, without our ``index`` column),
+    one canonical JSON object per line: keys sorted, no spaces, UTF-8, each line ending in a newline. Anyone can
+    recompute it from the dataset file with a JSON library (the lineage in ``prefops.json``)."""
+    h = hashlib.sha256()
+    cols = [c for c in ds.column_names if c != "index"]
+    for row in ds.select_columns(cols):
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    return h.hexdigest()

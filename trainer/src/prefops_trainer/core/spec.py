@@ -245,6 +245,13 @@ class JobSpec(_Spec):
             return self.algorithm.info.reference_based
         return self.reference.precompute
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the train phase evaluates on ``dataset.evalSplit`` (docs/contract.md §7): the split is set and the
+        algorithm reports evaluation metrics. Online DPO reports none: its eval split is loaded and checked, and not
+        evaluated."""
+        return self.dataset.eval_split is not None and bool(self.algorithm.info.eval_metrics)
+
 
 class Metadata(_Spec):
     model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True)
