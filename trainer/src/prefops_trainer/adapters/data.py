@@ -47,6 +47,12 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
     split = split or spec.split
     uri = local_dataset(spec.source)
     name = spec.source.as_written if uri.scheme == "hf" else str(Path(spec.source.as_written))
+    if split != spec.split and uri.scheme != "hf" and Path(uri.path).is_file():
+        raise DataError(
+            f"{name}: a single file holds one split, so spec.dataset.evalSplit {split!r} cannot be read from it; put "
+            f"each split in a folder as <split>.jsonl (e.g. {spec.split}.jsonl and {split}.jsonl) and point "
+            "spec.dataset.source at the folder"
+        )
     ds = _load(uri, split, name)
     if spec.max_samples is not None and len(ds) > spec.max_samples:
         ds = ds.select(range(spec.max_samples))
