@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
     cmd("validate", "check the job spec and print it with every default filled in")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a PreferenceTrainingSweep's trials here, one after another, and name the best",
+        description="run a PreferenceTrainingSweep's trials on this machine, one after another with the shared "
+        "reference cache; print the comparison table and write sweep.json and sweep.png under the template's "
+        "output.uri. Exit 0 when a best trial was found, 1 when no trial reported the objective.",
+    )
+    sweep.add_argument("sweep", type=Path, metavar="SWEEP.yaml", help="a PreferenceTrainingSweep manifest")
     return p
 
 
@@ -59,6 +67,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
+        if args.command == "sweep":
+            from . import local_sweep
+
+            sys.exit(local_sweep.run(args.sweep))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)

@@ -78,18 +78,19 @@ def plot_sweep(trials: list[dict[str, Any]], metric: str, goal: str, out: Path, 
     one highlighted, and each trial's evaluation curve of ``metric`` overlaid."""
     plt = _pyplot()
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(10.5, 3.6), dpi=110)
-    names = [t["name"] for t in trials]
-    values = [t["objective"] if t["objective"] is not None else 0.0 for t in trials]
-    colors = ["#2ca02c" if t["best"] else "#1f77b4" if t["objective"] is not None else "#bbbbbb" for t in trials]
-    bars.bar(range(len(trials)), values, color=colors)
-    bars.set_xticks(range(len(trials)), names, rotation=20, ha="right", fontsize=8)
-    bars.set_title(f"eval {metric} per trial ({goal}; best in green)")
-    bars.grid(axis="y", alpha=0.3)
-    for t in trials:
+    colors = [plt.cm.tab10(i % 10) for i in range(len(trials))]
+    for i, t in enumerate(trials):
+        value = t["objective"]
+        bars.bar(i, value or 0.0, color=colors[i], edgecolor="black", linewidth=2.0 if t["best"] else 0.0)
+        label = "none" if value is None else f"{value:.4g}" + (" (best)" if t["best"] else "")
+        bars.annotate(label, (i, value or 0.0), ha="center", va="bottom", fontsize=8)
         points = _eval_series(t["evaluations"], metric)
         if points:
             steps, ys = zip(*points, strict=True)
-            curves.plot(steps, ys, marker="o", label=t["name"], linewidth=2.5 if t["best"] else 1.2)
+            curves.plot(steps, ys, marker="o", color=colors[i], label=t["name"], linewidth=2.5 if t["best"] else 1.2)
+    bars.set_xticks(range(len(trials)), [t["name"] for t in trials], rotation=20, ha="right", fontsize=8)
+    bars.set_title(f"final eval {metric} per trial ({goal})")
+    bars.grid(axis="y", alpha=0.3)
     curves.set_title(f"eval {metric} while training")
     curves.set_xlabel("step")
     curves.grid(alpha=0.3)
