@@ -278,16 +278,22 @@ class Job(_Spec):
 
 def parse_job(doc: Any, source: str = "job") -> Job:
     """Parse and check a manifest (already loaded from YAML) into a :class:`Job`; raise :class:`SpecError`."""
-    if not isinstance(doc, dict):
-        raise SpecError(f"{source}: expected a PreferenceTrainingJob mapping, got {type(doc).__name__}")
-    try:
-        job = Job.model_validate(doc)
-    except ValidationError as e:
-        raise SpecError(_format_validation_error(e, source)) from None
+    job = parse_structure(doc, source)
     problems = check_semantics(job.spec)
     if problems:
         raise SpecError("; ".join(problems))
     return job
+
+
+def parse_structure(doc: Any, source: str = "job") -> Job:
+    """Parse a manifest's structure (types, enums, ranges, unknown keys) without the semantic checks; raise
+    :class:`SpecError` naming every field at fault."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: expected a PreferenceTrainingJob mapping, got {type(doc).__name__}")
+    try:
+        return Job.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(e, source)) from None
 
 
 def parse_manifests(text: str, source: str) -> Job:

@@ -29,8 +29,9 @@ from typing import Any
 
 import yaml
 
+from .algorithms import ALGORITHMS
 from .errors import SpecError
-from .spec import KIND, Job, parse_job
+from .spec import KIND, Job, check_semantics, parse_structure
 
 SWEEP_KIND = "PreferenceTrainingSweep"
 API_VERSION = "prefops.dev/v1alpha1"
@@ -270,25 +271,31 @@ def trial_manifest(sweep: Sweep, trial: Trial) -> dict[str, Any]:
 
 
 def trial_job(sweep: Sweep, trial: Trial) -> Job:
-    """The trial's job, parsed; :class:`SpecError` naming where the sweep sets the field at fault."""
+    """The trial's job, parsed; :class:`SpecError` naming where the sweep sets each field at fault."""
+    job, found = _trial_checked(sweep, trial)
+    if job is None or found:
+        raise SpecError("; ".join(found))
+    return job
+
+
+def _trial_checked(sweep: Sweep, trial: Trial) -> tuple[Job | None, list[str]]:
+    """The trial's job (None when its structure is wrong) and its problems, each located in the sweep: the job's
+    own checks, an objective its algorithm does not report, no eval split."""
     try:
-        job = parse_job(trial_manifest(sweep, trial), trial.name)
+        job = parse_structure(trial_manifest(sweep, trial), trial.name)
     except SpecError as e:
-        found = [locate(trial, p.removeprefix(f"{trial.name}: ")) for p in str(e).split("; ")]
-        raise SpecError("; ".join(found)) from None
-    info, metric = job.spec.algorithm.info, sweep.objective.metric
-    found = []
-    if metric not in info.eval_metrics:
-        valid = ", ".join(info.eval_metrics) or "none"
+        return None, [locate(trial, str(e).removeprefix(f"{trial.name}: "))]
+    found = check_semantics(job.spec)
+    name, metric = job.spec.algorithm.name, sweep.objective.metric
+    if name in ALGORITHMS and metric not in ALGORITHMS[name].eval_metrics:
+        valid = ", ".join(ALGORITHMS[name].eval_metrics) or "none"
         found.append(
-            f"spec.algorithm.name: algorithm {info.name!r} does not report the objective's metric {metric!r} "
+            f"spec.algorithm.name: algorithm {name!r} does not report the objective's metric {metric!r} "
             f"(spec.objective.metric); its evaluation metrics: {valid}"
         )
     if not job.spec.dataset.eval_split:
         found.append("spec.dataset.evalSplit: a sweep ranks its trials by an evaluation on this split; set it")
-    if found:
-        raise SpecError("; ".join(locate(trial, p) for p in found))
-    return job
+    return job, [locate(trial, p) for p in found]
 
 
 def problems(sweep: Sweep) -> list[str]:
@@ -296,10 +303,7 @@ def problems(sweep: Sweep) -> list[str]:
     job is invalid, lacks an eval split or does not report the objective's metric."""
     found = _overlaps(sweep.trials)
     for trial in sweep.trials:
-        try:
-            trial_job(sweep, trial)
-        except SpecError as e:
-            found.append(str(e))
+        found += _trial_checked(sweep, trial)[1]
     return list(dict.fromkeys(found))
 
 
