@@ -100,4 +100,3 @@ def test_the_held_out_split_asks_arithmetic_questions_training_never_sees():
     sums = {p for p in test if " plus " in p}
     assert sums and not sums & train, "the held-out sums are new"
     assert test - sums <= train, "the colour questions are the ones training saw"
-    assert (TINY / "prefs-split" / "train.jsonl").read_text() == (TINY / "prefs.jsonl").read_text()

@@ -54,31 +54,34 @@ def evaluated(tmp_path, monkeypatch):
     return (inputs, *train_watched(inputs, monkeypatch))
 
 
-def trl_evaluate(inputs) -> dict[str, float]:
-    """TRL's own DPOTrainer.evaluate() of the trained adapter on the eval rows, its reference log-probs precomputed
-    by TRL itself with the base model (as our trainer runs DPOTrainer: precomputed, from our cache), without any of
-    our code."""
+def trl_evaluate(inputs, family: str = "dpo") -> dict[str, float]:
+    """TRL's own DPOTrainer's (or KTOTrainer's) evaluate() of the trained adapter on the eval rows, its reference
+    log-probs precomputed by TRL itself with the base model (as our trainer runs it: precomputed, from our cache),
+    without any of our code."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
+    config, trainer_class = (DPOConfig, DPOTrainer) if family == "dpo" else (KTOConfig, KTOTrainer)
     base, reference = (AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32) for _ in range(2))
     model = PeftModel.from_pretrained(base, inputs.ws.trained.path)
-    rows = inputs.splits["eval"].rows.remove_columns(["index"])
-    args = DPOConfig(output_dir=str(inputs.ws.local_root / "trl-eval"), per_device_eval_batch_size=8, max_length=64,
-                     beta=0.1, precompute_ref_log_probs=True, bf16=False, gradient_checkpointing=False, report_to=[],
-                     use_cpu=True)  # fmt: skip
-    trainer = DPOTrainer(
+    rows = {name: split.rows.remove_columns(["index"]) for name, split in inputs.splits.items()}
+    batch = inputs.spec.training.per_device_batch_size
+    args = config(output_dir=str(inputs.ws.local_root / "trl-eval"), per_device_train_batch_size=batch,
+                  per_device_eval_batch_size=batch, max_length=64, beta=0.1, precompute_ref_log_probs=True,
+                  bf16=False, gradient_checkpointing=False, report_to=[], use_cpu=True)  # fmt: skip
+    trainer = trainer_class(
         model=model,
         ref_model=reference,
         args=args,
-        train_dataset=rows,
-        eval_dataset=rows,
+        train_dataset=rows["train"],
+        eval_dataset=rows["eval"],
         processing_class=inputs.tokenizer,
     )
     logged = trainer.evaluate()
-    return {name: logged[f"eval_{name}"] for name in DPO_METRICS if f"eval_{name}" in logged}
+    names = ALGORITHMS[inputs.spec.algorithm.name].eval_metrics
+    return {name: logged[f"eval_{name}"] for name in names if f"eval_{name}" in logged}
 
 
 def test_the_final_evaluation_in_prefops_json_is_trls_own_evaluate_of_the_model_on_the_eval_rows(evaluated):
@@ -92,6 +95,18 @@ def test_the_final_evaluation_in_prefops_json_is_trls_own_evaluate_of_the_model_
         assert ours["metrics"][name] == pytest.approx(value, abs=1e-5), name
     assert ours["metrics"]["rewards/accuracies"] > 0.5, "the trained model prefers the chosen answers it was taught"
     assert report["evaluation"] == ours, "the train phase's report holds the same evaluation"
+
+
+def test_kto_evaluation_is_trls_own_evaluate_with_the_same_kl_completions(tmp_path, monkeypatch):
+    kto = {**EVALUATED, "algorithm": {"name": "kto"}, "training": {**EVALUATED["training"], "perDeviceBatchSize": 4}}
+    kto["dataset"] = {**kto["dataset"], "maxSamples": 24}
+    inputs = load_inputs(parse_job(job_doc(tmp_path, **kto)))
+    precompute_phase.run(inputs)
+    report, _, _ = train_watched(inputs, monkeypatch)
+    ours, theirs = report["evaluation"]["metrics"], trl_evaluate(inputs, "kto")
+    assert {"loss", "kl", "rewards/chosen"} <= set(ours) and set(ours) == set(theirs)
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, abs=1e-5), name
 
 
 def test_it_evaluates_at_every_checkpoint_and_the_last_step_and_serves_the_latest(evaluated):
