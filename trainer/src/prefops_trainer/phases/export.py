@@ -117,7 +117,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
         _extra_artifacts(inputs, out)
         files = file_table(out)
         _upload(out, dest, files)
-    manifest = _manifest(inputs, files, phases | {"export": report}, described)
+    manifest = _manifest(files, phases | {"export": report}, described)
     storage.write_json(dest.join(MANIFEST), manifest)  # last: the model is complete
     reports.write(inputs.ws, "export", report)
     log.info("model exported to %s (%d files)", dest, len(files))
@@ -161,9 +161,7 @@ def _described(
     return described | {"lineage": lineage(inputs), "prefopsVersion": __version__}
 
 
-def _manifest(
-    inputs: Inputs, files: list[dict[str, Any]], phases: dict[str, Any], described: dict[str, Any]
-) -> dict[str, Any]:
+def _manifest(files: list[dict[str, Any]], phases: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
     """``prefops.json``: :func:`_described`, every file with its checksum, each phase's report, the metrics."""
     return described | {
         "files": files,
