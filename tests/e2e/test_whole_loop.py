@@ -322,3 +322,58 @@ def test_a_job_whose_image_does_not_exist_fails_at_its_startup_deadline_naming_t
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert image in failed["message"] and image in status["lastFailure"]["message"], failed["message"]
     assert deadline <= elapsed < deadline + 60, f"failed {elapsed:.0f}s after it was applied"
+
+
+def test_a_two_point_beta_sweep_with_an_eval_split_finishes_and_names_its_best_trial(loop):
+    name, trials = "tiny-sweep", ("tiny-sweep-0", "tiny-sweep-1")
+    template = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    template["dataset"] = {"source": f"s3://{BUCKET}/tiny/prefs-split", "evalSplit": "test", "maxLength": 64}
+    template["training"] = {"epochs": 1, "learningRate": 0.001, "perDeviceBatchSize": 8, "seed": 7}
+    template["reference"] = {"batchSize": 32, "workers": 1}
+    template["resources"] = {"nodes": 1, "gpusPerNode": 0, "processesPerNode": 1}
+    template["output"] = {"uri": f"s3://{BUCKET}/models/{name}"}
+    sweep = {
+        "apiVersion": "prefops.dev/v1alpha1",
+        "kind": "PreferenceTrainingSweep",
+        "metadata": {"name": name},
+        "spec": {
+            "template": template,
+            "parameters": [{"path": "algorithm.beta", "values": [0.1, 0.3]}],
+            "objective": {"metric": "rewards/accuracies", "goal": "maximize"},
+            "parallelism": 2,
+        },
+    }
+    manifest = loop.tmp / f"{name}.yaml"
+    manifest.write_text(yaml.safe_dump(sweep))
+    loop.kubectl("apply", "-f", str(manifest))
+
+    def finished() -> dict | None:
+        status = (
+            loop.node.custom()
+            .get_namespaced_custom_object("prefops.dev", "v1alpha1", loop.namespace, "preferencetrainingsweeps", name)
+            .get("status", {})
+        )
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_for(finished, 2 * JOB_TIMEOUT, f"sweep {name} to finish", interval=1)
+    assert status["phase"] == "Succeeded", f"{status}\n{loop.diagnose(trials[0])}\n{loop.diagnose(trials[1])}"
+    rows = {t["name"]: t for t in status["trials"]}
+    assert sorted(rows) == list(trials) and {r["phase"] for r in rows.values()} == {"Succeeded"}
+    assert [rows[t]["cacheHit"] for t in trials] == [False, True], "the second trial waited for the first's cache"
+
+    objectives = {}
+    for trial in trials:
+        job = loop.job(trial)
+        assert job["metadata"]["labels"]["prefops.dev/sweep"] == name
+        evaluation = job["status"]["evaluation"]
+        assert evaluation["final"] is True
+        published = json.loads(loop.s3.get(BUCKET, f"models/{name}/{trial}/prefops.json"))["evaluation"]
+        assert published["split"] == "test" and published["step"] == evaluation["step"]
+        value = published["metrics"]["rewards/accuracies"]
+        assert rows[trial]["objective"] == pytest.approx(value, abs=1e-6) == evaluation["metrics"]["rewards/accuracies"]
+        objectives[trial] = value
+    best = max(trials, key=lambda t: (objectives[t], -trials.index(t)))  # ties go to the earlier trial
+    assert status["best"]["trial"] == best and status["best"]["objective"] == pytest.approx(objectives[best])
+    assert status["best"]["output"] == f"s3://{BUCKET}/models/{name}/{best}"
+    columns = loop.kubectl("get", "ptsweep", name, "--no-headers").split()
+    assert columns[:4] == ["2", "0", "2", "0"] and best in columns, columns  # TRIALS RUNNING SUCCEEDED FAILED BEST
