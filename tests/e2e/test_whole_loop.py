@@ -15,6 +15,8 @@ scheduler, kube-proxy and cluster DNS, built from Debian's source) running the p
 4. The operator's pod killed mid-job: the Deployment replaces it, and the job still finishes without a pod
    created twice.
 5. A job whose image does not exist fails at its startup deadline, naming the image.
+6. A 2-point beta sweep with an eval split: the second trial hits the first's reference cache, and the sweep names
+   the trial with the best held-out reward accuracy.
 
 The tests run in order and share one node, operator, namespace, S3 bucket and Prometheus. The process-based
 kubelet stand-in of earlier versions is gone; ``support.kubelet`` still sets pod status by hand for the operator's
@@ -376,4 +378,5 @@ def test_a_two_point_beta_sweep_with_an_eval_split_finishes_and_names_its_best_t
     assert status["best"]["trial"] == best and status["best"]["objective"] == pytest.approx(objectives[best])
     assert status["best"]["output"] == f"s3://{BUCKET}/models/{name}/{best}"
     columns = loop.kubectl("get", "ptsweep", name, "--no-headers").split()
-    assert columns[:4] == ["2", "0", "2", "0"] and best in columns, columns  # TRIALS RUNNING SUCCEEDED FAILED BEST
+    # NAME TRIALS RUNNING SUCCEEDED FAILED BEST ...
+    assert columns[1:5] == ["2", "0", "2", "0"] and columns[5] == best, columns
