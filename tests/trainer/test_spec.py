@@ -123,6 +123,14 @@ def test_spec_objects_are_frozen(tmp_path):
             {"model": {"dtype": "int8"}},
             r"spec\.model\.dtype: input should be 'auto', 'float32', 'bfloat16' or 'float16', got 'int8'",
         ),
+        ({"resources": {"nodes": 513}}, r"spec\.resources\.nodes: input should be less than or equal to 512"),
+        ({"resources": {"gpusPerNode": 17}}, r"spec\.resources\.gpusPerNode: input should be less than or equal to 16"),
+        ({"reference": {"workers": 257}}, r"spec\.reference\.workers: input should be less than or equal to 256"),
+        (
+            {"dataset": {"maxLength": 131073}},
+            r"spec\.dataset\.maxLength: input should be less than or equal to 131072, got 131073",
+        ),
+        ({"rewardModel": {"trustRemotCode": True}}, r"spec\.rewardModel\.trustRemotCode: unknown field"),
     ],
 )
 def test_bad_spec_is_rejected_naming_the_field(tmp_path, spec, message):

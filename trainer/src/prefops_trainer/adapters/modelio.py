@@ -47,14 +47,15 @@ def model_dir(spec: ModelSpec | RewardModelSpec, field: str = "spec.model.source
 
 
 def model_init_kwargs(policy: ModelSpec, weights: ModelSpec | RewardModelSpec | None = None) -> dict[str, Any]:
-    """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype, and the
-    policy's attention and remote-code settings (a reward model has none of its own)."""
+    """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype and its own
+    ``trustRemoteCode`` (trusting the policy's code never trusts a reward model's), the policy's attention kernel."""
     import torch
 
+    own = weights or policy
     return {
-        "dtype": getattr(torch, resolve_dtype(weights or policy)),
+        "dtype": getattr(torch, resolve_dtype(own)),
         "attn_implementation": resolve_attn(policy),
-        "trust_remote_code": policy.trust_remote_code,
+        "trust_remote_code": own.trust_remote_code,
     }
 
 

@@ -78,4 +78,4 @@ def load_reward_model(inputs: Inputs) -> tuple[PreTrainedModel, PreTrainedTokeni
     path = model_dir(spec, field="spec.rewardModel.source")
     kwargs = model_init_kwargs(inputs.spec.model, spec)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-    return model, load_tokenizer(path, inputs.spec.model.trust_remote_code)
+    return model, load_tokenizer(path, spec.trust_remote_code)
