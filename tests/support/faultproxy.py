@@ -1,19 +1,24 @@
 """A TCP proxy in front of a real server that injects real network faults: the first N connections are
-answered ``503 SlowDown`` (S3's throttling reply), or every connection is cut once a byte budget has been
-forwarded (a link that dies mid-upload). Clients see genuine HTTP errors and resets, nothing is mocked."""
+answered ``503 SlowDown`` (S3's throttling reply), every connection is cut once a byte budget has been
+forwarded (a link that dies mid-upload), or the server is away for a while (:meth:`FaultProxy.go_away`: open
+connections are cut and new ones reset until :meth:`FaultProxy.come_back`). Clients see genuine HTTP errors and
+resets, nothing is mocked."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 
 from .kube import free_port
 
+_SLOW_DOWN_BODY = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
 SLOW_DOWN = (
-    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: 96\r\n\r\n"
-    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".ljust(96)
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_SLOW_DOWN_BODY)}\r\n\r\n".encode()
+    + _SLOW_DOWN_BODY
 )
 
 
@@ -26,9 +31,12 @@ class FaultProxy:
     throttled: int = 0
     forwarded: int = 0
     requests: list[bytes] = field(default_factory=list)  # first line of every proxied request
+    away: bool = False  # the server is away: connections are reset
+    refused: int = 0  # connections reset while away
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -45,6 +53,20 @@ class FaultProxy:
         self._closed = True
         self._server.close()
 
+    def go_away(self) -> None:
+        """The server goes away: every open connection is cut and every new one reset, until :meth:`come_back`."""
+        with self._lock:
+            self.away = True
+            doomed = list(self._open)
+        for s in doomed:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)  # wakes the pipe threads, which close it: a reset
+
+    def come_back(self) -> None:
+        with self._lock:
+            self.away = False
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -55,9 +77,14 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         with self._lock:
-            throttle = self.throttled < self.throttle_first
+            away = self.away
+            self.refused += away
+            throttle = not away and self.throttled < self.throttle_first
             if throttle:
                 self.throttled += 1
+        if away:
+            _reset(client)
+            return
         if throttle or self.cut:
             if throttle:
                 client.recv(65536)
@@ -65,6 +92,8 @@ class FaultProxy:
             client.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        with self._lock:
+            self._open.update((client, upstream))
         threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
         self._pipe(client, upstream, True)
 
@@ -82,6 +111,15 @@ class FaultProxy:
         except OSError:
             pass
         for s in (src, dst):
+            with self._lock:
+                self._open.discard(s)
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+def _reset(s: socket.socket) -> None:
+    """Close ``s`` with a TCP reset (SO_LINGER 0), as a server that went away does."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()

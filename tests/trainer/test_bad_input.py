@@ -4,21 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import TINY, run_cli
+from trainer_jobs import TINY, error_of, run_cli
 
 
 def write_rows(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def error_of(result) -> str:
-    """The one error paragraph the CLI printed (the last ERROR log line), asserting there is no traceback."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    return errors[0]
 
 
 def assert_nothing_complete(tmp: Path) -> None:

@@ -195,6 +195,11 @@ def test_uris_are_parsed_once_into_typed_values_and_written_back_as_given(tmp_pa
         ({"model": {"source": "hf://justname"}}, r"spec\.model\.source: hf URI must look like hf://org/name"),
         ({"dataset": {"source": "gs://b/p"}}, r"spec\.dataset\.source: unsupported URI scheme 'gs'"),
         ({"model": {"source": 5}}, r"spec\.model\.source: must be a string, got 5"),
+        (
+            {"storage": {"uri": "s3://bucket/team-a/../team-b"}},
+            r"spec\.storage\.uri: s3 URI must not hold '\.', '\.\.' or empty segments",
+        ),
+        ({"model": {"source": "s3://bucket//models"}}, r"spec\.model\.source: s3 URI must not hold"),
     ],
 )
 def test_bad_uris_are_rejected_at_parse_time_naming_the_field(tmp_path, spec, message):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_jobs import CLI, TINY, job_doc, run_cli
+from trainer_jobs import CLI, TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 
 from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job
@@ -16,26 +16,6 @@ from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 
 pytestmark = pytest.mark.integration
-
-
-def upload_tree(server, bucket: str, local: Path, prefix: str) -> str:
-    client = server.client()
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-    return f"s3://{bucket}/{prefix}"
-
-
-def s3_job(tmp_path: Path, bucket: str, name: str = "t", **spec) -> Path:
-    import yaml
-
-    base = {
-        "output": {"uri": f"s3://{bucket}/models/{name}"},
-        "storage": {"uri": f"s3://{bucket}/work"},
-    }
-    doc = job_doc(tmp_path, name, **{**base, **spec})
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def test_whole_job_with_sources_work_and_output_on_s3(tmp_path, s3):
@@ -174,7 +154,7 @@ def test_interrupted_s3_export_completes_on_rerun_without_duplicates(tmp_path, s
         training={"maxSteps": 1},
         output={"uri": f"s3://{bucket}/models/m"},
     )
-    env = {**server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "AWS_MAX_ATTEMPTS": "2"}
+    env = {**server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "AWS_MAX_ATTEMPTS": "2", "PREFOPS_RETRY_SECONDS": "2"}
     assert run_cli("precompute", job, env=env).returncode == 0
     assert run_cli("train", job, env=env).returncode == 0
     port = int(server.endpoint.rsplit(":", 1)[1])
@@ -225,3 +205,45 @@ def test_transient_s3_errors_are_retried_with_backoff(tmp_path, s3):
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint
         storage._s3.cache_clear()
     assert flaky.throttled == 3, "three requests were answered 503 SlowDown, and the write still succeeded"
+
+
+def faulty(port: int, fault: str):
+    """A fault proxy in front of ``port``: every connection answered 503 SlowDown, or the server away (reset)."""
+    from support.faultproxy import FaultProxy
+
+    proxy = FaultProxy(port, throttle_first=10**6 if fault == "503 SlowDown" else 0)
+    if fault == "reset":
+        proxy.go_away()
+    return proxy
+
+
+@pytest.mark.parametrize("fault", ["503 SlowDown", "reset"])
+def test_an_s3_outage_that_outlasts_the_retries_exits_1_with_one_paragraph_not_2(tmp_path, s3, fault):
+    server, bucket = s3
+    model = upload_tree(server, bucket, TINY / "model", "base/tiny")
+    proxy = faulty(int(server.endpoint.rsplit(":", 1)[1]), fault)
+    env = {**server.env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2", "PREFOPS_RETRY_SECONDS": "10",
+           "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    result = run_cli("precompute", s3_job(tmp_path, bucket, model={"source": model}), env=env)
+    proxy.close()
+    error = error_of(result, code=1)
+    assert f"s3://{bucket}/base/tiny: still failing after" in error
+    assert "This is an outage, not a mistake in the job" in error
+    assert "retrying in" in result.stderr, "backed off and tried again"
+    assert proxy.throttled + proxy.refused > 2 * 2, "more connections than botocore's own two attempts make"
+
+
+@pytest.mark.parametrize("fault", ["503 SlowDown", "reset"])
+def test_a_hub_outage_is_retried_with_backoff_then_exits_1_not_2(tmp_path, tmp_job, fault):
+    from support.kube import free_port
+
+    proxy = faulty(free_port(), fault)  # nothing behind it: the Hub is never reached, nothing leaves the machine
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": proxy.endpoint, "HF_HOME": str(tmp_path / "hf"),
+           "PREFOPS_RETRY_SECONDS": "6"}  # fmt: skip
+    result = run_cli("precompute", tmp_job(model={"source": "hf://acme/tiny"}), env=env)
+    proxy.close()
+    error = error_of(result, code=1)
+    assert "spec.model.source: fetching hf://acme/tiny from the Hugging Face Hub: still failing after" in error
+    assert "This is an outage, not a mistake in the job" in error
+    assert result.stderr.count("retrying in") >= 2
+    assert proxy.throttled + proxy.refused >= 3

@@ -1,8 +1,9 @@
 """``prefops-trainer``: run a whole job locally, or one phase as the operator's pods do.
 
 Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
-Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache) and a retry cannot help;
-anything else is a crash a retry may cure. The reason also goes to ``/dev/termination-log`` when it exists,
+Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache, data in storage that fails an
+integrity check) and a retry cannot help; 1 with one paragraph: an outage of storage or the Hub outlasted the
+retries; anything else is a crash a retry may cure. The reason also goes to ``/dev/termination-log`` when it exists,
 where Kubernetes shows it in the pod's status.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import UserError
+from .core.errors import TransientError, UserError
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = COMMANDS[args.command](job, args)
     except UserError as e:
         _fail(str(e), UserError.exit_code)
+    except TransientError as e:
+        _fail(str(e), TransientError.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:

@@ -1,0 +1,141 @@
+"""Whatever comes back from object storage is untrusted input (issue 11), tried against the real S3 server: keys that
+would escape their folder, objects replaced behind a local copy, tampered checkpoints and reference-cache shards."""
+
+import json
+from pathlib import Path
+
+import pytest
+from trainer_jobs import TINY, error_of, job_doc, run_cli, s3_job, upload_tree
+
+from prefops_trainer.core.errors import IntegrityError
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.inputs import load_inputs
+
+pytestmark = pytest.mark.integration
+
+PAYLOAD = b"import os; os.system('echo a .pth file in site-packages runs in every rank')\n"
+
+
+def escaped(tmp_path: Path) -> list[Path]:
+    """Files the attack's object would have become, anywhere under the test's folder."""
+    return sorted(tmp_path.rglob("escaped*.pth"))
+
+
+def evil_keys(tmp_path: Path) -> dict[str, str]:
+    """Relative keys that leave their folder: up and out (to ``tmp_path`` from ``cache/sources/<hash>/``), an
+    absolute path (into ``tmp_path``), and an empty segment."""
+    return {
+        "dot-dot": "../../../escaped-up.pth",
+        "leading-slash": f"{str(tmp_path).lstrip('/')}/escaped-abs.pth".join(["/", ""]),
+        "empty-segment": "sub//escaped-empty.pth",
+    }
+
+
+@pytest.mark.parametrize("shape", ["dot-dot", "leading-slash", "empty-segment"])
+def test_a_model_key_that_would_leave_its_folder_is_refused_by_name_and_nothing_is_copied(tmp_path, s3, shape):
+    server, bucket = s3
+    model = upload_tree(server, bucket, TINY / "model", "base/tiny")
+    evil = evil_keys(tmp_path)[shape]
+    server.client().put_object(Bucket=bucket, Key=f"base/tiny/{evil}", Body=PAYLOAD)
+    cache = tmp_path / "cache"
+    job = s3_job(tmp_path, bucket, model={"source": model})
+    error = error_of(run_cli("precompute", job, env={**server.env, "PREFOPS_CACHE_DIR": str(cache)}))
+    assert f"refusing the object 's3://{bucket}/base/tiny/{evil}'" in error
+    assert "outside the folder" in error
+    assert escaped(tmp_path) == [], "the object became a file"
+    assert not [p for p in (cache / "sources").rglob("*") if p.is_file()], "nothing at all was copied"
+
+
+def test_a_dataset_folder_and_a_reward_model_with_such_a_key_are_refused_too(tmp_path, s3, monkeypatch):
+    from prefops_trainer.adapters.data import load_split
+    from prefops_trainer.adapters.modelio import model_dir
+    from prefops_trainer.core.spec import DatasetSpec, RewardModelSpec
+
+    server, bucket = s3
+    monkeypatch.setenv("PREFOPS_CACHE_DIR", str(tmp_path / "cache"))
+    client = server.client()
+    client.upload_file(str(TINY / "prefs.jsonl"), bucket, "data/prefs/train.jsonl")
+    client.put_object(Bucket=bucket, Key="data/prefs/../../../escaped-data.pth", Body=PAYLOAD)
+    with pytest.raises(IntegrityError, match=rf"refusing the object 's3://{bucket}/data/prefs/\.\./\.\./\.\./escaped"):
+        load_split(DatasetSpec(source=f"s3://{bucket}/data/prefs"))
+    reward = upload_tree(server, bucket, TINY / "reward-model", "judges/rm")
+    client.put_object(Bucket=bucket, Key="judges/rm/../../../escaped-reward.pth", Body=PAYLOAD)
+    with pytest.raises(IntegrityError, match=rf"refusing the object 's3://{bucket}/judges/rm/\.\./"):
+        model_dir(RewardModelSpec(source=reward), field="spec.rewardModel.source")
+    assert escaped(tmp_path) == []
+
+
+def test_an_export_refuses_such_a_key_under_trained_and_publishes_nothing(tmp_path, s3):
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 1})
+    env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    assert run_cli("train", job, env=env).returncode == 0
+    trained = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("/trained/prefops-trained.json"))
+    prefix = trained.rsplit("/", 1)[0]
+    server.client().put_object(Bucket=bucket, Key=f"{prefix}/../../../../../../escaped-trained.pth", Body=PAYLOAD)
+    error = error_of(run_cli("export", job, env=env))
+    assert f"refusing the object 's3://{bucket}/{prefix}/../../../../../../escaped-trained.pth'" in error
+    assert escaped(tmp_path) == []
+    assert server.keys(bucket, "models/") == [], "nothing was published"
+
+
+def test_an_object_replaced_by_one_of_the_same_size_is_fetched_again_and_the_cache_key_follows(
+    tmp_path, s3, monkeypatch
+):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    server, bucket = s3
+    monkeypatch.setenv("PREFOPS_CACHE_DIR", str(tmp_path / "cache"))
+    model = upload_tree(server, bucket, TINY / "model", "base/tiny")
+    server.client().upload_file(str(TINY / "prefs.jsonl"), bucket, "data/prefs.jsonl")
+    doc = job_doc(tmp_path, model={"source": model}, dataset={"source": f"s3://{bucket}/data/prefs.jsonl"})
+
+    def key_and_copies():
+        inputs = load_inputs(parse_job(doc))
+        data_copy = next((tmp_path / "cache" / "sources").rglob("prefs.jsonl"))
+        return inputs.ref_cache("train").key, inputs.model_path, data_copy
+
+    first, model_copy, _ = key_and_copies()
+    weights = load_file(TINY / "model" / "model.safetensors")
+    weights["lm_head.weight"][0, 0] += torch.tensor(1.0)
+    changed = tmp_path / "model.safetensors"
+    save_file(weights, changed, metadata={"format": "pt"})
+    assert changed.stat().st_size == (TINY / "model" / "model.safetensors").stat().st_size
+    server.client().upload_file(str(changed), bucket, "base/tiny/model.safetensors")
+    second, _, _ = key_and_copies()
+    assert (model_copy / "model.safetensors").read_bytes() == changed.read_bytes(), "the new weights were fetched"
+    assert second != first, "the cache key is computed from the fresh copy"
+
+    rows = (TINY / "prefs.jsonl").read_text()
+    edited = rows.replace(" two .", " too .", 1)
+    assert len(edited) == len(rows) and edited != rows
+    server.client().put_object(Bucket=bucket, Key="data/prefs.jsonl", Body=edited.encode())
+    third, _, data_copy = key_and_copies()
+    assert data_copy.read_text() == edited and third not in (first, second)
+
+    tampered = bytearray((model_copy / "model.safetensors").read_bytes())
+    tampered[-1] ^= 0xFF
+    (model_copy / "model.safetensors").write_bytes(bytes(tampered))
+    assert key_and_copies()[0] == third, "a local copy edited in place is not taken for current"
+    assert (model_copy / "model.safetensors").read_bytes() == changed.read_bytes()
+
+
+def test_keys_are_checked_segment_by_segment():
+    from prefops_trainer.core.integrity import key_problem
+
+    assert [key_problem(k) for k in ("model.safetensors", "global_step4/mp_rank_00_model_states.pt", "a..b/c")] == [
+        None,
+        None,
+        None,
+    ]
+    assert key_problem("../x") == "has a '..' segment"
+    assert key_problem("a/./x") == "has a '.' segment"
+    assert key_problem("/etc/x") == "begins with '/'"
+    assert key_problem("a//x") == key_problem("a/") == "has an empty segment ('//' or a trailing '/')"
+    assert key_problem("a\\..\\x") == "holds a backslash or a NUL byte"
+
+
+def manifest_of(server, bucket: str, prefix: str) -> dict:
+    return json.loads(server.get(bucket, f"{prefix}/manifest.json"))
