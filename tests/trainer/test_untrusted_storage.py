@@ -65,19 +65,24 @@ def test_a_dataset_folder_and_a_reward_model_with_such_a_key_are_refused_too(tmp
     assert escaped(tmp_path) == []
 
 
-def test_an_export_refuses_such_a_key_under_trained_and_publishes_nothing(tmp_path, s3):
+def test_such_a_key_under_trained_or_a_checkpoint_is_refused_and_nothing_is_published_or_resumed(tmp_path, s3):
     server, bucket = s3
-    job = s3_job(tmp_path, bucket, training={"maxSteps": 1})
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 1, "checkpointEverySteps": 1})
     env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
     assert run_cli("precompute", job, env=env).returncode == 0
     assert run_cli("train", job, env=env).returncode == 0
-    trained = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("/trained/prefops-trained.json"))
-    prefix = trained.rsplit("/", 1)[0]
-    server.client().put_object(Bucket=bucket, Key=f"{prefix}/../../../../../../escaped-trained.pth", Body=PAYLOAD)
+    run = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("/trained/prefops-trained.json"))
+    run = run.removesuffix("/trained/prefops-trained.json")
+    up = "../" * 8
+    server.client().put_object(Bucket=bucket, Key=f"{run}/trained/{up}escaped-trained.pth", Body=PAYLOAD)
     error = error_of(run_cli("export", job, env=env))
-    assert f"refusing the object 's3://{bucket}/{prefix}/../../../../../../escaped-trained.pth'" in error
-    assert escaped(tmp_path) == []
+    assert f"refusing the object 's3://{bucket}/{run}/trained/{up}escaped-trained.pth'" in error
     assert server.keys(bucket, "models/") == [], "nothing was published"
+
+    server.client().put_object(Bucket=bucket, Key=f"{run}/checkpoints/checkpoint-1/{up}escaped-ckpt.pth", Body=PAYLOAD)
+    error = error_of(run_cli("train", job, env={**env, "PREFOPS_CACHE_DIR": str(tmp_path / "other-node")}))
+    assert f"refusing the object 's3://{bucket}/{run}/checkpoints/checkpoint-1/{up}escaped-ckpt.pth'" in error
+    assert escaped(tmp_path) == []
 
 
 def test_an_object_replaced_by_one_of_the_same_size_is_fetched_again_and_the_cache_key_follows(
@@ -139,3 +144,52 @@ def test_keys_are_checked_segment_by_segment():
 
 def manifest_of(server, bucket: str, prefix: str) -> dict:
     return json.loads(server.get(bucket, f"{prefix}/manifest.json"))
+
+
+class Unpickled:
+    """What an attacker's pickle does when it is loaded: here, leave a mark."""
+
+    def __init__(self, mark: Path) -> None:
+        self.mark = mark
+
+    def __reduce__(self):
+        return Path.write_text, (self.mark, "a checkpoint file from storage was unpickled")
+
+
+@pytest.mark.distributed
+def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickled(tmp_path, s3):
+    import hashlib
+    import pickle
+
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, resources={"gpusPerNode": 0, "processesPerNode": 2},
+                 training={"maxSteps": 2, "checkpointEverySteps": 2, "perDeviceBatchSize": 4,
+                           "deepspeed": {"stage": 2}})  # fmt: skip
+    env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "node-a")}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    result = run_cli("train", job, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    marker_key = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("checkpoint-2/prefops-complete.json"))
+    prefix = marker_key.rsplit("/", 1)[0]
+    marker = json.loads(server.get(bucket, marker_key))
+    stored = {k[len(prefix) + 1 :] for k in server.keys(bucket, prefix + "/")} - {"prefops-complete.json"}
+    assert set(marker["files"]) == stored, "every file of every rank is recorded"
+    assert any("zero_pp_rank_1" in f for f in stored), "rank 1's partition among them"
+    for rel, digest in marker["files"].items():
+        assert hashlib.sha256(server.get(bucket, f"{prefix}/{rel}")).hexdigest() == digest, rel
+
+    result = run_cli("train", job, env={**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "node-b")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint-2" in result.stderr, "untouched, it is fetched, checked and resumed from"
+
+    newest = max((k for k in server.keys(bucket, "work/jobs/") if k.endswith("/prefops-complete.json")),
+                 key=lambda k: int(k.split("checkpoint-")[1].split("/")[0]))  # fmt: skip
+    prefix = newest.rsplit("/", 1)[0]
+    states = next(k[len(prefix) + 1 :] for k in server.keys(bucket, prefix + "/") if k.endswith("model_states.pt"))
+    mark = tmp_path / "unpickled"
+    server.client().put_object(Bucket=bucket, Key=f"{prefix}/{states}", Body=pickle.dumps(Unpickled(mark)))
+    result = run_cli("train", job, env={**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "node-c")})
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"s3://{bucket}/{prefix} does not match its completion marker ({states}: sha256" in last, last
+    assert not mark.exists(), "the replaced file was unpickled"

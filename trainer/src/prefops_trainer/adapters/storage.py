@@ -14,6 +14,7 @@ by another of the same size is fetched again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -228,16 +229,25 @@ def download_dir(uri: Uri, local: Path, only: frozenset[str] | None = None) -> P
     for rel, remote in sorted(files.items()):
         dest = _inside(root, rel, uri)
         if not index.current(rel, remote, dest):
-            _fetch(uri.join(rel), dest)
+            fetch_file(uri.join(rel), dest)
             index.record(rel, remote, dest)
     for stale in [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in files]:
-        if not _is_part(stale):  # another process's fetch in flight
+        if not is_part(stale):  # another process's fetch in flight
             stale.unlink()
     return local
 
 
-def _is_part(path: Path) -> bool:
+def is_part(path: Path) -> bool:
+    """Whether ``path`` is a fetch in flight (:func:`fetch_file`'s temporary file)."""
     return path.name.startswith(".") and path.name.endswith(".part")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * 2**20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def download_file(uri: Uri, dest: Path) -> Path:
@@ -245,7 +255,7 @@ def download_file(uri: Uri, dest: Path) -> Path:
     remote = _retried("looking up", uri, lambda: _remote_file(fs(uri).info(uri.path)))
     index = _Copies(local_dir(dest.parent))
     if not index.current(dest.name, remote, dest):
-        _fetch(uri, dest)
+        fetch_file(uri, dest)
         index.record(dest.name, remote, dest)
     return dest
 
@@ -257,8 +267,9 @@ def _inside(root: Path, rel: str, uri: Uri) -> Path:
     return dest
 
 
-def _fetch(uri: Uri, dest: Path) -> None:
-    """Copy one object to ``dest`` through a temporary file of its own (ranks fetching at once do not collide)."""
+def fetch_file(uri: Uri, dest: Path) -> None:
+    """Copy one object to ``dest`` through a temporary file of its own (ranks fetching at once do not collide); the
+    caller has made sure ``dest`` is where it belongs."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)

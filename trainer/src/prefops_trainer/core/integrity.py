@@ -6,6 +6,7 @@ recorded when they were written (a checkpoint's completion marker, the reference
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from .errors import IntegrityError
@@ -44,6 +45,23 @@ def check_file_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not name or "/" in name or key_problem(name) is not None:
         raise IntegrityError(f"{where}: names the file {name!r}, which is not a plain file name inside its folder")
     return name
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def file_table(doc: object, where: str) -> dict[str, str]:
+    """A record's ``{relative path: sha256}`` table, checked: a non-empty mapping, every path a relative key that
+    stays inside its folder, every digest 64 lowercase hex digits; :class:`IntegrityError` naming ``where`` else."""
+    if not isinstance(doc, dict) or not doc:
+        raise IntegrityError(f"{where}: has no table of files and checksums; nothing it describes is loaded")
+    for rel, digest in doc.items():
+        why = key_problem(rel) if isinstance(rel, str) and rel else "is empty or not a string"
+        if why is not None:
+            raise IntegrityError(f"{where}: lists the file {rel!r}, whose path {why}; nothing it describes is loaded")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise IntegrityError(f"{where}: the checksum of {rel!r} is not a sha256 ({digest!r:.80})")
+    return dict(doc)
 
 
 def mismatches(recorded: Mapping[str, str], found: Mapping[str, str]) -> list[str]:

@@ -59,7 +59,7 @@ def _trainer(
 
 
 def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Report) -> None:
-    resume = checkpoints.newest(local_ckpt, inputs.ws.checkpoints)
+    resume = _resume_point(inputs, local_ckpt)
     if resume:
         log.info("resuming from %s", resume.name)
         report["resumedFrom"] = resume.name
@@ -68,6 +68,19 @@ def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Repor
     report["steps"] = result.global_step
     report["metrics"] = summarize(trainer.state.log_history, steps_per_epoch)
     report["logHistory"] = [h for h in trainer.state.log_history if "loss" in h]
+
+
+def _resume_point(inputs: Inputs, local_ckpt: Path) -> Path | None:
+    """The newest complete checkpoint (rank 0 picks it), fetched and checked against its marker by one process per
+    node before any rank loads it."""
+    remote = inputs.ws.checkpoints
+    found = distributed.from_rank_zero(
+        checkpoints.newest(local_ckpt, remote, inputs.ws.run) if distributed.rank() == 0 else None
+    )
+    if found and distributed.local_share()[0] == 0:
+        checkpoints.fetch_verified(local_ckpt, remote, *found)
+    distributed.barrier()
+    return local_ckpt / found[0] if found else None
 
 
 def _save_trained(inputs: Inputs, trainer: Any) -> None:

@@ -42,7 +42,7 @@ def build(
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
     if spec.algorithm.info.online:
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
-    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep)
+    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep, inputs.ws.run)
     trainer = trl_bridge.trainer_class(base, columns)(
         model=model,
         args=args,
