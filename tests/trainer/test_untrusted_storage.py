@@ -1,6 +1,7 @@
 """Whatever comes back from object storage is untrusted input (issue 11), tried against the real S3 server: keys that
 would escape their folder, objects replaced behind a local copy, tampered checkpoints and reference-cache shards."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from trainer_jobs import TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 from prefops_trainer.core.errors import IntegrityError
 from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
+from prefops_trainer.phases import precompute as precompute_phase
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +160,6 @@ class Unpickled:
 
 @pytest.mark.distributed
 def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickled(tmp_path, s3):
-    import hashlib
     import pickle
 
     server, bucket = s3
@@ -193,3 +194,59 @@ def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickl
     last = result.stderr.strip().splitlines()[-1]
     assert f"s3://{bucket}/{prefix} does not match its completion marker ({states}: sha256" in last, last
     assert not mark.exists(), "the replaced file was unpickled"
+
+
+def rewritten_shard(server, bucket: str, key: str, shift: float) -> bytes:
+    """The Parquet shard at ``key`` with every chosen log-prob moved by ``shift``: well-formed, other numbers."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(server.get(bucket, key)))
+    chosen = pa.array([v + shift for v in table.column("ref_chosen_logps").to_pylist()], pa.float32())
+    out = io.BytesIO()
+    pq.write_table(table.set_column(1, "ref_chosen_logps", chosen), out)
+    return out.getvalue()
+
+
+def test_a_tampered_cache_shard_is_refused_naming_it_and_nothing_trains(tmp_path, s3):
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, reference={"workers": 2, "verifySamples": 0})  # the checksums cover every row
+    env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
+    for shard in ("0", "1"):
+        assert run_cli("precompute", job, "--shard", shard, env=env).returncode == 0
+    cache = next(k for k in server.keys(bucket, "work/refcache/") if k.endswith("manifest.json")).rsplit("/", 1)[0]
+    shards = manifest_of(server, bucket, cache)["shards"]
+    assert [s["name"] for s in shards] == ["shard-00000-of-00002.parquet", "shard-00001-of-00002.parquet"]
+    assert [s["rows"] for s in shards] == [32, 32]
+    for s in shards:
+        assert hashlib.sha256(server.get(bucket, f"{cache}/{s['name']}")).hexdigest() == s["sha256"]
+
+    key = f"{cache}/shard-00001-of-00002.parquet"
+    server.client().put_object(Bucket=bucket, Key=key, Body=rewritten_shard(server, bucket, key, -5.0))
+    error = error_of(run_cli("train", job, env=env))
+    assert f"reference cache s3://{bucket}/{cache}: shard-00001-of-00002.parquet has sha256 " in error
+    assert "it was altered after the cache was written, and is not used" in error
+    assert not [k for k in server.keys(bucket, "work/jobs/") if "/checkpoints/" in k or "/trained/" in k]
+
+
+def test_shard_names_are_taken_from_the_manifest_only_inside_the_cache_folder(tmp_path, s3, monkeypatch):
+    server, bucket = s3
+    monkeypatch.setenv("PREFOPS_CACHE_DIR", str(tmp_path / "cache"))
+    store = {"storage": {"uri": f"s3://{bucket}/work"}}
+    ours = load_inputs(parse_job(job_doc(tmp_path, "a", **store)))
+    theirs = load_inputs(parse_job(job_doc(tmp_path, "b", dataset={"maxLength": 48}, **store)))
+    for inputs in (ours, theirs):
+        precompute_phase.run(inputs)
+    cache, other = ours.ref_cache("train"), theirs.ref_cache("train")
+    doc = manifest_of(server, bucket, cache.root.path.split("/", 1)[1])
+    doc["shards"][0]["name"] = f"../{other.key}/shard-00000-of-00001.parquet"
+    doc["shards"][0]["sha256"] = hashlib.sha256(
+        server.get(bucket, f"work/refcache/{other.key}/shard-00000-of-00001.parquet")
+    ).hexdigest()
+    server.client().put_object(
+        Bucket=bucket, Key=f"work/refcache/{cache.key}/manifest.json", Body=json.dumps(doc).encode()
+    )
+    with pytest.raises(IntegrityError, match=rf"manifest\.json: shards\[0\]: names the file '\.\./{other.key}/shard"):
+        cache.load()

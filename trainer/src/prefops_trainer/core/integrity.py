@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeGuard
 
 from .errors import IntegrityError
 
@@ -50,6 +51,10 @@ def check_file_name(name: object, where: str) -> str:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_sha256(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and _SHA256.match(value) is not None
+
+
 def file_table(doc: object, where: str) -> dict[str, str]:
     """A record's ``{relative path: sha256}`` table, checked: a non-empty mapping, every path a relative key that
     stays inside its folder, every digest 64 lowercase hex digits; :class:`IntegrityError` naming ``where`` else."""
@@ -59,7 +64,7 @@ def file_table(doc: object, where: str) -> dict[str, str]:
         why = key_problem(rel) if isinstance(rel, str) and rel else "is empty or not a string"
         if why is not None:
             raise IntegrityError(f"{where}: lists the file {rel!r}, whose path {why}; nothing it describes is loaded")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
+        if not is_sha256(digest):
             raise IntegrityError(f"{where}: the checksum of {rel!r} is not a sha256 ({digest!r:.80})")
     return dict(doc)
 
