@@ -1,8 +1,9 @@
 """A TCP proxy in front of a real server that injects real network faults: the first N connections are
 answered ``503 SlowDown`` (S3's throttling reply), every connection is cut once a byte budget has been
-forwarded (a link that dies mid-upload), or the server is away for a while (:meth:`FaultProxy.go_away`: open
-connections are cut and new ones reset until :meth:`FaultProxy.come_back`). Clients see genuine HTTP errors and
-resets, nothing is mocked."""
+forwarded (a link that dies mid-upload), the server is away for a while (:meth:`FaultProxy.go_away`: open
+connections are cut and new ones reset until :meth:`FaultProxy.come_back`), or every request after the first N
+writes under a prefix is held unanswered (a client frozen at that exact point, to be killed there). Clients see
+genuine HTTP errors and resets, nothing is mocked."""
 
 from __future__ import annotations
 
@@ -33,10 +34,15 @@ class FaultProxy:
     requests: list[bytes] = field(default_factory=list)  # first line of every proxied request
     away: bool = False  # the server is away: connections are reset
     refused: int = 0  # connections reset while away
+    hold_after_writes: int | None = None  # once this many PUT/POST under write_prefix went through, hold the rest
+    write_prefix: bytes = b"/"
+    writes: int = 0
+    held: list[bytes] = field(default_factory=list)  # first line of every request held unanswered
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._release = threading.Event()
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -51,6 +57,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._release.set()
         self._server.close()
 
     def go_away(self) -> None:
@@ -102,11 +109,27 @@ class FaultProxy:
             while data := src.recv(65536):
                 if count:
                     with self._lock:
-                        if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE"):
-                            self.requests.append(data.split(b"\r\n", 1)[0])
+                        line = (
+                            data.split(b"\r\n", 1)[0]
+                            if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE")
+                            else None
+                        )
+                        hold = (
+                            line is not None
+                            and self.hold_after_writes is not None
+                            and self.writes >= self.hold_after_writes
+                        )
+                        if hold:
+                            self.held.append(line)
+                        elif line is not None:
+                            self.requests.append(line)
+                            self.writes += line.startswith((b"PUT ", b"POST")) and self.write_prefix in line
                         self.forwarded += len(data)
                         if self.cut:
                             break
+                    if hold:
+                        self._release.wait()  # never answered: the client waits until it is killed
+                        break
                 dst.sendall(data)
         except OSError:
             pass

@@ -163,7 +163,7 @@ def test_interrupted_s3_export_completes_on_rerun_without_duplicates(tmp_path, s
     dying.close()
     assert result.returncode == 1, result.stderr[-2000:]
     assert "models/m/prefops.json" not in server.keys(bucket, "models/m/"), "no manifest: the model is incomplete"
-    arrived = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")} - {".prefops-upload.json"}
+    arrived = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")}
     assert arrived and "model.safetensors" not in arrived
     assert server.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill left a multipart upload"
 
@@ -247,3 +247,61 @@ def test_a_hub_outage_is_retried_with_backoff_then_exits_1_not_2(tmp_path, tmp_j
     assert "This is an outage, not a mistake in the job" in error
     assert result.stderr.count("retrying in") >= 2
     assert proxy.throttled + proxy.refused >= 3
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def put_keys(requests: list[bytes], prefix: str) -> set[str]:
+    """Keys under ``prefix`` that the proxied requests wrote to (PUT, or POST of a multipart upload)."""
+    lines = [r.decode() for r in list(requests) if r.startswith((b"PUT", b"POST"))]
+    paths = {line.split(" ")[1].split("?")[0] for line in lines}
+    return {p.split(prefix, 1)[1] for p in paths if prefix in p}
+
+
+def test_an_export_killed_mid_upload_publishes_nothing_and_its_rerun_sends_only_what_had_not_arrived(tmp_path, s3):
+    from support.faultproxy import FaultProxy
+
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, model={"source": str(medium_model(tmp_path / "medium"))}, training={"maxSteps": 1},
+                 output={"uri": f"s3://{bucket}/models/m"})  # fmt: skip
+    env = {**os.environ, **server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "PREFOPS_METRICS_PORT": "off"}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    assert run_cli("train", job, env=env).returncode == 0
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    # three writes under the model's prefix go through; the export is frozen on the next request and killed there
+    first = FaultProxy(port, hold_after_writes=3, write_prefix=f"/{bucket}/models/m/".encode())
+    proc = subprocess.Popen([*CLI, "export", str(job)], env={**env, "AWS_ENDPOINT_URL": first.endpoint},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: first.held or proc.poll() is not None, timeout=300, what="the export to reach the 4th write")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        first.close()
+    assert proc.returncode == -signal.SIGKILL, "killed while uploading, not finished"
+    stored = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")}
+    assert "prefops.json" not in stored, "no manifest: the model does not look complete"
+    arrived = stored
+    assert arrived and "model.safetensors" not in arrived, "some files, not the weights, had arrived before the kill"
+
+    watching = FaultProxy(port)
+    result = run_cli("export", job, env={**env, "AWS_ENDPOINT_URL": watching.endpoint})
+    watching.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    sent_again = put_keys(watching.requests, "models/m/")
+    assert not (sent_again & arrived), f"re-sent files that had arrived: {sorted(sent_again & arrived)}"
+    assert "model.safetensors" in sent_again
+    manifest = json.loads(server.get(bucket, "models/m/prefops.json"))
+    assert {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")} == {
+        f["path"] for f in manifest["files"]
+    } | {"prefops.json"}
+    import hashlib
+
+    for f in manifest["files"]:
+        assert hashlib.sha256(server.get(bucket, f"models/m/{f['path']}")).hexdigest() == f["sha256"], f["path"]

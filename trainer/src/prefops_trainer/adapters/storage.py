@@ -127,12 +127,30 @@ def list_names(uri: Uri) -> list[str]:
     return _retried("listing", uri, names)
 
 
-def upload_file(local: Path, uri: Uri) -> None:
-    """Copy one local file to ``uri``; on S3 large files go up in multipart chunks."""
+def upload_file(local: Path, uri: Uri, sha256: str | None = None) -> None:
+    """Copy one local file to ``uri``; on S3 large files go up in multipart chunks. ``sha256``, when given, is
+    stored with the object (S3 user metadata ``x-amz-meta-sha256``), for :func:`stored_sha256`."""
     if uri.is_local:
         _copy_local(local, uri)
     else:
-        _retried("uploading to", uri, lambda: fs(uri).put_file(str(local), uri.path, chunksize=PART_SIZE))
+        meta = {"Metadata": {"sha256": sha256}} if sha256 else {}
+        _retried("uploading to", uri, lambda: fs(uri).put_file(str(local), uri.path, chunksize=PART_SIZE, **meta))
+
+
+def stored_sha256(uri: Uri) -> str | None:
+    """The sha256 of the file at ``uri``: on S3 the one it was uploaded with (None when it carries none), locally its
+    content's; None when there is no file. An S3 object appears whole or not at all, with its metadata."""
+    if uri.is_local:
+        return sha256_file(Path(uri.path)) if Path(uri.path).is_file() else None
+
+    def head() -> str | None:
+        try:
+            found: dict[str, str] = fs(uri).metadata(uri.path)
+        except FileNotFoundError:
+            return None
+        return found.get("sha256")
+
+    return _retried("looking up", uri, head)
 
 
 def _copy_local(local: Path, uri: Uri) -> None:
