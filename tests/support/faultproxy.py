@@ -1,9 +1,12 @@
-"""A TCP proxy in front of a real server that injects real network faults: the first N connections are
-answered ``503 SlowDown`` (S3's throttling reply), every connection is cut once a byte budget has been
-forwarded (a link that dies mid-upload), the server is away for a while (:meth:`FaultProxy.go_away`: open
-connections are cut and new ones reset until :meth:`FaultProxy.come_back`), or every request after the first N
-writes under a prefix is held unanswered (a client frozen at that exact point, to be killed there). Clients see
-genuine HTTP errors and resets, nothing is mocked."""
+"""A TCP proxy in front of a real server that injects real network faults, with nothing mocked:
+
+- the first N connections are answered ``503 SlowDown`` (S3's throttling reply);
+- every connection is cut once a byte budget has been forwarded (a link that dies mid-upload);
+- the server goes away (:meth:`FaultProxy.go_away`, or at the first request for a key, ``away_at``): open
+  connections are cut and new ones reset until :meth:`FaultProxy.come_back`;
+- every request after the first N writes under a prefix is held unanswered (a client frozen at that exact point,
+  to be killed there).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 from .kube import free_port
@@ -38,6 +42,8 @@ class FaultProxy:
     write_prefix: bytes = b"/"
     writes: int = 0
     held: list[bytes] = field(default_factory=list)  # first line of every request held unanswered
+    away_at: bytes | None = None  # go away (see go_away) on the first request whose first line holds this
+    went_away_at: float | None = None  # time.monotonic() when away_at struck
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,29 +113,11 @@ class FaultProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
             while data := src.recv(65536):
-                if count:
-                    with self._lock:
-                        line = (
-                            data.split(b"\r\n", 1)[0]
-                            if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE")
-                            else None
-                        )
-                        hold = (
-                            line is not None
-                            and self.hold_after_writes is not None
-                            and self.writes >= self.hold_after_writes
-                        )
-                        if hold:
-                            self.held.append(line)
-                        elif line is not None:
-                            self.requests.append(line)
-                            self.writes += line.startswith((b"PUT ", b"POST")) and self.write_prefix in line
-                        self.forwarded += len(data)
-                        if self.cut:
-                            break
-                    if hold:
-                        self._release.wait()  # never answered: the client waits until it is killed
-                        break
+                verdict = self._note(data) if count else "forward"
+                if verdict == "hold":
+                    self._release.wait()  # never answered: the client waits until it is killed
+                if verdict != "forward":
+                    break
                 dst.sendall(data)
         except OSError:
             pass
@@ -139,6 +127,27 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+    def _note(self, data: bytes) -> str:
+        """Account for a chunk from the client and say what becomes of it: forward, hold, or cut."""
+        line = data.split(b"\r\n", 1)[0] if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE") else None
+        with self._lock:
+            self.forwarded += len(data)
+            if line is not None and self.away_at is not None and self.away_at in line:
+                self.away_at, self.went_away_at = None, time.monotonic()
+                trigger = True
+            else:
+                trigger = False
+            hold = line is not None and self.hold_after_writes is not None and self.writes >= self.hold_after_writes
+            if hold:
+                self.held.append(line)
+            elif line is not None:
+                self.requests.append(line)
+                self.writes += line.startswith((b"PUT ", b"POST")) and self.write_prefix in line
+        if trigger:
+            self.go_away()
+            return "cut"
+        return "hold" if hold else "cut" if self.cut else "forward"
 
 
 def _reset(s: socket.socket) -> None:

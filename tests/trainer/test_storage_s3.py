@@ -305,3 +305,57 @@ def test_an_export_killed_mid_upload_publishes_nothing_and_its_rerun_sends_only_
 
     for f in manifest["files"]:
         assert hashlib.sha256(server.get(bucket, f"models/m/{f['path']}")).hexdigest() == f["sha256"], f["path"]
+
+
+#: How long S3 stays away: far longer than botocore's and s3fs's own quick retries, and than any retry without
+#: backoff, yet short enough for a test.
+OUTAGE_S = 45
+
+
+def test_s3_away_for_most_of_a_minute_during_a_checkpoint_upload_loses_nothing(tmp_path, s3):
+    import hashlib
+    import re
+
+    from support.faultproxy import FaultProxy
+
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 40, "checkpointEverySteps": 10, "checkpointsToKeep": 10,
+                                             "perDeviceBatchSize": 4})  # fmt: skip
+    env = {**os.environ, **server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache"), "PREFOPS_METRICS_PORT": "off"}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]), away_at=b"/checkpoints/checkpoint-10/")
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "train", str(job)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"})  # fmt: skip
+        try:
+            wait_for(lambda: proxy.went_away_at is not None or proc.poll() is not None, 300, "checkpoint-10's upload")
+            wait_for(lambda: (time.monotonic() - proxy.went_away_at >= OUTAGE_S and proxy.refused >= 4) or
+                     proc.poll() is not None, OUTAGE_S + 120, "the outage")  # fmt: skip
+            proxy.come_back()
+            proc.wait(timeout=600)
+        finally:
+            proc.kill()
+            proxy.close()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    retries = [float(d) for d in re.findall(r"checkpoint-10/\S*: .*; retrying in ([\d.]+) s", text)]
+    assert len(retries) >= 3 and retries[-1] > 2 * retries[0], f"backed off, again and again: {retries}"
+    assert proxy.refused >= 4, "the trainer kept trying while S3 was away"
+
+    for step in (10, 20, 30, 40):  # nothing lost: every checkpoint whole, as its marker records it
+        prefix = next(
+            k for k in server.keys(bucket, "work/jobs/") if k.endswith(f"checkpoint-{step}/prefops-complete.json")
+        )
+        prefix = prefix.rsplit("/", 1)[0]
+        marker = json.loads(server.get(bucket, f"{prefix}/prefops-complete.json"))
+        assert set(marker["files"]) == {k[len(prefix) + 1 :] for k in server.keys(bucket, prefix + "/")} - {
+            "prefops-complete.json"
+        }
+        for rel, digest in marker["files"].items():
+            assert hashlib.sha256(server.get(bucket, f"{prefix}/{rel}")).hexdigest() == digest, rel
+    assert any(k.endswith("/trained/prefops-trained.json") for k in server.keys(bucket, "work/jobs/"))
+    report = json.loads(
+        server.get(bucket, next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("phases/train.json")))
+    )
+    assert report["steps"] == 40
