@@ -118,3 +118,12 @@ def test_a_checkpoint_of_another_run_copied_into_the_jobs_prefix_is_refused(tmp_
     error = error_of(run_cli("train", job))
     assert f"{ours / 'checkpoint-8'}: its completion marker says step 4 of run {theirs.parents[1].name!r}" in error
     assert "a checkpoint is resumed only from the job's own prefix" in error
+
+
+def test_a_checkpoint_whose_marker_records_no_checksums_is_passed_over(tmp_path, tmp_job):
+    job, ckpt = trained_with_checkpoints(tmp_path, tmp_job)
+    (ckpt / "prefops-complete.json").write_text(json.dumps({"step": 4}))  # as prefops wrote it before checksums
+    result = run_cli("train", job)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "has a marker without checksums (an older prefops wrote it); not resuming from it" in result.stderr
+    assert "resuming from checkpoint-2" in result.stderr

@@ -104,7 +104,10 @@ def newest(local: Path, remote: Uri, run: str) -> tuple[str, dict[str, str]] | N
     for step in complete_steps(state):
         name = f"checkpoint-{step}"
         where = remote.join(name)
-        doc = storage.read_json(where.join(MARKER))
+        try:
+            doc = storage.read_json(where.join(MARKER))
+        except ValueError as e:
+            raise IntegrityError(f"{where}/{MARKER}: not JSON ({e}); the checkpoint is not loaded") from e
         table = _checked_marker(doc, str(where), step, run)
         if table is not None:
             return name, table
@@ -113,7 +116,8 @@ def newest(local: Path, remote: Uri, run: str) -> tuple[str, dict[str, str]] | N
 
 
 def _checked_marker(doc: Any, where: str, step: int, run: str) -> dict[str, str] | None:
-    if not isinstance(doc, dict) or doc.get("format", 1) < FORMAT:
+    version = doc.get("format", 1) if isinstance(doc, dict) else None
+    if not isinstance(version, int) or version < FORMAT:
         return None
     if doc.get("run") != run or doc.get("step") != step:
         raise IntegrityError(

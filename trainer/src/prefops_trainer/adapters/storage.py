@@ -233,13 +233,11 @@ def upload_dir(local: Path, uri: Uri, skip: frozenset[str] = frozenset()) -> lis
     return sent
 
 
-def download_dir(uri: Uri, local: Path, only: frozenset[str] | None = None) -> Path:
-    """Make ``local`` a copy of the files under ``uri`` (of those named in ``only``, when given), fetching what is
-    not current, and deleting local files the copy does not hold. Every key is checked before anything is fetched:
-    one that would land outside ``local`` (``..``, an empty segment, a leading ``/``) raises IntegrityError."""
+def download_dir(uri: Uri, local: Path) -> Path:
+    """Make ``local`` a copy of the files under ``uri``, fetching what is not current, and deleting local files the
+    copy does not hold. Every key is checked before anything is fetched: one that would land outside ``local``
+    (``..``, an empty segment, a leading ``/``) raises IntegrityError."""
     files = remote_files(uri)
-    if only is not None:
-        files = {rel: f for rel, f in files.items() if rel in only}
     for rel in files:
         check_relative_key(rel, str(uri))
     root = local_dir(local).resolve()
