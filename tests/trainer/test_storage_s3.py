@@ -233,19 +233,24 @@ def test_an_s3_outage_that_outlasts_the_retries_exits_1_with_one_paragraph_not_2
     assert proxy.throttled + proxy.refused > 2 * 2, "more connections than botocore's own two attempts make"
 
 
-@pytest.mark.parametrize("fault", ["503 SlowDown", "reset"])
-def test_a_hub_outage_is_retried_with_backoff_then_exits_1_not_2(tmp_path, tmp_job, fault):
+@pytest.mark.parametrize(
+    ("fault", "source"),
+    [("503 SlowDown", "model"), ("reset", "model"), ("503 SlowDown", "dataset")],
+    ids=["model-503", "model-reset", "dataset-503"],
+)
+def test_a_hub_outage_is_retried_with_backoff_then_exits_1_not_2(tmp_path, tmp_job, fault, source):
     from support.kube import free_port
 
     proxy = faulty(free_port(), fault)  # nothing behind it: the Hub is never reached, nothing leaves the machine
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": proxy.endpoint, "HF_HOME": str(tmp_path / "hf"),
            "PREFOPS_RETRY_SECONDS": "6"}  # fmt: skip
-    result = run_cli("precompute", tmp_job(model={"source": "hf://acme/tiny"}), env=env)
+    result = run_cli("precompute", tmp_job(**{source: {"source": "hf://acme/tiny"}}), env=env)
     proxy.close()
     error = error_of(result, code=1)
-    assert "spec.model.source: fetching hf://acme/tiny from the Hugging Face Hub: still failing after" in error
+    what = "fetching" if source == "model" else "loading"
+    assert f"spec.{source}.source: {what} hf://acme/tiny from the Hugging Face Hub: still failing after" in error
     assert "This is an outage, not a mistake in the job" in error
-    assert result.stderr.count("retrying in") >= 2
+    assert result.stderr.lower().count("retrying in") >= 2, "backed off and tried again (ours, or the Hub client's)"
     assert proxy.throttled + proxy.refused >= 3
 
 
