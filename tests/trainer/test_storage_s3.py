@@ -364,3 +364,18 @@ def test_s3_away_for_most_of_a_minute_during_a_checkpoint_upload_loses_nothing(t
         server.get(bucket, next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("phases/train.json")))
     )
     assert report["steps"] == 40
+
+
+def test_a_train_rerun_replaces_a_stale_file_of_the_same_size_under_trained(tmp_path, s3):
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 2})
+    env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    assert run_cli("train", job, env=env).returncode == 0
+    key = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("/trained/adapter_model.safetensors"))
+    stale = bytearray(server.get(bucket, key))
+    stale[-1] ^= 0x01  # what an earlier attempt left: same size, other weights
+    server.client().put_object(Bucket=bucket, Key=key, Body=bytes(stale))
+    assert run_cli("train", job, env=env).returncode == 0
+    saved = next((tmp_path / "cache").rglob("trained/adapter_model.safetensors")).read_bytes()
+    assert server.get(bucket, key) == saved, "export would have published the stale weights"

@@ -199,11 +199,6 @@ def remote_files(uri: Uri) -> dict[str, RemoteFile]:
     return _retried("listing", uri, listing)
 
 
-def remote_sizes(uri: Uri) -> dict[str, int]:
-    """Relative path → size of every file under ``uri`` (recursively); empty when it does not exist."""
-    return {rel: f.size for rel, f in remote_files(uri).items()}
-
-
 def kind(uri: Uri) -> str | None:
     """``file`` or ``directory`` (a prefix with objects under it), or None when nothing is there."""
 
@@ -218,17 +213,17 @@ def kind(uri: Uri) -> str | None:
 
 
 def upload_dir(local: Path, uri: Uri, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Copy every file under ``local`` to ``uri``, skipping files already there with the same size.
+    """Copy every file under ``local`` to ``uri``, each with its sha256, skipping files already there with the same
+    sha256 (never by size alone: an earlier attempt may have left other content of the same size).
 
     Returns the relative paths uploaded. A re-run after an interruption only sends what is missing.
     """
-    have = remote_sizes(uri)
     sent = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        rel = path.relative_to(local).as_posix()
-        if rel in skip or have.get(rel) == path.stat().st_size:
+        rel, digest = path.relative_to(local).as_posix(), sha256_file(path)
+        if rel in skip or stored_sha256(uri.join(rel)) == digest:
             continue
-        upload_file(path, uri.join(rel))
+        upload_file(path, uri.join(rel), sha256=digest)
         sent.append(rel)
     return sent
 
