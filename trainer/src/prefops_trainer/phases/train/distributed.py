@@ -31,9 +31,18 @@ def _group() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _group_or_alone() -> bool:
+    """Whether there is a process group to talk through; without one this must be the only process."""
+    if _group():
+        return True
+    if world_size() > 1:
+        raise RuntimeError(f"{world_size()} processes but no process group: the ranks cannot agree")
+    return False
+
+
 def gather(obj: T) -> list[T]:
-    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
-    if not _group():
+    """``obj`` of every rank, in rank order (``[obj]`` when this is the only process)."""
+    if not _group_or_alone():
         return [obj]
     import torch.distributed as dist
 
@@ -43,8 +52,8 @@ def gather(obj: T) -> list[T]:
 
 
 def from_rank_zero(obj: T) -> T:
-    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group)."""
-    if not _group():
+    """Rank 0's ``obj`` on every rank (``obj`` itself when this is the only process)."""
+    if not _group_or_alone():
         return obj
     import torch.distributed as dist
 
