@@ -49,15 +49,7 @@ DIFFERENT_MECHANISM = {
 #: CRD path -> what the trainer's parser still lacks. The operator side landed first (issue 11); the trainer side
 #: follows. A field missing there is left out of the same-fields check; once the trainer declares it, its
 #: comparison below is a strict xfail that fails when it passes, so the entry must then go.
-AWAITING_TRAINER = {
-    # no CRD default until the trainer knows the field: the apiserver would write it into every rewardModel, and
-    # the trainer refuses fields it does not know; add `default: false` with the trainer side
-    "spec.rewardModel.trustRemoteCode": "the reward model's own trustRemoteCode (default false)",
-    "spec.resources.nodes": "upper bound 512",
-    "spec.resources.gpusPerNode": "upper bound 16",
-    "spec.reference.workers": "upper bound 256",
-    "spec.dataset.maxLength": "upper bound 131072",
-}
+AWAITING_TRAINER: dict[str, str] = {}
 
 
 def _awaiting(path: str) -> Any:

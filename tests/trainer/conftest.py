@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def s3(s3_server, monkeypatch, request):
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     storage._s3.cache_clear()
-    name = "b-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    digest = hashlib.sha256(request.node.name.encode()).hexdigest()[:8]  # parametrized tests get their own
+    name = "b-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + "-" + digest
     s3_server.create_bucket(name)
     yield s3_server, name
     storage._s3.cache_clear()

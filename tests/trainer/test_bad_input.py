@@ -1,24 +1,21 @@
 """Bad input: one clear paragraph naming the field, file or row; exit code 2; nothing left looking complete."""
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import TINY, run_cli
+import torch
+from trainer_jobs import TINY, error_of, job_doc, run_cli
+
+from prefops_trainer.core.hardware import Machine, problems
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.inputs import load_inputs
 
 
 def write_rows(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def error_of(result) -> str:
-    """The one error paragraph the CLI printed (the last ERROR log line), asserting there is no traceback."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    return errors[0]
 
 
 def assert_nothing_complete(tmp: Path) -> None:
@@ -189,3 +186,45 @@ def test_an_eval_split_of_a_single_file_is_refused_instead_of_evaluating_on_the_
     assert "prefs.jsonl: a single file holds one split, so spec.dataset.evalSplit 'test' cannot be read" in error
     assert "train.jsonl and test.jsonl" in error
     assert_nothing_complete(tmp_path)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available(),
+    reason="this machine has flash-attn and a GPU: nothing to refuse",
+)
+def test_flash_attention_2_where_it_cannot_run_exits_2_naming_the_field(tmp_path, tmp_job):
+    error = error_of(run_cli("run", tmp_job(model={"attnImplementation": "flash_attention_2"})))
+    assert "spec.model.attnImplementation: flash_attention_2 needs the flash-attn package and a CUDA GPU" in error
+    assert "Use sdpa, or auto" in error
+    assert_nothing_complete(tmp_path)
+
+
+def test_max_length_beyond_the_models_context_exits_2_naming_the_field(tmp_path, tmp_job):
+    error = error_of(run_cli("run", tmp_job(dataset={"maxLength": 512})))
+    assert "spec.dataset.maxLength: 512 is more than the model's context of 256 tokens" in error
+    assert f"(max_position_embeddings in {TINY / 'model'}/config.json)" in error
+    assert "Set maxLength to at most 256" in error
+    assert_nothing_complete(tmp_path)
+
+
+def test_bfloat16_is_refused_only_on_a_gpu_without_it():
+    def spec(**over):
+        return parse_job(job_doc(Path("/tmp"), **over)).spec
+
+    bf16 = spec(model={"dtype": "bfloat16"})
+    old_gpu, new_gpu, cpu = Machine(True, False, False), Machine(True, True, False), Machine(False, False, False)
+    assert problems(bf16, old_gpu, 256, "config.json") == [
+        "spec.model.dtype: bfloat16 asked, but this GPU cannot compute in bfloat16 (it predates Ampere). Use "
+        "float16 or float32, or auto (bfloat16 where the GPU supports it, else float32), or schedule the job on "
+        "newer GPUs"
+    ]
+    assert problems(bf16, new_gpu, 256, "config.json") == problems(bf16, cpu, 256, "config.json") == []
+    assert problems(spec(model={"dtype": "auto"}), old_gpu, 256, "config.json") == []
+    online = spec(algorithm={"name": "online-dpo"}, rewardModel={"source": str(TINY / "reward-model"),
+                  "dtype": "bfloat16"})  # fmt: skip
+    assert [p.split(":")[0] for p in problems(online, old_gpu, 256, "c")] == ["spec.rewardModel.dtype"]
+
+
+def test_bfloat16_on_a_cpu_is_accepted(tmp_path):
+    inputs = load_inputs(parse_job(job_doc(tmp_path, model={"dtype": "bfloat16"})))
+    assert inputs.dtype == "bfloat16" and inputs.load_model().dtype == torch.bfloat16

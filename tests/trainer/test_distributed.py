@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes (gloo), launched by the trainer through torchrun."""
 
+import hashlib
 import json
 
 import pytest
@@ -37,6 +38,7 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
     assert "[rank 1]" in result.stderr, "a second rank really ran"
     report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
     assert report["worldSize"] == 2 and report["steps"] == 4
+    assert report["verifiedRows"] == 8, "the cache was spot-checked against the model, partitioned or not"
     ckpt = next((tmp_path / "work").rglob("checkpoint-4"))
     assert list(ckpt.glob("global_step4/*zero_pp_rank_1*")), "each rank saved its ZeRO partition"
     from transformers import AutoModelForCausalLM
@@ -46,8 +48,10 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
 
 
 @pytest.mark.distributed
-def test_a_user_error_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job):
-    job = tmp_job(resources={"gpusPerNode": 0, "processesPerNode": 2}, training={"maxSteps": 2})
+@pytest.mark.parametrize("deepspeed", [None, {"stage": 3}], ids=["ddp", "zero3"])
+def test_a_stale_cache_caught_by_the_spot_check_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job, deepspeed):
+    training = {"maxSteps": 2, **({"deepspeed": deepspeed} if deepspeed else {})}
+    job = tmp_job(resources={"gpusPerNode": 0, "processesPerNode": 2}, training=training)
     assert run_cli("precompute", job).returncode == 0
     cache = next((tmp_path / "work" / "refcache").glob("*/shard-*.parquet"))
     import pyarrow as pa
@@ -60,8 +64,12 @@ def test_a_user_error_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job):
         pa.array([v - 5 for v in table.column(1).to_pylist()], pa.float32()),
     )
     pq.write_table(shifted, cache)
+    manifest = cache.with_name("manifest.json")  # a consistent cache of other numbers: checksums that match
+    doc = json.loads(manifest.read_text())
+    doc["shards"][0]["sha256"] = hashlib.sha256(cache.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(doc))
     result = run_cli("train", job)
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "does not match the model" in result.stderr.splitlines()[-1]
 
 

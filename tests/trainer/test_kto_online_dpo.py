@@ -147,3 +147,37 @@ def test_kto_and_online_dpo_loss_registries_match_trl():
     assert set(ALGORITHMS["kto"].loss_types) == set(KTOConfig.__dataclass_fields__["loss_type"].metadata["choices"])
     online = OnlineDPOConfig.__dataclass_fields__["loss_type"].metadata["choices"]
     assert set(ALGORITHMS["online-dpo"].loss_types) == set(online)
+
+
+def reward_model_with_its_own_code(tmp_path):
+    """The tiny reward model, its config naming a module in the folder that leaves a mark when it is imported."""
+    import shutil
+
+    folder, mark = tmp_path / "reward-model-with-code", tmp_path / "reward-code-ran"
+    shutil.copytree(TINY / "reward-model", folder)
+    (folder / "custom_reward.py").write_text(
+        "from pathlib import Path\n"
+        "from transformers import LlamaForSequenceClassification\n"
+        f"Path({str(mark)!r}).write_text('the reward model repository ran its own code')\n"
+        "class CustomRewardModel(LlamaForSequenceClassification):\n    pass\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "custom_reward.CustomRewardModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, mark
+
+
+def test_trusting_the_policys_code_never_runs_the_reward_models_code(tmp_path):
+    from prefops_trainer.phases.train.trainers import load_reward_model
+
+    folder, mark = reward_model_with_its_own_code(tmp_path)
+    online = {"algorithm": {"name": "online-dpo"}, "generation": {"maxNewTokens": 8}}
+    job = parse_job(job_doc(tmp_path, model={"trustRemoteCode": True}, rewardModel={"source": str(folder)}, **online))
+    assert job.spec.reward_model.trust_remote_code is False
+    model, _ = load_reward_model(load_inputs(job))
+    assert not mark.exists(), "the policy's trustRemoteCode let the reward model's code run"
+    assert type(model).__name__ == "LlamaForSequenceClassification", "the library's own class, not the folder's"
+
+    trusted = parse_job(job_doc(tmp_path, rewardModel={"source": str(folder), "trustRemoteCode": True}, **online))
+    model, _ = load_reward_model(load_inputs(trusted))
+    assert mark.exists() and type(model).__name__ == "CustomRewardModel", "its own trustRemoteCode lets it run"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
+from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job
 from prefops_trainer.core.workspace import TRAINED_MARKER
 from prefops_trainer.inputs import load_inputs
@@ -171,6 +172,8 @@ def test_stale_cache_fails_fast_naming_the_row(tmp_path):
     table = cache.load()
     index = sorted(table)
     cache.write_shard(0, 1, index, [table[i][0] - 3.0 for i in index], [table[i][1] for i in index])
+    storage.remove(cache.manifest_uri)  # a consistent cache of other numbers (a key collision, a library change)
+    cache.finalize(1, len(index), {})
     with pytest.raises(
         CacheError,
         match=r"does not match the model: row \d+ chosen log-prob is .* delete that folder",

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 
-from trainer_jobs import CLI, run_cli
+import pytest
+from trainer_jobs import CLI, error_of, run_cli
 
 
 def wait_for(predicate, timeout: float = 300, what: str = ""):
@@ -66,3 +68,62 @@ def test_checkpoints_beyond_the_limit_are_pruned(tmp_path, tmp_job):
     assert run_cli("run", job).returncode == 0
     kept = sorted(p.name for p in (tmp_path / "work").rglob("checkpoint-*") if p.is_dir())
     assert kept == ["checkpoint-12", "checkpoint-9"]
+
+
+def trained_with_checkpoints(tmp_path, tmp_job, name: str = "t", **training):
+    """A finished train phase with checkpoints at steps 2 and 4; returns (job file, checkpoint-4's folder)."""
+    job = tmp_job(name, training={"maxSteps": 4, "checkpointEverySteps": 2, "perDeviceBatchSize": 4, **training})
+    assert run_cli("precompute", job).returncode == 0
+    assert run_cli("train", job).returncode == 0
+    return job, next((tmp_path / "work").rglob(f"jobs/default/{name}/*/checkpoints/checkpoint-4"))
+
+
+def test_the_completion_marker_records_the_sha256_of_every_file_of_the_checkpoint(tmp_path, tmp_job):
+    import hashlib
+
+    _, ckpt = trained_with_checkpoints(tmp_path, tmp_job)
+    marker = json.loads((ckpt / "prefops-complete.json").read_text())
+    files = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    assert sorted(marker["files"]) == [f for f in files if f != "prefops-complete.json"]
+    assert all(hashlib.sha256((ckpt / f).read_bytes()).hexdigest() == marker["files"][f] for f in marker["files"])
+    assert (marker["step"], marker["run"]) == (4, ckpt.parents[1].name)
+
+
+@pytest.mark.parametrize("tamper", ["a file altered", "a file added"])
+def test_a_tampered_checkpoint_is_refused_naming_the_file_and_nothing_is_loaded(tmp_path, tmp_job, tamper):
+    job, ckpt = trained_with_checkpoints(tmp_path, tmp_job)
+    report = next((tmp_path / "work").rglob("phases/train.json"))
+    before = report.read_text()
+    if tamper == "a file altered":
+        weights = bytearray((ckpt / "adapter_model.safetensors").read_bytes())
+        weights[-1] ^= 0x01  # same size, one bit
+        (ckpt / "adapter_model.safetensors").write_bytes(bytes(weights))
+        expected = r"adapter_model\.safetensors: sha256 [0-9a-f]{16}…, recorded [0-9a-f]{16}…"
+    else:
+        (ckpt / "extra.pth").write_bytes(b"import os\n")
+        expected = r"extra\.pth: not in the record"
+    error = error_of(run_cli("train", job))
+    assert re.search(rf"{re.escape(str(ckpt))} does not match its completion marker \({expected}\)", error), error
+    assert "nothing of it is loaded" in error and f"Remove {ckpt} to resume from an earlier checkpoint" in error
+    assert report.read_text() == before, "no training ran"
+
+
+def test_a_checkpoint_of_another_run_copied_into_the_jobs_prefix_is_refused(tmp_path, tmp_job):
+    import shutil
+
+    _, theirs = trained_with_checkpoints(tmp_path, tmp_job, "a")
+    job, _ = trained_with_checkpoints(tmp_path, tmp_job, "b", learningRate=0.004)
+    ours = next((tmp_path / "work").rglob("jobs/default/b/*/checkpoints"))
+    shutil.copytree(theirs, ours / "checkpoint-8")
+    error = error_of(run_cli("train", job))
+    assert f"{ours / 'checkpoint-8'}: its completion marker says step 4 of run {theirs.parents[1].name!r}" in error
+    assert "a checkpoint is resumed only from the job's own prefix" in error
+
+
+def test_a_checkpoint_whose_marker_records_no_checksums_is_passed_over(tmp_path, tmp_job):
+    job, ckpt = trained_with_checkpoints(tmp_path, tmp_job)
+    (ckpt / "prefops-complete.json").write_text(json.dumps({"step": 4}))  # as prefops wrote it before checksums
+    result = run_cli("train", job)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "has a marker without checksums (an older prefops wrote it); not resuming from it" in result.stderr
+    assert "resuming from checkpoint-2" in result.stderr

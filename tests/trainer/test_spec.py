@@ -123,6 +123,14 @@ def test_spec_objects_are_frozen(tmp_path):
             {"model": {"dtype": "int8"}},
             r"spec\.model\.dtype: input should be 'auto', 'float32', 'bfloat16' or 'float16', got 'int8'",
         ),
+        ({"resources": {"nodes": 513}}, r"spec\.resources\.nodes: input should be less than or equal to 512"),
+        ({"resources": {"gpusPerNode": 17}}, r"spec\.resources\.gpusPerNode: input should be less than or equal to 16"),
+        ({"reference": {"workers": 257}}, r"spec\.reference\.workers: input should be less than or equal to 256"),
+        (
+            {"dataset": {"maxLength": 131073}},
+            r"spec\.dataset\.maxLength: input should be less than or equal to 131072, got 131073",
+        ),
+        ({"rewardModel": {"trustRemotCode": True}}, r"spec\.rewardModel\.trustRemotCode: unknown field"),
     ],
 )
 def test_bad_spec_is_rejected_naming_the_field(tmp_path, spec, message):
@@ -187,6 +195,11 @@ def test_uris_are_parsed_once_into_typed_values_and_written_back_as_given(tmp_pa
         ({"model": {"source": "hf://justname"}}, r"spec\.model\.source: hf URI must look like hf://org/name"),
         ({"dataset": {"source": "gs://b/p"}}, r"spec\.dataset\.source: unsupported URI scheme 'gs'"),
         ({"model": {"source": 5}}, r"spec\.model\.source: must be a string, got 5"),
+        (
+            {"storage": {"uri": "s3://bucket/team-a/../team-b"}},
+            r"spec\.storage\.uri: s3 URI must not hold '\.', '\.\.' or empty segments",
+        ),
+        ({"model": {"source": "s3://bucket//models"}}, r"spec\.model\.source: s3 URI must not hold"),
     ],
 )
 def test_bad_uris_are_rejected_at_parse_time_naming_the_field(tmp_path, spec, message):

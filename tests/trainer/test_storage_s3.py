@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_jobs import CLI, TINY, job_doc, run_cli
+from trainer_jobs import CLI, TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 
 from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job
@@ -16,26 +16,6 @@ from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 
 pytestmark = pytest.mark.integration
-
-
-def upload_tree(server, bucket: str, local: Path, prefix: str) -> str:
-    client = server.client()
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-    return f"s3://{bucket}/{prefix}"
-
-
-def s3_job(tmp_path: Path, bucket: str, name: str = "t", **spec) -> Path:
-    import yaml
-
-    base = {
-        "output": {"uri": f"s3://{bucket}/models/{name}"},
-        "storage": {"uri": f"s3://{bucket}/work"},
-    }
-    doc = job_doc(tmp_path, name, **{**base, **spec})
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def test_whole_job_with_sources_work_and_output_on_s3(tmp_path, s3):
@@ -174,7 +154,7 @@ def test_interrupted_s3_export_completes_on_rerun_without_duplicates(tmp_path, s
         training={"maxSteps": 1},
         output={"uri": f"s3://{bucket}/models/m"},
     )
-    env = {**server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "AWS_MAX_ATTEMPTS": "2"}
+    env = {**server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "AWS_MAX_ATTEMPTS": "2", "PREFOPS_RETRY_SECONDS": "2"}
     assert run_cli("precompute", job, env=env).returncode == 0
     assert run_cli("train", job, env=env).returncode == 0
     port = int(server.endpoint.rsplit(":", 1)[1])
@@ -183,7 +163,7 @@ def test_interrupted_s3_export_completes_on_rerun_without_duplicates(tmp_path, s
     dying.close()
     assert result.returncode == 1, result.stderr[-2000:]
     assert "models/m/prefops.json" not in server.keys(bucket, "models/m/"), "no manifest: the model is incomplete"
-    arrived = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")} - {".prefops-upload.json"}
+    arrived = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")}
     assert arrived and "model.safetensors" not in arrived
     assert server.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill left a multipart upload"
 
@@ -225,3 +205,177 @@ def test_transient_s3_errors_are_retried_with_backoff(tmp_path, s3):
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint
         storage._s3.cache_clear()
     assert flaky.throttled == 3, "three requests were answered 503 SlowDown, and the write still succeeded"
+
+
+def faulty(port: int, fault: str):
+    """A fault proxy in front of ``port``: every connection answered 503 SlowDown, or the server away (reset)."""
+    from support.faultproxy import FaultProxy
+
+    proxy = FaultProxy(port, throttle_first=10**6 if fault == "503 SlowDown" else 0)
+    if fault == "reset":
+        proxy.go_away()
+    return proxy
+
+
+@pytest.mark.parametrize("fault", ["503 SlowDown", "reset"])
+def test_an_s3_outage_that_outlasts_the_retries_exits_1_with_one_paragraph_not_2(tmp_path, s3, fault):
+    server, bucket = s3
+    model = upload_tree(server, bucket, TINY / "model", "base/tiny")
+    proxy = faulty(int(server.endpoint.rsplit(":", 1)[1]), fault)
+    env = {**server.env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2", "PREFOPS_RETRY_SECONDS": "10",
+           "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    result = run_cli("precompute", s3_job(tmp_path, bucket, model={"source": model}), env=env)
+    proxy.close()
+    error = error_of(result, code=1)
+    assert f"s3://{bucket}/base/tiny: still failing after" in error
+    assert "This is an outage, not a mistake in the job" in error
+    assert "retrying in" in result.stderr, "backed off and tried again"
+    assert proxy.throttled + proxy.refused > 2 * 2, "more connections than botocore's own two attempts make"
+
+
+@pytest.mark.parametrize(
+    ("fault", "source"),
+    [("503 SlowDown", "model"), ("reset", "model"), ("503 SlowDown", "dataset")],
+    ids=["model-503", "model-reset", "dataset-503"],
+)
+def test_a_hub_outage_is_retried_with_backoff_then_exits_1_not_2(tmp_path, tmp_job, fault, source):
+    from support.kube import free_port
+
+    proxy = faulty(free_port(), fault)  # nothing behind it: the Hub is never reached, nothing leaves the machine
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": proxy.endpoint, "HF_HOME": str(tmp_path / "hf"),
+           "PREFOPS_RETRY_SECONDS": "6"}  # fmt: skip
+    result = run_cli("precompute", tmp_job(**{source: {"source": "hf://acme/tiny"}}), env=env)
+    proxy.close()
+    error = error_of(result, code=1)
+    what = "fetching" if source == "model" else "loading"
+    assert f"spec.{source}.source: {what} hf://acme/tiny from the Hugging Face Hub: still failing after" in error
+    assert "This is an outage, not a mistake in the job" in error
+    assert result.stderr.lower().count("retrying in") >= 2, "backed off and tried again (ours, or the Hub client's)"
+    assert proxy.throttled + proxy.refused >= 3
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def put_keys(requests: list[bytes], prefix: str) -> set[str]:
+    """Keys under ``prefix`` that the proxied requests wrote to (PUT, or POST of a multipart upload)."""
+    lines = [r.decode() for r in list(requests) if r.startswith((b"PUT", b"POST"))]
+    paths = {line.split(" ")[1].split("?")[0] for line in lines}
+    return {p.split(prefix, 1)[1] for p in paths if prefix in p}
+
+
+def test_an_export_killed_mid_upload_publishes_nothing_and_its_rerun_sends_only_what_had_not_arrived(tmp_path, s3):
+    from support.faultproxy import FaultProxy
+
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, model={"source": str(medium_model(tmp_path / "medium"))}, training={"maxSteps": 1},
+                 output={"uri": f"s3://{bucket}/models/m"})  # fmt: skip
+    env = {**os.environ, **server.env, "PREFOPS_S3_PART_SIZE": str(5 * 2**20), "PREFOPS_METRICS_PORT": "off"}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    assert run_cli("train", job, env=env).returncode == 0
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    # three writes under the model's prefix go through; the export is frozen on the next request and killed there
+    first = FaultProxy(port, hold_after_writes=3, write_prefix=f"/{bucket}/models/m/".encode())
+    proc = subprocess.Popen([*CLI, "export", str(job)], env={**env, "AWS_ENDPOINT_URL": first.endpoint},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: first.held or proc.poll() is not None, timeout=300, what="the export to reach the 4th write")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        first.close()
+    assert proc.returncode == -signal.SIGKILL, "killed while uploading, not finished"
+    stored = {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")}
+    assert "prefops.json" not in stored, "no manifest: the model does not look complete"
+    arrived = stored
+    assert arrived and "model.safetensors" not in arrived, "some files, not the weights, had arrived before the kill"
+
+    watching = FaultProxy(port)
+    result = run_cli("export", job, env={**env, "AWS_ENDPOINT_URL": watching.endpoint})
+    watching.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    sent_again = put_keys(watching.requests, "models/m/")
+    assert not (sent_again & arrived), f"re-sent files that had arrived: {sorted(sent_again & arrived)}"
+    assert "model.safetensors" in sent_again
+    manifest = json.loads(server.get(bucket, "models/m/prefops.json"))
+    assert {k.split("models/m/")[1] for k in server.keys(bucket, "models/m/")} == {
+        f["path"] for f in manifest["files"]
+    } | {"prefops.json"}
+    import hashlib
+
+    for f in manifest["files"]:
+        assert hashlib.sha256(server.get(bucket, f"models/m/{f['path']}")).hexdigest() == f["sha256"], f["path"]
+
+
+#: How long S3 stays away: far longer than botocore's and s3fs's own quick retries, and than any retry without
+#: backoff, yet short enough for a test.
+OUTAGE_S = 45
+
+
+def test_s3_away_for_most_of_a_minute_during_a_checkpoint_upload_loses_nothing(tmp_path, s3):
+    import hashlib
+    import re
+
+    from support.faultproxy import FaultProxy
+
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 40, "checkpointEverySteps": 10, "checkpointsToKeep": 10,
+                                             "perDeviceBatchSize": 4})  # fmt: skip
+    env = {**os.environ, **server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache"), "PREFOPS_METRICS_PORT": "off"}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]), away_at=b"/checkpoints/checkpoint-10/")
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "train", str(job)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"})  # fmt: skip
+        try:
+            wait_for(lambda: proxy.went_away_at is not None or proc.poll() is not None, 300, "checkpoint-10's upload")
+            wait_for(lambda: (time.monotonic() - proxy.went_away_at >= OUTAGE_S and proxy.refused >= 4) or
+                     proc.poll() is not None, OUTAGE_S + 120, "the outage")  # fmt: skip
+            proxy.come_back()
+            proc.wait(timeout=600)
+        finally:
+            proc.kill()
+            proxy.close()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    retries = [float(d) for d in re.findall(r"checkpoint-10/\S*: .*; retrying in ([\d.]+) s", text)]
+    assert len(retries) >= 3 and retries[-1] > 2 * retries[0], f"backed off, again and again: {retries}"
+    assert proxy.refused >= 4, "the trainer kept trying while S3 was away"
+
+    for step in (10, 20, 30, 40):  # nothing lost: every checkpoint whole, as its marker records it
+        prefix = next(
+            k for k in server.keys(bucket, "work/jobs/") if k.endswith(f"checkpoint-{step}/prefops-complete.json")
+        )
+        prefix = prefix.rsplit("/", 1)[0]
+        marker = json.loads(server.get(bucket, f"{prefix}/prefops-complete.json"))
+        assert set(marker["files"]) == {k[len(prefix) + 1 :] for k in server.keys(bucket, prefix + "/")} - {
+            "prefops-complete.json"
+        }
+        for rel, digest in marker["files"].items():
+            assert hashlib.sha256(server.get(bucket, f"{prefix}/{rel}")).hexdigest() == digest, rel
+    assert any(k.endswith("/trained/prefops-trained.json") for k in server.keys(bucket, "work/jobs/"))
+    report = json.loads(
+        server.get(bucket, next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("phases/train.json")))
+    )
+    assert report["steps"] == 40
+
+
+def test_a_train_rerun_replaces_a_stale_file_of_the_same_size_under_trained(tmp_path, s3):
+    server, bucket = s3
+    job = s3_job(tmp_path, bucket, training={"maxSteps": 2})
+    env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
+    assert run_cli("precompute", job, env=env).returncode == 0
+    assert run_cli("train", job, env=env).returncode == 0
+    key = next(k for k in server.keys(bucket, "work/jobs/") if k.endswith("/trained/adapter_model.safetensors"))
+    stale = bytearray(server.get(bucket, key))
+    stale[-1] ^= 0x01  # what an earlier attempt left: same size, other weights
+    server.client().put_object(Bucket=bucket, Key=key, Body=bytes(stale))
+    assert run_cli("train", job, env=env).returncode == 0
+    saved = next((tmp_path / "cache").rglob("trained/adapter_model.safetensors")).read_bytes()
+    assert server.get(bucket, key) == saved, "export would have published the stale weights"

@@ -64,3 +64,30 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def error_of(result, code: int = 2) -> str:
+    """The one error paragraph the CLI printed (its only ERROR log line), asserting the exit code and that there is
+    no traceback: 2 for the user's mistakes, 1 for an outage that outlasted the retries."""
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def upload_tree(server, bucket: str, local: Path, prefix: str) -> str:
+    """Every file under ``local`` to ``s3://bucket/prefix/``; returns that URI."""
+    client = server.client()
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def s3_job(tmp_path: Path, bucket: str, name: str = "t", **spec: Any) -> Path:
+    """:func:`write_job` with output and storage in ``bucket``."""
+    base = {
+        "output": {"uri": f"s3://{bucket}/models/{name}"},
+        "storage": {"uri": f"s3://{bucket}/work"},
+    }
+    return write_job(tmp_path, name, **{**base, **spec})

@@ -1,11 +1,12 @@
 """``prefops-trainer``: run a whole job locally, or one phase as the operator's pods do.
 
 Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
-Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache) and a retry cannot help; 3 the
-model missed ``spec.output.gate`` and was not published; anything else is a crash a retry may cure. The reason
-also goes to ``/dev/termination-log`` when it exists, where Kubernetes shows it in the pod's status; a successful
-``precompute`` leaves its cache hit there, a successful ``train`` its final evaluation, an ``export`` that missed
-the gate the verdict (docs/contract.md §4).
+Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache, data in storage that fails an
+integrity check) and a retry cannot help; 3 the model missed ``spec.output.gate`` and was not published; 1 with one
+paragraph: an outage of storage or the Hub outlasted the retries; anything else is a crash a retry may cure. The
+reason also goes to ``/dev/termination-log`` when it exists, where Kubernetes shows it in the pod's status; a
+successful ``precompute`` leaves its cache hit there, a successful ``train`` its final evaluation, an ``export`` that
+missed the gate the verdict (docs/contract.md §4).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import GateNotMet, UserError
+from .core.errors import GateNotMet, TransientError, UserError
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if args.command == "run":
             print(f"prefops: the model was not published\n  {e}")  # noqa: T201
         _fail(str(e), GateNotMet.exit_code, json.dumps(e.termination))
+    except TransientError as e:
+        _fail(str(e), TransientError.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:

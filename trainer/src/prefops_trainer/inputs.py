@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapters.data import LoadedDataset, fingerprint, load_split
-from .adapters.modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
+from .adapters.modelio import check_fits, hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
 from .adapters.refcache import RefCache
 from .adapters.sources import cache_dir
 from .compute.tokenize import tokenize_pairs, tokenize_unpaired
@@ -89,6 +89,7 @@ class Inputs:
 def load_inputs(job: Job) -> Inputs:
     ws = Workspace.for_job(job, cache_dir())
     path = model_dir(job.spec.model)
+    check_fits(job.spec, path)
     tok = load_tokenizer(path, job.spec.model.trust_remote_code)
     kind = job.spec.algorithm.info.data
     splits = {"train": load_split(job.spec.dataset, kind=kind)}

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.algorithms import Data
-from ..core.errors import DataError, SourceError
+from ..core.errors import DataError, SourceError, TransientError
 from ..core.spec import DatasetSpec
 from ..core.uris import Uri
+from .retry import retrying
 from .sources import local_dataset
 
 if TYPE_CHECKING:
@@ -82,7 +83,10 @@ def _load(uri: Uri, split: str, name: str) -> Dataset:
     datasets.disable_progress_bars()
     if uri.scheme == "hf":
         try:
-            return datasets.load_dataset(uri.path, split=split)
+            return retrying(f"spec.dataset.source: loading {name} from the Hugging Face Hub",
+                            lambda: datasets.load_dataset(uri.path, split=split))  # fmt: skip
+        except TransientError:
+            raise
         except Exception as e:
             raise SourceError(
                 f"spec.dataset.source: cannot load {name} from the Hugging Face Hub ({type(e).__name__}: {e}). "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.spec import ModelSpec, RewardModelSpec
+from ..core.errors import SpecError
+from ..core.hardware import Machine, problems
+from ..core.spec import JobSpec, ModelSpec, RewardModelSpec
 from .sources import local_model
 
 if TYPE_CHECKING:
@@ -21,6 +24,33 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def this_machine() -> Machine:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Machine(cuda, cuda and torch.cuda.is_bf16_supported(), importlib.util.find_spec("flash_attn") is not None)
+
+
+def context_length(path: Path) -> int | None:
+    """The model's ``max_position_embeddings`` (its text config's, for a multimodal model), if its config says."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for part in (config, config.get("text_config") or {}):
+        value = part.get("max_position_embeddings") if isinstance(part, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(spec: JobSpec, path: Path) -> None:
+    """Raise :class:`SpecError` for what the spec asks and this machine or the model at ``path`` cannot give."""
+    found = problems(spec, this_machine(), context_length(path), f"{spec.model.source.as_written}/config.json")
+    if found:
+        raise SpecError("; ".join(found))
 
 
 def resolve_dtype(spec: ModelSpec | RewardModelSpec) -> str:
@@ -47,14 +77,15 @@ def model_dir(spec: ModelSpec | RewardModelSpec, field: str = "spec.model.source
 
 
 def model_init_kwargs(policy: ModelSpec, weights: ModelSpec | RewardModelSpec | None = None) -> dict[str, Any]:
-    """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype, and the
-    policy's attention and remote-code settings (a reward model has none of its own)."""
+    """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype and its own
+    ``trustRemoteCode`` (trusting the policy's code never trusts a reward model's), the policy's attention kernel."""
     import torch
 
+    own = weights or policy
     return {
-        "dtype": getattr(torch, resolve_dtype(weights or policy)),
+        "dtype": getattr(torch, resolve_dtype(own)),
         "attn_implementation": resolve_attn(policy),
-        "trust_remote_code": policy.trust_remote_code,
+        "trust_remote_code": own.trust_remote_code,
     }
 
 

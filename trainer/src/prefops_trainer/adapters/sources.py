@@ -1,8 +1,10 @@
 """Turn model and dataset sources (local path, ``s3://``, ``hf://``) into local files.
 
-``s3://`` sources are copied once into ``$PREFOPS_CACHE_DIR/sources`` (default ``~/.cache/prefops``);
-``hf://`` sources go through ``huggingface_hub``, which gives a clear :class:`SourceError` when the Hub
-cannot be reached (this project's CI has no internet: pre-stage models on S3 or a volume instead).
+``s3://`` sources are copied into ``$PREFOPS_CACHE_DIR/sources`` (default ``~/.cache/prefops``), and copied again
+when the remote objects change (their ETags); ``hf://`` sources go through ``huggingface_hub``. An outage (no
+connection, 5xx, 429) is retried with backoff and then ends the phase with exit 1 (a restart may succeed); a source
+that is not there, not readable, or the Hub switched off (``HF_HUB_OFFLINE``) is the job's problem (exit 2). This
+project's CI has no internet: pre-stage models on S3 or a volume instead.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.errors import SourceError
+from ..core.errors import SourceError, TransientError
 from ..core.uris import Uri
 from . import storage
+from .retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -24,32 +27,32 @@ def cache_dir() -> Path:
 
 
 def _s3_copy(uri: Uri, field: str) -> Path:
+    """A current local copy of the object or prefix at ``uri`` (fetched again when the remote one changed)."""
     dest = cache_dir() / "sources" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
-    f = storage.fs(uri)
     try:
-        is_file = f.isfile(uri.path)
-        is_dir = not is_file and f.isdir(uri.path)
-    except (PermissionError, OSError) as e:
-        raise SourceError(f"{field}: cannot read {uri}: {e}") from e
-    if is_file:
-        target = dest / Path(uri.path).name
-        if not target.exists() or target.stat().st_size != f.size(uri.path):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            f.get_file(uri.path, str(target) + ".part")
-            os.replace(str(target) + ".part", target)
-        return target
-    if is_dir:
-        log.info("copying %s to %s", uri, dest)
-        return storage.download_dir(uri, dest)
+        found = storage.kind(uri)
+        if found == "file":
+            return storage.download_file(uri, dest / Path(uri.path).name)
+        if found == "directory":
+            log.info("copying %s to %s", uri, dest)
+            return storage.download_dir(uri, dest)
+    except PermissionError as e:
+        raise SourceError(f"{field}: not allowed to read {uri} ({e}); check the credentials the job runs with") from e
     raise SourceError(f"{field}: {uri} does not exist")
 
 
 def _hub_model(repo: str, revision: str | None, field: str) -> Path:
-    name, _, at_rev = repo.partition("@")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, revision=revision or at_rev or None))
+    name, _, at_rev = repo.partition("@")
+
+    def fetch() -> str:
+        return str(snapshot_download(name, revision=revision or at_rev or None))
+
+    try:
+        return Path(retrying(f"{field}: fetching hf://{repo} from the Hugging Face Hub", fetch))
+    except TransientError:
+        raise
     except Exception as e:
         raise SourceError(
             f"{field}: cannot fetch hf://{repo} from the Hugging Face Hub ({type(e).__name__}: {e}). "

@@ -1,17 +1,27 @@
-"""The reference cache's content key and shard layout. Pure.
+"""The reference cache's content key, shard layout and manifest. Pure.
 
 The key hashes everything that changes the numbers: the model folder's files (weights, config, tokenizer,
 chat template), the dataset rows, ``maxLength``, ``truncationMode``, the dtype, and this format's version.
 Anything else (beta, loss type, learning rate...) does not enter it, so a sweep shares one cache.
+
+The manifest, written last, lists every shard with its row count and sha256 (format 2; a format-1 cache recorded
+no checksums and, its key being different, is never read). The cache is shared by every job on the storage, so
+what the manifest says is checked before it is used: shard names that are plain file names in the cache folder,
+well-formed checksums, row counts that add up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+from .errors import IntegrityError
+from .integrity import check_file_name, is_sha256
+
+FORMAT_VERSION = 2
 
 
 def cache_key(
@@ -49,12 +59,52 @@ def shard_rows(n_rows: int, shard: int, num_shards: int) -> range:
     return range(n_rows * shard // num_shards, n_rows * (shard + 1) // num_shards)
 
 
-def manifest(key: str, n_rows: int, num_shards: int, info: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a complete cache: its key, format, row count and shard files, plus ``info``."""
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A complete cache's manifest, checked (:func:`parse_manifest`)."""
+
+    key: str
+    rows: int
+    shards: tuple[Shard, ...]
+
+
+def manifest(key: str, n_rows: int, shards: list[Shard], info: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a complete cache: its key, format, row count and shards (name, rows, sha256), plus ``info``."""
     return {
+        **info,
         "key": key,
         "format": FORMAT_VERSION,
         "rows": n_rows,
-        "shards": [shard_name(i, num_shards) for i in range(num_shards)],
-        **info,
+        "shards": [{"name": s.name, "rows": s.rows, "sha256": s.sha256} for s in shards],
     }
+
+
+def parse_manifest(doc: Any, key: str, where: str) -> Manifest:
+    """The manifest at ``where`` checked against the cache ``key`` it sits under; :class:`IntegrityError` naming what
+    is wrong (nothing of the cache is read then)."""
+    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT_VERSION or doc.get("key") != key:
+        raise IntegrityError(f"{where}: not a format-{FORMAT_VERSION} manifest of cache {key}; the cache is not used")
+    rows, shards = doc.get("rows"), doc.get("shards")
+    if not isinstance(rows, int) or not isinstance(shards, list) or not shards:
+        raise IntegrityError(f"{where}: 'rows' or 'shards' missing or malformed; the cache is not used")
+    parsed = tuple(_shard(s, f"{where}: shards[{i}]") for i, s in enumerate(shards))
+    if sum(s.rows for s in parsed) != rows:
+        raise IntegrityError(f"{where}: the shards hold {sum(s.rows for s in parsed)} rows, the manifest says {rows}")
+    return Manifest(key, rows, parsed)
+
+
+def _shard(doc: Any, where: str) -> Shard:
+    if not isinstance(doc, Mapping):
+        raise IntegrityError(f"{where}: not a shard entry ({doc!r:.80})")
+    name = check_file_name(doc.get("name"), where)
+    sha, rows = doc.get("sha256"), doc.get("rows")
+    if not is_sha256(sha) or not isinstance(rows, int) or rows < 0:
+        raise IntegrityError(f"{where}: the shard {name!r} has no valid sha256 and row count")
+    return Shard(name, rows, sha)

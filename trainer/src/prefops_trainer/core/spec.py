@@ -83,7 +83,7 @@ class DatasetSpec(_Spec):
     source: SourceUri
     split: str = "train"
     eval_split: str | None = None
-    max_length: int = Field(1024, ge=8)
+    max_length: int = Field(1024, ge=8, le=131072)
     truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
     max_samples: int | None = Field(None, ge=1)
 
@@ -133,6 +133,9 @@ class RewardModelSpec(_Spec):
     source: SourceUri
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = Field(
+        False, description="Run the reward model repository's own code; never inherited from spec.model."
+    )
 
 
 class GenerationSpec(_Spec):
@@ -169,14 +172,14 @@ class TrainingSpec(_Spec):
 class ReferenceSpec(_Spec):
     precompute: bool | None = None
     batch_size: int = Field(8, ge=1)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=256)
     verify_samples: int = Field(8, ge=0)
 
 
 class ResourcesSpec(_Spec):
     image: str | None = None
-    nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1, le=512)
+    gpus_per_node: int = Field(1, ge=0, le=16)
     processes_per_node: int | None = Field(None, ge=1)
     requests: dict[str, str | int] | None = None
     limits: dict[str, str | int] | None = None

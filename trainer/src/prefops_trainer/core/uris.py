@@ -84,7 +84,10 @@ def parse_uri(value: str, *, allow_hf: bool = False) -> Uri:
 def _s3_path(rest: str, value: str) -> str:
     if not rest or rest.startswith("/"):
         raise UriError(f"s3 URI needs a bucket, got {value!r}")
-    return rest.rstrip("/")
+    path = rest.rstrip("/")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise UriError(f"s3 URI must not hold '.', '..' or empty segments (S3 keys are not paths), got {value!r}")
+    return path
 
 
 def _hf_path(rest: str, value: str, allow_hf: bool) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,11 @@ class Workspace:
         root = job.spec.storage.uri.join("jobs", job.namespace, job.name, run)
         local = Path(root.path) if root.is_local else cache_dir / "work" / job.namespace / job.name / run
         return cls(job.spec.storage.uri, root, local)
+
+    @property
+    def run(self) -> str:
+        """``<run>``: the job's uid on a cluster, ``local-<hash>`` in local mode."""
+        return posixpath.basename(self.root.path)
 
     def refcache(self, key: str) -> Uri:
         """The reference cache of ``key``, shared by every job on this storage."""

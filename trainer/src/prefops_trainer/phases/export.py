@@ -1,8 +1,9 @@
 """The export phase: merge LoRA into the base weights, write safetensors + tokenizer + a model card to
 ``output.uri``, and the ``prefops.json`` manifest last, so its presence marks a complete model.
 
-Re-running an interrupted export completes it: files already uploaded with the same content are not sent
-again, and an earlier ``prefops.json`` at the destination is removed before anything is overwritten, so a
+Re-running an interrupted export completes it: every file is stored with its sha256 (S3 user metadata), so a
+re-run, whatever moment the first run died at (even SIGKILL between two files), sends only the files that had not
+arrived whole; an earlier ``prefops.json`` at the destination is removed before anything is overwritten, so a
 reader never sees a manifest beside files it does not describe.
 
 With ``spec.output.gate`` the final evaluation (handed over with the trained weights) is compared with the bound
@@ -32,9 +33,6 @@ from .card import MANIFEST, model_card
 from .lineage import lineage
 
 log = logging.getLogger(__name__)
-
-#: Records which files of an unfinished export already reached the destination, with their sha256.
-JOURNAL = ".prefops-upload.json"
 
 
 def merge(base_dir: Path, adapter_dir: Path, out: Path, model_kwargs: dict[str, Any]) -> None:
@@ -181,17 +179,11 @@ def _extra_artifacts(inputs: Inputs, out: Path) -> None:
 
 
 def _upload(local: Path, dest: Uri, files: list[dict[str, Any]]) -> None:
-    """Send ``files`` to ``dest``, resuming an interrupted upload by the journal of what already arrived."""
-    journal_uri = dest.join(JOURNAL)
-    journal: dict[str, str] = storage.read_json_if_exists(journal_uri) or {}
+    """Send ``files`` to ``dest``, each with its sha256; a file already there with that sha256 is not sent again."""
     storage.abort_incomplete_uploads(dest)
     if storage.exists(dest.join(MANIFEST)):
         storage.remove(dest.join(MANIFEST))  # no complete-looking model while files change underneath
-    remote = storage.remote_sizes(dest)
     for f in files:
-        if journal.get(f["path"]) == f["sha256"] and remote.get(f["path"]) == f["size"]:
-            continue
-        storage.upload_file(local / f["path"], dest.join(f["path"]))
-        journal[f["path"]] = f["sha256"]
-        storage.write_json(journal_uri, journal)
-    storage.remove(journal_uri)
+        target = dest.join(f["path"])
+        if storage.stored_sha256(target) != f["sha256"]:
+            storage.upload_file(local / f["path"], target, sha256=f["sha256"])

@@ -1,5 +1,6 @@
 """What happens while TRL trains: metrics for Prometheus, a log line per logged step when there is no progress
-bar, and every checkpoint synced to storage and marked complete once all ranks have saved it."""
+bar, and every checkpoint synced to storage and marked complete, with its files' sha256, once all ranks have saved
+it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ...adapters import checkpoints, metrics
 from ...adapters.progress import is_tty
 from ...core.uris import Uri
-from .distributed import barrier
+from .distributed import barrier, gather, local_share
 from .summary import log_line
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ class Observe(TrainerCallback):
         trainer: set once the trainer exists; its ``prefops_tokens`` feed the throughput gauge.
     """
 
-    def __init__(self, local: Path, remote: Uri, keep: int) -> None:
-        self.local, self.remote, self.keep = local, remote, keep
+    def __init__(self, local: Path, remote: Uri, keep: int, run: str) -> None:
+        self.local, self.remote, self.keep, self.run = local, remote, keep, run
         self.trainer: Any = None
         self.last = (time.perf_counter(), 0)
 
@@ -60,9 +61,11 @@ class Observe(TrainerCallback):
             log.info("step %d/%d %s", state.global_step, state.max_steps, log_line(logs))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        """Once every rank has saved: each hashes (and uploads) its share of the node's files; rank 0 writes the
+        marker with every file's sha256, last."""
         path = self.local / f"checkpoint-{state.global_step}"
-        checkpoints.upload(path, self.remote)
         barrier()
+        files = checkpoints.merge(gather(checkpoints.sync_share(path, self.remote, local_share())))
         if state.is_world_process_zero:
-            checkpoints.mark_complete(path, self.remote, state.global_step)
+            checkpoints.mark_complete(path, self.remote, state.global_step, self.run, files)
             checkpoints.prune(self.local, self.remote, self.keep)

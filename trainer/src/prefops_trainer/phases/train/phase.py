@@ -51,10 +51,9 @@ def _trainer(
     local_ckpt: Path,
     report: reports.Report,
 ) -> Any:
-    """The model loaded, the cache checked against it (not under ZeRO-3: the weights are partitioned), the trainer."""
+    """The model loaded, the cache checked against it (under ZeRO-3 too), the trainer."""
     model = inputs.load_model()
-    deepspeed = inputs.spec.training.deepspeed
-    if reference is not None and not (deepspeed is not None and deepspeed.stage == 3):
+    if reference is not None:
         report["verifiedRows"] = verify_sample(inputs, model, reference["train"])
     trainer = trainers.build(inputs, model, args, base, reference, local_ckpt)
     evaluation.attach(inputs.spec, trainer)
@@ -62,7 +61,7 @@ def _trainer(
 
 
 def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Report) -> None:
-    resume = checkpoints.newest(local_ckpt, inputs.ws.checkpoints)
+    resume = _resume_point(inputs, local_ckpt)
     if resume:
         log.info("resuming from %s", resume.name)
         report["resumedFrom"] = resume.name
@@ -72,6 +71,19 @@ def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Repor
     report["metrics"] = summarize(trainer.state.log_history, steps_per_epoch)
     report["logHistory"] = [h for h in trainer.state.log_history if "loss" in h]
     report |= evaluation.final(inputs.spec, trainer)
+
+
+def _resume_point(inputs: Inputs, local_ckpt: Path) -> Path | None:
+    """The newest complete checkpoint (rank 0 picks it), fetched and checked against its marker by one process per
+    node before any rank loads it."""
+    remote = inputs.ws.checkpoints
+    found = distributed.from_rank_zero(
+        checkpoints.newest(local_ckpt, remote, inputs.ws.run) if distributed.rank() == 0 else None
+    )
+    if found and distributed.local_share()[0] == 0:
+        checkpoints.fetch_verified(local_ckpt, remote, *found)
+    distributed.barrier()
+    return local_ckpt / found[0] if found else None
 
 
 def _save_trained(inputs: Inputs, trainer: Any) -> None:

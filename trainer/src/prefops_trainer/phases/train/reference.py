@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ...adapters import trl_bridge
 from ...adapters.refcache import RefTable
-from ...compute import logprobs
+from ...compute import gathered, logprobs
 from ...core.errors import CacheError
 from ...inputs import Inputs
 
@@ -67,14 +67,15 @@ def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLo
     picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(rows)), n))
     logprobs.prepare_model(model)
     try:
-        return logprobs.compute(
-            model,
-            rows.select(picks),
-            pad_token_id=inputs.tokenizer.pad_token_id,
-            max_length=inputs.spec.dataset.max_length,
-            truncation_mode=inputs.spec.dataset.truncation_mode,
-            batch_size=n,
-        )
+        with gathered.module_by_module(model):  # ZeRO-3: every rank recomputes the same rows, a module at a time
+            return logprobs.compute(
+                model,
+                rows.select(picks),
+                pad_token_id=inputs.tokenizer.pad_token_id,
+                max_length=inputs.spec.dataset.max_length,
+                truncation_mode=inputs.spec.dataset.truncation_mode,
+                batch_size=n,
+            )
     finally:
         trl_bridge.detach_fused_head(model)  # the trainer adds its own
         model.train()

@@ -42,7 +42,7 @@ def build(
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
     if spec.algorithm.info.online:
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
-    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep)
+    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep, inputs.ws.run)
     trainer = trl_bridge.trainer_class(base, columns)(
         model=model,
         args=args,
@@ -78,4 +78,4 @@ def load_reward_model(inputs: Inputs) -> tuple[PreTrainedModel, PreTrainedTokeni
     path = model_dir(spec, field="spec.rewardModel.source")
     kwargs = model_init_kwargs(inputs.spec.model, spec)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-    return model, load_tokenizer(path, inputs.spec.model.trust_remote_code)
+    return model, load_tokenizer(path, spec.trust_remote_code)
