@@ -44,8 +44,10 @@ def job_manifest(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any
     }
 
 
-class Jobs:
-    """PreferenceTrainingJobs of one namespace, as an admin."""
+class CustomObjects:
+    """Custom objects of one kind in one namespace, as an admin: what jobs and sweeps have in common."""
+
+    plural, kind, word = PLURAL, "PreferenceTrainingJob", "job"
 
     def __init__(self, custom: Any, core: Any, namespace: str) -> None:
         self.custom, self.core, self.namespace = custom, core, namespace
@@ -53,22 +55,22 @@ class Jobs:
     def create(self, manifest: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         kwargs = {"dry_run": "All"} if dry_run else {}
         return dict(
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, manifest, **kwargs)
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, manifest, **kwargs)
         )
 
     def get(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name))
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.get(name).get("status") or {})
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name, {"spec": spec})
 
     def delete(self, name: str, propagation: str | None = None) -> None:
-        """Delete the job; ``propagation="Orphan"`` leaves its children behind, without their owner reference."""
+        """Delete the object; ``propagation="Orphan"`` leaves its children behind, without their owner reference."""
         body = {"propagationPolicy": propagation} if propagation else None
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body=body)
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name, body=body)
 
     def exists(self, name: str) -> bool:
         import kubernetes
@@ -82,15 +84,29 @@ class Jobs:
         return True
 
     def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        """Wait until the job's status.phase is ``phase``; return the status."""
+        """Wait until the object's status.phase is ``phase``; return the status."""
         return wait_for(
             lambda: (s := self.status(name)).get("phase") == phase and s,
             timeout,
-            f"job {name} to reach {phase} (now {self.status(name).get('phase')})",
+            f"{self.word} {name} to reach {phase} (now {self.status(name).get('phase')})",
         )
 
     def wait_status(self, name: str, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30) -> Any:
-        return wait_for(lambda: (s := self.status(name)) and check(s) and s, timeout, f"job {name}: {what}")
+        return wait_for(lambda: (s := self.status(name)) and check(s) and s, timeout, f"{self.word} {name}: {what}")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        """The status condition of ``type_``, if there is one."""
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), None)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        """(type, reason, message) of the Events recorded on the object, oldest first."""
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        items = [e for e in items if e.involved_object.kind == self.kind]
+        return [(e.type, e.reason, e.message) for e in sorted(items, key=lambda e: int(e.metadata.resource_version))]
+
+
+class Jobs(CustomObjects):
+    """PreferenceTrainingJobs of one namespace, as an admin."""
 
     def pods(self, name: str, phase: str | None = None) -> dict[str, Any]:
         """The job's pods by name (V1Pod objects), optionally of one phase."""
@@ -108,13 +124,3 @@ class Jobs:
             return pods if len(pods) == count and attempts == {str(attempt)} else None
 
         return wait_for(ready, timeout, f"{count} {phase} pods of {name}, attempt {attempt}")
-
-    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
-        """The job's status condition of ``type_``, if it has one."""
-        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), None)
-
-    def events(self, name: str) -> list[tuple[str, str, str]]:
-        """(type, reason, message) of the Events recorded on the job, oldest first."""
-        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
-        items = [e for e in items if e.involved_object.kind == "PreferenceTrainingJob"]
-        return [(e.type, e.reason, e.message) for e in sorted(items, key=lambda e: int(e.metadata.resource_version))]

@@ -33,6 +33,7 @@ from .core.algorithms import ALGORITHMS
 from .core.conditions import Reason
 from .core.evaluation import Evaluation, evaluation_from_metrics
 from .core.machine import Decision, Observed, current_group, decide
+from .core.memory import WrittenStatus, remember
 from .core.naming import PodPhase
 from .core.patch import merge_patch
 from .core.plan import Plan, plan
@@ -47,15 +48,11 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 EXPECTATION_TTL = 30.0  # seconds a create/delete waits to be observed before it may be repeated
-STALE_GRACE = 5.0  # seconds to wait for the watch to deliver our own status write
 RETRY_SOON = 0.2
 
 
 @dataclass
-class _Memory:
-    uid: str
-    written: dict[str, Any] | None = None
-    written_at: float = 0.0
+class _Memory(WrittenStatus):
     ensured: set[str] = field(default_factory=set)
     created: dict[tuple[str, int], float] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
@@ -118,8 +115,8 @@ class Reconciler:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.forget(key)
             return None
-        mem = self._remember(key, body)
-        if self._stale(mem, body):
+        mem = remember(self._memory, key, body, _Memory)
+        if mem.stale(body, time.monotonic()):
             return RETRY_SOON
         now = self.clock()
         job, spec_error = _parse(body)
@@ -147,29 +144,13 @@ class Reconciler:
         mem.refused += 1
         return RETRY_SOON if refusal != previous else backoff(mem.refused)
 
-    def _remember(self, key: Key, body: Mapping[str, Any]) -> _Memory:
-        uid = str(body["metadata"].get("uid"))
-        mem = self._memory.get(key)
-        if mem is None or mem.uid != uid:  # a new job under an old name starts afresh
-            mem = self._memory[key] = _Memory(uid)
-        return mem
-
-    def _stale(self, mem: _Memory, body: Mapping[str, Any]) -> bool:
-        """Whether ``body`` predates our last status write (the watch has not delivered it yet)."""
-        if mem.written is None:
-            return False
-        if body.get("status") == mem.written or time.monotonic() - mem.written_at > STALE_GRACE:
-            mem.written = None
-            return False
-        return True
-
     async def _write(
         self, mem: _Memory, job: Job | None, body: Mapping[str, Any], decision: Decision, now: datetime
     ) -> None:
         meta = job.meta if job else parse_meta(body["metadata"])
         new = decision.status.to_dict()
         await self.api.patch_status(meta, merge_patch(body.get("status") or {}, new))
-        mem.written, mem.written_at = new, time.monotonic()
+        mem.wrote(new, time.monotonic())
         for t in decision.transitions:
             log.info(
                 "%s/%s: %s -> %s (%s) %s",

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from .adapters import sweep_metrics
 from .adapters.kube import Conflict, Gone, Rejected
 from .adapters.sweeps import SweepKubeApi
+from .core.memory import WrittenStatus, remember
 from .core.patch import merge_patch
 from .core.spec import InvalidSpec, parse_meta
 from .core.sweep_machine import SweepDecision, SweepObserved, decide, trials_to_check
@@ -33,15 +34,11 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 EXPECTATION_TTL = 30.0  # seconds a create/patch waits to be observed before it may be repeated
-STALE_GRACE = 5.0  # seconds to wait for the watch to deliver our own status write
 RETRY_SOON = 0.2
 
 
 @dataclass
-class _Memory:
-    uid: str
-    written: dict[str, Any] | None = None
-    written_at: float = 0.0
+class _Memory(WrittenStatus):
     created: dict[str, float] = field(default_factory=dict)  # trial → when a repeated create is allowed
     patched: dict[tuple[str, bool], float] = field(default_factory=dict)  # (trial, suspend) → likewise
     refused: dict[str, str] = field(default_factory=dict)  # trial → the apiserver's refusal of its job
@@ -78,8 +75,8 @@ class SweepReconciler:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.forget(key)
             return None
-        mem = self._remember(key, body)
-        if self._stale(mem, body):
+        mem = remember(self._memory, key, body, _Memory)
+        if mem.stale(body, time.monotonic()):
             return RETRY_SOON
         now = self.clock()
         sweep, spec_error = _parse(body)
@@ -92,22 +89,6 @@ class SweepReconciler:
         self._statuses[key] = (decision.status, sweep.spec.objective.metric if sweep else "")
         refused = await self._act(sweep, mem, decision, views) if sweep is not None else False
         return RETRY_SOON if refused else self._requeue_after(mem)
-
-    def _remember(self, key: Key, body: Mapping[str, Any]) -> _Memory:
-        uid = str(body["metadata"].get("uid"))
-        mem = self._memory.get(key)
-        if mem is None or mem.uid != uid:  # a new sweep under an old name starts afresh
-            mem = self._memory[key] = _Memory(uid)
-        return mem
-
-    def _stale(self, mem: _Memory, body: Mapping[str, Any]) -> bool:
-        """Whether ``body`` predates our last status write (the watch has not delivered it yet)."""
-        if mem.written is None:
-            return False
-        if body.get("status") == mem.written or time.monotonic() - mem.written_at > STALE_GRACE:
-            mem.written = None
-            return False
-        return True
 
     async def _check(self, sweep: Sweep) -> tuple[str, ...]:
         """The apiserver's verdict on every trial's job, by dry-run creates: what the job schema rejects (422) or
@@ -127,7 +108,7 @@ class SweepReconciler:
         meta = parse_meta(body["metadata"])
         new = decision.status.to_dict()
         await self.api.patch_sweep_status(meta, merge_patch(body.get("status") or {}, new))
-        mem.written, mem.written_at = new, time.monotonic()
+        mem.wrote(new, time.monotonic())
         for event in decision.events:
             log.info("sweep %s/%s: %s %s", meta.namespace, meta.name, event.reason, event.message)
             await self.api.post_sweep_event(meta, event.reason, event.message, event.warning, now)

@@ -225,8 +225,11 @@ class KubeApi:
         with contextlib.suppress(Gone, Conflict):  # already deleted, or a new job under the same name
             await self._call("DELETE", path, f"delete job {meta.namespace}/{meta.name}", body)
 
-    async def post_event(self, meta: JobMeta, reason: str, message: str, warning: bool, now: datetime) -> None:
-        """Record a Kubernetes Event on the job (``kubectl describe ptj`` shows it). Best effort."""
+    async def post_event(
+        self, meta: JobMeta, reason: str, message: str, warning: bool, now: datetime, kind: str = KIND
+    ) -> None:
+        """Record a Kubernetes Event on the job, or on another object of ours of ``kind`` (a sweep), which
+        ``kubectl describe`` shows. Best effort: a failure is logged, never raised."""
         stamp = format_time(now)
         event = {
             "apiVersion": "v1",
@@ -234,7 +237,7 @@ class KubeApi:
             "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": KIND,
+                "kind": kind,
                 "name": meta.name,
                 "namespace": meta.namespace,
                 "uid": meta.uid,
@@ -250,7 +253,7 @@ class KubeApi:
         try:
             await self._call("POST", f"/api/v1/namespaces/{meta.namespace}/events", f"event {reason}", event)
         except (TemporaryError, Rejected) as e:
-            log.warning("could not record event %s on %s/%s: %s", reason, meta.namespace, meta.name, e)
+            log.warning("could not record event %s on %s %s/%s: %s", reason, kind, meta.namespace, meta.name, e)
 
 
 def _classify(status: int, payload: bytes, what: str) -> Exception:

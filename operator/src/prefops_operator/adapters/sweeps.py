@@ -10,10 +10,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..core.spec import API_VERSION, JobMeta
+from ..core.spec import JobMeta
 from ..core.sweep_spec import SWEEP_KIND
-from ..core.timefmt import format_time
-from .kube import COMPONENT, GROUP, MERGE_PATCH, PLURAL, VERSION, Conflict, Gone, KubeApi, Rejected, TemporaryError
+from .kube import GROUP, MERGE_PATCH, PLURAL, VERSION, Conflict, Gone, KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +52,4 @@ class SweepKubeApi(KubeApi):
 
     async def post_sweep_event(self, meta: JobMeta, reason: str, message: str, warning: bool, now: datetime) -> None:
         """Record a Kubernetes Event on the sweep (``kubectl describe ptsweep`` shows it). Best effort."""
-        stamp = format_time(now)
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": SWEEP_KIND,
-                "name": meta.name,
-                "namespace": meta.namespace,
-                "uid": meta.uid,
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": COMPONENT},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            await self._call("POST", f"/api/v1/namespaces/{meta.namespace}/events", f"event {reason}", event)
-        except (TemporaryError, Rejected) as e:
-            log.warning("could not record event %s on sweep %s/%s: %s", reason, meta.namespace, meta.name, e)
+        await self.post_event(meta, reason, message, warning, now, kind=SWEEP_KIND)
