@@ -10,7 +10,7 @@ and the checks a sweep must pass before its first trial starts. Pure.
   sweep is, and lives as long as the sweep (``ttlSecondsAfterFinished`` is dropped: the sweep reads the trials'
   results from their status).
 - **Reference sharing.** :func:`reference_group` is the part of a trial's spec that decides the trainer's
-  reference-cache key (trainer/src/prefops_trainer/refcache.py and inputs.py): trials with the same group share one
+  reference-cache key (trainer/src/prefops_trainer/core/cachekey.py and inputs.py): trials with the same group share one
   reference pass.
 """
 
