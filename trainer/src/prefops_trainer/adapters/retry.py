@@ -3,7 +3,8 @@
 Below this, botocore/s3fs and huggingface_hub retry a few times within seconds; that rides out a dropped
 connection, not a store that is away for a minute. :func:`retrying` keeps trying with exponential backoff (1 s,
 2 s, 4 s... at most 30 s apart, jittered) until ``$PREFOPS_RETRY_SECONDS`` (default 300) have passed, then raises
-:class:`TransientError`: exit 1, not 2, so the operator's restart policy applies. Only failures that say "try again"
+:class:`TransientError`. One failure is never final: the client libraries' own retries can make a single attempt
+outlast a short budget, so there is always at least one fresh attempt after a pause: exit 1, not 2, so the operator's restart policy applies. Only failures that say "try again"
 are retried (connection errors, timeouts, HTTP 5xx, 408 and 429, S3's SlowDown); a 403 or 404 is the job's
 problem and goes straight through.
 """
@@ -93,8 +94,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def retrying(what: str, call: Callable[[], T], transient: Callable[[BaseException], bool] = is_transient) -> T:
-    """``call()``, again after each transient failure until the budget is spent; then :class:`TransientError`
-    naming ``what`` and the last failure."""
+    """``call()``, again after each transient failure until the budget is spent (at least once more, whatever the
+    budget); then :class:`TransientError` naming ``what`` and the last failure."""
     start, attempt = time.monotonic(), 0
     while True:
         try:
@@ -104,7 +105,7 @@ def retrying(what: str, call: Callable[[], T], transient: Callable[[BaseExceptio
                 raise
             spent = time.monotonic() - start
             pause = delay_s(attempt) * random.uniform(0.75, 1.0)
-            if spent + pause > budget_s():
+            if attempt >= 1 and spent + pause > budget_s():
                 raise TransientError(
                     f"{what}: still failing after {attempt + 1} attempts over {spent:.0f} s ({_one_line(e)}). This "
                     "is an outage, not a mistake in the job: the phase exits 1 and the restart policy "
