@@ -76,13 +76,12 @@ def ours(tmp, name: str, spec: dict, monkeypatch) -> list[dict]:
     precompute_phase.run(inputs)  # a hit after the first DPO case: every loss type reads one cache
     original = train_phase._build
 
-    def seeded_build(*args, **kwargs):
-        torch.manual_seed(SEED)  # LoRA's initial weights come from the global generator, as on the TRL side
+    def checked_build(*args, **kwargs):
         trainer = original(*args, **kwargs)
-        assert trainer.ref_model is None and trainer.precompute_ref_logps
+        assert trainer.ref_model is None and trainer.precompute_ref_logps, "no reference model: the cache answers"
         return trainer
 
-    monkeypatch.setattr(train_phase, "_build", seeded_build)
+    monkeypatch.setattr(train_phase, "_build", checked_build)
     report = train_phase.run(inputs)
     assert report["steps"] == STEPS
     return report["logHistory"]
@@ -115,7 +114,6 @@ def trl_online(tmp, spec: dict, monkeypatch) -> list[dict]:
         from peft import LoraConfig
 
         peft_config = LoraConfig(**lk)
-    torch.manual_seed(SEED)
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32),
         args=config_cls(**kwargs),

@@ -83,6 +83,7 @@ def _compute_shard(inputs, model, rows, cache, shard, num_shards, split, metrics
         max_length=d.max_length,
         truncation_mode=d.truncation_mode,
         batch_size=inputs.spec.reference.batch_size,
+        tokens_per_batch=inputs.spec.reference.tokens_per_batch,
         on_progress=step,
     )
     bar.close()

@@ -127,11 +127,18 @@ def make_trainer_class(base, family: str):
     """``base`` (a TRL trainer) that reads reference log-probs from our cache and counts its tokens."""
 
     class PrefopsTrainer(base):
-        def __init__(self, *args, reference: dict[str, dict[int, tuple[float, float]]] | None = None, **kwargs):
+        def __init__(
+            self,
+            *args,
+            reference: dict[str, dict[int, tuple[float, float]]] | None = None,
+            prefix_sharing: bool = False,
+            **kwargs,
+        ):
             self._prefops_reference = reference or {}
             self.prefops_tokens = 0
             with _skip_trl_model_hash(base):
                 super().__init__(*args, **kwargs)
+            self._prefops_packed = _prefix_sharing(self) if prefix_sharing else None
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             """Join the cached reference log-probs on the row index instead of computing them."""
@@ -147,6 +154,8 @@ def make_trainer_class(base, family: str):
                 mask = inputs.get("chosen_attention_mask")
             if mask is not None:
                 self.prefops_tokens += int(mask.sum())
+            if self._prefops_packed is not None:
+                model = self._prefops_packed(model)  # TRL's loss code, our packed forward underneath
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def _generate(self, model, prompts, images=None):
@@ -159,6 +168,14 @@ def make_trainer_class(base, family: str):
             return out
 
     return PrefopsTrainer
+
+
+def _prefix_sharing(trainer):
+    """A wrapper for the model TRL's DPO loss calls that answers its policy forward packed, or None (and why, in
+    the log) when the model's attention kernel cannot take the packed mask."""
+    from .. import trl_packing
+
+    return trl_packing.enable(trainer)
 
 
 @contextlib.contextmanager
@@ -310,6 +327,8 @@ def _build(inputs, model, args, trainer_base, reference, family, local_ckpt):
         peft_config = LoraConfig(**lk)
     observer = _callbacks(inputs, local_ckpt)
     kwargs: dict[str, Any] = {"reference": reference} if family in REFERENCE_COLUMNS else {}
+    if family == "dpo":
+        kwargs["prefix_sharing"] = inputs.spec.training.prefix_sharing
     if family == "online-dpo":
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
     trainer = make_trainer_class(trainer_base, family)(
