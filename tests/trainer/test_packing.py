@@ -263,3 +263,26 @@ def test_flex_attention_block_mask_gives_the_sdpa_numbers_with_several_pairs_per
         alone = packing.pair_logps(dense.model, pairs, trl_packing.lm_head(dense), "cpu")
     for a, b in zip(flex, alone, strict=True):
         assert (a.float() - b).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.distributed
+def test_prefix_sharing_under_deepspeed_zero3_on_two_ranks_logs_the_numbers_of_the_plain_path(tmp_path):
+    """ZeRO-3 partitions the LM head: the packed forward gathers it as TRL's fused head does, on every rank."""
+    import json
+
+    from trainer_jobs import run_cli, write_job
+
+    histories = []
+    for name, shared in (("plain", False), ("shared", True)):
+        training = {"maxSteps": 2, "perDeviceBatchSize": 4, "prefixSharing": shared, "deepspeed": {"stage": 3}}
+        (tmp_path / name).mkdir()
+        job = write_job(tmp_path / name, name, resources={"gpusPerNode": 0, "processesPerNode": 2}, training=training)
+        for phase in ("precompute", "train"):
+            result = run_cli(phase, job)
+            assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(next((tmp_path / name / "work").rglob("phases/train.json")).read_text())
+        assert report["worldSize"] == 2
+        histories.append(report["logHistory"])
+    for a, b in zip(*histories, strict=True):
+        for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected"):
+            assert abs(a[key] - b[key]) <= TOLERANCE * max(1.0, abs(a[key])), key
