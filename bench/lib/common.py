@@ -9,6 +9,7 @@ interleaved, reported as the median and min-max of the per-repetition ratios.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -181,7 +182,10 @@ def start(argv: list[str], env: dict[str, str], cpus: set[int] | None = None) ->
 def _last_json(out: str) -> dict:
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a Trainer's printed log dict, not the result
     return {}
 
 
@@ -210,7 +214,7 @@ class Row:
     ours: list[float]
     base: list[float]
     unit: str
-    target: str  # e.g. ">= 2.0" or "<= 0.75"
+    target: str | None  # e.g. ">= 2.0" or "<= 0.75"; None: reported, no target
     baseline: str = "TRL"
 
     @property
@@ -218,7 +222,9 @@ class Row:
         return [o / b for o, b in zip(self.ours, self.base, strict=True)]
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
         op, bound = self.target.split()
         ratio = statistics.median(self.ratios)
         return ratio >= float(bound) if op == ">=" else ratio <= float(bound)
@@ -240,18 +246,24 @@ def print_table(title: str, rows: list[Row], notes: list[str]) -> None:
     for r in rows:
         ours, base = spread(r.ours), spread(r.base)
         ratio = spread(r.ratios)
-        mark = "met" if r.met else "**missed**"
-        print(f"| {r.name} | {ours} {r.unit} | {base} {r.unit} ({r.baseline}) | {ratio}x | {r.target}x | {mark} |")
+        mark = {True: "met", False: "**missed**", None: ""}[r.met]
+        target = f"{r.target}x" if r.target else "-"
+        print(f"| {r.name} | {ours} {r.unit} | {base} {r.unit} ({r.baseline}) | {ratio}x | {target} | {mark} |")
     print(f"\n{len(rows[0].ours) if rows else 0} repetitions; {machine()}")
     sys.stdout.flush()
 
 
 def machine() -> str:
-    import torch
-
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, load average {load:.1f} at the end"
-    )
+    torch = sys.modules.get("torch")
+    threads = f", torch {torch.__version__} with {torch.get_num_threads()} threads" if torch else ""
+    cpus = f"{os.cpu_count()} CPUs ({_cpu_model()})"
+    return f"{time.strftime('%Y-%m-%d')}, {cpus}{threads}, load average {load:.1f} at the end"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
