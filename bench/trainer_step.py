@@ -43,6 +43,7 @@ from lib.common import (
 )
 
 WARMUP_STEPS = 2
+SHARD_DATA = "pairs-shards.jsonl"
 
 
 def step_clock():
@@ -190,10 +191,12 @@ def _shape_args(args) -> list[str]:
     return ["--pairs", str(args.pairs), "--hidden", str(args.hidden), "--layers", str(args.layers)]
 
 
-def sharded_pass(root: Path, shape: Shape, shards: int, rep: int) -> float:
-    """Pairs/s of a whole reference pass in ``shards`` processes, one core and one thread each."""
+def sharded_pass(root: Path, shape: Shape, shards: int, rep: int, pairs: int) -> float:
+    """Pairs/s of a whole reference pass over ``pairs`` pairs in ``shards`` processes, one core and one thread each."""
     storage = root / f"shards-{shards}-{rep}"
-    job = write_job(root, prefops_job(root, shape, f"shards-{shards}-{rep}", storage, reference={"workers": shards}))
+    doc = prefops_job(root, shape, f"shards-{shards}-{rep}", storage, reference={"workers": shards},
+                      dataset={"source": str(root / SHARD_DATA)})  # fmt: skip
+    job = write_job(root, doc)
     env = fresh_env(root, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.perf_counter()
     procs = [
@@ -207,7 +210,7 @@ def sharded_pass(root: Path, shape: Shape, shards: int, rep: int) -> float:
             raise SystemExit("a precompute shard failed")
     wall = time.perf_counter() - t0
     assert next(storage.rglob("manifest.json")), "every shard written, the cache complete"
-    return shape.pairs / wall
+    return pairs / wall
 
 
 def main() -> None:
@@ -216,20 +219,21 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--pairs", type=int, default=256, help="pairs of the reference-pass rows")
+    p.add_argument("--shard-pairs", type=int, default=1024, help="pairs of the sharded-pass rows")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--worker")
     p.add_argument("--root", type=Path)
     args = p.parse_args()
     if args.quick:
-        args.reps, args.steps, args.pairs, args.hidden, args.layers = 1, 6, 24, 128, 2
+        args.reps, args.steps, args.pairs, args.shard_pairs, args.hidden, args.layers = 1, 6, 24, 48, 128, 2
     shape = Shape(hidden=args.hidden, layers=args.layers, pairs=args.pairs)
     if args.worker:
         print(json.dumps(worker(args.worker, args.root, shape, args.steps, args.root / "work")))
         return
     with tempfile.TemporaryDirectory(prefix="prefops-bench-step-") as tmp:
         root = Path(tmp)
-        data = build_assets(root, shape)
+        data = build_assets(root, shape, larger={SHARD_DATA: args.shard_pairs})
         # the training jobs read one cache, written here once (untimed)
         setup = write_job(root, prefops_job(root, shape, "setup", root / "work", dataset=train_rows(shape, args.steps)))
         run([sys.executable, "-m", "prefops_trainer", "precompute", str(setup)], fresh_env(root))
@@ -237,7 +241,7 @@ def main() -> None:
         res: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep, kind in interleaved(args.reps, kinds):
             if kind.startswith("shards/"):
-                res[kind].append({"pairs_per_s": sharded_pass(root, shape, int(kind[-1]), rep)})
+                res[kind].append({"pairs_per_s": sharded_pass(root, shape, int(kind[-1]), rep, args.shard_pairs)})
             else:
                 res[kind].append(run(job_argv(kind, root, args), fresh_env(root)).result)
             print(f"  rep {rep + 1} {kind}: {json.dumps(res[kind][-1])}", file=sys.stderr, flush=True)
@@ -265,7 +269,8 @@ def report(args, shape: Shape, data: dict, res: dict[str, list[dict]]) -> None:
         f"training: full fine-tuning, {args.steps} steps over the first {args.steps * shape.batch} pairs "
         f"(rate over the steps after {WARMUP_STEPS} warm-up steps), "
         "logging every step, same seed; prefops with prefix sharing (spec default)",
-        "sharded pass: each process pinned to one core, one thread (a device of its own); wall includes start-up",
+        f"sharded pass: {args.shard_pairs} pairs; each process pinned to one core with one thread (a device of its "
+        "own); wall from launch to the last shard written, start-up included",
         f"steps/s medians: prefops {statistics.median(col('train/prefops', 'steps_per_s')):.3f}, "
         f"TRL {statistics.median(col('train/trl', 'steps_per_s')):.3f}",
     ]

@@ -63,9 +63,10 @@ def _length(rng: random.Random, mean: int, cap: int) -> int:
     return max(4, min(cap, round(rng.lognormvariate(math.log(mean) - 0.125, 0.5))))
 
 
-def build_assets(root: Path, shape: Shape, seed: int = 0) -> dict[str, float]:
-    """A random Llama with a word-level tokenizer under ``root/model`` and ``root/pairs.jsonl``; return the data's
-    mean prompt and completion lengths (after maxLength truncation) and their ratio."""
+def build_assets(root: Path, shape: Shape, seed: int = 0, larger: dict[str, int] | None = None) -> dict[str, float]:
+    """A random Llama with a word-level tokenizer under ``root/model`` and ``shape.pairs`` rows in
+    ``root/pairs.jsonl`` (``larger``: more files of more rows, name -> rows, the first rows the same); return the
+    data's mean prompt and completion lengths (after maxLength truncation, EOS included) and their ratio."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -89,20 +90,18 @@ def build_assets(root: Path, shape: Shape, seed: int = 0) -> dict[str, float]:
     LlamaForCausalLM(config).save_pretrained(root / "model")
     fast.save_pretrained(root / "model")
     rng = random.Random(seed)
-    prompts, completions = [], []
-    with (root / "pairs.jsonl").open("w") as f:
-        for _ in range(shape.pairs):
-            p = _length(rng, shape.prompt_mean, shape.max_length // 2)
-            c, r = (_length(rng, shape.completion_mean, shape.max_length) for _ in range(2))
-            row = {
-                "prompt": _text(rng, words, p),
-                "chosen": " " + _text(rng, words, c),
-                "rejected": " " + _text(rng, words, r),
-            }
-            f.write(json.dumps(row) + "\n")
-            room = shape.max_length - p
+    files = {"pairs.jsonl": shape.pairs, **(larger or {})}
+    rows, prompts, completions = [], [], []
+    for i in range(max(files.values())):
+        p = _length(rng, shape.prompt_mean, shape.max_length // 2)
+        c, r = (_length(rng, shape.completion_mean, shape.max_length) for _ in range(2))
+        rows.append({"prompt": _text(rng, words, p), "chosen": " " + _text(rng, words, c),
+                     "rejected": " " + _text(rng, words, r)})  # fmt: skip
+        if i < shape.pairs:
             prompts.append(p)
-            completions += [min(c + 1, room), min(r + 1, room)]  # + EOS, as TRL adds it
+            completions += [min(c + 1, shape.max_length - p), min(r + 1, shape.max_length - p)]  # + EOS, as TRL
+    for name, n in files.items():
+        (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows[:n]))
     mp, mc = statistics.mean(prompts), statistics.mean(completions)
     return {"prompt": mp, "completion": mc, "ratio": mp / mc}
 

@@ -286,3 +286,18 @@ def test_prefix_sharing_under_deepspeed_zero3_on_two_ranks_logs_the_numbers_of_t
     for a, b in zip(*histories, strict=True):
         for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected"):
             assert abs(a[key] - b[key]) <= TOLERANCE * max(1.0, abs(a[key])), key
+
+
+def test_a_reference_shard_tokenizes_only_its_rows_and_names_a_bad_row_by_its_place_in_the_dataset(tmp_path):
+    import json
+
+    from prefops_trainer.errors import DataError
+
+    good = {"prompt": "what is one plus one ?", "chosen": " two .", "rejected": " three ."}
+    rows = [good] * 4 + [{**good, "prompt": "what " * 80 + "?"}, good]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    inputs = load_inputs(parse_job(job_doc(tmp_path, dataset={"source": str(data), "maxSamples": None})))
+    assert precompute_phase.run(inputs, 0, 2)["splits"]["train"]["pairs"] == 3, "rows 0-2 hold no bad row"
+    with pytest.raises(DataError, match=r"prefs\.jsonl: row 4: the prompt alone is 81 tokens"):
+        precompute_phase.run(inputs, 1, 2)

@@ -57,6 +57,14 @@ class Inputs:
             self._tokenized[split] = rows
         return self._tokenized[split]
 
+    def tokenized_rows(self, split: str, positions: range):
+        """Rows ``positions`` of the split, tokenized: only those rows for paired data (a shard of the reference pass
+        tokenizes its own rows); KTO's KL completions pair rows across a batch, so it tokenizes the split."""
+        if split in self._tokenized or self.spec.algorithm.info.family == "kto":
+            return self.tokenized(split).select(positions)
+        ds = self.splits[split]
+        return tokenize_pairs(ds.rows.select(positions), self.tokenizer, self.spec.dataset, ds.source)
+
     def ref_cache(self, split: str) -> RefCache:
         d = self.spec.dataset
         extra = None

@@ -42,17 +42,17 @@ def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> dict[s
             if entry["cacheHit"]:
                 log.info("reference cache hit for %s split: %s", split, cache.root)
                 continue
-            rows = inputs.tokenized(split)
-            mine = rows.select(shard_rows(len(rows), shard, num_shards))
+            n_rows = len(inputs.splits[split])
             if cache.has_shard(shard, num_shards):
                 log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
             else:
+                mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
                 if model is None:
                     model = inputs.load_model().to(_device())
                     precompute.prepare_model(model)
                 entry["pairs"] = len(mine)
                 entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split, metrics)
-            cache.finalize(num_shards, len(rows), _cache_info(inputs, split))
+            cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
     report["cacheHit"] = all(s["cacheHit"] for s in report["splits"].values())
     name = "precompute" if num_shards == 1 else f"precompute-{shard:05d}"
     inputs.ws.write_report(name, report)

@@ -153,7 +153,7 @@ def make_trainer_class(base, family: str):
             if mask is None:
                 mask = inputs.get("chosen_attention_mask")
             if mask is not None:
-                self.prefops_tokens += int(mask.sum())
+                self.prefops_tokens += mask.sum()  # a tensor: no device sync per micro-batch, read at logging
             if self._prefops_packed is not None:
                 model = self._prefops_packed(model)  # TRL's loss code, our packed forward underneath
             return super().compute_loss(model, inputs, *args, **kwargs)
@@ -217,7 +217,7 @@ def _callbacks(inputs: Inputs, local_ckpt: Path):
 
         def on_log(self, args, state, control, logs=None, **kw):
             metrics = m.current()
-            now, tokens = time.perf_counter(), self.trainer.prefops_tokens if self.trainer else 0
+            now, tokens = time.perf_counter(), int(self.trainer.prefops_tokens) if self.trainer else 0
             tps = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
             self.last = (now, tokens)
             if metrics:
