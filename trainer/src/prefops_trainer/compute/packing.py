@@ -55,8 +55,8 @@ class Packed:
     n_pairs: int
 
     def to(self, device) -> Packed:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Packed(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "n_pairs"}
+        return Packed(**moved, n_pairs=self.n_pairs)
 
     @property
     def tokens(self) -> int:
@@ -201,7 +201,9 @@ def pair_logps(backbone, pairs: Sequence[Pair], head: Head, device) -> tuple[tor
     packed = pack(pairs, pad_token_id=0).to(device)
     param = next(backbone.parameters())
     mask = attention_mask(packed, backbone.config._attn_implementation, param.dtype)
-    chosen, rejected = sums(forward(backbone, packed, mask, head)["log_probs"], packed)
+    log_probs = forward(backbone, packed, mask, head)["log_probs"]
+    assert log_probs is not None, "the head always computes log_probs"
+    chosen, rejected = sums(log_probs, packed)
     return chosen.float().cpu(), rejected.float().cpu()
 
 
