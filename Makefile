@@ -48,7 +48,7 @@ demo: setup  ## run the main job: local DPO on the tiny model in examples/tiny, 
 servers: setup  ## install and build the real servers the tests start (etcd, kube-apiserver, prometheus)
 	scripts/install-servers.sh "$(PREFOPS_CACHE)"
 
-test: setup servers  ## the whole test suite: unit, contract, integration against real servers
+test: lint servers  ## lint first, then the whole test suite: unit, contract, integration against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup  ## only the tests that need no server
@@ -60,11 +60,13 @@ e2e: setup servers  ## only the whole-loop tests: kubectl apply a job, the opera
 bench: setup servers  ## run every benchmark under bench/ and print their tables (BENCH_ARGS=--quick: a smoke run)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS); done
 
-lint: setup  ## ruff, mypy and the import-layer contracts
+lint: setup  ## ruff, the format check, the import-layer contracts and mypy (strict) of both distributions
 	$(VENV)/bin/ruff check trainer operator tests bench scripts
 	$(VENV)/bin/ruff format --check trainer operator tests bench scripts
 	$(VENV)/bin/lint-imports --config operator/pyproject.toml
+	$(VENV)/bin/lint-imports --config trainer/pyproject.toml
 	cd operator && ../$(VENV)/bin/mypy
+	cd trainer && ../$(VENV)/bin/mypy
 
 clean:  ## remove build outputs and the demo's results (keeps .venv and the server cache)
 	rm -rf out build .pytest_cache

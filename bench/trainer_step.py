@@ -116,10 +116,11 @@ def trl_trainer(root: Path, shape: Shape, steps: int, rows: int | None = None, *
 
 def worker(kind: str, root: Path, shape: Shape, steps: int, storage: Path) -> dict:
     """One job, in its own process."""
+    from prefops_trainer.core.spec import parse_job
     from prefops_trainer.inputs import load_inputs
     from prefops_trainer.phases import precompute as pre_phase
     from prefops_trainer.phases import train as train_phase
-    from prefops_trainer.spec import parse_job
+    from prefops_trainer.phases.train import trainers
 
     name = f"{kind}-{time.monotonic_ns()}"
     if kind == "reference/prefops":
@@ -137,14 +138,14 @@ def worker(kind: str, root: Path, shape: Shape, steps: int, storage: Path) -> di
     if kind == "train/prefops":
         job = prefops_job(root, shape, name, storage, training={"maxSteps": steps}, dataset=train_rows(shape, steps))
         inputs = load_inputs(parse_job(job))
-        original = train_phase._build
+        original = trainers.build
 
         def build(*args, **kwargs):
             trainer = original(*args, **kwargs)
             trainer.add_callback(clock)
             return trainer
 
-        train_phase._build = build
+        trainers.build = build
         train_phase.run(inputs)
     else:
         trainer = trl_trainer(root, shape, steps, train_rows(shape, steps)["maxSamples"], callbacks=[clock])

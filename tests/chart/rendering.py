@@ -77,9 +77,15 @@ def args(rendered: Rendered) -> dict[str, list[str]]:
     return flags
 
 
-def crd_file_spec() -> dict[str, Any]:
-    (crd,) = load_all((ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml").read_text())
+def crd_file_spec(name: str = "prefops.dev_preferencetrainingjobs.yaml") -> dict[str, Any]:
+    (crd,) = load_all((ROOT / "crds" / name).read_text())
     return dict(crd)
+
+
+def crd_file_specs() -> dict[str, dict[str, Any]]:
+    """Every CRD of the repository's crds/ by its metadata.name: the jobs' and the sweeps'."""
+    specs = [crd_file_spec(p.name) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    return {s["metadata"]["name"]: s for s in specs}
 
 
 # Value sets rendered by the unit tests and applied to the apiserver by the integration tests: the defaults and
@@ -147,6 +153,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "priorityClassName": "system-cluster-critical",
         "serviceAccount": {"annotations": {"example.com/role": "prefops"}},
+    },
+    "network-policy": {
+        "networkPolicy": {"enabled": True, "metricsFrom": ["kubernetes.io/metadata.name=monitoring", "team=ml-ops"]},
+        "trainer": {"shmSizeLimit": "8Gi", "cacheSizeLimit": "1Ti"},
     },
     "bring-your-own-account": {
         "serviceAccount": {"create": False, "name": "existing-operator"},

@@ -10,12 +10,25 @@ import re
 import helm_python
 import pytest
 import yaml
-from chart.rendering import CHART, NAMESPACE, ROOT, VALUE_SETS, args, chart, container, crd_file_spec, load_all, render
+from chart.rendering import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    VALUE_SETS,
+    args,
+    chart,
+    container,
+    crd_file_spec,
+    crd_file_specs,
+    load_all,
+    render,
+)
 from dockerfile_parse import DockerfileParser
 from support.operator_core import make_job
+from support.pod_security import restricted_violations
 
 from prefops_operator.config import OperatorConfig
-from prefops_operator.core.children import ChildSettings, pod
+from prefops_operator.core.children import ChildSettings, network_policy, pod
 from prefops_operator.core.naming import PodPhase
 
 
@@ -58,6 +71,10 @@ def test_the_operator_runs_as_the_images_non_root_user_with_a_read_only_root_fil
     assert {v["name"]: v for v in pod_spec["volumes"]}["tmp"]["emptyDir"]
 
 
+def test_the_operator_pod_satisfies_the_restricted_pod_security_standard():
+    assert restricted_violations({"spec": render().one("Deployment")["spec"]["template"]["spec"]}) == []
+
+
 def test_the_operator_container_requests_cpu_and_memory():
     requests = container(render())["resources"]["requests"]
     assert set(requests) == {"cpu", "memory"}
@@ -80,12 +97,9 @@ def test_the_default_flags_are_the_operators_own_defaults_and_the_chart_app_vers
     config = operator_config({})
     app_version = chart().metadata["appVersion"]
     assert config.namespaces == ()
-    assert config.default_image == f"ghcr.io/prefops/trainer:{app_version}" == ChildSettings.default_image
+    assert config.children.default_image == f"ghcr.io/prefops/trainer:{app_version}" == ChildSettings().default_image
     assert container(render())["image"] == f"ghcr.io/prefops/operator:{app_version}"
-    defaults = OperatorConfig()
-    for field in ("image_pull_policy", "trainer_metrics_port", "run_as_user", "metrics_port", "health_port",
-                  "workers", "progress_interval", "scrape_timeout", "verbose"):  # fmt: skip
-        assert getattr(config, field) == getattr(defaults, field), field
+    assert config == OperatorConfig()  # every other setting too
 
 
 def test_image_values_reach_the_operator_image_and_its_trainer_pods():
@@ -99,7 +113,7 @@ def test_image_values_reach_the_operator_image_and_its_trainer_pods():
     assert trainer["image"] == "registry.example.com/ml/prefops-trainer:0.1.0-cu128"
     assert trainer["imagePullPolicy"] == "Always"
     assert {"name": "metrics", "containerPort": 9500} in trainer["ports"]
-    assert config.run_as_user == 2000
+    assert config.children.run_as_user == 2000
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -197,17 +211,25 @@ def test_the_charts_crd_file_is_a_byte_for_byte_copy_of_the_repository_crd():
         assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
 
 
-def test_the_rendered_crd_is_the_repository_crd_with_the_charts_labels():
-    crd = render().one("CustomResourceDefinition")
-    original = crd_file_spec()
-    assert crd["spec"] == original["spec"]
-    assert crd["metadata"]["name"] == original["metadata"]["name"]
-    assert original["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+def test_the_rendered_crds_are_the_repositorys_jobs_and_sweeps_crds_with_the_charts_labels():
+    rendered = {crd["metadata"]["name"]: crd for crd in render().all("CustomResourceDefinition")}
+    originals = crd_file_specs()
+    assert (
+        set(rendered)
+        == set(originals)
+        == {"preferencetrainingjobs.prefops.dev", "preferencetrainingsweeps.prefops.dev"}
+    )
+    for name, crd in rendered.items():
+        assert crd["spec"] == originals[name]["spec"], name
+        assert originals[name]["metadata"]["labels"].items() <= crd["metadata"]["labels"].items(), name
 
 
-def test_the_crd_is_kept_on_uninstall_unless_switched_off():
-    assert render().one("CustomResourceDefinition")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert "annotations" not in render(VALUE_SETS["crd-not-kept"]).one("CustomResourceDefinition")["metadata"]
+def test_the_crds_are_kept_on_uninstall_unless_switched_off():
+    kept = render().all("CustomResourceDefinition")
+    assert len(kept) == 2 and all(c["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for c in kept)
+    assert all(
+        "annotations" not in c["metadata"] for c in render(VALUE_SETS["crd-not-kept"]).all("CustomResourceDefinition")
+    )
     assert "CustomResourceDefinition" not in render(VALUE_SETS["no-crd"]).kinds()
 
 
@@ -298,7 +320,8 @@ def test_the_notes_give_the_next_commands_for_the_release():
     assert "kubectl -n prefops-system rollout status deployment/prefops" in notes
     assert "kubectl -n default get ptj -w" in notes
     assert "port-forward service/prefops-metrics 8080" in notes
-    assert "keeps the CRD" in notes
+    assert "keeps the CRDs" in notes
+    assert "kubectl -n default get ptsweep" in notes
 
 
 def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
@@ -306,7 +329,10 @@ def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
     assert "chart-team-a, chart-team-b only" in namespaced
     assert "kubectl -n chart-team-a apply -f examples/dpo-lora-s3.yaml" in namespaced
     assert "kubectl apply -f crds/" in render(VALUE_SETS["no-crd"]).notes
-    assert "deletes the CRD and every PreferenceTrainingJob" in render(VALUE_SETS["crd-not-kept"]).notes
+    assert (
+        "deletes the CRDs and every PreferenceTrainingJob and PreferenceTrainingSweep"
+        in render(VALUE_SETS["crd-not-kept"]).notes
+    )
 
 
 @pytest.mark.parametrize(
@@ -320,6 +346,8 @@ def test_the_notes_follow_the_watched_namespaces_and_the_crd_switches():
         ({"serviceMonitor": {"interval": "30 seconds"}}, r"/serviceMonitor/interval"),
         ({"image": {"digest": "latest"}}, r"/image/digest"),
         ({"trainer": {"runAsUser": 0}}, r"/trainer/runAsUser"),
+        ({"trainer": {"shmSizeLimit": "lots"}}, r"/trainer/shmSizeLimit"),
+        ({"networkPolicy": {"metricsFrom": ["no label"]}}, r"/networkPolicy/metricsFrom/0"),
     ],
 )
 def test_a_bad_value_is_rejected_by_the_schema_when_rendering(values, message):
@@ -338,10 +366,58 @@ def test_the_packaged_chart_carries_the_crd_and_the_dashboard_and_renders_the_sa
     archive = helm_python.package(CHART, destination=tmp_path)
     packaged = helm_python.Chart.load(archive)
     files = {f["name"] for f in packaged.files}
-    assert {"files/crds/prefops.dev_preferencetrainingjobs.yaml", "dashboards/prefops.json", "README.md"} <= files
+    crds = {
+        "files/crds/prefops.dev_preferencetrainingjobs.yaml",
+        "files/crds/prefops.dev_preferencetrainingsweeps.yaml",
+    }
+    assert {*crds, "dashboards/prefops.json", "README.md"} <= files
     values = {"dashboards": {"enabled": True}}
     from_archive = packaged.render(values, name="prefops", namespace=NAMESPACE)
     from_dir = chart().render(values, name="prefops", namespace=NAMESPACE)
     assert from_archive == from_dir
     assert any(re.search(r"kind: ConfigMap", text) for text in from_archive.values())
     assert load_all(from_archive["prefops/templates/crd.yaml"])[0]["spec"] == crd_file_spec()["spec"]
+
+
+# -- pod hardening and network policies ------------------------------------------------------------------------
+
+
+def test_trainer_scratch_volume_limits_reach_the_trainer_pods():
+    values = VALUE_SETS["network-policy"]
+    trainer = pod(make_job("dpo"), PodPhase.TRAIN, 0, 1, operator_config(values).children)
+    volumes = {v["name"]: v["emptyDir"] for v in trainer["spec"]["volumes"] if "emptyDir" in v}
+    assert (volumes["dshm"]["sizeLimit"], volumes["cache"]["sizeLimit"]) == ("8Gi", "1Ti")
+
+
+def test_network_policies_are_off_by_default_and_grant_nothing():
+    rendered = render()
+    assert "NetworkPolicy" not in rendered.kinds()
+    assert not operator_config({}).children.network_policy
+    assert "networkpolicies" not in str(rendered.one("ClusterRole")["rules"])
+
+
+def test_with_network_policies_the_operator_pod_is_scraped_only_from_the_monitoring_namespaces():
+    rendered = render(VALUE_SETS["network-policy"])
+    policy = rendered.one("NetworkPolicy")["spec"]
+    operator_pod = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert matches(policy["podSelector"], operator_pod)
+    health, metrics = policy["ingress"]
+    assert health == {"ports": [{"protocol": "TCP", "port": 8081}]}  # the kubelet's probes, from the node
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                               {"namespaceSelector": {"matchLabels": {"team": "ml-ops"}}}]  # fmt: skip
+
+
+def test_with_network_policies_each_job_gets_one_from_the_operator_which_may_create_it():
+    values = VALUE_SETS["network-policy"]
+    children = operator_config(values).children
+    assert children.network_policy
+    assert children.metrics_from == ("kubernetes.io/metadata.name=monitoring", "team=ml-ops",
+                                     f"kubernetes.io/metadata.name={NAMESPACE}")  # fmt: skip
+    job = make_job("dpo")
+    policy = network_policy(job, children)["spec"]
+    assert all(
+        matches(policy["podSelector"], pod(job, phase, 0, 1, children)["metadata"]["labels"]) for phase in PodPhase
+    )
+    granted = rules(render(values).one("ClusterRole"))
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get"]} in granted

@@ -1,6 +1,7 @@
 """Every example manifest is accepted by the CRD (the real apiserver) and by the trainer's parser; and the config
 document the operator renders from a job as the apiserver serves it (defaults applied) parses with the trainer's
-parser into the same job the trainer reads from the example file."""
+parser into the same job the trainer reads from the example file. A sweep example's trials are jobs the operator
+accepts and the trainer parses."""
 
 from __future__ import annotations
 
@@ -11,12 +12,28 @@ import yaml
 
 from prefops_operator.core.children import CONFIG_FILE, config_map
 from prefops_operator.core.spec import parse_job as operator_parse
+from prefops_operator.core.sweep_machine import SweepObserved, decide
+from prefops_operator.core.sweep_spec import SWEEP_KIND, parse_sweep
+from prefops_operator.core.sweep_status import SweepStatus
+from prefops_operator.core.sweep_trials import expand, trial_manifest
+from prefops_operator.core.timefmt import utcnow
 from prefops_operator.core.validation import semantic_problems
-from prefops_trainer.spec import KIND, load_job
-from prefops_trainer.spec import parse_job as trainer_parse
+from prefops_trainer.adapters.jobfile import load_job
+from prefops_trainer.core.spec import KIND
+from prefops_trainer.core.spec import parse_job as trainer_parse
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+ALL_EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def kind_of(path: Path) -> str:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind")]
+    assert len(docs) == 1, f"{path}: one manifest per example"
+    return str(docs[0]["kind"])
+
+
+EXAMPLES = [p for p in ALL_EXAMPLES if kind_of(p) == KIND]
+SWEEPS = [p for p in ALL_EXAMPLES if kind_of(p) == SWEEP_KIND]
 
 
 def job_document(path: Path) -> dict:
@@ -25,9 +42,42 @@ def job_document(path: Path) -> dict:
     return docs[0]
 
 
-def test_there_are_local_and_cluster_examples():
+def test_there_are_local_and_cluster_examples_and_a_sweep():
     names = {p.name for p in EXAMPLES}
     assert {"local-tiny-dpo.yaml", "dpo-lora-s3.yaml"} <= names
+    assert SWEEPS and set(EXAMPLES) | set(SWEEPS) == set(ALL_EXAMPLES)
+
+
+def sweep_of(doc: dict) -> object:
+    doc = {**doc, "metadata": {**doc["metadata"], "namespace": "default", "uid": "u"}}
+    return parse_sweep(doc)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_trial_of_a_sweep_example_passes_the_operators_checks_and_parses_with_the_trainer(path):
+    sweep = sweep_of(yaml.safe_load(path.read_text()))
+    trials = expand(sweep)
+    assert len(trials) >= 2
+    assert decide(SweepStatus(), SweepObserved(sweep), utcnow()).status.phase.value == "Running"
+    for trial in trials:
+        manifest = trial_manifest(sweep, trial, suspend=False)
+        assert str(trainer_parse(manifest, trial.name).spec.output.uri) == manifest["spec"]["output"]["uri"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_sweep_example_is_accepted_by_the_crd_and_its_trials_by_the_job_schema(path, kube_cluster, namespace):
+    from support.sweeps import Sweeps
+
+    sweeps = Sweeps(kube_cluster.custom(), kube_cluster.core(), namespace)
+    served = sweeps.create(yaml.safe_load(path.read_text()))
+    assert served["spec"]["template"]["training"]["lrScheduler"] == "linear"  # the job schema's defaults apply
+    sweep = parse_sweep(served)
+    for trial in expand(sweep):
+        manifest = trial_manifest(sweep, trial, suspend=False)
+        kube_cluster.custom().create_namespaced_custom_object(
+            "prefops.dev", "v1alpha1", namespace, "preferencetrainingjobs", manifest, dry_run="All"
+        )
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

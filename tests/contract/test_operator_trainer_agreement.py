@@ -4,36 +4,40 @@ and the verdict on algorithm settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
+from support import trainer_metrics as fake_trainer_metrics
 
 from prefops_operator.core import children
 from prefops_operator.core.algorithms import ALGORITHMS as OPERATOR_ALGORITHMS
+from prefops_operator.core.algorithms import AlgorithmRule
 from prefops_operator.core.machine import PERMANENT_EXIT_CODE
 from prefops_operator.core.progress import PRECOMPUTE_METRICS, TRAINING_METRICS
 from prefops_operator.core.spec import parse_job as operator_parse
 from prefops_operator.core.validation import semantic_problems
-from prefops_trainer import metrics as trainer_metrics
-from prefops_trainer.algorithms import ALGORITHMS as TRAINER_ALGORITHMS
-from prefops_trainer.errors import SpecError, UserError
-from prefops_trainer.spec import parse_job as trainer_parse
+from prefops_trainer.adapters import metrics as trainer_metrics
+from prefops_trainer.core.algorithms import ALGORITHMS as TRAINER_ALGORITHMS
+from prefops_trainer.core.algorithms import Algorithm as TrainerAlgorithm
+from prefops_trainer.core.errors import SpecError, UserError
+from prefops_trainer.core.spec import parse_job as trainer_parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_both_sides_know_the_same_algorithms_and_loss_types():
-    assert set(OPERATOR_ALGORITHMS) == set(TRAINER_ALGORITHMS)
-    for name, op in OPERATOR_ALGORITHMS.items():
-        tr = TRAINER_ALGORITHMS[name]
-        assert (op.reference_based, op.loss_types, op.default_loss_types, op.multi_loss) == (
-            tr.reference_based,
-            tr.loss_types,
-            tr.default_loss_types,
-            tr.multi_loss,
-        ), name
-        assert op.online == (tr.family == "online-dpo"), name
+PENDING_IN_TRAINER = {"eval_metrics"}
+
+
+def test_both_sides_describe_every_algorithm_with_the_same_data():
+    """Every field of the operator's table is a field of the trainer's, with the same value for every algorithm."""
+    # eval_metrics: the trainer side of issue 13 (docs/contract.md §7) adds it; test_evaluation_contract holds it
+    shared = [f.name for f in dataclasses.fields(AlgorithmRule) if f.name not in PENDING_IN_TRAINER]
+    assert set(shared) <= {f.name for f in dataclasses.fields(TrainerAlgorithm)}
+    operator_side = {name: {f: getattr(rule, f) for f in shared} for name, rule in OPERATOR_ALGORITHMS.items()}
+    trainer_side = {name: {f: getattr(algo, f) for f in shared} for name, algo in TRAINER_ALGORITHMS.items()}
+    assert operator_side == trainer_side
 
 
 def contract_env_names() -> set[str]:
@@ -54,6 +58,10 @@ def test_exit_code_2_means_the_same_on_both_sides():
 def test_the_metrics_the_operator_scrapes_are_the_ones_the_trainer_serves():
     served = {f"prefops_trainer_{name}" for name in trainer_metrics.HELP}
     assert set(TRAINING_METRICS.values()) | set(PRECOMPUTE_METRICS.values()) <= served
+
+
+def test_the_operator_tests_fake_trainer_endpoint_labels_samples_as_the_trainer_does():
+    assert fake_trainer_metrics.LABELS == trainer_metrics.LABELS
 
 
 LOSS_CHOICES = [

@@ -2,8 +2,14 @@
 exercised through their own methods, rendered by ``prometheus_client.generate_latest`` as Prometheus scrapes
 them, and read back into samples.
 
+The trainer's evaluation gauges (``prefops_trainer_eval_*``, docs/contract.md §7) are the trainer side of issue
+13, not implemented yet: :func:`contract_eval_registry` serves, for each one the trainer does not export yet, the
+gauge the contract names (``prefops_operator.core.evaluation.gauge_name`` of every metric in the operator's
+algorithm table), labelled as the contract says. Once the trainer exports a gauge, its own registry replaces the
+contract's stand-in here (and tests/contract checks the trainer serves them all).
+
 Label values that come from a closed set are taken from the code too: the trainer's phases
-(``prefops_trainer.metrics.PHASES``), the memory kinds ``record_memory`` writes (with CUDA reported available, so
+(``prefops_trainer.adapters.metrics.PHASES``), the memory kinds ``record_memory`` writes (with CUDA reported available, so
 the GPU kinds appear), the operator's ``Phase`` enum, the results its reconciler records (read from the
 reconciler's source with ``ast``) and its API error kinds."""
 
@@ -20,7 +26,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 #: labels whose values are names (of jobs, namespaces, ranks), not a closed set
-FREE_LABELS = frozenset({"job_name", "job_namespace", "rank", "le", "quantile"})
+FREE_LABELS = frozenset({"job_name", "job_namespace", "rank", "le", "quantile", "sweep", "sweep_namespace"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ def trainer_registry(
     cuda: bool = False,
 ):
     """One trainer process's registry, driven the way the phases drive it (precompute.py, train.py)."""
-    from prefops_trainer.metrics import TrainerMetrics
+    from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics(job, namespace, rank=rank)
     if precompute is not None:  # the precompute phase: no set_phase; the gauges carry phase="precompute"
@@ -114,7 +120,7 @@ def _cuda(available: bool):
 def trainer_everything() -> list[Sample]:
     """Every series the trainer can export: every gauge set in every phase, memory with and without CUDA,
     throughput, and the phase enum in each of its states."""
-    from prefops_trainer.metrics import HELP, PHASES, TrainerMetrics
+    from prefops_trainer.adapters.metrics import HELP, PHASES, TrainerMetrics
 
     out: list[Sample] = []
     for phase in PHASES:
@@ -128,6 +134,34 @@ def trainer_everything() -> list[Sample]:
                 m.record_memory()
         out += samples(m.registry)
     return out
+
+
+def pending_eval_gauges() -> dict[str, str]:
+    """Gauge name → help of the contract's eval gauges the trainer does not export yet."""
+    from prefops_operator.core.algorithms import ALL_EVAL_METRICS
+    from prefops_operator.core.evaluation import STEP_GAUGE, gauge_name
+    from prefops_trainer.adapters.metrics import HELP
+
+    served = {f"prefops_trainer_{name}" for name in HELP}
+    wanted = {gauge_name(m): f"Evaluation {m} on dataset.evalSplit." for m in ALL_EVAL_METRICS}
+    wanted[STEP_GAUGE] = "The optimizer step of the latest evaluation."
+    return {name: text for name, text in wanted.items() if name not in served}
+
+
+def contract_eval_registry(job: str, namespace: str, values: dict[str, float] | None = None, step: int = 0):
+    """The pending eval gauges of one trainer process after an evaluation at ``step`` (metric → value, as TRL names
+    it; every metric at 0.5 by default), labelled ``job_name``, ``job_namespace``, ``phase="train"``."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from prefops_operator.core.algorithms import ALL_EVAL_METRICS
+    from prefops_operator.core.evaluation import STEP_GAUGE, gauge_name
+
+    registry = CollectorRegistry()
+    by_gauge = {gauge_name(m): (values or {}).get(m, 0.5) for m in ALL_EVAL_METRICS} | {STEP_GAUGE: float(step)}
+    for name, text in pending_eval_gauges().items():
+        gauge = Gauge(name, text, ["job_name", "job_namespace", "phase"], registry=registry)
+        gauge.labels(job, namespace, "train").set(by_gauge[name])
+    return registry
 
 
 # ---------------------------------------------------------------------------------------------------- operator
@@ -171,6 +205,17 @@ def api_error_kinds() -> list[str]:
     return sorted(kinds)
 
 
+def sweep_status(phases: dict[str, str], objectives: dict[str, float], sweep_phase: str = "Running"):
+    """A sweep's status as the sweep reconciler keeps it: trial name → phase, trial name → objective value."""
+    from prefops_operator.core.sweep_status import SweepPhase, SweepStatus, TrialRecord
+
+    trials = tuple(
+        TrialRecord(name, i, {"algorithm.beta": 0.1 * (i + 1)}, phase, objective=objectives.get(name))
+        for i, (name, phase) in enumerate(phases.items())
+    )
+    return SweepStatus(SweepPhase(sweep_phase), trials)
+
+
 def operator_registry(
     jobs: dict[tuple[str, str], str],
     *,
@@ -179,14 +224,18 @@ def operator_registry(
     reconciles: Iterable[tuple[str, float]] = (),
     durations: Iterable[tuple[str, float]] = (),
     api_errors: Iterable[str] = (),
+    sweeps: dict[tuple[str, str], tuple[object, str]] | None = None,
 ):
-    """The operator's registry (``OperatorMetrics``, as the reconciler makes it) after these events; ``jobs``:
-    (namespace, name) → phase value, what the reconciler's phase map holds."""
+    """The operator's registry (``OperatorMetrics``, as the reconciler makes it, with the sweep collector the sweep
+    reconciler registers) after these events; ``jobs``: (namespace, name) → phase value, what the reconciler's phase
+    map holds; ``sweeps``: (namespace, name) → (its status, its objective metric), what the sweep reconciler holds."""
+    from prefops_operator.adapters import sweep_metrics
     from prefops_operator.adapters.metrics import OperatorMetrics
     from prefops_operator.core.status import Phase
 
     phases = {key: Phase(value) for key, value in jobs.items()}
     m = OperatorMetrics(lambda: phases)
+    sweep_metrics.register(m.registry, lambda: dict(sweeps or {}))  # type: ignore[arg-type]
     for source, target in transitions:  # reconciler: transitions.labels(t.source.value, t.target.value)
         m.transitions.labels(Phase(source).value, Phase(target).value).inc()
     for phase in restarts:  # reconciler: restarts.labels(t.source.value)
@@ -203,8 +252,15 @@ def operator_registry(
 
 def operator_everything() -> list[Sample]:
     """Every series the operator can export, with every label value its code can write."""
+    from prefops_operator.core.algorithms import ALL_EVAL_METRICS
     from prefops_operator.core.status import Phase
+    from prefops_operator.core.sweep_status import TRIAL_PHASES, SweepPhase
 
+    trials = {f"t-{phase}": phase for phase in TRIAL_PHASES}  # a trial in every phase, each with an objective
+    every_sweep = {  # a sweep in every phase; every metric an objective can name
+        ("ns", f"sweep-{i}"): (sweep_status(trials, dict.fromkeys(trials, 0.5), list(SweepPhase)[i % 5].value), metric)
+        for i, metric in enumerate(ALL_EVAL_METRICS)
+    }
     results, kinds = reconcile_results(), api_error_kinds()
     assert results and kinds, "the reconciler's result / API error kinds were not found in its source"
     registry = operator_registry(
@@ -214,6 +270,7 @@ def operator_everything() -> list[Sample]:
         reconciles=[(r, 0.01) for r in results],
         durations=[(p.value, 600.0) for p in Phase if p.finished],
         api_errors=kinds,
+        sweeps=every_sweep,
     )
     return samples(registry)
 

@@ -27,7 +27,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dashboard_exports import FREE_LABELS, Catalogue, Sample, operator_registry, samples, trainer_registry
+from dashboard_exports import (
+    FREE_LABELS,
+    Catalogue,
+    Sample,
+    contract_eval_registry,
+    operator_registry,
+    samples,
+    sweep_status,
+    trainer_registry,
+)
 from dashboard_promql import read
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +44,9 @@ DASHBOARD_FILE = ROOT / "charts" / "prefops" / "dashboards" / "prefops.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 JOB, NAMESPACE = "qwen7b-dpo", "team-a"
+SWEEP, OTHER_TRIAL = "qwen-beta", "qwen-beta-1"  # a sweep whose trial 0 is JOB
 #: test values of the dashboard's query variables
-QUERY_VARIABLES = {"job_namespace": NAMESPACE, "job_name": JOB}
+QUERY_VARIABLES = {"job_namespace": NAMESPACE, "job_name": JOB, "sweep_namespace": NAMESPACE, "sweep": SWEEP}
 #: what Grafana puts in place of its own variables when it sends a query
 BUILTINS = {
     "__rate_interval": "1m",
@@ -256,7 +266,11 @@ def test_the_dashboard_model():
         assert "prefops_trainer_step" in json.dumps(v["query"]) and name in json.dumps(v["query"])
     assert "$job_namespace" in json.dumps(by_name["job_name"]["query"]), "job names follow the namespace"
     rows = [p["title"] for p in sorted(d["panels"], key=lambda p: p["gridPos"]["y"]) if p["type"] == "row"]
-    assert rows == ["Job", "Cluster"]
+    assert rows == ["Job", "Sweep", "Cluster"]
+    for name, of in (("sweep_namespace", None), ("sweep", "$sweep_namespace")):
+        v = by_name[name]
+        assert v["type"] == "query" and "prefops_operator_sweep_trial_info" in json.dumps(v["query"])
+        assert of is None or of in json.dumps(v["query"])
     assert DASHBOARD_FILE.stat().st_size < 1 << 20, "fits in a ConfigMap"
 
 
@@ -296,7 +310,21 @@ def test_job_panels_show_the_selected_jobs_and_cluster_panels_every_job():
                     m = matchers.get(label)
                     assert m and m.op == "=~" and m.value == f"${label}", f"{q.key}: {s.name} not filtered by ${label}"
             else:
-                assert "$job" not in q.raw, f"{q.key}: a cluster panel filtered by the job variables"
+                assert "$job" not in q.raw, f"{q.key}: a cluster or sweep panel filtered by the job variables"
+
+
+def test_sweep_panels_show_the_selected_sweeps_trials_and_cluster_panels_every_sweep():
+    for q in QUERIES:
+        reading = read(q.raw)
+        filtered = [s for s in reading.selectors if {m.label: m.value for m in s.matchers}.get("sweep") == "$sweep"]
+        if q.row == "Sweep":
+            assert filtered, f"{q.key}: not filtered by $sweep"
+            assert all(m.op == "=~" for s in filtered for m in s.matchers if m.label in ("sweep", "sweep_namespace"))
+            trainer = [s for s in reading.selectors if s.name and s.name.startswith("prefops_trainer_")]
+            if trainer:  # trainer series are the sweep's trials: joined with the trial info on the job labels
+                assert ("on", ("job_namespace", "job_name")) in [(k, tuple(v)) for k, v in reading.matchings], q.key
+        else:
+            assert "$sweep" not in q.raw, q.key
 
 
 def test_every_exported_metric_has_a_panel_including_kto_and_online_dpo(exported: Catalogue):
@@ -319,6 +347,7 @@ UNITS = {  # panel → (unit, min, max): what a user reads off it
     "Tokens per second": ("count:tok/s", 0, None),
     "Throughput by job": ("count:tok/s", 0, None),
     "Completion length (Online DPO)": ("count:tokens", 0, None),
+    "Eval reward accuracy per trial": ("percentunit", 0, 1),
     "Job duration": ("dtdurations", None, None),
     "Reconcile duration": ("s", 0, None),
 }
@@ -339,7 +368,7 @@ def test_units_are_the_ones_a_user_reads():
 SLOTS = 240  # samples 15 s apart: one hour of data, evaluated at its end
 INTERVAL_S = 15
 EVAL = f"{SLOTS * INTERVAL_S // 60}m"
-TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_trainer.metrics.TRAIN_GAUGES)
+TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_trainer.adapters.metrics.TRAIN_GAUGES)
     "loss": 0.42, "rewards/chosen": 0.8, "rewards/rejected": -0.6, "rewards/accuracies": 0.75,
     "rewards/margins": 1.4, "logps/chosen": -80.0, "logps/rejected": -95.0, "learning_rate": 5e-6,
     "grad_norm": 3.2, "epoch": 0.24, "kl": 0.05, "objective/scores": 1.5, "objective/scores_margin": 0.9,
@@ -347,10 +376,14 @@ TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_tra
 }  # fmt: skip
 
 
+EVAL_VALUES = {"loss": 0.55, "rewards/accuracies": 0.7, "rewards/margins": 0.9}
+
+
 def scenario() -> list[tuple[Sample, dict[str, str]]]:
     """A cluster at one moment, made of the real metrics objects: two precompute shards of a job (their series
-    not yet stale), its two training ranks at step 240 of 1000, and the operator after a restart and a failure;
-    each with the target labels a scrape adds."""
+    not yet stale), its two training ranks at step 240 of 1000, its last evaluation (it is trial 0 of a sweep whose
+    trial 1 succeeded), and the operator after a restart and a failure; each with the target labels a scrape
+    adds."""
     trainer = "prefops-trainer"
     processes = [
         (trainer_registry(JOB, NAMESPACE, phase="precompute", precompute=(40, 100), memory=False), "10.0.0.1:9400", trainer),
@@ -359,6 +392,8 @@ def scenario() -> list[tuple[Sample, dict[str, str]]]:
                           tokens_per_second=1500.0, cuda=True), "10.0.1.1:9400", trainer),
         (trainer_registry(JOB, NAMESPACE, rank=1, step=0, total_steps=1000, tokens_per_second=1400.0, cuda=True),
          "10.0.1.1:9401", trainer),
+        (contract_eval_registry(JOB, NAMESPACE, EVAL_VALUES, step=200), "10.0.1.1:9400", trainer),
+        (contract_eval_registry(OTHER_TRIAL, NAMESPACE, {"rewards/accuracies": 0.6}, step=200), "10.0.2.1:9400", trainer),
         (operator_registry(
             {(NAMESPACE, JOB): "Training", (NAMESPACE, "next"): "Pending", ("team-b", "a"): "Failed",
              ("team-b", "b"): "Succeeded", ("team-b", "c"): "Precomputing"},
@@ -366,6 +401,9 @@ def scenario() -> list[tuple[Sample, dict[str, str]]]:
                          ("Training", "Failed")],
             restarts=["Training"], reconciles=[("ok", 0.02), ("ok", 0.3), ("conflict", 0.01)],
             durations=[("Failed", 1800.0), ("Succeeded", 3600.0)], api_errors=["conflict"],
+            sweeps={(NAMESPACE, SWEEP): (sweep_status({JOB: "Training", OTHER_TRIAL: "Succeeded", "qwen-beta-2": "Waiting"},
+                                                      {JOB: 0.7, OTHER_TRIAL: 0.6}), "rewards/accuracies"),
+                    ("team-b", "other"): (sweep_status({"x-0": "Failed"}, {}, "Failed"), "loss")},
         ), "10.0.9.9:8080", "prefops-operator"),
     ]  # fmt: skip
     return [(s, {"instance": instance, "job": job}) for registry, instance, job in processes for s in samples(registry)]
@@ -432,6 +470,22 @@ EXPECTED = {  # (panel, refId) → [(labels, value)]: the numbers a user reads f
     ("Failures by phase", "A"): [(_labels(from_phase="Training"), 1 / 60)],  # one an hour, in a 1m window
     ("Job duration", "C"): [(_labels(result="failed"), 1800), (_labels(result="succeeded"), 3600)],
     ("Training progress by job", "A"): [(PER_JOB, 0.24)],
+    ("Trial objective", "A"): [
+        (_labels(job_name=JOB, metric="rewards/accuracies"), 0.7),
+        (_labels(job_name=OTHER_TRIAL, metric="rewards/accuracies"), 0.6),
+    ],
+    ("Trials by phase", "A"): [
+        (_labels(phase="Training"), 1),
+        (_labels(phase="Succeeded"), 1),
+        (_labels(phase="Waiting"), 1),
+    ],
+    ("Eval reward accuracy per trial", "A"): [(_labels(job_name=JOB), 0.7), (_labels(job_name=OTHER_TRIAL), 0.6)],
+    ("Eval loss per trial", "A"): [(_labels(job_name=JOB), 0.55), (_labels(job_name=OTHER_TRIAL), 0.5)],
+    ("Eval step per trial", "A"): [(_labels(job_name=JOB), 200), (_labels(job_name=OTHER_TRIAL), 200)],
+    ("Sweeps by phase", "A"): [
+        (_labels(phase=p), {"Running": 1, "Failed": 1}.get(p, 0))
+        for p in ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+    ],
 }
 
 

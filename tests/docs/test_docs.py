@@ -24,7 +24,7 @@ def test_readme_opens_with_the_demo_and_test_commands():
 def test_every_trainer_metric_in_the_readme_is_exported():
     from prometheus_client import generate_latest
 
-    from prefops_trainer.metrics import TrainerMetrics
+    from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics("j", "n")
     m.set_phase("train")
@@ -44,3 +44,101 @@ def test_every_trainer_metric_in_the_readme_is_exported():
 def test_the_readme_lists_every_example_manifest():
     listed = set(re.findall(r"`examples/([\w.-]+\.yaml)`", (ROOT / "README.md").read_text()))
     assert listed == {p.name for p in (ROOT / "examples").glob("*.yaml")}
+
+
+def test_the_readme_lists_the_phase_metrics_states_the_trainer_reports():
+    from prefops_trainer.adapters.metrics import PHASES
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if "`prefops_trainer_phase`" in x)
+    states = re.search(r"an enum: ([a-z, ]+)\)", line)[1].split(", ")
+    assert tuple(states) == PHASES
+
+
+def test_the_spec_reference_shows_exclusive_bounds_as_strict_inequalities():
+    import yaml
+
+    crd = yaml.safe_load((ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml").read_text())
+    reference = (ROOT / "docs" / "spec-reference.md").read_text()
+
+    def walk(schema, path):
+        for name, prop in schema.get("properties", {}).items():
+            yield f"{path}.{name}", prop
+            yield from walk(prop, f"{path}.{name}")
+
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    exclusive = [
+        (p, prop) for p, prop in walk(spec, "spec") if prop.get("exclusiveMinimum") or prop.get("exclusiveMaximum")
+    ]
+    assert len(exclusive) >= 5
+    for path, prop in exclusive:
+        row = next(x for x in reference.splitlines() if x.startswith(f"| `{path}` |"))
+        for key, strict, loose in (("Minimum", ">", "≥"), ("Maximum", "<", "≤")):
+            if prop.get(f"exclusive{key}"):
+                bound = prop[key.lower()]
+                assert f"{strict} {bound}" in row and f"{loose} {bound}" not in row, row
+
+
+def test_the_contract_storage_layout_is_the_one_the_trainer_builds():
+    from prefops_trainer.adapters.checkpoints import MARKER
+    from prefops_trainer.core.cachekey import shard_name
+    from prefops_trainer.core.spec import parse_job
+    from prefops_trainer.core.workspace import Workspace
+    from prefops_trainer.phases.export import MANIFEST
+
+    job = parse_job({"apiVersion": "prefops.dev/v1alpha1", "kind": "PreferenceTrainingJob",
+                     "metadata": {"name": "qwen", "namespace": "team", "uid": "3f2a"},
+                     "spec": {"model": {"source": "hf://o/m"}, "dataset": {"source": "s3://d/p"},
+                              "algorithm": {"name": "dpo"}, "output": {"uri": "s3://o/model"},
+                              "storage": {"uri": "s3://w/work"}}})  # fmt: skip
+    ws, key = Workspace.for_job(job, Path("/cache")), "0" * 32
+    built = {
+        str(ws.refcache(key).join("manifest.json")),
+        str(ws.refcache(key).join(shard_name(0, 4))),
+        str(ws.checkpoints.join("checkpoint-10", MARKER)),
+        str(ws.trained_marker),
+        str(ws.report("train")),
+        str(job.spec.output.uri.join(MANIFEST)),
+    }
+    values = {"<storage.uri>": "s3://w/work", "<output.uri>": "s3://o/model", "<namespace>": "team", "<name>": "qwen",
+              "<run>": "3f2a", "<key>": key, "<step>": "10", "<phase>": "train"}  # fmt: skip
+    section = (ROOT / "docs" / "contract.md").read_text().split("## 6.")[1]
+    documented = set()
+    for line in section.split("```")[1].strip().splitlines():
+        path = line.split()[0]
+        for placeholder, value in values.items():
+            path = path.replace(placeholder, value)
+        documented.add(path)
+    assert documented == built
+
+
+def test_both_distributions_require_the_python_that_mypy_checks():
+    import tomllib
+
+    for dist in ("trainer", "operator"):
+        project = tomllib.loads((ROOT / dist / "pyproject.toml").read_text())
+        assert project["project"]["requires-python"] == ">=3.11", dist
+        assert project["tool"]["mypy"]["python_version"] == "3.11", dist
+
+
+def test_the_operator_image_comment_claims_the_kubernetes_client_only_if_the_operator_uses_it():
+    import tomllib
+
+    comment = " ".join(
+        x for x in (ROOT / "images" / "operator" / "Dockerfile").read_text().splitlines()[:4] if x[:1] == "#"
+    )
+    depends = any(re.match(r"kubernetes\b", d) for d in
+                  tomllib.loads((ROOT / "operator" / "pyproject.toml").read_text())["project"]["dependencies"])  # fmt: skip
+    assert ("the kubernetes client" in comment.replace("no kubernetes client", "")) == depends
+    assert depends or "no kubernetes client" in comment
+
+
+def test_the_trainer_guide_lists_every_trainer_module():
+    source = ROOT / "trainer" / "src" / "prefops_trainer"
+    modules = {
+        p.relative_to(source).as_posix() for p in source.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    }
+    text = (ROOT / "docs" / "trainer.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", text, re.M))
+    train = re.search(r"^\| `phases/train/` \| (.+) \|$", text, re.M)[1]
+    listed |= {f"phases/train/{name}.py" for name in re.findall(r"`(\w+)` \(", train)}
+    assert listed == modules

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import yaml
 from support.operator_core import make_job
+from support.pod_security import restricted_violations
 
-from prefops_operator.core.children import ChildSettings, config_map, pod, trainer_config, training_service
+from prefops_operator.core.children import (
+    ChildSettings,
+    config_map,
+    network_policy,
+    pod,
+    trainer_config,
+    training_service,
+)
 from prefops_operator.core.naming import PodPhase, child_name, pod_name
 
 SETTINGS = ChildSettings(default_image="registry.example/prefops-trainer:1.2.3")
@@ -42,6 +50,7 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
         "PREFOPS_METRICS_PORT": "9400",
         "PREFOPS_METRICS_ADDR": "0.0.0.0",
         "PREFOPS_ATTEMPT": "3",
+        "PREFOPS_TRAINER_IMAGE": "registry.example/prefops-trainer:1.2.3",
     }
     assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-1", "qwen-dpo-train")
     assert c["resources"] == {
@@ -50,6 +59,14 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
     }
     assert p["spec"]["nodeSelector"] == {"gpu": "h100"}
     assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+@pytest.mark.parametrize("phase", list(PodPhase))
+def test_every_pod_is_told_the_image_it_runs_for_the_models_lineage(phase):
+    own = make_job(spec={"resources": {"image": "registry.example/custom@sha256:abc"}})
+    for job, image in ((make_job(), SETTINGS.default_image), (own, "registry.example/custom@sha256:abc")):
+        p = pod(job, phase, 0, attempt=1, settings=SETTINGS)
+        assert p["spec"]["containers"][0]["image"] == env(p)["PREFOPS_TRAINER_IMAGE"] == image
 
 
 def test_pods_are_labelled_owned_by_the_job_and_never_restarted_by_the_kubelet():
@@ -159,3 +176,55 @@ def test_long_job_names_keep_a_readable_prefix_and_differ_by_hash():
     assert pod_name(a, PodPhase.PRECOMPUTE, 0).startswith("aaaa")
     assert pod_name(a, PodPhase.PRECOMPUTE, 0) != pod_name(b, PodPhase.PRECOMPUTE, 0)
     assert pod_name("short", PodPhase.TRAIN, 0) == "short-train-0"
+
+
+EVERY_OPTION = {
+    **CLUSTER,
+    "resources": {**CLUSTER["resources"], "queueName": "gpu-queue", "schedulerName": "volcano",
+                  "priorityClassName": "high", "serviceAccountName": "trainer"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("phase", list(PodPhase))
+def test_trainer_pods_satisfy_the_restricted_pod_security_standard(phase):
+    p = pod(make_job(spec=EVERY_OPTION), phase, 0, attempt=1, settings=SETTINGS)
+    assert restricted_violations(p) == []
+
+
+def test_the_pod_security_check_catches_what_restricted_forbids():
+    p = pod(make_job(), PodPhase.TRAIN, 0, attempt=1, settings=SETTINGS)
+    p["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    del p["spec"]["securityContext"]["seccompProfile"]
+    p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    assert restricted_violations(p) == [
+        "volume host: type not allowed",
+        "trainer: seccompProfile must be RuntimeDefault or Localhost, got None",
+        "trainer: capabilities may add only NET_BIND_SERVICE",
+    ]
+
+
+def test_the_scratch_volumes_are_bounded_by_the_operators_size_limits():
+    settings = ChildSettings(shm_size_limit="8Gi", cache_size_limit="500Gi")
+    volumes = {v["name"]: v for v in pod(make_job(), PodPhase.TRAIN, 0, 1, settings)["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert volumes["cache"]["emptyDir"] == {"sizeLimit": "500Gi"}
+    defaults = {v["name"]: v for v in pod(make_job(), PodPhase.TRAIN, 0, 1, ChildSettings())["spec"]["volumes"]}
+    assert (defaults["dshm"]["emptyDir"]["sizeLimit"], defaults["cache"]["emptyDir"]["sizeLimit"]) == ("16Gi", "200Gi")
+
+
+def test_the_network_policy_lets_only_the_jobs_pods_rendezvous_and_only_the_named_namespaces_scrape():
+    settings = ChildSettings(metrics_from=("kubernetes.io/metadata.name=monitoring", "team=ml-ops"))
+    policy = network_policy(make_job(), settings)
+    assert policy["metadata"]["name"] == "qwen-dpo-ingress"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"prefops.dev/job-name": "qwen-dpo"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rendezvous, metrics = policy["spec"]["ingress"]
+    assert rendezvous == {"from": [{"podSelector": {"matchLabels": {"prefops.dev/job-name": "qwen-dpo"}}}],
+                          "ports": [{"protocol": "TCP", "port": 29500}]}  # fmt: skip
+    assert metrics == {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                 {"namespaceSelector": {"matchLabels": {"team": "ml-ops"}}}],
+        "ports": [{"protocol": "TCP", "port": 9400}],
+    }  # fmt: skip
+    assert network_policy(make_job(), ChildSettings())["spec"]["ingress"] == [rendezvous]  # no scrapers: none

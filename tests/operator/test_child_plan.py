@@ -15,8 +15,8 @@ S = ChildSettings()
 TRAIN, PRE = PodPhase.TRAIN, PodPhase.PRECOMPUTE
 
 
-def names(manifests):
-    return [m["metadata"]["name"] for m in manifests]
+def names(new_pods):
+    return [new.manifest["metadata"]["name"] for new in new_pods]
 
 
 def test_a_training_phase_wants_config_service_and_one_pod_per_node():
@@ -45,7 +45,8 @@ def test_after_a_restart_the_old_group_is_deleted_before_the_new_one_is_created(
     assert plan(job, status, dying, S, at(1)).delete_pods == ()
     assert plan(job, status, dying, S, at(1)).create_pods == ()
     created = plan(job, status, [], S, at(2)).create_pods
-    assert {m["metadata"]["labels"]["prefops.dev/attempt"] for m in created} == {"2"}
+    assert {new.manifest["metadata"]["labels"]["prefops.dev/attempt"] for new in created} == {"2"}
+    assert [(new.name, new.attempt) for new in created] == [("qwen-dpo-train-0", 2), ("qwen-dpo-train-1", 2)]
 
 
 def test_finished_pods_of_earlier_phases_are_kept_for_their_logs():
@@ -75,3 +76,12 @@ def test_a_finished_job_is_deleted_once_its_ttl_has_passed():
     assert not plan(job, done, [], S, at(29)).delete_job
     assert plan(job, done, [], S, at(30)).delete_job
     assert not plan(make_job(), done, [], S, at(10**6)).delete_job
+
+
+def test_with_network_policies_every_running_phase_wants_the_jobs_policy():
+    job = make_job()
+    settings = ChildSettings(network_policy=True, metrics_from=("team=ml",))
+    for phase, kinds in ((Phase.PRECOMPUTING, ["ConfigMap", "NetworkPolicy"]),
+                         (Phase.TRAINING, ["ConfigMap", "NetworkPolicy", "Service"])):  # fmt: skip
+        assert [m["kind"] for m in plan(job, Status(phase=phase), [], settings, at(0)).ensure] == kinds
+    assert [m["kind"] for m in plan(job, Status(phase=Phase.EXPORTING), [], S, at(0)).ensure] == ["ConfigMap"]

@@ -9,27 +9,16 @@ from support.jobs import job_manifest
 from support.kube import wait_for
 from support.trainer_metrics import TrainerMetricsServer
 
+from prefops_operator.core.conditions import ConditionType, FailureReason, Reason
+
 pytestmark = pytest.mark.integration
 
-TRAIN_METRICS = """\
-prefops_trainer_step{job="qwen",namespace="ns",phase="train"} 120
-prefops_trainer_total_steps{job="qwen",namespace="ns",phase="train"} 1000
-prefops_trainer_epoch{job="qwen",namespace="ns",phase="train"} 0.36
-prefops_trainer_loss{job="qwen",namespace="ns",phase="train"} 0.42
-prefops_trainer_reward_accuracy{job="qwen",namespace="ns",phase="train"} 0.81
-"""
+TRAIN_METRICS = {"step": 120, "total_steps": 1000, "epoch": 0.36, "loss": 0.42, "reward_accuracy": 0.81}
 REFERENCE_FREE = {"algorithm": {"name": "simpo"}}
 
 
 def env_of(pod):
     return {e.name: e.value for e in pod.spec.containers[0].env}
-
-
-def run_all(kubelet, namespace, pods, exit_code=None):
-    for name in sorted(pods):
-        kubelet.run(namespace, name)
-        if exit_code is not None:
-            kubelet.exit(namespace, name, exit_code)
 
 
 def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
@@ -52,15 +41,15 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
             "namespace": namespace,
             "uid": uid,
         }
-        run_all(kubelet, namespace, precompute, exit_code=0)
+        kubelet.run_all(namespace, precompute, exit_code=0)
 
         train = jobs.wait_pods("qwen", "train", 2)
         assert env_of(train["qwen-train-1"])["PREFOPS_NODE_RANK"] == "1"
         assert env_of(train["qwen-train-1"])["PREFOPS_MASTER_ADDR"] == "qwen-train-0.qwen-train"
         assert train["qwen-train-0"].spec.containers[0].resources.limits == {"nvidia.com/gpu": "8"}
         assert kube_cluster.core().read_namespaced_service("qwen-train", namespace).spec.cluster_ip == "None"
-        metrics.text = TRAIN_METRICS
-        run_all(kubelet, namespace, train)
+        metrics.show("qwen", namespace, "train", **TRAIN_METRICS)
+        kubelet.run_all(namespace, train)
         progress = jobs.wait_status("qwen", lambda s: s.get("progress", {}).get("step") == 120, "progress")["progress"]
         assert (progress["display"], progress["loss"], progress["rewardAccuracy"]) == ("120/1000", 0.42, 0.81)
         columns, rows = kube_cluster.table(f"/apis/prefops.dev/v1alpha1/namespaces/{namespace}/preferencetrainingjobs")
@@ -72,25 +61,26 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
             "Progress": "120/1000",
             "Loss": 0.42,
             "RewardAcc": 0.81,
+            "EvalLoss": None,
             "Restarts": 0,
             "Output": None,
             "Age": "-",
         }
 
-        run_all(kubelet, namespace, train, exit_code=0)
+        kubelet.run_all(namespace, train, exit_code=0)
         export = jobs.wait_pods("qwen", "export", 1)
-        run_all(kubelet, namespace, export, exit_code=0)
+        kubelet.run_all(namespace, export, exit_code=0)
         status = jobs.wait_phase("qwen", "Succeeded")
 
     assert status["outputURI"] == "s3://models/qwen"
-    assert set(status["phases"]) == {"precompute", "training", "export"}
+    assert set(status["phases"]) == {"precompute", "train", "export"}
     assert all("completionTime" in times for times in status["phases"].values())
     assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]} == {
         "Running": ("False", "Succeeded"),
         "Succeeded": ("True", "Exported"),
     }
     reasons = [reason for _, reason, _ in jobs.events("qwen")]
-    assert reasons == ["PrecomputingStarted", "TrainingStarted", "ExportingStarted", "Succeeded"]
+    assert reasons == [Reason.PRECOMPUTING_STARTED, Reason.TRAINING_STARTED, Reason.EXPORTING_STARTED, Reason.SUCCEEDED]
     job = jobs.get("qwen")
     assert not job["metadata"].get("finalizers")  # deletable even while the operator is down
     assert status["observedGeneration"] == job["metadata"]["generation"]
@@ -103,7 +93,7 @@ def test_a_failed_rank_restarts_the_whole_group_which_then_resumes_and_finishes(
     jobs.create(job_manifest("rank", {**REFERENCE_FREE, "resources": {"nodes": 3}}))
     first = jobs.wait_pods("rank", "train", 3, attempt=1)
     first_uids = {p.metadata.uid for p in first.values()}
-    run_all(kubelet, namespace, first)
+    kubelet.run_all(namespace, first)
     kubelet.exit(namespace, "rank-train-2", 1, message="RuntimeError: NCCL communicator was aborted")
 
     second = jobs.wait_pods("rank", "train", 3, attempt=2)
@@ -115,7 +105,7 @@ def test_a_failed_rank_restarts_the_whole_group_which_then_resumes_and_finishes(
     assert status["lastFailure"]["message"] == "RuntimeError: NCCL communicator was aborted"
     assert ("Warning", "Restarting") in [(t, r) for t, r, _ in jobs.events("rank")]
 
-    run_all(kubelet, namespace, second, exit_code=0)
+    kubelet.run_all(namespace, second, exit_code=0)
     jobs.wait_pods("rank", "export", 1, attempt=2)
     assert jobs.status("rank")["phase"] == "Exporting"
 
@@ -125,14 +115,14 @@ def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_pods_reason_
 ):
     start_operator()
     jobs.create(job_manifest("flaky", {**REFERENCE_FREE, "backoffLimit": 1, "resources": {"nodes": 2}}))
-    run_all(kubelet, namespace, jobs.wait_pods("flaky", "train", 2, attempt=1))
+    kubelet.run_all(namespace, jobs.wait_pods("flaky", "train", 2, attempt=1))
     kubelet.exit(namespace, "flaky-train-0", 3)
-    run_all(kubelet, namespace, jobs.wait_pods("flaky", "train", 2, attempt=2))
+    kubelet.run_all(namespace, jobs.wait_pods("flaky", "train", 2, attempt=2))
     kubelet.exit(namespace, "flaky-train-1", 137, reason="OOMKilled")
 
     status = jobs.wait_phase("flaky", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "BackoffLimitExceeded"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.BACKOFF_LIMIT_EXCEEDED
     assert failed["message"].startswith("pod flaky-train-1 failed (OOMKilled, exit code 137)")
     assert status["restarts"] == 1
     # the rank still running is stopped; the failed pod stays for its logs
@@ -143,13 +133,13 @@ def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_pods_reason_
 def test_exit_code_2_means_invalid_input_and_fails_at_once_without_retrying(jobs, kubelet, namespace, start_operator):
     start_operator()
     jobs.create(job_manifest("badinput", {"backoffLimit": 5}))
-    run_all(kubelet, namespace, jobs.wait_pods("badinput", "precompute", 1))
+    kubelet.run_all(namespace, jobs.wait_pods("badinput", "precompute", 1))
     kubelet.exit(
         namespace, "badinput-precompute-0", 2, message="s3://prefs/ultrafeedback.jsonl row 7: field 'chosen' is missing"
     )
     status = jobs.wait_phase("badinput", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "InvalidInput"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.INVALID_INPUT
     assert "row 7: field 'chosen' is missing" in failed["message"]
     assert status["restarts"] == 0
 
@@ -171,7 +161,7 @@ def test_a_pod_stuck_pulling_its_image_fails_the_attempt_at_the_startup_deadline
     )
     kubelet.image_pull_backoff(namespace, next(iter(jobs.wait_pods("stuck", "train", 1))))
     status = jobs.wait_phase("stuck", "Failed")
-    assert status["lastFailure"]["reason"] == "StartupDeadlineExceeded"
+    assert status["lastFailure"]["reason"] == FailureReason.STARTUP_DEADLINE_EXCEEDED
     assert "ImagePullBackOff: Back-off pulling image" in status["lastFailure"]["message"]
     wait_for(lambda: not jobs.pods("stuck"), 30, "the stuck pod deleted")
 
@@ -179,9 +169,10 @@ def test_a_pod_stuck_pulling_its_image_fails_the_attempt_at_the_startup_deadline
 def test_active_deadline_seconds_bounds_the_whole_job(jobs, kubelet, namespace, start_operator):
     start_operator()
     jobs.create(job_manifest("slow", {**REFERENCE_FREE, "activeDeadlineSeconds": 3}))  # 2-3 s in whole seconds
-    run_all(kubelet, namespace, jobs.wait_pods("slow", "train", 1))
+    kubelet.run_all(namespace, jobs.wait_pods("slow", "train", 1))
     status = jobs.wait_phase("slow", "Failed")
-    assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.DEADLINE_EXCEEDED
     wait_for(lambda: not jobs.pods("slow"), 30, "running pods deleted")
 
 
@@ -190,8 +181,8 @@ def test_suspend_deletes_the_running_pods_and_resume_continues_from_the_unfinish
 ):
     start_operator()
     jobs.create(job_manifest("pausable", {"resources": {"nodes": 2}}))
-    run_all(kubelet, namespace, jobs.wait_pods("pausable", "precompute", 1), exit_code=0)
-    run_all(kubelet, namespace, jobs.wait_pods("pausable", "train", 2))
+    kubelet.run_all(namespace, jobs.wait_pods("pausable", "precompute", 1), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("pausable", "train", 2))
 
     jobs.patch_spec("pausable", {"suspend": True})
     status = jobs.wait_phase("pausable", "Suspended")
@@ -203,7 +194,7 @@ def test_suspend_deletes_the_running_pods_and_resume_continues_from_the_unfinish
     jobs.wait_pods("pausable", "train", 2)
     status = jobs.wait_phase("pausable", "Training")
     assert status["restarts"] == 0
-    assert [r for _, r, _ in jobs.events("pausable")][-2:] == ["Suspended", "Resumed"]
+    assert [r for _, r, _ in jobs.events("pausable")][-2:] == [Reason.SUSPENDED, Reason.RESUMED]
 
 
 def test_deleting_a_job_deletes_its_pods_service_and_config(jobs, kubelet, namespace, kube_cluster, start_operator):
@@ -224,8 +215,8 @@ def test_deleting_a_job_deletes_its_pods_service_and_config(jobs, kubelet, names
 def test_a_finished_job_is_deleted_after_ttl_seconds_after_finished(jobs, kubelet, namespace, start_operator):
     start_operator()
     jobs.create(job_manifest("shortlived", {**REFERENCE_FREE, "ttlSecondsAfterFinished": 1}))
-    run_all(kubelet, namespace, jobs.wait_pods("shortlived", "train", 1), exit_code=0)
-    run_all(kubelet, namespace, jobs.wait_pods("shortlived", "export", 1), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("shortlived", "train", 1), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("shortlived", "export", 1), exit_code=0)
     wait_for(lambda: not jobs.exists("shortlived"), 30, "the job deleted by its TTL")
     wait_for(lambda: not jobs.pods("shortlived"), 60, "its pods garbage-collected")
 
@@ -239,6 +230,7 @@ def test_a_finished_job_is_deleted_after_ttl_seconds_after_finished(jobs, kubele
             "not valid for algorithm 'cpo'",
         ),
         ({"output": {"uri": "/models/out"}}, "spec.output.uri", "must be an s3://bucket/prefix URI"),
+        ({"training": {"epochz": 3}}, "spec.training.epochz", "unknown field; did you mean 'epochs'?"),
     ],
 )
 def test_a_spec_the_schema_cannot_catch_fails_at_once_with_invalid_spec_and_creates_nothing(
@@ -247,8 +239,8 @@ def test_a_spec_the_schema_cannot_catch_fails_at_once_with_invalid_spec_and_crea
     start_operator()
     jobs.create(job_manifest("typo", spec))
     status = jobs.wait_phase("typo", "Failed")
-    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "InvalidSpec"
+    failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
+    assert failed["reason"] == Reason.INVALID_SPEC
     assert failed["message"].startswith(f"{field}: ") and message in failed["message"]
     assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in jobs.events("typo")]
     assert not jobs.pods("typo")

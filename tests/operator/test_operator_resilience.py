@@ -8,21 +8,17 @@ import ssl
 import urllib.error
 import urllib.request
 
+import kubernetes
 import pytest
 import yaml
 from support.fixtures import OPERATOR_USER
 from support.jobs import job_manifest
 from support.kube import wait_for
 
+from prefops_operator.core.conditions import Reason
+
 pytestmark = pytest.mark.integration
 REFERENCE_FREE = {"algorithm": {"name": "simpo"}}
-
-
-def run_all(kubelet, namespace, pods, exit_code=None):
-    for name in sorted(pods):
-        kubelet.run(namespace, name)
-        if exit_code is not None:
-            kubelet.exit(namespace, name, exit_code)
 
 
 def test_killing_the_operator_mid_phase_neither_duplicates_pods_nor_loses_the_job(
@@ -32,16 +28,16 @@ def test_killing_the_operator_mid_phase_neither_duplicates_pods_nor_loses_the_jo
     jobs.create(job_manifest("survivor", {**REFERENCE_FREE, "resources": {"nodes": 3}}))
     pods = jobs.wait_pods("survivor", "train", 3)
     uids = {p.metadata.uid for p in pods.values()}
-    run_all(kubelet, namespace, pods)
+    kubelet.run_all(namespace, pods)
     first.kill()
 
     start_operator()
-    run_all(kubelet, namespace, pods, exit_code=0)  # the group finishes while (and after) the new operator starts
+    kubelet.run_all(namespace, pods, exit_code=0)  # the group finishes while (and after) the new operator starts
     jobs.wait_pods("survivor", "export", 1)
     assert {p.metadata.uid for p in jobs.pods("survivor", "train").values()} == uids
     status = jobs.status("survivor")
     assert (status["phase"], status["restarts"]) == ("Exporting", 0)
-    assert [r for _, r, _ in jobs.events("survivor")] == ["TrainingStarted", "ExportingStarted"]
+    assert [r for _, r, _ in jobs.events("survivor")] == [Reason.TRAINING_STARTED, Reason.EXPORTING_STARTED]
 
 
 def test_an_operator_killed_while_creating_a_group_creates_each_pod_exactly_once(
@@ -69,10 +65,10 @@ def test_an_operator_killed_while_creating_a_group_creates_each_pod_exactly_once
 def test_the_operator_exports_its_metrics_and_a_liveness_endpoint(jobs, kubelet, namespace, start_operator):
     op = start_operator()
     jobs.create(job_manifest("observed", REFERENCE_FREE))
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "train", 1))
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1))
     kubelet.exit(namespace, "observed-train-0", 1)
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "train", 1, attempt=2), exit_code=0)
-    run_all(kubelet, namespace, jobs.wait_pods("observed", "export", 1, attempt=2), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1, attempt=2), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("observed", "export", 1, attempt=2), exit_code=0)
     jobs.wait_phase("observed", "Succeeded")
 
     samples = wait_for(
@@ -99,7 +95,7 @@ def test_the_operator_runs_with_only_its_own_dependencies_as_in_its_image(jobs, 
 
     op = start_operator(python=image_like_python())
     jobs.create(job_manifest("lean", REFERENCE_FREE))
-    run_all(kubelet, namespace, jobs.wait_pods("lean", "train", 1), exit_code=0)
+    kubelet.run_all(namespace, jobs.wait_pods("lean", "train", 1), exit_code=0)
     jobs.wait_pods("lean", "export", 1)
     assert jobs.status("lean")["phase"] == "Exporting"
     assert op.rss_bytes() < 100 * 2**20  # no kubernetes client imported (it alone is ~45 MB)
@@ -136,3 +132,28 @@ def rejected(cluster, token: str) -> bool:
     except urllib.error.HTTPError as e:
         return e.code == 401
     return False
+
+
+def test_a_client_certificate_from_the_kubeconfig_leaves_no_key_file_behind(jobs, namespace, kube_cluster, tmp_path):
+    from support.operator import OperatorProcess
+
+    user = f"prefops-cert-{namespace}"[:60]
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_cluster.admin_client())
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prefops-operator"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+    )
+    kubeconfig = kube_cluster.client_certificate_kubeconfig(user, tmp_path / "cert.kubeconfig")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    try:
+        with OperatorProcess(kubeconfig, tmp_path / "operator.log", (namespace,), env={"TMPDIR": str(temp)}):
+            jobs.create(job_manifest("certified", REFERENCE_FREE))
+            jobs.wait_pods("certified", "train", 1)  # the reconciler's own session is up, logged in by certificate
+            assert list(temp.iterdir()) == []  # while it runs
+        assert list(temp.iterdir()) == []  # and after
+    finally:
+        rbac.delete_cluster_role_binding(user)

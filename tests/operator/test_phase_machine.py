@@ -7,8 +7,10 @@ from dataclasses import replace
 import pytest
 from support.operator_core import at, group, make_job, pod
 
+from prefops_operator.core.conditions import ConditionType, FailureReason, Reason
 from prefops_operator.core.machine import TRANSITIONS, Happening, Observed, decide, phase_plan
 from prefops_operator.core.naming import PodPhase
+from prefops_operator.core.refusals import classify_refusal
 from prefops_operator.core.spec import Job
 from prefops_operator.core.status import RUNNING_PHASES, Phase, Progress, Status
 
@@ -43,20 +45,20 @@ def test_a_dpo_job_runs_precompute_then_training_then_export_and_succeeds():
         status = decision.status
         seen.append((status.phase, [(x.source, x.target, x.reason) for x in decision.transitions]))
     assert seen == [
-        (Phase.PRECOMPUTING, [(Phase.PENDING, Phase.PRECOMPUTING, "PrecomputingStarted")]),
-        (Phase.TRAINING, [(Phase.PRECOMPUTING, Phase.TRAINING, "TrainingStarted")]),
-        (Phase.EXPORTING, [(Phase.TRAINING, Phase.EXPORTING, "ExportingStarted")]),
-        (Phase.SUCCEEDED, [(Phase.EXPORTING, Phase.SUCCEEDED, "Succeeded")]),
+        (Phase.PRECOMPUTING, [(Phase.PENDING, Phase.PRECOMPUTING, Reason.PRECOMPUTING_STARTED)]),
+        (Phase.TRAINING, [(Phase.PRECOMPUTING, Phase.TRAINING, Reason.TRAINING_STARTED)]),
+        (Phase.EXPORTING, [(Phase.TRAINING, Phase.EXPORTING, Reason.EXPORTING_STARTED)]),
+        (Phase.SUCCEEDED, [(Phase.EXPORTING, Phase.SUCCEEDED, Reason.SUCCEEDED)]),
     ]
     assert status.output_uri == "s3://models/qwen-dpo"
     assert (status.start_time, status.completion_time) == (at(0), at(3))
     assert {k: (v.start_time, v.completion_time) for k, v in status.phases.items()} == {
         "precompute": (at(0), at(1)),
-        "training": (at(1), at(2)),
+        "train": (at(1), at(2)),
         "export": (at(2), at(3)),
     }
-    assert status.condition("Succeeded").status == "True"
-    assert status.condition("Running").status == "False"
+    assert status.condition(ConditionType.SUCCEEDED).status == "True"
+    assert status.condition(ConditionType.RUNNING).status == "False"
     assert status.shape == "2x8"
 
 
@@ -83,7 +85,7 @@ def test_dpo_with_reference_precompute_false_skips_the_precompute_phase():
 def test_a_spec_the_schema_accepts_but_the_algorithm_does_not_fails_at_once_with_invalid_spec():
     job = make_job(spec={"algorithm": {"name": "cpo", "lossType": ["sft"]}})
     decision = step(job, Status())
-    failed = decision.status.condition("Failed")
+    failed = decision.status.condition(ConditionType.FAILED)
     assert decision.status.phase == Phase.FAILED
     assert (failed.status, failed.reason) == ("True", "InvalidSpec")
     assert failed.message.startswith("spec.algorithm.lossType: 'sft' not valid for algorithm 'cpo'")
@@ -93,7 +95,7 @@ def test_a_spec_the_schema_accepts_but_the_algorithm_does_not_fails_at_once_with
 def test_an_unparsable_spec_fails_with_invalid_spec_naming_the_field():
     decision = decide(Status(), Observed(None, spec_error="spec.model.source: required field is missing"), at(0))
     assert decision.status.phase == Phase.FAILED
-    assert decision.status.condition("Failed").message == "spec.model.source: required field is missing"
+    assert decision.status.condition(ConditionType.FAILED).message == "spec.model.source: required field is missing"
 
 
 def test_one_failed_rank_restarts_the_whole_training_group_and_records_the_failure():
@@ -106,7 +108,7 @@ def test_one_failed_rank_restarts_the_whole_training_group_and_records_the_failu
     assert (decision.status.restarts, decision.status.attempt) == (1, 2)
     assert decision.status.last_failure.pod == "qwen-dpo-train-1"
     assert (decision.status.last_failure.reason, decision.status.last_failure.exit_code) == ("OOMKilled", 137)
-    assert decision.transitions[0].reason == "Restarting"
+    assert decision.transitions[0].reason == Reason.RESTARTING
     assert "restart 1 of 3" in decision.transitions[0].message
 
 
@@ -126,7 +128,10 @@ def test_a_running_rank_deleted_by_someone_else_fails_the_attempt():
     pods = [pod(job, TRAIN, 0), pod(job, TRAIN, 1, terminating=True)]
     decision = step(job, status, pods, at(10))
     assert decision.status.restarts == 1
-    assert (decision.status.last_failure.pod, decision.status.last_failure.reason) == ("qwen-dpo-train-1", "Deleted")
+    assert (decision.status.last_failure.pod, decision.status.last_failure.reason) == (
+        "qwen-dpo-train-1",
+        FailureReason.DELETED,
+    )
 
 
 def test_pods_still_terminating_from_before_a_suspension_are_not_lost_ranks_after_resuming():
@@ -143,9 +148,9 @@ def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_last_pods_re
     status = replace(run_to(job, Phase.TRAINING), restarts=1)
     failed = pod(job, TRAIN, 0, "Failed", attempt=2, exit_code=1, reason="Error", message="NCCL timeout")
     decision = step(job, status, [failed], at(20))
-    cond = decision.status.condition("Failed")
+    cond = decision.status.condition(ConditionType.FAILED)
     assert decision.status.phase == Phase.FAILED
-    assert cond.reason == "BackoffLimitExceeded"
+    assert cond.reason == Reason.BACKOFF_LIMIT_EXCEEDED
     assert cond.message == (
         "pod qwen-dpo-train-0 failed (Error, exit code 1): NCCL timeout; backoffLimit (1 restarts) exhausted"
     )
@@ -157,9 +162,9 @@ def test_exit_code_2_is_permanent_the_job_fails_with_invalid_input_and_no_retry(
     status = run_to(job, Phase.PRECOMPUTING)
     bad = pod(job, PRE, 0, "Failed", exit_code=2, message="dataset row 7: 'chosen' is missing")
     decision = step(job, status, [bad], at(5))
-    cond = decision.status.condition("Failed")
+    cond = decision.status.condition(ConditionType.FAILED)
     assert (decision.status.phase, decision.status.restarts) == (Phase.FAILED, 0)
-    assert cond.reason == "InvalidInput"
+    assert cond.reason == Reason.INVALID_INPUT
     assert "dataset row 7: 'chosen' is missing" in cond.message
 
 
@@ -180,8 +185,8 @@ def test_a_pod_not_running_by_the_startup_deadline_fails_the_attempt():
     assert before.wake_at == at(60)
     after = step(job, status, [stuck], at(60))
     assert after.status.phase == Phase.FAILED
-    assert after.status.last_failure.reason == "StartupDeadlineExceeded"
-    assert "ImagePullBackOff: Back-off pulling image" in after.status.condition("Failed").message
+    assert after.status.last_failure.reason == FailureReason.STARTUP_DEADLINE_EXCEEDED
+    assert "ImagePullBackOff: Back-off pulling image" in after.status.condition(ConditionType.FAILED).message
 
 
 def test_the_active_deadline_fails_a_running_job_and_is_the_wake_up_time():
@@ -190,7 +195,7 @@ def test_the_active_deadline_fails_a_running_job_and_is_the_wake_up_time():
     assert step(job, status, group(job, TRAIN, 1), at(50)).wake_at == status.start_time + (at(100) - at(0))
     decision = step(job, status, group(job, TRAIN, 1), status.start_time + (at(100) - at(0)))
     assert decision.status.phase == Phase.FAILED
-    assert decision.status.condition("Failed").reason == "DeadlineExceeded"
+    assert decision.status.condition(ConditionType.FAILED).reason == Reason.DEADLINE_EXCEEDED
 
 
 def test_suspending_keeps_finished_phases_and_resuming_continues_with_the_unfinished_one():
@@ -198,15 +203,15 @@ def test_suspending_keeps_finished_phases_and_resuming_continues_with_the_unfini
     training = run_to(job, Phase.TRAINING)
     suspended = step(make_job(spec={"suspend": True}), training, group(job, TRAIN, 1), at(30)).status
     assert suspended.phase == Phase.SUSPENDED
-    assert suspended.condition("Suspended").status == "True"
+    assert suspended.condition(ConditionType.SUSPENDED).status == "True"
     assert suspended.phases["precompute"].completion_time is not None
     assert step(make_job(spec={"suspend": True}), suspended, [], at(40)).status == suspended
     resumed = step(job, suspended, [], at(50))
     assert resumed.status.phase == Phase.TRAINING
-    assert resumed.transitions[0].reason == "Resumed"
+    assert resumed.transitions[0].reason == Reason.RESUMED
     assert resumed.status.restarts == training.restarts
     assert resumed.status.start_time == at(50)  # the activeDeadlineSeconds clock restarts
-    assert resumed.status.condition("Suspended").status == "False"
+    assert resumed.status.condition(ConditionType.SUSPENDED).status == "False"
 
 
 def test_a_job_created_suspended_starts_only_when_resumed():
@@ -218,18 +223,19 @@ def test_a_job_created_suspended_starts_only_when_resumed():
 def test_a_manifest_the_apiserver_rejects_fails_the_job_with_invalid_spec():
     job = make_job()
     status = run_to(job, Phase.TRAINING)
-    decision = step(job, status, [], at(3), rejection="create Pod: spec.tolerations[0].operator: Invalid value")
+    refusal = classify_refusal(422, "create Pod: spec.tolerations[0].operator: Invalid value", job.spec)
+    decision = step(job, status, [], at(3), refusal=refusal)
     assert decision.status.phase == Phase.FAILED
-    assert decision.status.condition("Failed").reason == "InvalidSpec"
+    assert decision.status.condition(ConditionType.FAILED).reason == Reason.INVALID_SPEC
 
 
 def test_condition_transition_times_move_only_when_the_condition_status_changes():
     job = make_job()
     precomputing = run_to(job, Phase.PRECOMPUTING)
     training = run_to(job, Phase.TRAINING)
-    assert precomputing.condition("Running").last_transition_time == at(0)
-    assert training.condition("Running").last_transition_time == at(0)
-    assert training.condition("Running").reason == "Training"
+    assert precomputing.condition(ConditionType.RUNNING).last_transition_time == at(0)
+    assert training.condition(ConditionType.RUNNING).last_transition_time == at(0)
+    assert training.condition(ConditionType.RUNNING).reason == Reason.TRAINING
 
 
 def test_progress_samples_update_the_status_but_the_same_numbers_write_nothing():

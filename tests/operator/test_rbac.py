@@ -1,5 +1,6 @@
 """The operator's ClusterRole grants exactly what it uses: the apiserver's audit log of a run that touches every
-code path (watch, create, restart, status, events, TTL deletion) shows every granted verb used, and none denied."""
+code path (watch, create, restart, status, events, an operator restart, TTL deletion; a sweep creating and suspending
+its trial) shows every granted verb used, and none denied."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import yaml
 from support.fixtures import OPERATOR_USER
 from support.jobs import job_manifest
 from support.kube import ROOT, wait_for
+from support.sweeps import sweep_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +23,14 @@ def granted() -> set[tuple[str, str, str]]:
 
 
 def test_the_operator_uses_every_permission_it_is_granted_and_is_denied_none(
-    jobs, kubelet, namespace, kube_cluster, start_operator
+    jobs, sweeps, kubelet, namespace, kube_cluster, start_operator
 ):
     mark = kube_cluster.audit_mark()
-    operator = start_operator(all_namespaces=True)
+    first = start_operator(all_namespaces=True)
     jobs.create(job_manifest("audited", {"algorithm": {"name": "orpo"}, "ttlSecondsAfterFinished": 0}))
     pod = next(iter(jobs.wait_pods("audited", "train", 1)))
+    first.stop()  # a new operator finds the job's ConfigMap and Service made (409) and checks their owner
+    operator = start_operator(all_namespaces=True)
     kubelet.run(namespace, pod)
     kubelet.exit(namespace, pod, 1)  # a restart: the operator deletes the failed group
     pod = next(iter(jobs.wait_pods("audited", "train", 1, attempt=2)))
@@ -36,6 +40,14 @@ def test_the_operator_uses_every_permission_it_is_granted_and_is_denied_none(
     kubelet.run(namespace, pod)
     kubelet.exit(namespace, pod, 0)
     wait_for(lambda: not jobs.exists("audited"), 30, "the TTL deletion")
+    # a sweep: its trial created (after a dry run), its status written, the trial suspended
+    sweep = sweep_manifest("audited-sweep", {"trials": [{"algorithm.beta": 2.0}]}, {"algorithm": {"name": "simpo"}})
+    del sweep["spec"]["parameters"]
+    sweeps.create(sweep)
+    jobs.wait_pods("audited-sweep-0", "train", 1)
+    sweeps.patch_spec("audited-sweep", {"suspend": True})
+    wait_for(lambda: jobs.get("audited-sweep-0")["spec"]["suspend"], 30, "the trial suspended by its sweep")
+    sweeps.wait_phase("audited-sweep", "Suspended")
     operator.stop()  # the apiserver audits a watch when it ends
 
     # this test's namespace and cluster-wide calls (the watches); other tests' namespaces may be terminating

@@ -47,6 +47,13 @@ CASES = [
         {"algorithm": {"name": "kto"}, "dataset": {"source": "s3://d/p", "truncationMode": "keep_end"}},
         "spec.dataset.truncationMode: algorithm 'kto' supports only keep_start",
     ),
+    ({"training": {"epochz": 3}}, "spec.training.epochz: unknown field; did you mean 'epochs'?"),
+    ({"lora": {"r": 8}}, "spec.lora: unknown field; lora belongs at spec.model.lora"),
+    ({"training": {"deepspeed": {"stage": 3, "offlaod": "cpu"}}}, "spec.training.deepspeed.offlaod: unknown field"),
+    (
+        {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "efect": "NoSchedule"}]}},
+        "spec.resources.tolerations[0].efect: unknown field; did you mean 'effect'?",
+    ),
 ]
 
 
@@ -72,3 +79,34 @@ def test_each_problem_the_schema_lets_through_is_reported_with_its_field(spec, m
 )
 def test_valid_cluster_specs_have_no_problems(spec):
     assert semantic_problems(make_job(spec=spec).spec) == []
+
+
+def test_a_free_form_map_may_hold_any_key():
+    spec = {"resources": {"requests": {"example.com/fpga": 1}, "nodeSelector": {"any/label": "x"}}}
+    assert semantic_problems(make_job(spec=spec).spec) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"storage": {"uri": "s3://AKIAEXAMPLE:wJalrXUtnFEMI@work/prefops"}}, "spec.storage.uri"),
+        ({"output": {"uri": "s3://AKIAEXAMPLE@models/out"}}, "spec.output.uri"),
+        ({"model": {"source": "hf://someone:hf_SeCrEtToKeN@org/model"}}, "spec.model.source"),
+        ({"dataset": {"source": "s3://k:s@prefs/p.jsonl"}}, "spec.dataset.source"),
+        (
+            {"algorithm": {"name": "online-dpo"}, "rewardModel": {"source": "hf://u:t0ken@org/rm"}},
+            "spec.rewardModel.source",
+        ),
+    ],
+)
+def test_a_uri_carrying_credentials_is_refused_naming_the_field_without_repeating_the_secret(spec, field):
+    problems = semantic_problems(make_job(spec=spec).spec)
+    assert [p.split(":")[0] for p in problems] == [field]
+    assert "must not carry credentials" in problems[0]
+    secret = next(v for v in ("wJalrXUtnFEMI", "AKIAEXAMPLE", "hf_SeCrEtToKeN", "k:s", "t0ken") if v in str(spec))
+    assert secret not in problems[0]
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/key@v2", "hf://org/name", "/data/a@b.jsonl", "s3://b/p?x=y@z"])
+def test_an_at_sign_after_the_host_is_no_credential(uri):
+    assert semantic_problems(make_job(spec={"dataset": {"source": uri}}).spec) == []

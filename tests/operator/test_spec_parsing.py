@@ -32,6 +32,10 @@ def test_processes_per_node_defaults_to_one_per_gpu():
         ({"suspend": "yes"}, "spec.suspend: must be true or false, got 'yes'"),
         ({"model": {"source": None}}, "spec.model.source: required field is missing"),
         ({"algorithm": {"lossType": "sigmoid"}}, "spec.algorithm.lossType: must be a list"),
+        ({"resources": {"nodes": 513}}, "spec.resources.nodes: must be <= 512, got 513"),
+        ({"resources": {"gpusPerNode": 17}}, "spec.resources.gpusPerNode: must be <= 16, got 17"),
+        ({"reference": {"workers": 257}}, "spec.reference.workers: must be <= 256, got 257"),
+        ({"rewardModel": {"source": "hf://o/rm", "trustRemoteCode": "yes"}}, "spec.rewardModel.trustRemoteCode"),
     ],
 )
 def test_structural_errors_name_the_field_path(spec, message):
@@ -44,3 +48,10 @@ def test_a_missing_spec_block_is_named():
     del manifest["spec"]["storage"]
     with pytest.raises(InvalidSpec, match=r"^spec\.storage: required field is missing$"):
         parse_job(manifest)
+
+
+def test_the_reward_model_trusts_remote_code_only_when_it_says_so_itself():
+    spec = {"model": {"source": "hf://o/policy", "trustRemoteCode": True}, "rewardModel": {"source": "hf://o/rm"}}
+    assert parse_job(job_manifest("j", spec)).spec.reward_model.trust_remote_code is False
+    spec["rewardModel"]["trustRemoteCode"] = True
+    assert parse_job(job_manifest("j", spec)).spec.reward_model.trust_remote_code is True

@@ -1,14 +1,21 @@
-"""The keyed work queue: one reconcile per key at a time, bursts coalesced, delayed and backed-off retries."""
+"""The keyed work queue: one reconcile per key at a time, bursts coalesced, delayed and backed-off retries.
+
+Every scenario runs on a virtual clock (support.clock): sleeps and timers take no real time, and the times the
+queue calls back at are exact."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+
+import pytest
+from support.clock import run_virtual
 
 from prefops_operator.runtime import WorkQueue
 
 
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
+def now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def test_a_burst_of_events_for_one_key_is_coalesced_and_never_processed_concurrently():
@@ -35,7 +42,7 @@ def test_a_burst_of_events_for_one_key_is_coalesced_and_never_processed_concurre
         await q.stop()
         return calls, peak[0]
 
-    calls, peak = run(scenario())
+    calls, peak = run_virtual(scenario())
     assert calls.count("a") == 2
     assert calls.count("b") == 1
     assert peak == 2  # a and b in parallel, never a twice
@@ -46,39 +53,74 @@ def test_a_returned_delay_schedules_the_key_again_and_an_earlier_request_wins():
         calls = []
 
         async def process(key):
-            calls.append(asyncio.get_running_loop().time())
+            calls.append(now())
             return 0.2 if len(calls) == 1 else None
 
         q = WorkQueue(process, workers=1)
         q.start()
         q.add("k")
         await asyncio.sleep(0.05)
-        q.add("k", delay=5.0)  # later than the pending 0.2 s: ignored
-        await asyncio.sleep(0.4)
+        q.add("k", delay=5.0)  # later than the pending 0.2 s: dropped
+        await asyncio.sleep(60)
         await q.stop()
         return calls
 
-    calls = run(scenario())
-    assert len(calls) == 2
-    assert 0.15 <= calls[1] - calls[0] < 1.0
+    calls = run_virtual(scenario())
+    assert calls == [0.0, pytest.approx(0.2)]
 
 
-def test_failures_are_retried_with_growing_backoff():
+def test_a_later_request_replaces_nothing_but_an_earlier_one_moves_the_timer_forward():
     async def scenario():
         calls = []
 
         async def process(key):
-            calls.append(asyncio.get_running_loop().time())
-            if len(calls) < 3:
+            calls.append(now())
+
+        q = WorkQueue(process, workers=1)
+        q.start()
+        q.add("k", delay=10.0)
+        q.add("k", delay=3.0)
+        await asyncio.sleep(60)
+        await q.stop()
+        return calls
+
+    assert run_virtual(scenario()) == [pytest.approx(3.0)]
+
+
+def test_failures_are_retried_with_exponential_backoff_up_to_the_maximum():
+    async def scenario():
+        calls = []
+
+        async def process(key):
+            calls.append(now())
+            if len(calls) <= 7:
                 raise RuntimeError("apiserver hiccup")
 
         q = WorkQueue(process, workers=1, base_backoff=0.05, max_backoff=1.0)
         q.start()
         q.add("k")
-        while len(calls) < 3:
-            await asyncio.sleep(0.02)
+        await asyncio.sleep(60)  # after the success nothing is scheduled any more
         await q.stop()
         return calls
 
-    calls = run(scenario())
-    assert calls[2] - calls[1] > calls[1] - calls[0] >= 0.04
+    calls = run_virtual(scenario())
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+
+
+def test_forgetting_a_key_cancels_its_timer():
+    async def scenario():
+        calls = []
+
+        async def process(key):
+            calls.append(now())
+
+        q = WorkQueue(process, workers=1)
+        q.start()
+        q.add("gone", delay=1.0)
+        q.forget("gone")
+        await asyncio.sleep(60)
+        await q.stop()
+        return calls, q.scheduled
+
+    assert run_virtual(scenario()) == ([], 0)

@@ -19,6 +19,7 @@ from .jobs import Jobs
 from .kube import ROOT, KubeCluster
 from .kubelet import Kubelet
 from .operator import OperatorProcess
+from .sweeps import Sweeps
 
 OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "prefops-system", "prefops-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
@@ -52,6 +53,11 @@ def namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iter
 @pytest.fixture
 def jobs(kube_cluster: KubeCluster, namespace: str) -> Jobs:
     return Jobs(kube_cluster.custom(), kube_cluster.core(), namespace)
+
+
+@pytest.fixture
+def sweeps(kube_cluster: KubeCluster, namespace: str) -> Sweeps:
+    return Sweeps(kube_cluster.custom(), kube_cluster.core(), namespace)
 
 
 @pytest.fixture

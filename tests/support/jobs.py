@@ -12,11 +12,16 @@ from .kube import wait_for
 GROUP, VERSION, PLURAL = "prefops.dev", "v1alpha1", "preferencetrainingjobs"
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: nested mappings merge, other values replace, ``None`` removes the key.
+    Neither argument is changed. The one merge of every test helper that builds manifests (here, and the trainer
+    tests' ``trainer_jobs``)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
+        elif value is None:
+            out.pop(key, None)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -35,7 +40,7 @@ def job_manifest(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PreferenceTrainingJob",
         "metadata": {"name": name},
-        "spec": _merge(base, spec or {}),
+        "spec": deep_merge(base, spec or {}),
     }
 
 
@@ -60,8 +65,10 @@ class Jobs:
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})
 
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+    def delete(self, name: str, propagation: str | None = None) -> None:
+        """Delete the job; ``propagation="Orphan"`` leaves its children behind, without their owner reference."""
+        body = {"propagationPolicy": propagation} if propagation else None
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body=body)
 
     def exists(self, name: str) -> bool:
         import kubernetes
@@ -101,6 +108,10 @@ class Jobs:
             return pods if len(pods) == count and attempts == {str(attempt)} else None
 
         return wait_for(ready, timeout, f"{count} {phase} pods of {name}, attempt {attempt}")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        """The job's status condition of ``type_``, if it has one."""
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), None)
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
         """(type, reason, message) of the Events recorded on the job, oldest first."""

@@ -1,5 +1,5 @@
 """A real Kubernetes control plane on 127.0.0.1 for tests and benchmarks: etcd, kube-apiserver and
-kube-controller-manager (garbage collection, namespaces, service accounts). No scheduler, no kubelet: tests
+kube-controller-manager (garbage collection, namespaces, service accounts, resource quotas). No scheduler, no kubelet: tests
 drive pod status themselves (see ``support.kubelet``).
 
 Usage::
@@ -92,10 +92,15 @@ class Process:
         stop_process(self.popen, timeout)
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log, lines)
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a server's log file (empty when there is none yet)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
@@ -182,6 +187,7 @@ class KubeCluster:
     audit_mode: str = "blocking"  # "batch" writes asynchronously: less latency per request (benchmarks)
     processes: list[Process] = field(default_factory=list)
     port: int = 0
+    etcd_url: str = ""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -211,8 +217,8 @@ class KubeCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         _make_pki(self.pki)
         (self.workdir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
-        etcd_url = self._start_etcd()
-        self._start_apiserver(etcd_url)
+        self.etcd_url = self._start_etcd()
+        self._start_apiserver(self.etcd_url)
         self._write_kubeconfig(self.admin_kubeconfig, "admin", ADMIN_TOKEN)
         if self.controller_manager:
             self._start_controller_manager()
@@ -278,12 +284,23 @@ class KubeCluster:
         self._await(proc, lambda: _http_ok(f"{url}/health"), 30)
         return url
 
-    def _start_apiserver(self, etcd_url: str) -> None:
+    def restart_apiserver(self) -> None:
+        """Stop the kube-apiserver (SIGTERM, as a rolling control-plane upgrade does) and start a new one on the same
+        port over the same etcd; returns once it is ready again. Clients see refused connections meanwhile."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        old.stop()
+        old.log.rename(old.log.with_suffix(f".{time.monotonic_ns()}.log"))  # kept; the new one starts a fresh log
+        self._start_apiserver(self.etcd_url, port=self.port)
+        self.processes.remove(old)
+        new = self.processes.pop()
+        self.processes.insert(1, new)  # stop order stays controller-manager, apiserver, etcd
+
+    def _start_apiserver(self, etcd_url: str, port: int = 0) -> None:
         if not APISERVER.is_file():
             raise ClusterError(
                 f"kube-apiserver not found at {APISERVER}: run scripts/install-servers.sh (make servers)"
             )
-        self.port = free_port()
+        self.port = port or free_port()
         pki = self.pki
         proc = _spawn(
             "kube-apiserver",
@@ -393,7 +410,7 @@ class KubeCluster:
                 "--port=0",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token",
+                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--concurrent-gc-syncs=5",
@@ -486,6 +503,24 @@ class KubeCluster:
             with contextlib.suppress(kubernetes.client.ApiException):
                 core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
         return name
+
+    def client_certificate_kubeconfig(self, user: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as ``user`` with a client certificate signed by the cluster's CA, the
+        certificate and its key inline (``client-certificate-data``/``client-key-data``), as cloud CLIs write them."""
+        import base64
+
+        key, csr, crt = (self.workdir / f"{user}.{ext}" for ext in ("key", "csr", "crt"))
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={user}", "-keyout", str(key), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(self.pki / "ca.key"),
+                 "-CAcreateserial", "-days", "1", "-out", str(crt))  # fmt: skip
+        doc = kubeconfig_document(self.server, self.ca_file, user, "")
+        doc["users"][0]["user"] = {
+            "client-certificate-data": base64.b64encode(crt.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(key.read_bytes()).decode(),
+        }
+        key.unlink()
+        path.write_text(yaml.safe_dump(doc))
+        return path
 
     def service_account_kubeconfig(
         self, namespace: str, name: str, path: Path | None = None, bound_to_secret: str | None = None

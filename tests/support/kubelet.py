@@ -4,6 +4,7 @@ pod IP). Everything goes through the real apiserver."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -71,6 +72,13 @@ class Kubelet:
 
     def succeed(self, namespace: str, name: str, message: str = "") -> None:
         self.exit(namespace, name, 0, message=message)
+
+    def run_all(self, namespace: str, pods: Iterable[str], exit_code: int | None = None) -> None:
+        """Start every pod (by name, in name order) and, with ``exit_code``, let each exit with it."""
+        for name in sorted(pods):
+            self.run(namespace, name)
+            if exit_code is not None:
+                self.exit(namespace, name, exit_code)
 
     def image_pull_backoff(self, namespace: str, name: str) -> None:
         """Scheduled, but the image cannot be pulled: the pod stays Pending."""

@@ -12,15 +12,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kube import CACHE, ROOT, free_port, stop_process, wait_for
+from .kube import CACHE, ROOT, free_port, stop_process, tail, wait_for
 
 
 def image_like_python() -> str:
     """The python of a venv holding only the operator's dependencies, installed as its image installs them
     (``pip install -c constraints.txt operator``): no test-only packages such as the ``kubernetes`` client, which
     kopf imports whenever it is installed. Cached under ~/.cache/prefops (the first build takes seconds)."""
-    stamp = hashlib.sha256(
-        (ROOT / "constraints.txt").read_bytes() + (ROOT / "operator" / "pyproject.toml").read_bytes()
+    stamp = hashlib.sha256(  # the checkout's path too: the venv holds an editable install of this checkout
+        (ROOT / "constraints.txt").read_bytes() + (ROOT / "operator" / "pyproject.toml").read_bytes() + bytes(ROOT)
     )
     venv = CACHE / f"operator-venv-{stamp.hexdigest()[:12]}"
     python = venv / "bin" / "python"
@@ -38,6 +38,7 @@ class OperatorProcess:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     extra_args: tuple[str, ...] = ()
     python: str = sys.executable  # e.g. a venv with only the operator's dependencies, as in its image
+    env: dict[str, str] = field(default_factory=dict)  # more environment, e.g. TMPDIR
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
@@ -58,6 +59,7 @@ class OperatorProcess:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREFOPS_OPERATOR_"))}
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(self.env)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_for(self._healthy, 60, f"operator health endpoint (log: {self.log})")
@@ -96,10 +98,7 @@ class OperatorProcess:
         raise RuntimeError("no VmRSS")
 
     def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log, lines)
 
     def __enter__(self) -> OperatorProcess:
         return self.start()

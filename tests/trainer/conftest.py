@@ -26,7 +26,7 @@ def tmp_job(tmp_path):
 @pytest.fixture
 def s3(s3_server, monkeypatch, request):
     """A fresh bucket on the session's S3 server, with this process's AWS variables pointing at it."""
-    from prefops_trainer import storage
+    from prefops_trainer.adapters import storage
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)

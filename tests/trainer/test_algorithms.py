@@ -4,13 +4,14 @@ import math
 import re
 
 import pytest
-from trainer_jobs import job_doc
+from trainer_jobs import TINY, job_doc
 
-from prefops_trainer.algorithms import ALGORITHMS, DPO_LOSS_TYPES
+from prefops_trainer.core.algorithms import ALGORITHMS, DPO_LOSS_TYPES
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.core.trlconfig import TRL_TRAINERS, Runtime, trl_kwargs
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 
 
 def test_dpo_loss_registry_matches_trl():
@@ -27,6 +28,24 @@ def test_cpo_loss_registry_matches_trl():
     choices = set(CPOConfig.__dataclass_fields__["loss_type"].metadata["choices"])
     ours = {t for a in ALGORITHMS.values() if a.family == "cpo" for t in a.loss_types}
     assert ours == choices
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_each_algorithm_names_a_trl_trainer_whose_config_takes_every_argument_we_pass(tmp_path, name):
+    import dataclasses
+    import importlib
+
+    from transformers import Trainer
+
+    extra = {"rewardModel": {"source": str(TINY / "reward-model")}} if ALGORITHMS[name].online else {}
+    spec = parse_job(job_doc(tmp_path, algorithm={"name": name}, **extra)).spec
+    trl = TRL_TRAINERS[ALGORITHMS[name].family]
+    module = importlib.import_module(trl.module)
+    config, trainer = getattr(module, trl.config), getattr(module, trl.trainer)
+    assert issubclass(trainer, Trainer)
+    runtime = Runtime(cuda=False, dtype="float32")
+    passed = trl_kwargs(spec, runtime, str(tmp_path), precompute=spec.precompute)
+    assert set(passed) <= {f.name for f in dataclasses.fields(config)}, name
 
 
 def train(tmp_path, **spec):

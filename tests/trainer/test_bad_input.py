@@ -169,3 +169,15 @@ def test_a_finished_precompute_reports_the_cache_hit_in_its_termination_message(
         term.write_text("")
         assert run_cli("precompute", tmp_job(), env={"PREFOPS_TERMINATION_LOG": str(term)}).returncode == 0
         assert json.loads(term.read_text()) == {"cacheHit": expected}
+
+
+def test_credentials_in_a_uri_reach_neither_the_log_nor_the_termination_message(tmp_path, tmp_job):
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    key, secret = "AKIAEXAMPLEKEY", "wJalrXUtnFEMIEXAMPLESECRET"
+    job = tmp_job(storage={"uri": f"s3://{key}:{secret}@bucket/work"})
+    result = run_cli("run", job, env={"PREFOPS_TERMINATION_LOG": str(term)})
+    assert "spec.storage.uri: credentials must not be written into a URI" in error_of(result)
+    for shown in (result.stdout, result.stderr, term.read_text()):
+        assert key not in shown and secret not in shown
+    assert "spec.storage.uri" in term.read_text()

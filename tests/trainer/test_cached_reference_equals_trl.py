@@ -26,11 +26,13 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
-from prefops_trainer.algorithms import DPO_LOSS_TYPES
+from prefops_trainer.core.algorithms import DPO_LOSS_TYPES
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
+from prefops_trainer.phases.train import phase as train_flow
+from prefops_trainer.phases.train import trainers
 
 STEPS = 3
 BATCH = 4
@@ -74,14 +76,14 @@ def ours(tmp, name: str, spec: dict, monkeypatch) -> list[dict]:
     """Our train phase's per-step logs; the reference log-probs come from the cache, never from a model."""
     inputs = load_inputs(parse_job(job_doc(tmp, name, **spec)))
     precompute_phase.run(inputs)  # a hit after the first DPO case: every loss type reads one cache
-    original = train_phase._build
+    original = trainers.build
 
     def checked_build(*args, **kwargs):
         trainer = original(*args, **kwargs)
         assert trainer.ref_model is None and trainer.precompute_ref_logps, "no reference model: the cache answers"
         return trainer
 
-    monkeypatch.setattr(train_phase, "_build", checked_build)
+    monkeypatch.setattr(trainers, "build", checked_build)
     report = train_phase.run(inputs)
     assert report["steps"] == STEPS
     return report["logHistory"]
@@ -92,7 +94,7 @@ def trl_online(tmp, spec: dict, monkeypatch) -> list[dict]:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefops_trainer.trlconfig import Runtime, lora_kwargs, trl_kwargs
+    from prefops_trainer.core.trlconfig import Runtime, lora_kwargs, trl_kwargs
 
     cache = tmp / "trl-datasets-cache"
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
@@ -108,7 +110,7 @@ def trl_online(tmp, spec: dict, monkeypatch) -> list[dict]:
         rows = unpair_preference_dataset(rows)
     kwargs = trl_kwargs(job.spec, Runtime(cuda=False, dtype="float32"), str(tmp / "trl-out"), precompute=False)
     kwargs |= {"save_strategy": "no"}
-    config_cls, trainer_cls = train_phase._trainer_classes(family)
+    config_cls, trainer_cls = trainers.classes(job.spec)
     peft_config = None
     if (lk := lora_kwargs(job.spec)) is not None:
         from peft import LoraConfig
@@ -167,7 +169,7 @@ def test_first_steps_with_the_cached_reference_equal_trl_online(tmp_path_factory
 
 def test_a_cache_joined_to_the_wrong_rows_fails_the_comparison(tmp_path, monkeypatch):
     """The comparison above can fail: the same cache, joined one row off, gives step-1 rewards far from TRL's."""
-    original = train_phase.load_reference
+    original = train_flow.load_reference
 
     def shifted(inputs):
         tables = original(inputs)
@@ -175,7 +177,7 @@ def test_a_cache_joined_to_the_wrong_rows_fails_the_comparison(tmp_path, monkeyp
 
     spec = spec_for(tmp_path, dpo(("sigmoid",)), lora=False)
     theirs = trl_online(tmp_path / "trl", spec, monkeypatch)
-    monkeypatch.setattr(train_phase, "load_reference", shifted)
+    monkeypatch.setattr(train_flow, "load_reference", shifted)
     spec["reference"]["verifySamples"] = 0  # the train phase's own spot check would catch it first
     mine = ours(tmp_path, "shifted", spec, monkeypatch)
     with pytest.raises(AssertionError, match=r"step 1 loss: prefops"):

@@ -5,9 +5,9 @@ import json
 import pytest
 from trainer_jobs import TINY
 
-from prefops_trainer.data import fingerprint, load_split
-from prefops_trainer.errors import DataError
-from prefops_trainer.spec import DatasetSpec
+from prefops_trainer.adapters.data import fingerprint, load_split
+from prefops_trainer.core.errors import DataError
+from prefops_trainer.core.spec import DatasetSpec
 
 ROWS = [json.loads(line) for line in (TINY / "prefs.jsonl").read_text().splitlines()[:20]]
 

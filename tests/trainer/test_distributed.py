@@ -5,8 +5,8 @@ import json
 import pytest
 from trainer_jobs import run_cli
 
-from prefops_trainer.spec import DeepSpeedSpec
-from prefops_trainer.trlconfig import deepspeed_config
+from prefops_trainer.core.spec import DeepSpeedSpec
+from prefops_trainer.core.trlconfig import deepspeed_config
 
 
 def test_deepspeed_config_is_generated_from_the_spec():

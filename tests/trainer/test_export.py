@@ -7,12 +7,12 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
-from prefops_trainer import storage
+from prefops_trainer.adapters import storage
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import export as export_phase
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc, run_cli
 
-from prefops_trainer.errors import DataError, SpecError
+from prefops_trainer.core.errors import DataError, SpecError
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import export as export_phase
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 
 ONLINE = {"rewardModel": {"source": str(TINY / "reward-model")}, "generation": {"maxNewTokens": 8}}
 
@@ -75,8 +75,8 @@ def test_kto_second_job_with_the_same_batching_hits_the_cache_another_batch_size
 
 
 def test_unpaired_rows_need_boolean_labels_of_both_kinds(tmp_path):
-    from prefops_trainer.data import load_split
-    from prefops_trainer.spec import DatasetSpec
+    from prefops_trainer.adapters.data import load_split
+    from prefops_trainer.core.spec import DatasetSpec
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
@@ -142,7 +142,7 @@ def test_kto_and_online_dpo_loss_registries_match_trl():
     from trl import KTOConfig
     from trl.experimental.online_dpo import OnlineDPOConfig
 
-    from prefops_trainer.algorithms import ALGORITHMS
+    from prefops_trainer.core.algorithms import ALGORITHMS
 
     assert set(ALGORITHMS["kto"].loss_types) == set(KTOConfig.__dataclass_fields__["loss_type"].metadata["choices"])
     online = OnlineDPOConfig.__dataclass_fields__["loss_type"].metadata["choices"]

@@ -8,13 +8,63 @@ import pytest
 from prometheus_client import generate_latest
 from trainer_jobs import CLI
 
-from prefops_trainer.metrics import TrainerMetrics
+from prefops_trainer.adapters.metrics import PHASES, TrainerMetrics
 
 REQUIRED = [
     "loss", "rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin", "logps_chosen",
     "logps_rejected", "learning_rate", "grad_norm", "step", "total_steps", "epoch", "tokens_per_second",
     "precompute_pairs_done", "precompute_pairs_total", "phase", "memory_bytes",
 ]  # fmt: skip
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run ``prefops-trainer`` in this process, recording every phase the metric enters; returns (run, phases)."""
+    from prefops_trainer import cli
+    from prefops_trainer.adapters import metrics
+
+    for key, value in {"PREFOPS_METRICS_PORT": "off", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1",
+                       "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)  # restored afterwards; the CLI only sets what is unset
+    monkeypatch.setattr(metrics, "_current", None)
+    phases = []
+    real = metrics.TrainerMetrics.set_phase
+
+    def recording(self, phase):
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+        real(self, phase)
+
+    monkeypatch.setattr(metrics.TrainerMetrics, "set_phase", recording)
+
+    def run(*args) -> int:
+        with pytest.raises(SystemExit) as done:
+            cli.main([*map(str, args)])
+        return done.value.code
+
+    return run, phases
+
+
+def served_phase() -> str:
+    from prefops_trainer.adapters import metrics
+
+    text = generate_latest(metrics.current().registry).decode()
+    (state,) = [s for s in PHASES if f'prefops_trainer_phase="{s}"}} 1.0' in text]  # an enum: one state at a time
+    return state
+
+
+def test_the_phase_metric_follows_a_run_through_every_phase_to_done(tmp_job, in_process):
+    run, phases = in_process
+    assert run("run", tmp_job(training={"maxSteps": 2})) == 0
+    assert phases == ["precompute", "train", "export", "done"]
+    assert served_phase() == "done"
+
+
+def test_the_phase_metric_ends_failed_when_a_phase_fails(tmp_job, in_process):
+    run, phases = in_process
+    assert run("export", tmp_job()) == 1, "export before training fails"
+    assert phases == ["export", "failed"]
+    assert served_phase() == "failed"
 
 
 def test_a_trl_log_entry_becomes_labelled_gauges():

@@ -13,16 +13,18 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
-from prefops_trainer import trl_packing
-from prefops_trainer.algorithms import DPO_LOSS_TYPES
-from prefops_trainer.compute import packing
+from prefops_trainer.adapters import trl_bridge
+from prefops_trainer.compute import packing, prefix_sharing
+from prefops_trainer.core.algorithms import DPO_LOSS_TYPES
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
 from prefops_trainer.tiny import build_model
 
 TOLERANCE = 1e-5
+#: What DPOTrainer's loss reads from its policy (without WPO weighting).
+DPO_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
 # ---- layout (pure) ----
@@ -116,8 +118,8 @@ def policy(attn: str, vocab: int = 200, hidden: int = 128, layers: int = 3, seed
 
     model = build_model(vocab, seed=seed, hidden=hidden, layers=layers)
     model.set_attn_implementation(attn)
-    add_fused_lm_head(model, outputs=trl_packing.DPO_OUTPUTS)
-    trl_packing.install(model, trl_packing.DPO_OUTPUTS)
+    add_fused_lm_head(model, outputs=DPO_OUTPUTS)
+    prefix_sharing.install(model, DPO_OUTPUTS)
     return model
 
 
@@ -134,7 +136,7 @@ def assert_same_outputs(theirs, ours):
 def test_packed_outputs_equal_trls_concatenated_forward_on_random_pairs(attn):
     model = policy(attn)
     call = trl_batch(random_rows(6, 200, seed=1))
-    packed = trl_packing.PackedCall(model, attn, torch.float32)
+    packed = prefix_sharing.PackedCall(model, attn, torch.float32)
     assert_same_outputs(model(**call), packed(**call))
     assert packed.packed_calls == 1
 
@@ -149,12 +151,12 @@ def test_packed_outputs_equal_trls_concatenated_forward_on_the_tiny_data(tmp_pat
     from trl.trainer.utils import add_fused_lm_head
 
     model = AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32)
-    add_fused_lm_head(model, outputs=trl_packing.DPO_OUTPUTS)
-    trl_packing.install(model, trl_packing.DPO_OUTPUTS)
+    add_fused_lm_head(model, outputs=DPO_OUTPUTS)
+    prefix_sharing.install(model, DPO_OUTPUTS)
     call = trl_batch(tiny_rows(tmp_path, data, max_length), max_length)
     if max_length == 12:
         assert (call["attention_mask"].sum(1) == 12).any(), "some pairs really are truncated"
-    packed = trl_packing.PackedCall(model, "sdpa", torch.float32)
+    packed = prefix_sharing.PackedCall(model, "sdpa", torch.float32)
     assert_same_outputs(model(**call), packed(**call))
     assert packed.packed_calls == 1
 
@@ -189,8 +191,8 @@ def test_every_dpo_loss_and_its_gradients_equal_trls_concatenated_forward(tmp_pa
     model = AutoModelForCausalLM.from_pretrained(TINY / "model", dtype=torch.float32)
     trainer, batch = dpo_trainer(tmp_path, model)
     batch["ref_chosen_logps"] = batch["ref_chosen_logps"] - 0.3  # the policy is no longer its own reference
-    trl_packing.install(model, trl_packing.DPO_OUTPUTS)
-    wrap = trl_packing.enable(trainer)
+    prefix_sharing.install(model, DPO_OUTPUTS)
+    wrap = prefix_sharing.enable(trainer)
     for loss_type in DPO_LOSS_TYPES:
         trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
         theirs, theirs_grads = loss_and_grads(trainer, model, batch)
@@ -204,21 +206,23 @@ def test_every_dpo_loss_and_its_gradients_equal_trls_concatenated_forward(tmp_pa
             assert (our_grads[name] - g).abs().max().item() <= bound, f"{loss_type}: gradient of {name}"
 
 
-def train_logs(tmp_path, name: str, prefix_sharing: bool, monkeypatch, **spec):
-    calls = []
-    original = trl_packing.PackedCall.__call__
+def train_logs(tmp_path, name: str, shared: bool, monkeypatch, **spec):
+    """The train phase's per-step logs, and how many policy forwards ran packed."""
+    packed = []
+    original = prefix_sharing.PackedCall.__call__
 
     def counted(self, *args, **kwargs):
+        before = self.packed_calls
         out = original(self, *args, **kwargs)
-        calls.append(self.packed_calls)
+        packed.extend([1] * (self.packed_calls - before))
         return out
 
-    monkeypatch.setattr(trl_packing.PackedCall, "__call__", counted)
-    training = {"maxSteps": 3, "perDeviceBatchSize": 4, "learningRate": 1e-4, "prefixSharing": prefix_sharing}
+    monkeypatch.setattr(prefix_sharing.PackedCall, "__call__", counted)
+    training = {"maxSteps": 3, "perDeviceBatchSize": 4, "learningRate": 1e-4, "prefixSharing": shared}
     inputs = load_inputs(parse_job(job_doc(tmp_path, name, training=training, **spec)))
     precompute_phase.run(inputs)
     report = train_phase.run(inputs)
-    return report["logHistory"], sum(calls)
+    return report["logHistory"], len(packed)
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
@@ -256,11 +260,11 @@ def test_flex_attention_block_mask_gives_the_sdpa_numbers_with_several_pairs_per
     dense = policy("sdpa", seed=3)
     rows = random_rows(6, 200, seed=4)
     pairs = [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in rows]
-    head = trl_packing.lm_head(model)
+    head = trl_bridge.lm_head(model)
     with torch.inference_mode():
         packed = packing.pack(pairs, 0, rows=[[0, 1, 2], [3, 4], [5]])
         flex = packing.sums(packing.forward(model.model, packed, packing.block_mask(packed), head)["log_probs"], packed)
-        alone = packing.pair_logps(dense.model, pairs, trl_packing.lm_head(dense), "cpu")
+        alone = packing.pair_logps(dense.model, pairs, trl_bridge.lm_head(dense), "cpu")
     for a, b in zip(flex, alone, strict=True):
         assert (a.float() - b).abs().max().item() <= TOLERANCE
 
@@ -291,7 +295,7 @@ def test_prefix_sharing_under_deepspeed_zero3_on_two_ranks_logs_the_numbers_of_t
 def test_a_reference_shard_tokenizes_only_its_rows_and_names_a_bad_row_by_its_place_in_the_dataset(tmp_path):
     import json
 
-    from prefops_trainer.errors import DataError
+    from prefops_trainer.core.errors import DataError
 
     good = {"prompt": "what is one plus one ?", "chosen": " two .", "rejected": " three ."}
     rows = [good] * 4 + [{**good, "prompt": "what " * 80 + "?"}, good]

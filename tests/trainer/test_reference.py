@@ -7,10 +7,12 @@ import pytest
 import torch
 from trainer_jobs import TINY, job_doc
 
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.core.workspace import TRAINED_MARKER
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
-from prefops_trainer.spec import parse_job
+from prefops_trainer.phases.train import trainers
 
 
 def trl_reference(rows, tokenizer, max_length: int, truncation_mode: str = "keep_start"):
@@ -117,7 +119,7 @@ def test_training_with_precomputed_logps_never_runs_a_reference_model(tmp_path, 
     inputs = load_inputs(job)
     precompute_phase.run(inputs)
     counts = {}
-    original_build = train_phase._build
+    original_build = trainers.build
 
     def build_and_watch(inputs, model, *args, **kwargs):
         trainer = original_build(inputs, model, *args, **kwargs)
@@ -126,7 +128,7 @@ def test_training_with_precomputed_logps_never_runs_a_reference_model(tmp_path, 
         counts["trainer"] = trainer
         return trainer
 
-    monkeypatch.setattr(train_phase, "_build", build_and_watch)
+    monkeypatch.setattr(trainers, "build", build_and_watch)
     report = train_phase.run(inputs)
     trainer, backbone = counts["trainer"], counts["backbone"]
     micro_batches = report["steps"] * 2
@@ -147,20 +149,20 @@ def test_trl_without_precompute_does_run_a_reference_forward(tmp_path, monkeypat
     )
     inputs = load_inputs(job)
     seen = {}
-    original_build = train_phase._build
+    original_build = trainers.build
 
     def build_and_watch(inputs, model, *args, **kwargs):
         trainer = original_build(inputs, model, *args, **kwargs)
         seen["backbone"] = ForwardCounter(model.model)
         return trainer
 
-    monkeypatch.setattr(train_phase, "_build", build_and_watch)
+    monkeypatch.setattr(trainers, "build", build_and_watch)
     train_phase.run(inputs)
     assert seen["backbone"].no_grad == seen["backbone"].grad == 2
 
 
 def test_stale_cache_fails_fast_naming_the_row(tmp_path):
-    from prefops_trainer.errors import CacheError
+    from prefops_trainer.core.errors import CacheError
 
     job = parse_job(job_doc(tmp_path))
     inputs = load_inputs(job)
@@ -174,4 +176,4 @@ def test_stale_cache_fails_fast_naming_the_row(tmp_path):
         match=r"does not match the model: row \d+ chosen log-prob is .* delete that folder",
     ):
         train_phase.run(inputs)
-    assert not Path(inputs.ws.trained.path, train_phase.TRAINED_MARKER).exists()
+    assert not Path(inputs.ws.trained.path, TRAINED_MARKER).exists()

@@ -6,17 +6,19 @@ import pytest
 import yaml
 from trainer_jobs import ROOT, job_doc
 
-from prefops_trainer.algorithms import ALGORITHM_NAMES
-from prefops_trainer.errors import SpecError
-from prefops_trainer.spec import load_job, parse_job
+from prefops_trainer.adapters.jobfile import load_job
+from prefops_trainer.core.algorithms import ALGORITHM_NAMES
+from prefops_trainer.core.errors import SpecError
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.core.uris import Uri
 
 
 def parse(tmp_path: Path, **spec):
     return parse_job(job_doc(tmp_path, **spec))
 
 
-def test_every_example_manifest_parses():
-    examples = sorted((ROOT / "examples").glob("*.yaml"))
+def test_every_example_job_manifest_parses():
+    examples = sorted(p for p in (ROOT / "examples").glob("*.yaml") if "kind: PreferenceTrainingJob" in p.read_text())
     assert examples, "examples/ holds job manifests"
     for path in examples:
         assert load_job(path).kind == "PreferenceTrainingJob"
@@ -160,3 +162,54 @@ def test_job_file_errors_name_the_file(tmp_path):
         match=r"other\.yaml: expected exactly one PreferenceTrainingJob document, found 0",
     ):
         load_job(other)
+
+
+def test_uris_are_parsed_once_into_typed_values_and_written_back_as_given(tmp_path):
+    job = parse(
+        tmp_path,
+        model={"source": "hf://org/name@v1"},
+        dataset={"source": "data/prefs.jsonl"},
+        storage={"uri": "s3://bucket/work/"},
+    )
+    s = job.spec
+    assert (s.model.source.scheme, s.model.source.path) == ("hf", "org/name@v1")
+    assert (s.storage.uri.scheme, s.storage.uri.path) == ("s3", "bucket/work")
+    assert s.dataset.source == Uri("file", str(Path("data/prefs.jsonl").resolve()))
+    written = job.model_dump(mode="json", by_alias=True)["spec"]
+    assert (written["dataset"]["source"], written["storage"]["uri"]) == ("data/prefs.jsonl", "s3://bucket/work/")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"output": {"uri": "hf://org/name"}}, r"spec\.output\.uri: hf:// is only valid for model and dataset sources"),
+        ({"storage": {"uri": "s3://"}}, r"spec\.storage\.uri: s3 URI needs a bucket, got 's3://'"),
+        ({"model": {"source": "hf://justname"}}, r"spec\.model\.source: hf URI must look like hf://org/name"),
+        ({"dataset": {"source": "gs://b/p"}}, r"spec\.dataset\.source: unsupported URI scheme 'gs'"),
+        ({"model": {"source": 5}}, r"spec\.model\.source: must be a string, got 5"),
+    ],
+)
+def test_bad_uris_are_rejected_at_parse_time_naming_the_field(tmp_path, spec, message):
+    with pytest.raises(SpecError, match=message):
+        parse(tmp_path, **spec)
+
+
+@pytest.mark.parametrize(
+    ("block", "value"),
+    [
+        ("storage", "s3://AKIAEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/work"),
+        ("output", "s3://AKIAEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/models"),
+        ("dataset", "s3://AKIAEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/prefs.jsonl"),
+        ("model", "hf://someone:hf_EXAMPLETOKEN@org/name"),
+        ("model", "file://someone:EXAMPLEPASSWORD@host/models/m"),
+    ],
+    ids=["storage", "output", "dataset", "hub-token", "file"],
+)
+def test_credentials_in_a_uri_are_refused_naming_the_field_without_repeating_them(tmp_path, block, value):
+    key = "uri" if block in ("storage", "output") else "source"
+    with pytest.raises(SpecError) as err:
+        parse(tmp_path, **{block: {key: value}})
+    message = str(err.value)
+    assert f"spec.{block}.{key}: credentials must not be written into a URI" in message
+    user, password = value.split("://")[1].split("@")[0].split(":")
+    assert user not in message and password not in message

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from trainer_jobs import CLI, TINY, job_doc, run_cli
 
-from prefops_trainer import storage
+from prefops_trainer.adapters import storage
+from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
-from prefops_trainer.spec import parse_job
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -10,22 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support.jobs import deep_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny"
 CLI = [sys.executable, "-m", "prefops_trainer"]
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        elif value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
 
 
 def job_doc(tmp: Path, name: str = "t", **spec: Any) -> dict:

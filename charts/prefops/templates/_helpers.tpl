@@ -71,24 +71,40 @@ app.kubernetes.io/component: operator
 operator/src/prefops_operator/adapters/kube.py and kopf's watches (tests/chart checks they are equal). The same
 rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */}}
 {{- define "prefops.rules" -}}
-# jobs: watched (kopf index and events), deleted after ttlSecondsAfterFinished
+# jobs: watched (kopf index and events), deleted after ttlSecondsAfterFinished; a sweep's trials are jobs the
+# operator creates (dry-run first, to check them) and suspends or resumes (spec.suspend)
 - apiGroups: [prefops.dev]
   resources: [preferencetrainingjobs]
-  verbs: [list, watch, delete]
-# the status subresource: phase, conditions, progress
+  verbs: [list, watch, create, patch, delete]
+# the status subresource: phase, conditions, progress, evaluation
 - apiGroups: [prefops.dev]
   resources: [preferencetrainingjobs/status]
+  verbs: [patch]
+# sweeps: watched (kopf index and events); deleting one deletes its trials by garbage collection
+- apiGroups: [prefops.dev]
+  resources: [preferencetrainingsweeps]
+  verbs: [list, watch]
+# the sweep's status subresource: trials, best, counts, conditions
+- apiGroups: [prefops.dev]
+  resources: [preferencetrainingsweeps/status]
   verbs: [patch]
 # the phases' pods: watched (kopf index), created, deleted on restart/suspend/failure
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# the trainer config (ConfigMap) and the training rendezvous (headless Service): created once per job
+# the trainer config (ConfigMap) and the training rendezvous (headless Service): created once per job; read
+# when the name exists already (409), to check the job owns it (not a deleted job of the same name)
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [create]
-# an Event on the job at every phase transition
+  verbs: [create, get]
+# an Event on the job at every phase transition, on the sweep when a trial starts or ends
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.networkPolicy.enabled }}
+# each job's NetworkPolicy (networkPolicy.enabled): created once per job, read when its name exists already
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, get]
+{{- end }}
 {{- end }}

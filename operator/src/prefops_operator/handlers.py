@@ -14,7 +14,9 @@ from typing import Any
 
 import kopf
 
-from .adapters.kube import Credentials, CredentialsProvider, KubeApi
+from . import sweep_handlers  # registers the sweep controller's handlers
+from .adapters.kube import Credentials, CredentialsProvider
+from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
 from .core.naming import LABEL_JOB
 from .core.pods import PodView, pod_view
@@ -43,14 +45,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
+def _login(settings: kopf.OperatorSettings, logger: Logger) -> kopf.ConnectionInfo | None:
+    """kopf's minimal logins: the pod's ServiceAccount, else $KUBECONFIG (or ~/.kube/config)."""
+    return kopf.login_with_service_account(settings=settings, logger=logger) or kopf.login_with_kubeconfig(
+        settings=settings, logger=logger
+    )
+
+
+@kopf.on.login(id="prefops-login")
+async def login(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches log in as the reconciler does, whatever else is installed: kopf would otherwise prefer the
+    ``kubernetes`` client's login, which keeps a kubeconfig's client key in a temporary file for the process's
+    lifetime (kopf's own writes it only while building the TLS context)."""
+    return _login(settings, logger)
+
+
 def _credentials(settings: kopf.OperatorSettings, logger: Logger) -> CredentialsProvider:
-    """The reconciler's API credentials, from kopf's minimal logins: the pod's ServiceAccount, else $KUBECONFIG
-    (or ~/.kube/config). Called again whenever the apiserver answers 401 (rotated tokens)."""
+    """The reconciler's API credentials, from the same login. Called again whenever the apiserver answers 401
+    (rotated tokens)."""
 
     async def provide() -> Credentials:
-        info = kopf.login_with_service_account(settings=settings, logger=logger) or kopf.login_with_kubeconfig(
-            settings=settings, logger=logger
-        )
+        info = _login(settings, logger)
         if info is None:
             raise kopf.PermanentError("no credentials: neither a ServiceAccount token nor a kubeconfig")
         return Credentials(
@@ -84,17 +99,21 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.queueing.idle_timeout = 1.0  # per-object kopf workers (and the event bodies they hold) go sooner
     settings.watching.label_selectors[PODS] = LABEL_JOB  # server-side: only our pods reach the operator
-    reconciler = Reconciler(KubeApi(_credentials(settings, logger), connections=config.workers * 2), config)
+    api = SweepKubeApi(_credentials(settings, logger), connections=config.workers * 2)
+    reconciler = Reconciler(api, config)
     reconciler.metrics.serve(config.metrics_port, config.bind_address)
     # kopf passes each index as a keyword argument named after its handler's id
     memo.runtime = Runtime(reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers)
     memo.runtime.start()
+    memo.sweeps = sweep_handlers.start(api, config, reconciler.metrics.registry, kwargs)
     scope = ", ".join(config.namespaces) or "all namespaces"
-    logger.info("prefops operator started: %s, default image %s", scope, config.default_image)
+    logger.info("prefops operator started: %s, default image %s", scope, config.children.default_image)
 
 
 @kopf.on.cleanup(id="prefops-cleanup")
 async def stop(*, memo: kopf.Memo, **_: Any) -> None:
+    if "sweeps" in memo:
+        await memo.sweeps.queue.stop()
     if "runtime" in memo:
         await memo.runtime.stop()
 

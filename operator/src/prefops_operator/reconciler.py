@@ -6,7 +6,11 @@ The only memory kept between reconciles is an optimization and a guard, never a 
 
 - the status last written (until the watch delivers it, a stale snapshot must not drive actions),
 - children recently created or deleted but not yet observed (so a lagging index does not repeat the call),
+- why the apiserver refused the last create (shown in the status, retried with backoff),
 - the last progress scrape (its time, and the last sample of each precompute shard).
+
+Only pods whose controller owner reference carries the job's uid count for it: a job deleted and created again
+under the same name, or a pod someone else labelled as the job's, can neither lend it progress nor skip a phase.
 
 After an operator restart all of it is empty and the job's status plus its pods are enough to carry on.
 """
@@ -21,16 +25,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .adapters.kube import Conflict, Gone, KubeApi, Rejected, TemporaryError
+from .adapters.kube import Conflict, Forbidden, Gone, KubeApi, Rejected, TemporaryError
 from .adapters.metrics import OperatorMetrics
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
+from .core.algorithms import ALGORITHMS
+from .core.conditions import Reason
+from .core.evaluation import Evaluation, evaluation_from_metrics
 from .core.machine import Decision, Observed, current_group, decide
-from .core.naming import LABEL_ATTEMPT, PodPhase
+from .core.naming import PodPhase
 from .core.patch import merge_patch
 from .core.plan import Plan, plan
 from .core.pods import PodView
-from .core.progress import precompute_progress, training_progress
+from .core.progress import parse_exposition, precompute_progress, training_progress
+from .core.refusals import Refusal, backoff, classify_refusal, name_taken
 from .core.spec import InvalidSpec, Job, parse_job, parse_meta
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
 from .core.timefmt import utcnow
@@ -51,7 +59,8 @@ class _Memory:
     ensured: set[str] = field(default_factory=set)
     created: dict[tuple[str, int], float] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
-    rejection: str | None = None
+    refusal: Refusal | None = None
+    refused: int = 0  # creates refused in a row
     last_scrape: float = float("-inf")
     shard_metrics: dict[str, str] = field(default_factory=dict)
 
@@ -114,22 +123,29 @@ class Reconciler:
             return RETRY_SOON
         now = self.clock()
         job, spec_error = _parse(body)
+        owned = [p for p in pods if p.owner == mem.uid]
         previous = Status.from_dict(body.get("status"))
-        progress = await self._scrape(mem, previous, pods, now) if job else None
-        decision = decide(previous, Observed(job, pods, spec_error, mem.rejection, progress), now)
+        progress, evaluation = await self._scrape(mem, job, previous, owned, now) if job else (None, None)
+        decision = decide(previous, Observed(job, owned, spec_error, mem.refusal, progress, evaluation), now)
         if decision.status != previous:
             await self._write(mem, job, body, decision, now)
         self._phases[key] = decision.status.phase
         if job is None:
             return None
-        actions = plan(job, decision.status, pods, self.config.children, now)
-        try:
-            await self._act(job, mem, actions, pods)
-        except Rejected as e:
-            self.metrics.api_errors.labels("rejected").inc()
-            mem.rejection = str(e)
-            return 0.0
-        return self._requeue_after(decision, mem, now)
+        foreign = [p for p in pods if p.owner != mem.uid]
+        actions = plan(job, decision.status, owned, self.config.children, now, foreign)
+        refusal = await self._act(job, mem, actions, owned)
+        return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
+
+    def _after_refusal(self, mem: _Memory, refusal: Refusal | None) -> float | None:
+        """Remember a refusal (the next decision shows it) and back off while it lasts; ``None`` when nothing was
+        refused and nothing changed."""
+        previous, mem.refusal = mem.refusal, refusal
+        if refusal is None:
+            mem.refused = 0
+            return RETRY_SOON if previous is not None else None  # take the ReplicaFailure condition away
+        mem.refused += 1
+        return RETRY_SOON if refusal != previous else backoff(mem.refused)
 
     def _remember(self, key: Key, body: Mapping[str, Any]) -> _Memory:
         uid = str(body["metadata"].get("uid"))
@@ -166,52 +182,79 @@ class Reconciler:
             )
             await self.api.post_event(meta, t.reason, t.message, t.warning, now)
             self.metrics.transitions.labels(t.source.value, t.target.value).inc()
-            if t.reason == "Restarting":
+            if t.reason == Reason.RESTARTING:
                 self.metrics.restarts.labels(t.source.value).inc()
             if t.target.finished and meta.created:
                 result = t.target.value.lower()
                 self.metrics.job_duration.labels(result).observe((now - meta.created).total_seconds())
+        for n in decision.notices:
+            log.warning("%s/%s: %s: %s", meta.namespace, meta.name, n.reason, n.message)
+            await self.api.post_event(meta, n.reason, n.message, n.warning, now)
 
-    async def _act(self, job: Job, mem: _Memory, actions: Plan, pods: Sequence[PodView]) -> None:
+    async def _act(self, job: Job, mem: _Memory, actions: Plan, pods: Sequence[PodView]) -> Refusal | None:
+        """Carry the plan out; why children could not be created, if they could not."""
         clock = time.monotonic()
         observed = {(p.name, p.attempt) for p in pods}
         names = {p.name for p in pods}
         mem.created = {k: t for k, t in mem.created.items() if t > clock and k not in observed}
         mem.deleted = {k: t for k, t in mem.deleted.items() if t > clock and k in names}
-        for manifest in actions.ensure:
-            ident = f"{manifest['kind']}/{manifest['metadata']['name']}"
-            if ident not in mem.ensured:
-                await self.api.create(manifest)
-                mem.ensured.add(ident)
         for name in actions.delete_pods:
             if name not in mem.deleted:
                 await self.api.delete_pod(job.meta.namespace, name)
                 mem.deleted[name] = clock + EXPECTATION_TTL
-        for manifest in actions.create_pods:
-            replica = (manifest["metadata"]["name"], int(manifest["metadata"]["labels"][LABEL_ATTEMPT]))
-            if replica not in mem.created:
-                await self.api.create(manifest)
-                mem.created[replica] = clock + EXPECTATION_TTL
+        try:
+            taken = [*await self._ensure(job, mem, actions), *(f"pod {n}" for n in actions.blocked)]
+            for new in actions.create_pods:
+                if (new.name, new.attempt) not in mem.created:
+                    await self.api.create(new.manifest)
+                    mem.created[new.name, new.attempt] = clock + EXPECTATION_TTL
+        except Rejected as e:
+            self.metrics.api_errors.labels("rejected").inc()
+            return classify_refusal(e.status, str(e), job.spec)
+        except Forbidden as e:
+            self.metrics.api_errors.labels("forbidden").inc()
+            return classify_refusal(e.status, str(e), job.spec)
         if actions.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
             await self.api.delete_job(job.meta)
+        return name_taken(taken) if taken else None
 
-    async def _scrape(self, mem: _Memory, status: Status, pods: Sequence[PodView], now: datetime) -> Progress | None:
+    async def _ensure(self, job: Job, mem: _Memory, actions: Plan) -> list[str]:
+        """Create the ConfigMap and Service unless made before; the ones whose name another object holds."""
+        taken = []
+        for manifest in actions.ensure:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if f"{kind}/{name}" in mem.ensured:
+                continue
+            created = await self.api.create(manifest)
+            if not created and await self.api.controller_uid(kind, job.meta.namespace, name) != job.meta.uid:
+                taken.append(f"{kind.lower()} {name}")
+                continue
+            mem.ensured.add(f"{kind}/{name}")
+        return taken
+
+    async def _scrape(
+        self, mem: _Memory, job: Job, status: Status, pods: Sequence[PodView], now: datetime
+    ) -> tuple[Progress | None, Evaluation | None]:
         if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
-            return None
+            return None, None
         group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
         if not group:
-            return None
+            return None, None
         mem.last_scrape = time.monotonic()
-        port = self.config.trainer_metrics_port
+        port = self.config.children.metrics_port
         if status.phase.pod_phase == PodPhase.PRECOMPUTE:
             texts = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
             mem.shard_metrics.update({p.name: text for p, text in zip(group, texts, strict=True) if text is not None})
-            return precompute_progress(mem.shard_metrics.values(), now)
+            return precompute_progress(mem.shard_metrics.values(), now), None
         if group[0].index != 0:
-            return None
+            return None, None
         text = await self.scraper.fetch(str(group[0].ip), port)
-        return training_progress(text, now) if text else None
+        if not text:
+            return None, None
+        rule = ALGORITHMS.get(job.spec.algorithm.name)
+        evaluation = evaluation_from_metrics(parse_exposition(text), rule.eval_metrics if rule else ())
+        return training_progress(text, now), evaluation
 
     def _requeue_after(self, decision: Decision, mem: _Memory, now: datetime) -> float | None:
         delays = []

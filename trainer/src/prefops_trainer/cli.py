@@ -13,9 +13,15 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import UserError
+from .core.errors import UserError
+
+if TYPE_CHECKING:
+    from .adapters.metrics import Phase
+    from .core.spec import Job
 
 log = logging.getLogger("prefops_trainer")
 
@@ -46,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        from .spec import load_job
+        from .adapters.jobfile import load_job
 
         job = load_job(args.job)
+        attempt = os.environ.get("PREFOPS_ATTEMPT")
+        log.info("%s: job %s/%s%s", args.command, job.namespace, job.name, f", attempt {attempt}" if attempt else "")
         code = COMMANDS[args.command](job, args)
     except UserError as e:
         _fail(str(e), UserError.exit_code)
@@ -61,10 +69,19 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         log.exception("failed")
         _fail(f"{type(e).__name__}: {e}", 1)
-    sys.exit(code or 0)
+    _ended("failed" if code else "done")
+    sys.exit(code)
 
 
-def _fail(message: str, code: int) -> None:
+def _ended(state: Phase) -> None:
+    """The phase metric's last word: ``done`` or ``failed`` (a no-op where this process serves no metrics)."""
+    from .adapters import metrics
+
+    metrics.enter(state)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _ended("failed")
     log.error("%s", message)
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")
     if error_dir and code == UserError.exit_code:
@@ -103,20 +120,20 @@ def setup_logging(level: str) -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
-def _serve_metrics(job) -> None:
-    from . import metrics
+def _serve_metrics(job: Job) -> None:
+    from .adapters import metrics
 
     metrics.serve(job.name, job.namespace)
 
 
-def cmd_validate(job, args) -> int:
+def cmd_validate(job: Job, args: argparse.Namespace) -> int:
     import yaml
 
     print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
     return 0
 
 
-def cmd_precompute(job, args) -> int:
+def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
     from .inputs import load_inputs
     from .phases import precompute
 
@@ -126,7 +143,7 @@ def cmd_precompute(job, args) -> int:
     return 0
 
 
-def cmd_train(job, args) -> int:
+def cmd_train(job: Job, args: argparse.Namespace) -> int:
     from . import launch
 
     if launch.needs_torchrun(job):
@@ -142,18 +159,19 @@ def cmd_train(job, args) -> int:
     return 0
 
 
-def cmd_export(job, args) -> int:
+def cmd_export(job: Job, args: argparse.Namespace) -> int:
     from .inputs import load_inputs
     from .phases import export
 
     _serve_metrics(job)
     manifest = export.run(load_inputs(job))
-    print(f"model: {job.spec.output.uri} ({len(manifest['files'])} files)")  # noqa: T201
+    print(f"model: {job.spec.output.uri.as_written} ({len(manifest['files'])} files)")  # noqa: T201
     return 0
 
 
-def cmd_run(job, args) -> int:
-    from . import launch, metrics
+def cmd_run(job: Job, args: argparse.Namespace) -> int:
+    from . import launch
+    from .adapters import metrics
     from .inputs import load_inputs
     from .phases import export, precompute, train
 
@@ -162,8 +180,8 @@ def cmd_run(job, args) -> int:
     cache_hit = None
     if job.spec.precompute:
         workers = job.spec.reference.workers
-        reports = [precompute.run(inputs, shard, workers) for shard in range(workers)]
-        cache_hit = all(r["cacheHit"] for r in reports)
+        shards = [precompute.run(inputs, shard, workers) for shard in range(workers)]
+        cache_hit = all(r["cacheHit"] for r in shards)
     if launch.needs_torchrun(job):
         with metrics.paused():
             code = launch.torchrun_train(job, args.job)
@@ -176,7 +194,7 @@ def cmd_run(job, args) -> int:
     return 0
 
 
-def _print_summary(job, manifest: dict, cache_hit: bool | None) -> None:
+def _print_summary(job: Job, manifest: dict[str, Any], cache_hit: bool | None) -> None:
     metrics = manifest.get("metrics", {})
     lines = [f"prefops: job {job.name} done"]
     if cache_hit is not None:
@@ -187,11 +205,12 @@ def _print_summary(job, manifest: dict, cache_hit: bool | None) -> None:
             mean = metrics.get(f"{key}_last_epoch_mean")
             extra = f"  (last-epoch mean {mean:.4f})" if mean is not None else ""
             lines.append(f"  final {key}: {metrics[key]:.4f}{extra}")
-    lines.append(f"  model: {job.spec.output.uri} ({len(manifest['files'])} files, manifest prefops.json)")
+    uri = job.spec.output.uri.as_written
+    lines.append(f"  model: {uri} ({len(manifest['files'])} files, manifest prefops.json)")
     print("\n".join(lines))  # noqa: T201
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Job, argparse.Namespace], int]] = {
     "run": cmd_run,
     "precompute": cmd_precompute,
     "train": cmd_train,

@@ -1,5 +1,6 @@
-"""What every phase loads first: the model folder, the tokenizer, the dataset splits tokenized as TRL does,
-and the reference-cache key of each split. Loaded once per process and shared by the phases it runs."""
+"""What every phase reads first: the model folder, the tokenizer, the dataset splits tokenized as TRL does, and the
+reference cache of each split. Loaded once per process from the parsed job and handed to the phases it runs:
+spec → inputs → phases."""
 
 from __future__ import annotations
 
@@ -7,29 +8,47 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .data import LoadedDataset, fingerprint, load_split
-from .errors import SpecError
-from .modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
-from .refcache import RefCache, cache_key
-from .spec import Job
-from .tokenize import tokenize_pairs, tokenize_unpaired
-from .workspace import Workspace
+from .adapters.data import LoadedDataset, fingerprint, load_split
+from .adapters.modelio import hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
+from .adapters.refcache import RefCache
+from .adapters.sources import cache_dir
+from .compute.tokenize import tokenize_pairs, tokenize_unpaired
+from .core.cachekey import cache_key
+from .core.errors import SpecError
+from .core.spec import Job, JobSpec
+from .core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from torch.nn import Module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Inputs:
+    """A job's inputs, loaded once; the tokenized splits and the model-file digests are computed on first use.
+
+    Attributes:
+        job: the parsed job.
+        ws: its storage layout.
+        model_path: the local folder of ``spec.model``.
+        tokenizer: the model's tokenizer (a missing pad token set to EOS).
+        splits: ``train`` and, with ``spec.dataset.evalSplit``, ``eval``: checked rows with an ``index`` column.
+    """
+
     job: Job
     ws: Workspace
     model_path: Path
-    tokenizer: object
-    splits: dict[str, LoadedDataset]  # "train" and, with dataset.evalSplit, "eval"
-    _tokenized: dict[str, object] = field(default_factory=dict)
+    tokenizer: PreTrainedTokenizerBase
+    splits: dict[str, LoadedDataset]
+    _tokenized: dict[str, Dataset] = field(default_factory=dict)
 
     @property
-    def spec(self):
+    def spec(self) -> JobSpec:
         return self.job.spec
 
     @cached_property
@@ -40,48 +59,43 @@ class Inputs:
     def model_files(self) -> dict[str, str]:
         return hash_files(self.model_path)
 
-    @property
-    def kto_kl(self) -> bool:
-        """KTO estimates its KL term from completions rotated within each training batch (not APO-zero)."""
-        return self.spec.algorithm.losses[0] == "kto"
-
-    def tokenized(self, split: str):
+    def tokenized(self, split: str) -> Dataset:
         """The split tokenized as the algorithm's TRL trainer does, in the form the precompute pass reads."""
         if split not in self._tokenized:
             ds, spec = self.splits[split], self.spec
-            if spec.algorithm.info.family == "kto":
-                batch = spec.training.per_device_batch_size
-                rows = tokenize_unpaired(ds.rows, self.tokenizer, spec.dataset, ds.source, batch, self.kto_kl)
+            if spec.algorithm.info.data == "unpaired":
+                batch, kl = spec.training.per_device_batch_size, spec.algorithm.kl_term
+                rows = tokenize_unpaired(ds.rows, self.tokenizer, spec.dataset, ds.source, batch, kl)
             else:
                 rows = tokenize_pairs(ds.rows, self.tokenizer, spec.dataset, ds.source)
             self._tokenized[split] = rows
         return self._tokenized[split]
 
-    def tokenized_rows(self, split: str, positions: range):
+    def tokenized_rows(self, split: str, positions: range) -> Dataset:
         """Rows ``positions`` of the split, tokenized: only those rows for paired data (a shard of the reference pass
         tokenizes its own rows); KTO's KL completions pair rows across a batch, so it tokenizes the split."""
-        if split in self._tokenized or self.spec.algorithm.info.family == "kto":
+        if split in self._tokenized or self.spec.algorithm.info.data == "unpaired":
             return self.tokenized(split).select(positions)
         ds = self.splits[split]
         return tokenize_pairs(ds.rows.select(positions), self.tokenizer, self.spec.dataset, ds.source)
 
     def ref_cache(self, split: str) -> RefCache:
         d = self.spec.dataset
-        extra = None
-        if self.spec.algorithm.info.family == "kto":
-            extra = {"kto": {"klBatch": self.spec.training.per_device_batch_size, "kl": self.kto_kl}}
+        extra: dict[str, Any] | None = None
+        if self.spec.algorithm.info.data == "unpaired":  # KTO pairs each completion with a KL one per batch
+            extra = {"kto": {"klBatch": self.spec.training.per_device_batch_size, "kl": self.spec.algorithm.kl_term}}
         data = fingerprint(self.splits[split].rows)
         key = cache_key(self.model_files, data, d.max_length, d.truncation_mode, self.dtype, extra)
-        return RefCache.at(self.ws.storage, key)
+        return RefCache(self.ws.refcache(key), key)
 
-    def load_model(self):
+    def load_model(self) -> PreTrainedModel:
         model = load_model(self.spec.model, self.model_path)
         check_lora_targets(self.job, model)
         return model
 
 
 def load_inputs(job: Job) -> Inputs:
-    ws = Workspace.for_job(job)
+    ws = Workspace.for_job(job, cache_dir())
     path = model_dir(job.spec.model)
     tok = load_tokenizer(path, job.spec.model.trust_remote_code)
     kind = job.spec.algorithm.info.data
@@ -92,13 +106,13 @@ def load_inputs(job: Job) -> Inputs:
         "job %s/%s: model %s, %s",
         job.namespace,
         job.name,
-        job.spec.model.source,
+        job.spec.model.source.as_written,
         ", ".join(f"{n} {len(s)} pairs" for n, s in splits.items()),
     )
     return Inputs(job, ws, path, tok, splits)
 
 
-def check_lora_targets(job: Job, model) -> None:
+def check_lora_targets(job: Job, model: Module) -> None:
     """Fail naming ``spec.model.lora.targetModules`` when a target matches no module of the model."""
     lora = job.spec.model.lora
     if lora is None or list(lora.target_modules) == ["all-linear"]:

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .core.errors import UserError
+from .core.spec import Job
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Topology:
         return self.nnodes * self.nproc_per_node
 
 
-def topology(job, env: dict[str, str] | None = None) -> Topology:
+def topology(job: Job, env: Mapping[str, str] | None = None) -> Topology:
     """The process layout from the environment, falling back to the spec. Pure given ``env``."""
     env = os.environ if env is None else env
     res = job.spec.resources
@@ -43,20 +45,20 @@ def topology(job, env: dict[str, str] | None = None) -> Topology:
     return Topology(
         nnodes=nnodes,
         node_rank=int(env.get("PREFOPS_NODE_RANK", "0")),
-        nproc_per_node=int(env.get("PREFOPS_NPROC_PER_NODE", res.nproc_per_node)),
+        nproc_per_node=int(env.get("PREFOPS_NPROC_PER_NODE", str(res.nproc_per_node))),
         master_addr=env.get("PREFOPS_MASTER_ADDR", "127.0.0.1"),
         master_port=int(env.get("PREFOPS_MASTER_PORT", "0")),
     )
 
 
-def needs_torchrun(job) -> bool:
+def needs_torchrun(job: Job) -> bool:
     return "LOCAL_RANK" not in os.environ and topology(job).world_size > 1
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def torchrun_command(topo: Topology, job_path: Path) -> list[str]:
@@ -85,7 +87,7 @@ def torchrun_env(cuda: bool, error_dir: str) -> dict[str, str]:
     return env
 
 
-def torchrun_train(job, job_path: Path) -> int:
+def torchrun_train(job: Job, job_path: Path) -> int:
     """Run ``train`` on every local rank; a rank's user error comes back as exit code 2 with its message."""
     import torch
 

@@ -17,6 +17,10 @@ import argparse
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
@@ -75,7 +79,7 @@ def vocabulary() -> list[str]:
     return SPECIALS + sorted(words)
 
 
-def build_tokenizer():
+def build_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level fast tokenizer (whitespace + punctuation split) with a chat template. No BOS is added."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -96,7 +100,7 @@ def build_tokenizer():
     return fast
 
 
-def build_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+def build_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
     """A randomly initialised tiny Llama (about 100k parameters)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -141,11 +145,11 @@ def write_reward_model(out: Path, seed: int = 1) -> None:
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=256,
-        num_labels=1,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=3,
     )
+    config.num_labels = 1
     LlamaForSequenceClassification(config).save_pretrained(out)
     tok.save_pretrained(out)
 

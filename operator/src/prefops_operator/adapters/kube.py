@@ -7,8 +7,9 @@ service-account/kubeconfig login, wired in by the handlers) and are fetched agai
 service-account tokens keep working.
 
 Errors are sorted into the taxonomy the reconciler acts on: :class:`Conflict` (a stale read: reconcile again),
-:class:`Gone` (404), :class:`Rejected` (the apiserver refuses a manifest built from the user's spec: permanent),
-and :class:`TemporaryError` (anything else: retry with backoff).
+:class:`Gone` (404), :class:`Rejected` (400/422: the apiserver refuses a manifest built from the user's spec),
+:class:`Forbidden` (403: RBAC or an admission plugin such as a ResourceQuota refuses it; core.refusals says
+whether retrying helps) and :class:`TemporaryError` (anything else: retry with backoff).
 """
 
 from __future__ import annotations
@@ -36,7 +37,18 @@ GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "preferencetrainingjobs"
 COMPONENT = "prefops-operator"
 MERGE_PATCH = "application/merge-patch+json"
-_COLLECTIONS = {"Pod": "pods", "ConfigMap": "configmaps", "Service": "services"}
+#: where each kind of child lives: API prefix and collection
+_COLLECTIONS = {
+    "Pod": ("/api/v1", "pods"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+}
+
+
+def _collection(kind: str, namespace: str) -> str:
+    prefix, plural = _COLLECTIONS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
 class TemporaryError(RuntimeError):
@@ -53,6 +65,19 @@ class Gone(TemporaryError):
 
 class Rejected(ValueError):
     """The apiserver refused an object built from the user's spec (400/422): retrying cannot help."""
+
+    status = 422
+
+
+class Forbidden(TemporaryError):
+    """403: the apiserver forbids the call (the operator's RBAC, or an admission plugin: a ResourceQuota, a missing
+    ServiceAccount or PriorityClass, a webhook). ``message`` is the apiserver's own."""
+
+    status = 403
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(f"{what}: {message}")
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -71,13 +96,16 @@ class Credentials:
     private_key_data: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context: CA, and the client certificate if any. Python's ssl loads a certificate and key only from
+        files, so data from a kubeconfig goes through private temporary files that are gone when this returns."""
         ctx = ssl.create_default_context(cafile=self.ca_path, cadata=_pem(self.ca_data))
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        cert = self.certificate_path or _temp_file(self.certificate_data)
-        if cert:
-            ctx.load_cert_chain(cert, self.private_key_path or _temp_file(self.private_key_data))
+        with contextlib.ExitStack() as files:
+            cert = self.certificate_path or _temp_file(files, self.certificate_data)
+            if cert:
+                ctx.load_cert_chain(cert, self.private_key_path or _temp_file(files, self.private_key_data))
         return ctx
 
     def headers(self) -> dict[str, str]:
@@ -90,11 +118,13 @@ def _pem(data: str | None) -> str | None:
     return base64.b64decode(data).decode()
 
 
-def _temp_file(data: str | None) -> str | None:
+def _temp_file(files: contextlib.ExitStack, data: str | None) -> str | None:
+    """A file readable only by this user holding ``data`` as PEM, deleted when ``files`` closes."""
     if not data:
         return None
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
-        f.write(_pem(data) or "")
+    f = files.enter_context(tempfile.NamedTemporaryFile("w", suffix=".pem"))  # noqa: SIM115 - mode 0600
+    f.write(_pem(data) or "")
+    f.flush()
     return f.name
 
 
@@ -151,15 +181,24 @@ class KubeApi:
         raise TemporaryError(f"{what}: unauthorized")
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
-        """Create a Pod, ConfigMap or Service; ``False`` when it already exists (409)."""
+        """Create a Pod, ConfigMap, Service or NetworkPolicy; ``False`` when one of that name exists already (409)."""
         kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            await self._call(
-                "POST", f"/api/v1/namespaces/{ns}/{_COLLECTIONS[kind]}", f"create {kind} {ns}/{name}", manifest
-            )
+            await self._call("POST", _collection(kind, ns), f"create {kind} {ns}/{name}", manifest)
         except Conflict:
             return False
         return True
+
+    async def controller_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid in the controller owner reference of a ConfigMap, Service or NetworkPolicy (``None``: it has
+        none, or it is gone): whose it is, when creating it answered 409."""
+        path = f"{_collection(kind, namespace)}/{name}"
+        try:
+            found = await self._call("GET", path, f"get {kind} {namespace}/{name}")
+        except Gone:
+            return None
+        refs = (found.get("metadata") or {}).get("ownerReferences") or []
+        return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (gracefully: the trainer gets SIGTERM); already gone is fine."""
@@ -222,6 +261,8 @@ def _classify(status: int, payload: bytes, what: str) -> Exception:
         return Gone(f"{what}: not found")
     if status in (400, 422):
         return Rejected(f"{what}: {message}")
+    if status == 403:
+        return Forbidden(what, message)
     return TemporaryError(f"{what}: HTTP {status} {message}")
 
 

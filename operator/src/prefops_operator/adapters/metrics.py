@@ -61,7 +61,7 @@ class OperatorMetrics:
         self.api_errors = Counter(
             "prefops_operator_api_errors_total",
             "Kubernetes API calls that failed: conflict (a stale read, retried at once), gone, rejected (the spec's"
-            " fault), temporary (retried with backoff).",
+            " fault), forbidden (RBAC or an admission plugin such as a quota), temporary (retried with backoff).",
             ["kind"],
             registry=self.registry,
         )

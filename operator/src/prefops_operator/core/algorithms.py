@@ -1,6 +1,8 @@
 """What the operator needs to know about each algorithm: whether it needs reference log-probs (a precompute
-phase) and which loss types it accepts. Pure data, mirroring the trainer's registry
-(``prefops_trainer.algorithms``); ``tests/contract`` checks the two agree."""
+phase), which loss types it accepts, and which evaluation metrics it reports. Pure data, mirroring the trainer's
+registry (``prefops_trainer.core.algorithms``), whose first fields are these; ``tests/contract`` compares the two
+tables field by field, and the evaluation metrics against what TRL's trainers log when they evaluate
+(docs/contract.md §7)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,36 @@ DPO_LOSS_TYPES: tuple[str, ...] = (
 
 KTO_LOSS_TYPES: tuple[str, ...] = ("kto", "apo_zero_unpaired")
 
+# Evaluation metrics (docs/contract.md §7): the keys TRL's trainer for the algorithm logs when it evaluates, without
+# TRL's ``eval_`` prefix; ``loss`` is the eval loss. What ``output.gate.metric`` and a sweep's ``objective.metric``
+# may name, what ``status.evaluation.metrics`` holds and what the trainer serves as ``prefops_trainer_eval_*``.
+_PAIR_METRICS: tuple[str, ...] = (
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+)
+#: ``trl.DPOTrainer``: the pair metrics plus the policy's entropy and top-1 token accuracy on chosen completions.
+DPO_EVAL_METRICS: tuple[str, ...] = (*_PAIR_METRICS, "entropy", "mean_token_accuracy")
+#: ``trl.experimental.cpo.CPOTrainer`` (cpo, simpo, cpo-simpo, alphapo): the pair metrics plus the NLL term.
+CPO_EVAL_METRICS: tuple[str, ...] = (*_PAIR_METRICS, "nll_loss")
+#: ``trl.experimental.orpo.ORPOTrainer``: CPO's plus the odds-ratio terms.
+ORPO_EVAL_METRICS: tuple[str, ...] = (*CPO_EVAL_METRICS, "log_odds_ratio", "log_odds_chosen")
+#: ``trl.KTOTrainer``: unpaired, so no reward accuracy; its KL estimate and entropy instead.
+KTO_EVAL_METRICS: tuple[str, ...] = (
+    *(m for m in _PAIR_METRICS if m != "rewards/accuracies"),
+    "kl",
+    "entropy",
+)
+#: ``trl.experimental.online_dpo.OnlineDPOTrainer`` computes its metrics from generations during training steps and
+#: none when it evaluates: an online-dpo job has no evaluation metric to gate on or to compare trials by.
+ONLINE_DPO_EVAL_METRICS: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class AlgorithmRule:
@@ -40,6 +72,7 @@ class AlgorithmRule:
         multi_loss: several loss types may be combined (with ``lossWeights``).
         online: generates completions during training and needs ``spec.rewardModel`` (Online DPO).
         keep_start_only: supports only ``spec.dataset.truncationMode: keep_start``.
+        eval_metrics: the evaluation metrics the trainer reports for it (docs/contract.md §7).
     """
 
     name: str
@@ -49,18 +82,30 @@ class AlgorithmRule:
     multi_loss: bool = False
     online: bool = False
     keep_start_only: bool = False
+    eval_metrics: tuple[str, ...] = ()
 
 
 ALGORITHMS: dict[str, AlgorithmRule] = {
     rule.name: rule
     for rule in (
-        AlgorithmRule("dpo", True, DPO_LOSS_TYPES, ("sigmoid",), multi_loss=True),
-        AlgorithmRule("cpo", False, ("sigmoid", "hinge", "ipo"), ("sigmoid",)),
-        AlgorithmRule("simpo", False, ("simpo",), ("simpo",)),
-        AlgorithmRule("cpo-simpo", False, ("simpo",), ("simpo",)),
-        AlgorithmRule("alphapo", False, ("alphapo",), ("alphapo",)),
-        AlgorithmRule("orpo", False, ("orpo",), ("orpo",)),
-        AlgorithmRule("kto", True, KTO_LOSS_TYPES, ("kto",), keep_start_only=True),
-        AlgorithmRule("online-dpo", False, ("sigmoid", "ipo"), ("sigmoid",), online=True, keep_start_only=True),
+        AlgorithmRule("dpo", True, DPO_LOSS_TYPES, ("sigmoid",), multi_loss=True, eval_metrics=DPO_EVAL_METRICS),
+        AlgorithmRule("cpo", False, ("sigmoid", "hinge", "ipo"), ("sigmoid",), eval_metrics=CPO_EVAL_METRICS),
+        AlgorithmRule("simpo", False, ("simpo",), ("simpo",), eval_metrics=CPO_EVAL_METRICS),
+        AlgorithmRule("cpo-simpo", False, ("simpo",), ("simpo",), eval_metrics=CPO_EVAL_METRICS),
+        AlgorithmRule("alphapo", False, ("alphapo",), ("alphapo",), eval_metrics=CPO_EVAL_METRICS),
+        AlgorithmRule("orpo", False, ("orpo",), ("orpo",), eval_metrics=ORPO_EVAL_METRICS),
+        AlgorithmRule("kto", True, KTO_LOSS_TYPES, ("kto",), keep_start_only=True, eval_metrics=KTO_EVAL_METRICS),
+        AlgorithmRule(
+            "online-dpo",
+            False,
+            ("sigmoid", "ipo"),
+            ("sigmoid",),
+            online=True,
+            keep_start_only=True,
+            eval_metrics=ONLINE_DPO_EVAL_METRICS,
+        ),
     )
 }
+
+#: Every evaluation metric some algorithm reports, in a stable order (the CRD's enum of gate and objective metrics).
+ALL_EVAL_METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for rule in ALGORITHMS.values() for m in rule.eval_metrics))

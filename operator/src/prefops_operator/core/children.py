@@ -11,6 +11,7 @@ job deletes them (garbage collection) and ``kubectl get pods -l prefops.dev/job-
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,15 @@ from .naming import (
     child_name,
     config_map_name,
     job_labels,
+    network_policy_name,
     pod_labels,
     pod_name,
     service_name,
 )
 from .pods import CONTAINER
+from .settings import setting
 from .spec import API_VERSION, KIND, Job
-from .validation import GPU_RESOURCE
+from .validation import GPU_RESOURCE, is_quantity
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available: 10x faster, same output
 CONFIG_DIR = "/etc/prefops"
@@ -39,6 +42,17 @@ KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 VOLCANO_QUEUE = "scheduling.volcano.sh/queue-name"
 
+
+#: a label as key=value (an optional DNS-subdomain prefix and '/', a name, a value)
+_LABEL = re.compile(
+    r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?=([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+)
+
+
+def _port(value: int) -> bool:
+    return 0 < value < 65536
+
+
 #: Environment variables the operator sets on trainer pods (docs/contract.md §3), minus AWS_* from envFrom.
 ENV_NNODES = "PREFOPS_NNODES"
 ENV_NODE_RANK = "PREFOPS_NODE_RANK"
@@ -48,17 +62,73 @@ ENV_MASTER_PORT = "PREFOPS_MASTER_PORT"
 ENV_METRICS_PORT = "PREFOPS_METRICS_PORT"
 ENV_METRICS_ADDR = "PREFOPS_METRICS_ADDR"
 ENV_ATTEMPT = "PREFOPS_ATTEMPT"
+ENV_TRAINER_IMAGE = "PREFOPS_TRAINER_IMAGE"  # the image reference the pod runs, for the model's lineage
 
 
 @dataclass(frozen=True)
 class ChildSettings:
-    """Operator-wide settings that shape children (see :class:`prefops_operator.config.OperatorConfig`)."""
+    """Operator-wide settings that shape children: part of :class:`prefops_operator.config.OperatorConfig`, whose
+    flags are built from these fields."""
 
-    default_image: str = "ghcr.io/prefops/trainer:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    metrics_port: int = 9400
-    master_port: int = 29500
-    run_as_user: int = 1000
+    default_image: str = setting(
+        "ghcr.io/prefops/trainer:0.1.0",
+        "trainer image for jobs without spec.resources.image",
+        "--default-image",
+        "DEFAULT_IMAGE",
+    )
+    image_pull_policy: str = setting(
+        "IfNotPresent", "of trainer pods", "--image-pull-policy", "IMAGE_PULL_POLICY",
+        choices=("Always", "IfNotPresent", "Never"),
+    )  # fmt: skip
+    metrics_port: int = setting(
+        9400,
+        "PREFOPS_METRICS_PORT of trainer pods, scraped for progress",
+        "--trainer-metrics-port",
+        "TRAINER_METRICS_PORT",
+        rule=_port,
+        rule_text="a port number",
+    )
+    run_as_user: int = setting(
+        1000,
+        "non-root uid/gid trainer pods run as",
+        "--run-as-user",
+        "RUN_AS_USER",
+        rule=lambda uid: uid > 0,
+        rule_text="> 0 (non-root)",
+    )
+    shm_size_limit: str = setting(
+        "16Gi",
+        "size limit of trainer pods' memory-backed /dev/shm (it counts against their memory)",
+        "--shm-size-limit",
+        "SHM_SIZE_LIMIT",
+        rule=is_quantity,
+        rule_text="a Kubernetes quantity such as 16Gi",
+    )
+    cache_size_limit: str = setting(
+        "200Gi",
+        "size limit of trainer pods' /cache emptyDir (model and dataset downloads); the kubelet evicts a pod past it",
+        "--cache-size-limit",
+        "CACHE_SIZE_LIMIT",
+        rule=is_quantity,
+        rule_text="a Kubernetes quantity such as 200Gi",
+    )
+    network_policy: bool = setting(
+        False,
+        "give each job a NetworkPolicy: only its own pods reach its rendezvous port, only --metrics-from namespaces "
+        "its metrics port",
+        "--network-policy",
+        "NETWORK_POLICY",
+    )
+    metrics_from: tuple[str, ...] = setting(
+        (),
+        "a namespace label (key=value) whose namespaces' pods may reach trainer metrics ports under --network-policy "
+        "(repeatable): the monitoring namespace's, and the operator's own for its progress scrapes",
+        "--metrics-from",
+        "METRICS_FROM",
+        rule=lambda labels: all(_LABEL.match(label) for label in labels),
+        rule_text="key=value labels",
+    )
+    master_port: int = 29500  # the torchrun rendezvous port inside the job's own pods: not a setting
 
 
 def owner_reference(job: Job) -> dict[str, Any]:
@@ -111,6 +181,24 @@ def training_service(job: Job, settings: ChildSettings) -> dict[str, Any]:
     }
 
 
+def network_policy(job: Job, settings: ChildSettings) -> dict[str, Any]:
+    """Ingress to the job's pods: the rendezvous port only from the job's own pods, the metrics port only from
+    pods in namespaces labelled as ``settings.metrics_from`` says; nothing else. A NetworkPolicy cannot say "the
+    same job" for every job at once, so each job gets its own."""
+    name = job.meta.name
+    same_job = {"podSelector": {"matchLabels": job_labels(name)}}
+    scrapers = [{"namespaceSelector": {"matchLabels": dict([label.split("=", 1)])}} for label in settings.metrics_from]
+    ingress: list[dict[str, Any]] = [{"from": [same_job], "ports": [{"protocol": "TCP", "port": settings.master_port}]}]
+    if scrapers:
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": settings.metrics_port}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, network_policy_name(name), job_labels(name)),
+        "spec": {"podSelector": {"matchLabels": job_labels(name)}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def pod(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, Any]:
     """Replica ``index`` of ``phase``'s pod group, attempt ``attempt``."""
     name = pod_name(job.meta.name, phase, index)
@@ -131,8 +219,10 @@ def pod(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSett
         "containers": [_container(job, phase, index, attempt, settings)],
         "volumes": [
             {"name": "config", "configMap": {"name": config_map_name(job.meta.name)}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL and dataloaders need more than 64 MiB
-            {"name": "cache", "emptyDir": {}},  # the trainer image's HF_HOME / PREFOPS_CACHE_DIR live under /cache
+            # NCCL and dataloaders need more than 64 MiB
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}},
+            # the trainer image's HF_HOME / PREFOPS_CACHE_DIR live under /cache
+            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
         ],
     }
     if phase == PodPhase.TRAIN:
@@ -167,7 +257,7 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
         ports.append({"name": "rendezvous", "containerPort": settings.master_port})
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.resources.image or settings.default_image,
+        "image": trainer_image(job, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["prefops-trainer"],
         "args": args,
@@ -187,8 +277,18 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
     return container
 
 
+def trainer_image(job: Job, settings: ChildSettings) -> str:
+    """The image every pod of the job runs: ``spec.resources.image``, else the operator's default."""
+    return job.spec.resources.image or settings.default_image
+
+
 def _env(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, str]:
-    env = {ENV_METRICS_PORT: str(settings.metrics_port), ENV_METRICS_ADDR: "0.0.0.0", ENV_ATTEMPT: str(attempt)}
+    env = {
+        ENV_METRICS_PORT: str(settings.metrics_port),
+        ENV_METRICS_ADDR: "0.0.0.0",
+        ENV_ATTEMPT: str(attempt),
+        ENV_TRAINER_IMAGE: trainer_image(job, settings),
+    }
     if phase == PodPhase.TRAIN:
         res = job.spec.resources
         master = f"{pod_name(job.meta.name, PodPhase.TRAIN, 0)}.{service_name(job.meta.name)}"

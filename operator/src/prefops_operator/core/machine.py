@@ -17,8 +17,11 @@ from enum import Enum
 from typing import Any
 
 from .algorithms import ALGORITHMS
+from .conditions import RUNNING_REASON, STARTED_REASON, ConditionType, FailureReason, Reason
+from .evaluation import GATE_NOT_MET_EXIT_CODE, Evaluation, final_evaluation, gate_message
 from .naming import PodPhase
 from .pods import PodView
+from .refusals import Refusal
 from .spec import Job, JobSpec
 from .status import PHASE_KEYS, RUNNING_PHASES, Condition, Failure, Phase, PhaseTimes, Progress, Status
 from .validation import semantic_problems
@@ -33,9 +36,21 @@ class Happening(str, Enum):
     GROUP_FAILED = "GroupFailed"
     BACKOFF_EXHAUSTED = "BackoffExhausted"
     INVALID_INPUT = "InvalidInput"
+    GATE_NOT_MET = "GateNotMet"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPEND = "Suspend"
     RESUME = "Resume"
+    CREATE_REFUSED = "CreateRefused"  # the apiserver refused a child, and retrying cannot help
+
+
+#: the Failed condition's reason for each happening that fails a job
+FAILURE_REASONS: Mapping[Happening, Reason] = {
+    Happening.INVALID_SPEC: Reason.INVALID_SPEC,
+    Happening.INVALID_INPUT: Reason.INVALID_INPUT,
+    Happening.BACKOFF_EXHAUSTED: Reason.BACKOFF_LIMIT_EXCEEDED,
+    Happening.DEADLINE_EXCEEDED: Reason.DEADLINE_EXCEEDED,
+    Happening.GATE_NOT_MET: Reason.GATE_NOT_MET,
+}
 
 
 class Target(str, Enum):
@@ -58,8 +73,10 @@ TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
     **_running(Happening.GROUP_FAILED, Target.RESTART),
     **_running(Happening.BACKOFF_EXHAUSTED, Target.FAILED),
     **_running(Happening.INVALID_INPUT, Target.FAILED),
+    **_running(Happening.GATE_NOT_MET, Target.FAILED),
     **_running(Happening.INVALID_SPEC, Target.FAILED),
     **_running(Happening.DEADLINE_EXCEEDED, Target.FAILED),
+    **_running(Happening.CREATE_REFUSED, Target.FAILED),
     **_running(Happening.SUSPEND, Target.SUSPENDED),
     (Phase.SUSPENDED, Happening.RESUME): Target.NEXT,
 }
@@ -69,16 +86,18 @@ TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
 class Observed:
     """Everything a decision depends on besides the previous status and the clock.
 
-    ``spec`` is ``None`` when the job's spec could not be parsed (``spec_error`` says why). ``rejection`` is the
-    apiserver's reason for refusing a child built from the spec (e.g. an invalid toleration). ``progress`` is the
-    latest sample of the trainer's metrics, if one was taken.
+    ``spec`` is ``None`` when the job's spec could not be parsed (``spec_error`` says why). ``pods`` are the pods
+    the job controls (owner reference with its uid). ``refusal`` is why the apiserver refused the last child built
+    from the spec (an invalid toleration, a quota, a missing ServiceAccount, ...) or why a name is taken.
+    ``progress`` and ``evaluation`` are the latest sample of the trainer's metrics, if one was taken.
     """
 
     job: Job | None
     pods: Sequence[PodView] = ()
     spec_error: str | None = None
-    rejection: str | None = None
+    refusal: Refusal | None = None
     progress: Progress | None = None
+    evaluation: Evaluation | None = None
 
     @property
     def spec(self) -> JobSpec | None:
@@ -91,9 +110,18 @@ class Transition:
 
     source: Phase
     target: Phase
-    reason: str
+    reason: Reason
     message: str
     warning: bool = False
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell the user with an Event that changes no phase (a refused create being retried)."""
+
+    reason: Reason
+    message: str
+    warning: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +129,7 @@ class Decision:
     status: Status
     transitions: tuple[Transition, ...] = ()
     wake_at: datetime | None = None  # the earliest time a deadline may change the decision
+    notices: tuple[Notice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +137,7 @@ class _Finding:
     happening: Happening
     message: str = ""
     failure: Failure | None = None
+    reason: Reason | None = None  # the Failed reason, when not the happening's own
 
 
 # -- public entry point ----------------------------------------------------------------------------------------
@@ -115,6 +145,17 @@ class _Finding:
 
 def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     """The job's next status given its previous status and what was observed at ``now``."""
+    decision = _decide(previous, observed, now)
+    before, after = (
+        previous.condition(ConditionType.REPLICA_FAILURE),
+        decision.status.condition(ConditionType.REPLICA_FAILURE),
+    )
+    if after and (before is None or (before.reason, before.message) != (after.reason, after.message)):
+        return replace(decision, notices=(Notice(Reason(after.reason), after.message),))
+    return decision
+
+
+def _decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     spec = observed.spec
     if spec is None:
         if previous.phase == Phase.PENDING and observed.spec_error:
@@ -122,7 +163,7 @@ def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
         return Decision(previous)
     finding = _classify(previous, observed, spec, now)
     if finding is None:
-        status = _refresh(previous, observed, spec)
+        status = _refresh(previous, observed, spec, now)
         return Decision(status, (), _wake_at(status, observed, spec))
     return _apply(previous, finding, observed, now)
 
@@ -166,8 +207,9 @@ def _classify(previous: Status, observed: Observed, spec: JobSpec, now: datetime
 
 
 def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: datetime) -> _Finding | None:
-    if observed.rejection:
-        return _Finding(Happening.INVALID_SPEC, observed.rejection)
+    refusal = observed.refusal
+    if refusal and refusal.permanent:
+        return _Finding(Happening.CREATE_REFUSED, refusal.message, reason=refusal.reason)
     deadline = _active_deadline(previous, spec)
     if deadline is not None and now >= deadline:
         return _Finding(
@@ -178,6 +220,9 @@ def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: 
     assert pod_phase is not None
     group = current_group(previous, observed.pods)
     failures = _failures(group, spec, now) + _lost(previous, observed.pods, now)
+    gate = next((f for f in failures if f.exit_code == GATE_NOT_MET_EXIT_CODE), None)
+    if gate is not None and pod_phase == PodPhase.EXPORT:  # it refused to publish (docs/contract.md §8): permanent
+        return _Finding(Happening.GATE_NOT_MET, gate_message(gate.message, spec.gate, spec.output_uri), gate)
     permanent = [f for f in failures if f.exit_code == PERMANENT_EXIT_CODE]
     if permanent:
         return _Finding(Happening.INVALID_INPUT, permanent[0].describe(), permanent[0])
@@ -197,13 +242,16 @@ def _classify_running(previous: Status, observed: Observed, spec: JobSpec, now: 
 def _failures(group: Sequence[PodView], spec: JobSpec, now: datetime) -> list[Failure]:
     """Failed pods (earliest first) and pods stuck before running past the startup deadline."""
     failed = sorted((p for p in group if p.failed), key=lambda p: (p.finished or now, p.index))
-    found = [Failure(p.name, p.phase.value, p.reason or "Failed", p.exit_code, p.message or "", now) for p in failed]
+    found = [
+        Failure(p.name, p.phase.value, p.reason or FailureReason.FAILED, p.exit_code, p.message or "", now)
+        for p in failed
+    ]
     limit = timedelta(seconds=spec.startup_deadline_seconds)
     for p in group:
         if not p.started and p.created is not None and now - p.created >= limit:
             why = f"{p.waiting_reason}: {p.waiting_message}" if p.waiting_message else p.waiting_reason or "Pending"
             message = f"not running {spec.startup_deadline_seconds}s after creation ({why})"
-            found.append(Failure(p.name, p.phase.value, "StartupDeadlineExceeded", None, message, now))
+            found.append(Failure(p.name, p.phase.value, FailureReason.STARTUP_DEADLINE_EXCEEDED, None, message, now))
     return found
 
 
@@ -223,7 +271,7 @@ def _lost(status: Status, pods: Sequence[PodView], now: datetime) -> list[Failur
         and p.created is not None
         and p.created >= since
     ]
-    return [Failure(p.name, p.phase.value, "Deleted", None, "deleted while running", now) for p in lost]
+    return [Failure(p.name, p.phase.value, FailureReason.DELETED, None, "deleted while running", now) for p in lost]
 
 
 def _active_deadline(status: Status, spec: JobSpec) -> datetime | None:
@@ -240,7 +288,7 @@ def _apply(previous: Status, finding: _Finding, observed: Observed, now: datetim
     if target is None:  # not a transition from this phase: nothing changes
         return Decision(previous)
     spec = observed.spec
-    base = _refresh(previous, observed, spec) if spec else previous
+    base = _refresh(previous, observed, spec, now) if spec else previous
     if target == Target.FAILED:
         status, transition = _fail(base, finding, now)
     elif target == Target.SUSPENDED:
@@ -263,6 +311,8 @@ def _advance(
         done = replace(phases.get(key, PhaseTimes()), completion_time=now)
         if base.phase == Phase.PRECOMPUTING:
             done = replace(done, cache_hit=_cache_hit(current_group(base, observed.pods)))
+        if base.phase == Phase.TRAINING:
+            base = replace(base, evaluation=_final_evaluation(base, observed, spec))
         phases[key] = done
     nxt = next(
         (p for p in phase_plan(spec) if phases.get(PHASE_KEYS[p], PhaseTimes()).completion_time is None),
@@ -278,19 +328,24 @@ def _advance(
             output_uri=spec.output_uri,
             completion_time=now,
             conditions=_conditions(
-                base.conditions, now, Running=("False", "Succeeded", message), Succeeded=("True", "Exported", message)
+                base.conditions,
+                now,
+                {
+                    ConditionType.RUNNING: ("False", Reason.SUCCEEDED, message),
+                    ConditionType.SUCCEEDED: ("True", Reason.EXPORTED, message),
+                },
             ),
         )
-        return status, Transition(base.phase, nxt, "Succeeded", message)
+        return status, Transition(base.phase, nxt, Reason.SUCCEEDED, message)
     key = PHASE_KEYS[nxt]
     if phases.get(key, PhaseTimes()).start_time is None:
         phases[key] = replace(phases.get(key, PhaseTimes()), start_time=now)
     message = _running_message(nxt, spec)
-    updates: dict[str, tuple[str, str, str]] = {"Running": ("True", nxt.value, message)}
-    if base.condition("Suspended"):
-        updates["Suspended"] = ("False", "Resumed", "spec.suspend is false")
-    reason = "Resumed" if finding.happening == Happening.RESUME else f"{nxt.value}Started"
-    status = replace(status, phases=phases, conditions=_conditions(base.conditions, now, **updates))
+    updates = {ConditionType.RUNNING: ("True", RUNNING_REASON[nxt], message)}
+    if base.condition(ConditionType.SUSPENDED):
+        updates[ConditionType.SUSPENDED] = ("False", Reason.RESUMED, "spec.suspend is false")
+    reason = Reason.RESUMED if finding.happening == Happening.RESUME else STARTED_REASON[nxt]
+    status = replace(status, phases=phases, conditions=_conditions(base.conditions, now, updates))
     return status, Transition(base.phase, nxt, reason, message)
 
 
@@ -304,13 +359,15 @@ def _restart(base: Status, finding: _Finding, spec: JobSpec, now: datetime) -> t
         base,
         restarts=restarts,
         last_failure=finding.failure,
-        conditions=_conditions(base.conditions, now, Running=("True", base.phase.value, message)),
+        conditions=_conditions(
+            base.conditions, now, {ConditionType.RUNNING: ("True", RUNNING_REASON[base.phase], message)}
+        ),
     )
-    return status, Transition(base.phase, base.phase, "Restarting", message, warning=True)
+    return status, Transition(base.phase, base.phase, Reason.RESTARTING, message, warning=True)
 
 
 def _fail(base: Status, finding: _Finding, now: datetime) -> tuple[Status, Transition]:
-    reason = {Happening.BACKOFF_EXHAUSTED: "BackoffLimitExceeded"}.get(finding.happening, finding.happening.value)
+    reason = finding.reason or FAILURE_REASONS[finding.happening]
     message = finding.message
     if finding.happening == Happening.BACKOFF_EXHAUSTED:
         message = f"{finding.message}; backoffLimit ({base.restarts} restarts) exhausted"
@@ -320,7 +377,9 @@ def _fail(base: Status, finding: _Finding, now: datetime) -> tuple[Status, Trans
         completion_time=now,
         last_failure=finding.failure or base.last_failure,
         conditions=_conditions(
-            base.conditions, now, Running=("False", reason, message), Failed=("True", reason, message)
+            base.conditions,
+            now,
+            {ConditionType.RUNNING: ("False", reason, message), ConditionType.FAILED: ("True", reason, message)},
         ),
     )
     return status, Transition(base.phase, Phase.FAILED, reason, message, warning=True)
@@ -332,32 +391,53 @@ def _suspend(base: Status, now: datetime) -> tuple[Status, Transition]:
         base,
         phase=Phase.SUSPENDED,
         conditions=_conditions(
-            base.conditions, now, Running=("False", "Suspended", message), Suspended=("True", "Suspended", message)
+            base.conditions,
+            now,
+            {
+                ConditionType.RUNNING: ("False", Reason.SUSPENDED, message),
+                ConditionType.SUSPENDED: ("True", Reason.SUSPENDED, message),
+            },
         ),
     )
-    return status, Transition(base.phase, Phase.SUSPENDED, "Suspended", message)
+    return status, Transition(base.phase, Phase.SUSPENDED, Reason.SUSPENDED, message)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _refresh(previous: Status, observed: Observed, spec: JobSpec) -> Status:
-    """The previous status with what is observed regardless of transitions: shape, generation, progress."""
+def _refresh(previous: Status, observed: Observed, spec: JobSpec, now: datetime) -> Status:
+    """The previous status with what is observed regardless of transitions: shape, generation, progress, and the
+    ReplicaFailure condition while children are refused."""
     progress = previous.progress
     if observed.progress is not None:
         merged = (progress or Progress()).merged(observed.progress)
         if replace(merged, last_scrape_time=None) != replace(progress or Progress(), last_scrape_time=None):
             progress = merged  # a scrape that read the same numbers writes nothing
+    evaluation = previous.evaluation
+    if observed.evaluation is not None and observed.evaluation.newer_than(evaluation):
+        evaluation = observed.evaluation
     meta = observed.job.meta if observed.job else None
     return replace(
         previous,
         shape=f"{spec.resources.nodes}x{spec.resources.gpus_per_node}",
         progress=progress,
+        evaluation=evaluation,
         observed_generation=meta.generation if meta else previous.observed_generation,
+        conditions=_replica_failure(previous, observed.refusal, now),
     )
 
 
-def _conditions(current: Sequence[Condition], now: datetime, **updates: tuple[str, str, str]) -> tuple[Condition, ...]:
+def _replica_failure(previous: Status, refusal: Refusal | None, now: datetime) -> tuple[Condition, ...]:
+    """The conditions with ReplicaFailure set while a retried refusal lasts in a running phase, else without it."""
+    if refusal is None or refusal.permanent or previous.phase not in RUNNING_PHASES:
+        return tuple(c for c in previous.conditions if c.type != ConditionType.REPLICA_FAILURE)
+    update = {ConditionType.REPLICA_FAILURE: ("True", refusal.reason, refusal.message)}
+    return _conditions(previous.conditions, now, update)
+
+
+def _conditions(
+    current: Sequence[Condition], now: datetime, updates: Mapping[ConditionType, tuple[str, Reason, str]]
+) -> tuple[Condition, ...]:
     """``current`` with each named condition set to (status, reason, message); the transition time moves only
     when the status does."""
     out = {c.type: c for c in current}
@@ -365,7 +445,7 @@ def _conditions(current: Sequence[Condition], now: datetime, **updates: tuple[st
         old = out.get(type_)
         since = now if old is None or old.status != status else old.last_transition_time
         out[type_] = Condition(type_, status, reason, message, since)
-    order = ["Running", "Suspended", "Succeeded", "Failed"]
+    order: list[str] = list(ConditionType)
     return tuple(sorted(out.values(), key=lambda c: order.index(c.type) if c.type in order else len(order)))
 
 
@@ -390,6 +470,15 @@ def _cache_hit(group: Sequence[PodView]) -> bool | None:
         return None
     hit = doc.get("cacheHit") if isinstance(doc, dict) else None
     return hit if isinstance(hit, bool) else None
+
+
+def _final_evaluation(status: Status, observed: Observed, spec: JobSpec) -> Evaluation | None:
+    """Replica 0 of a finished training group reports the final evaluation in its termination message
+    (docs/contract.md §7); without one the last scraped evaluation stays."""
+    first = next((p for p in current_group(status, observed.pods) if p.index == 0), None)
+    rule = ALGORITHMS.get(spec.algorithm.name)
+    final = final_evaluation(first.message if first else None, rule.eval_metrics if rule else ())
+    return final or status.evaluation
 
 
 def _wake_at(status: Status, observed: Observed, spec: JobSpec) -> datetime | None:

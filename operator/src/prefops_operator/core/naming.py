@@ -50,6 +50,10 @@ def service_name(job: str) -> str:
     return child_name(job, "train")
 
 
+def network_policy_name(job: str) -> str:
+    return child_name(job, "ingress")
+
+
 def pod_name(job: str, phase: PodPhase, index: int) -> str:
     return child_name(job, phase.value, str(index))
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .naming import LABEL_ATTEMPT, LABEL_INDEX, LABEL_JOB, LABEL_PHASE, PodPhase
+from .spec import API_VERSION, KIND
 from .timefmt import parse_time
 
 CONTAINER = "trainer"
@@ -22,7 +23,9 @@ class PodView:
     """One child pod, as last observed.
 
     ``status`` is the pod's ``status.phase`` (Pending, Running, Succeeded, Failed, Unknown). ``terminating`` is
-    true once a deletion was requested: such a pod counts for nothing but still holds its name.
+    true once a deletion was requested: such a pod counts for nothing but still holds its name. ``owner`` is the uid
+    of the PreferenceTrainingJob its controller owner reference names (``None`` without one): labels say which job
+    a pod claims to belong to, anyone may set them; only a pod whose owner is the job's uid counts for the job.
     """
 
     name: str
@@ -40,6 +43,7 @@ class PodView:
     reason: str | None = None
     message: str | None = None
     finished: datetime | None = None
+    owner: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -89,7 +93,16 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         reason=terminated.get("reason") or status.get("reason"),
         message=(terminated.get("message") or status.get("message") or "").strip() or None,
         finished=parse_time(terminated.get("finishedAt")),
+        owner=_controller_uid(meta),
     )
+
+
+def _controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the PreferenceTrainingJob that controls the object (its controller owner reference)."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+            return str(ref.get("uid") or "") or None
+    return None
 
 
 def _container_status(status: Mapping[str, Any]) -> Mapping[str, Any]:

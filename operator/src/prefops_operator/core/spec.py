@@ -17,6 +17,8 @@ from .timefmt import parse_time
 
 API_VERSION = "prefops.dev/v1alpha1"
 KIND = "PreferenceTrainingJob"
+#: upper bounds the CRD sets too (tests/operator/test_crd_schema.py checks both agree)
+MAX_NODES, MAX_GPUS_PER_NODE, MAX_WORKERS = 512, 16, 256
 
 
 class InvalidSpec(ValueError):
@@ -30,6 +32,22 @@ class Algorithm:
     loss_weights: tuple[float, ...] | None
     beta: float
     label_smoothing: float
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``spec.output.gate``: publish the model only if the final evaluation's ``metric`` is at least ``minimum`` or
+    at most ``maximum`` (exactly one is set; docs/contract.md §8)."""
+
+    metric: str
+    minimum: float | None
+    maximum: float | None
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    source: str
+    trust_remote_code: bool
 
 
 @dataclass(frozen=True)
@@ -75,9 +93,15 @@ class JobSpec:
     startup_deadline_seconds: int
     ttl_seconds_after_finished: int | None
     truncation_mode: str
-    has_reward_model: bool
+    reward_model: RewardModel | None
     has_generation: bool
     raw: Mapping[str, Any]
+    eval_split: str | None = None
+    gate: Gate | None = None
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self.reward_model is not None
 
 
 @dataclass(frozen=True)
@@ -130,7 +154,7 @@ class _Fields:
             raise self._fail(key, "a non-empty string", value)
         return value
 
-    def int_(self, key: str, default: int | None = None, minimum: int | None = None) -> Any:
+    def int_(self, key: str, default: int | None = None, minimum: int | None = None, maximum: int | None = None) -> Any:
         value = self._get(key, default, False)
         if value is None:
             return None
@@ -138,6 +162,8 @@ class _Fields:
             raise self._fail(key, "an integer", value)
         if minimum is not None and value < minimum:
             raise self._fail(key, f">= {minimum}", value)
+        if maximum is not None and value > maximum:
+            raise self._fail(key, f"<= {maximum}", value)
         return value
 
     def float_(self, key: str, default: float) -> float:
@@ -216,7 +242,9 @@ def parse_spec(spec: Any) -> JobSpec:
             beta=algo.float_("beta", 0.1),
             label_smoothing=algo.float_("labelSmoothing", 0.0),
         ),
-        reference=Reference(precompute=ref.bool_("precompute"), workers=ref.int_("workers", 1, minimum=1)),
+        reference=Reference(
+            precompute=ref.bool_("precompute"), workers=ref.int_("workers", 1, minimum=1, maximum=MAX_WORKERS)
+        ),
         resources=_parse_resources(res),
         output_uri=output.str_("uri", required=True),
         storage_uri=storage.str_("uri", required=True),
@@ -227,18 +255,35 @@ def parse_spec(spec: Any) -> JobSpec:
         startup_deadline_seconds=f.int_("startupDeadlineSeconds", 600, minimum=1),
         ttl_seconds_after_finished=f.int_("ttlSecondsAfterFinished", None, minimum=0),
         truncation_mode=dataset.str_("truncationMode", "keep_start"),
-        has_reward_model=f.data.get("rewardModel") is not None,
+        reward_model=_parse_reward_model(f),
         has_generation=f.data.get("generation") is not None,
         raw=dict(spec),
+        eval_split=dataset.str_("evalSplit"),
+        gate=_parse_gate(output),
     )
+
+
+def _parse_gate(output: _Fields) -> Gate | None:
+    if output.data.get("gate") is None:
+        return None
+    gate = output.obj("gate")
+    minimum, maximum = (gate.float_(k, 0.0) if gate.data.get(k) is not None else None for k in ("min", "max"))
+    return Gate(metric=gate.str_("metric", required=True), minimum=minimum, maximum=maximum)
+
+
+def _parse_reward_model(spec: _Fields) -> RewardModel | None:
+    if spec.data.get("rewardModel") is None:
+        return None
+    rm = spec.obj("rewardModel")
+    return RewardModel(source=rm.str_("source", required=True), trust_remote_code=rm.bool_("trustRemoteCode", False))
 
 
 def _parse_resources(res: _Fields) -> Resources:
     tolerations = res.list_("tolerations", Mapping) or ()
     return Resources(
         image=res.str_("image"),
-        nodes=res.int_("nodes", 1, minimum=1),
-        gpus_per_node=res.int_("gpusPerNode", 1, minimum=0),
+        nodes=res.int_("nodes", 1, minimum=1, maximum=MAX_NODES),
+        gpus_per_node=res.int_("gpusPerNode", 1, minimum=0, maximum=MAX_GPUS_PER_NODE),
         processes_per_node=res.int_("processesPerNode", None, minimum=1),
         requests=res.str_map("requests"),
         limits=res.str_map("limits"),

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from .evaluation import Evaluation
 from .naming import PodPhase
 from .timefmt import format_time, parse_time
 
@@ -37,8 +38,10 @@ _POD_PHASES = {
     Phase.EXPORTING: PodPhase.EXPORT,
 }
 RUNNING_PHASES = tuple(_POD_PHASES)
-#: status.phases key of each running phase
-PHASE_KEYS = {Phase.PRECOMPUTING: "precompute", Phase.TRAINING: "training", Phase.EXPORTING: "export"}
+#: status.phases key of each running phase: the name of the trainer phase its pods run (precompute, train, export)
+PHASE_KEYS = {phase: pod_phase.value for phase, pod_phase in _POD_PHASES.items()}
+#: status.phases keys written by operator 0.1 -> today's key; read, and replaced by the next status write
+LEGACY_PHASE_KEYS = {"training": PodPhase.TRAIN.value}
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class Status:
     conditions: tuple[Condition, ...] = ()
     phases: Mapping[str, PhaseTimes] = field(default_factory=dict)
     progress: Progress | None = None
+    evaluation: Evaluation | None = None
     restarts: int = 0
     last_failure: Failure | None = None
     output_uri: str | None = None
@@ -220,6 +224,7 @@ class Status:
                 "conditions": [c.to_dict() for c in self.conditions] or None,
                 "phases": {k: v.to_dict() for k, v in sorted(self.phases.items())} or None,
                 "progress": (self.progress.to_dict() or None) if self.progress else None,
+                "evaluation": self.evaluation.to_dict() if self.evaluation else None,
                 "restarts": self.restarts,
                 "lastFailure": self.last_failure.to_dict() if self.last_failure else None,
                 "outputURI": self.output_uri,
@@ -240,8 +245,9 @@ class Status:
             phase=phase,
             shape=d.get("shape"),
             conditions=tuple(Condition.from_dict(c) for c in d.get("conditions") or () if isinstance(c, Mapping)),
-            phases={k: PhaseTimes.from_dict(v) for k, v in (d.get("phases") or {}).items() if isinstance(v, Mapping)},
+            phases=_phases(d.get("phases")),
             progress=Progress.from_dict(d["progress"]) if isinstance(d.get("progress"), Mapping) else None,
+            evaluation=Evaluation.from_dict(d["evaluation"]) if isinstance(d.get("evaluation"), Mapping) else None,
             restarts=_int(d.get("restarts")) or 0,
             last_failure=Failure.from_dict(d["lastFailure"]) if isinstance(d.get("lastFailure"), Mapping) else None,
             output_uri=d.get("outputURI"),
@@ -249,6 +255,14 @@ class Status:
             start_time=parse_time(d.get("startTime")),
             completion_time=parse_time(d.get("completionTime")),
         )
+
+
+def _phases(d: Any) -> dict[str, PhaseTimes]:
+    """``status.phases``, with a legacy key read as today's (unless both are present)."""
+    items = [(k, v) for k, v in d.items() if isinstance(v, Mapping)] if isinstance(d, Mapping) else []
+    out = {LEGACY_PHASE_KEYS[k]: PhaseTimes.from_dict(v) for k, v in items if k in LEGACY_PHASE_KEYS}
+    out.update((k, PhaseTimes.from_dict(v)) for k, v in items if k not in LEGACY_PHASE_KEYS)
+    return out
 
 
 def _compact(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,28 +1,101 @@
 """Checks the CRD schema cannot express (Kubernetes 1.20 has no CEL): the operator runs them before a job starts
 and fails the job at once with reason ``InvalidSpec`` and these messages, each naming its field.
 
-The algorithm checks mirror ``prefops_trainer.spec.check_semantics``; the storage checks are the cluster's
+The algorithm checks mirror ``prefops_trainer.core.spec.check_semantics``; the storage checks are the cluster's
 (pods share no filesystem, so work and output storage must be object storage).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from .algorithms import ALGORITHMS
+from .known_fields import SPEC
 from .spec import JobSpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SOURCE_SCHEMES = ("hf", "s3", "file")
 # A Kubernetes resource quantity (k8s.io/apimachinery/pkg/api/resource), e.g. 16, 500m, 64Gi, 1.5, 1e3.
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+#: a URI whose authority carries userinfo: scheme://<anything but '/'>@ (the CRD's URI fields refuse the same)
+_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*@")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
+def is_quantity(value: str) -> bool:
+    """Whether ``value`` is a Kubernetes resource quantity (16, 500m, 64Gi, ...)."""
+    return bool(_QUANTITY.match(value))
+
+
 def semantic_problems(spec: JobSpec) -> list[str]:
-    """Every problem of ``spec`` the schema lets through, as ``field: message`` strings; empty when valid."""
-    return [*_algorithm_problems(spec), *_storage_problems(spec), *_resource_problems(spec)]
+    """Every problem of ``spec`` the schema lets through, as ``field: message`` strings; empty when valid.
+
+    A URI carrying credentials is reported alone, naming the field and never its value: the other messages quote
+    values, and a problem's message lands in the job's status and Events."""
+    credentials = credential_problems(spec.raw)
+    if credentials:
+        return credentials
+    return [
+        *unknown_fields(spec.raw),
+        *_algorithm_problems(spec),
+        *_gate_problems(spec),
+        *_storage_problems(spec),
+        *_resource_problems(spec),
+    ]
+
+
+def unknown_fields(value: Any, known: Any = SPEC, path: str = "spec") -> list[str]:
+    """``path.field: unknown field`` for every field of ``value`` the CRD does not declare (it keeps them instead
+    of pruning them, so a typo is named rather than silently replaced by a default), with the nearest known name."""
+    if isinstance(known, dict) and isinstance(value, Mapping):
+        problems = []
+        for key, sub in value.items():
+            if key in known:
+                problems += unknown_fields(sub, known[key], f"{path}.{key}")
+                continue
+            problems.append(f"{path}.{key}: unknown field{_hint(str(key), known)}")
+        return problems
+    if isinstance(known, list) and isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in unknown_fields(item, known[0], f"{path}[{i}]")]
+    return []
+
+
+def _hint(key: str, known: Mapping[str, Any]) -> str:
+    """The nearest known name here, else where a field of that name does belong, else the names known here."""
+    near = difflib.get_close_matches(key, list(known), n=1)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    elsewhere = _paths_of(key, SPEC, "spec")
+    if elsewhere:
+        return f"; {key} belongs at {' or '.join(elsewhere)}"
+    return f"; known here: {', '.join(known)}"
+
+
+def _paths_of(key: str, tree: Any, path: str) -> list[str]:
+    if isinstance(tree, list):
+        return _paths_of(key, tree[0], f"{path}[]")
+    if not isinstance(tree, dict):
+        return []
+    here = [f"{path}.{key}"] if key in tree else []
+    return here + [p for k, sub in tree.items() for p in _paths_of(key, sub, f"{path}.{k}")]
+
+
+def credential_problems(value: Any, path: str = "spec") -> list[str]:
+    """``path: ...`` for every string under ``value`` that is a URI with credentials before its host
+    (``s3://KEY:SECRET@bucket``, ``hf://user:token@org/model``); the message never repeats the value."""
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in credential_problems(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in credential_problems(v, f"{path}[{i}]")]
+    if isinstance(value, str) and _CREDENTIALS.match(value):
+        return [
+            f"{path}: must not carry credentials (user:password@ or a token before '@' in the URI); give them "
+            "through the Secret named by spec.storage.credentialsSecret"
+        ]
+    return []
 
 
 def _algorithm_problems(spec: JobSpec) -> list[str]:
@@ -69,6 +142,30 @@ def _algorithm_problems(spec: JobSpec) -> list[str]:
         ]
     if rule.keep_start_only and spec.truncation_mode != "keep_start":
         problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
+    return problems
+
+
+def _gate_problems(spec: JobSpec) -> list[str]:
+    """``spec.output.gate`` (docs/contract.md §8): an evaluation metric of the algorithm, exactly one bound, and an
+    eval split to evaluate on. The trainer's parser reports the same problems with the same messages."""
+    gate, rule = spec.gate, ALGORITHMS.get(spec.algorithm.name)
+    if gate is None or rule is None:
+        return []
+    problems = []
+    if not rule.eval_metrics:
+        problems.append(
+            f"spec.output.gate: algorithm {rule.name!r} reports no evaluation metrics, so there is nothing to gate on"
+        )
+    elif gate.metric not in rule.eval_metrics:
+        problems.append(
+            f"spec.output.gate.metric: {gate.metric!r} is not an evaluation metric of algorithm {rule.name!r}; "
+            f"valid: {', '.join(rule.eval_metrics)}"
+        )
+    if (gate.minimum is None) == (gate.maximum is None):
+        got = "both" if gate.minimum is not None else "neither"
+        problems.append(f"spec.output.gate: set exactly one of min and max, got {got}")
+    if not spec.eval_split:
+        problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
     return problems
 
 

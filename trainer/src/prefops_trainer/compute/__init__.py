@@ -1,1 +1,1 @@
-"""Torch math: how prefops computes what TRL computes, faster, with the same numbers."""
+"""Tensor work that is not I/O: reference log-probs, tokenization as TRL does it, prefix sharing (packed pairs)."""

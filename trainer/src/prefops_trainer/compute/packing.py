@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ class Packed:
     unpacked_col: torch.Tensor  # [N] the predicting position in the pair's own [prompt, completion] sequence
     n_pairs: int
 
-    def to(self, device) -> Packed:
+    def to(self, device: torch.device | str) -> Packed:
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "n_pairs"}
         return Packed(**moved, n_pairs=self.n_pairs)
 
@@ -96,20 +97,24 @@ def pack(pairs: Sequence[Pair], pad_token_id: int, rows: Sequence[Sequence[int]]
                   n_pairs=len(pairs))  # fmt: skip
 
 
-def _place(layout: dict[str, torch.Tensor], row: int, at: int, tokens, first_position: int, segment: int, doc: int):
-    """Write one segment into ``row`` from column ``at``; return the column after it."""
+def _place(
+    layout: dict[str, torch.Tensor], row: int, at: int, tokens: Sequence[int], first: int, segment: int, doc: int
+) -> int:
+    """Write one segment into ``row`` from column ``at``, positions from ``first``; return the column after it."""
     end = at + len(tokens)
     layout["input_ids"][row, at:end] = torch.as_tensor(list(tokens), dtype=torch.long)
-    layout["position_ids"][row, at:end] = torch.arange(first_position, first_position + len(tokens))
+    layout["position_ids"][row, at:end] = torch.arange(first, first + len(tokens))
     layout["segment"][row, at:end] = segment
     layout["document"][row, at:end] = doc
     return end
 
 
-def _scored(row: int, start: int, prompt_end: int, prompt_len: int, tokens, pair: int, side: int):
+def _scored(
+    row: int, start: int, prompt_end: int, prompt_len: int, tokens: Sequence[int], pair: int, side: int
+) -> list[tuple[int, ...]]:
     """(row, predicting col, target, pair, side, unpacked predicting col) for each scored token of a completion
     placed from column ``start``; the prompt ends before column ``prompt_end``."""
-    out = []
+    out: list[tuple[int, ...]] = []
     for j, token in enumerate(tokens):
         if j == 0 and prompt_len == 0:
             continue  # nothing precedes it
@@ -154,7 +159,7 @@ def allowed(packed: Packed) -> torch.Tensor:
     return (ok | torch.eye(t, dtype=torch.bool, device=seg.device))[:, None]
 
 
-def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype):
+def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype) -> Any:
     """The mask in the form the model's attention kernel takes: bool for ``sdpa``, additive (0 / dtype's
     minimum) for ``eager``, a ``BlockMask`` for ``flex_attention`` (whose kernel skips the masked blocks:
     the CUDA path). Other kernels (flash-attention 2 reads only padding, never a custom mask) cannot run it."""
@@ -168,13 +173,13 @@ def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype)
     raise ValueError(f"prefix sharing needs an attention kernel that takes a custom mask, not {attn_implementation!r}")
 
 
-def block_mask(packed: Packed):
+def block_mask(packed: Packed) -> Any:
     """A flex-attention ``BlockMask`` with the rule of :func:`allowed`; fully masked blocks are skipped."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     seg, doc = packed.segment, packed.document
 
-    def rule(b, h, q, k):
+    def rule(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         hidden = (seg[b, q] == REJECTED) & (seg[b, k] == CHOSEN)
         visible = (k <= q) & (doc[b, q] == doc[b, k]) & (seg[b, k] != PAD) & ~hidden
         return visible | (q == k)
@@ -187,7 +192,7 @@ def supported(attn_implementation: str) -> bool:
     return attn_implementation in ("sdpa", "eager", "flex_attention")
 
 
-def forward(backbone, packed: Packed, mask, head: Head) -> dict[str, torch.Tensor | None]:
+def forward(backbone: Any, packed: Packed, mask: Any, head: Head) -> dict[str, torch.Tensor | None]:
     """Run ``backbone`` (the model without its LM head) over the packed rows and ``head`` over the hidden states
     of the positions that predict completion tokens only. Returns ``head``'s per-token fields, each ``[N]``."""
     out = backbone(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False)
@@ -195,7 +200,9 @@ def forward(backbone, packed: Packed, mask, head: Head) -> dict[str, torch.Tenso
     return head(hidden, packed.target)
 
 
-def pair_logps(backbone, pairs: Sequence[Pair], head: Head, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(
+    backbone: Any, pairs: Sequence[Pair], head: Head, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (chosen [pairs], rejected [pairs], float32 on the CPU) of ``pairs``, one packed
     row each, through ``backbone`` (the model without its LM head) and ``head``."""
     packed = pack(pairs, pad_token_id=0).to(device)

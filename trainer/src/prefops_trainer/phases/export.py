@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, storage
+from .. import __version__
+from ..adapters import metrics, storage
+from ..core.uris import Uri
+from ..core.workspace import TRAINED_MARKER
 from ..inputs import Inputs
-from ..uris import Uri, parse_uri
-from ..workspace import timed
-from .train import TRAINED_MARKER, trained_dir
+from . import reports
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def file_table(root: Path) -> list[dict[str, Any]]:
 
 def model_card(inputs: Inputs, files: list[dict[str, Any]], phases: dict[str, Any], lora: bool) -> str:
     spec = inputs.spec
+    base, data_source = spec.model.source.as_written, spec.dataset.source.as_written
     metrics = phases.get("train", {}).get("metrics", {})
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
     data = ", ".join(f"{name}: {len(s)} pairs" for name, s in inputs.splits.items())
@@ -67,7 +69,7 @@ def model_card(inputs: Inputs, files: list[dict[str, Any]], phases: dict[str, An
     return f"""---
 library_name: transformers
 tags: [prefops, trl, {spec.algorithm.name}{", lora" if lora else ""}]
-base_model: {spec.model.source}
+base_model: {base}
 ---
 # {inputs.job.name}
 
@@ -75,11 +77,11 @@ Trained by prefops {__version__} with `{spec.algorithm.name}` (loss {", ".join(s
 beta {spec.algorithm.beta}) {"as a LoRA adapter merged into" if lora else "by full fine-tuning of"} the base model.
 
 ## Model
-- base: `{spec.model.source}`{f" @ `{spec.model.revision}`" if spec.model.revision else ""} (files digest `{weights}`)
+- base: `{base}`{f" @ `{spec.model.revision}`" if spec.model.revision else ""} (files digest `{weights}`)
 - dtype: {inputs.dtype}
 
 ## Data
-- source: `{spec.dataset.source}` ({data}), maxLength {spec.dataset.max_length}
+- source: `{data_source}` ({data}), maxLength {spec.dataset.max_length}
 
 ## Final training metrics
 | metric | value |
@@ -94,25 +96,14 @@ The checksums of every file are in `{MANIFEST}` ({len(files)} files).
 """
 
 
-def _phase_reports(inputs: Inputs) -> dict[str, Any]:
-    phases: dict[str, Any] = {}
-    shards = [n for n in storage.list_names(inputs.ws.root.join("phases")) if n.startswith("precompute")]
-    pre = [storage.read_json(inputs.ws.root.join("phases", n)) for n in shards]
-    if pre:
-        phases["precompute"] = {
-            "startTime": min(p["startTime"] for p in pre),
-            "completionTime": max(p["completionTime"] for p in pre),
-            "seconds": max(p["seconds"] for p in pre),
-            "cacheHit": all(p["cacheHit"] for p in pre),
-            "keys": {s: e["key"] for p in pre for s, e in p["splits"].items()},
-            "shards": len(pre),
-        }
-    elif inputs.spec.precompute:
-        phases["precompute"] = {"skipped": True}
-    train = inputs.ws.report("train")
-    if train:
-        phases["train"] = {k: v for k, v in train.items() if k != "logHistory"}
-    return phases
+def trained_dir(inputs: Inputs) -> Path:
+    """The trained weights as a local folder (downloaded from storage when remote); error if train did not finish."""
+    target = inputs.ws.trained
+    if not storage.exists(inputs.ws.trained_marker):
+        raise RuntimeError(f"no finished training result at {target}: run the train phase first")
+    if target.is_local:
+        return Path(target.path)
+    return storage.download_dir(target, storage.local_dir(inputs.ws.local("trained")))
 
 
 def build_local(inputs: Inputs, out: Path) -> bool:
@@ -120,7 +111,7 @@ def build_local(inputs: Inputs, out: Path) -> bool:
     trained = trained_dir(inputs)
     lora = (trained / "adapter_config.json").exists()
     if lora and inputs.spec.output.merge:
-        from ..modelio import model_init_kwargs
+        from ..adapters.modelio import model_init_kwargs
 
         merge(inputs.model_path, trained, out, model_init_kwargs(inputs.spec.model))
     else:
@@ -133,43 +124,50 @@ def build_local(inputs: Inputs, out: Path) -> bool:
 
 def run(inputs: Inputs) -> dict[str, Any]:
     """Export to ``spec.output.uri`` and return the manifest written there."""
-    dest = parse_uri(inputs.spec.output.uri, "spec.output.uri")
-    report: dict[str, Any] = {}
-    with timed(report), tempfile.TemporaryDirectory(prefix="prefops-export-") as tmp:
+    metrics.enter("export")
+    dest = inputs.spec.output.uri
+    report: reports.Report = {}
+    with reports.timed(report), tempfile.TemporaryDirectory(prefix="prefops-export-") as tmp:
         out = Path(tmp) / "model"
         out.mkdir()
         lora = build_local(inputs, out)
-        phases = _phase_reports(inputs)
+        phases = reports.gathered(inputs.ws, inputs.spec.precompute)
         files = file_table(out)  # the card's checksum count is of the weights/tokenizer files
         (out / "README.md").write_text(model_card(inputs, files, phases, lora))
-        _extra_artifacts(inputs, out, phases)
+        _extra_artifacts(inputs, out)
         files = file_table(out)
         _upload(out, dest, files)
-    manifest = {
-        "format": 1,
-        "job": {"name": inputs.job.name, "namespace": inputs.job.namespace, "uid": inputs.job.metadata.uid},
-        "model": {
-            "source": inputs.spec.model.source,
-            "dtype": inputs.dtype,
-            "loraMerged": lora and inputs.spec.output.merge,
-        },
-        "algorithm": inputs.spec.algorithm.name,
-        "files": files,
-        "phases": phases | {"export": report},
-        "metrics": phases.get("train", {}).get("metrics", {}),
-        "prefopsVersion": __version__,
-    }
+    manifest = _manifest(inputs, lora, files, phases | {"export": report})
     storage.write_json(dest.join(MANIFEST), manifest)  # last: the model is complete
-    inputs.ws.write_report("export", report)
+    reports.write(inputs.ws, "export", report)
     log.info("model exported to %s (%d files)", dest, len(files))
     return manifest
 
 
-def _extra_artifacts(inputs: Inputs, out: Path, phases: dict[str, Any]) -> None:
-    """Training curves beside the model, from the train phase's log history."""
-    from ..plots import plot_training
+def _manifest(inputs: Inputs, lora: bool, files: list[dict[str, Any]], phases: dict[str, Any]) -> dict[str, Any]:
+    """``prefops.json``: the job, the base model, every file with its checksum, each phase's report, the metrics."""
+    job = inputs.job
+    return {
+        "format": 1,
+        "job": {"name": job.name, "namespace": job.namespace, "uid": job.metadata.uid},
+        "model": {
+            "source": job.spec.model.source.as_written,
+            "dtype": inputs.dtype,
+            "loraMerged": lora and job.spec.output.merge,
+        },
+        "algorithm": job.spec.algorithm.name,
+        "files": files,
+        "phases": phases,
+        "metrics": phases.get("train", {}).get("metrics", {}),
+        "prefopsVersion": __version__,
+    }
 
-    train = inputs.ws.report("train") or {}
+
+def _extra_artifacts(inputs: Inputs, out: Path) -> None:
+    """Training curves beside the model, from the train phase's log history."""
+    from ..adapters.plots import plot_training
+
+    train = reports.read(inputs.ws, "train") or {}
     spec = inputs.spec
     title = f"{inputs.job.name}: {spec.algorithm.name} ({', '.join(spec.algorithm.losses)}), beta {spec.algorithm.beta}"
     plot_training(train.get("logHistory", []), out / "training-curves.png", title)

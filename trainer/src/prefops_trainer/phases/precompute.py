@@ -8,21 +8,42 @@ manifest; the train phase does the same if two workers finished at once and neit
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import metrics as m
-from .. import precompute
-from ..errors import SpecError
+from ..adapters import metrics
+from ..adapters.progress import Progress
+from ..adapters.refcache import RefCache
+from ..compute import logprobs
+from ..core.cachekey import shard_rows
+from ..core.errors import SpecError
 from ..inputs import Inputs
-from ..progress import Progress
-from ..refcache import shard_rows
-from ..workspace import timed
+from . import reports
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
 
-def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> dict[str, Any]:
+def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> reports.Report:
     """Compute (or find) shard ``shard`` of ``num_shards`` for every split; return the phase report."""
+    metrics.enter("precompute")
+    num_shards = _check(inputs, shard, num_shards)
+    report: reports.Report = {"shard": shard, "numShards": num_shards, "splits": {}}
+    model: PreTrainedModel | None = None
+    with reports.timed(report):
+        for split in inputs.splits:
+            entry, model = _split(inputs, split, shard, num_shards, model)
+            report["splits"][split] = entry
+    report["cacheHit"] = all(s["cacheHit"] for s in report["splits"].values())
+    reports.write(inputs.ws, "precompute" if num_shards == 1 else f"precompute-{shard:05d}", report)
+    return report
+
+
+def _check(inputs: Inputs, shard: int, num_shards: int | None) -> int:
+    """The number of shards; refuse a job with nothing to precompute, or a shard out of range."""
     if not inputs.spec.precompute:
         raise SpecError(
             f"spec.reference.precompute: algorithm {inputs.spec.algorithm.name!r} has nothing to precompute "
@@ -31,52 +52,52 @@ def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> dict[s
     num_shards = num_shards or inputs.spec.reference.workers
     if not 0 <= shard < num_shards:
         raise SpecError(f"--shard: must be in [0, {num_shards}), got {shard}")
-    metrics = m.current()
-    report: dict[str, Any] = {"shard": shard, "numShards": num_shards, "splits": {}}
-    model = None
-    with timed(report):
-        for split in inputs.splits:
-            cache = inputs.ref_cache(split)
-            entry: dict[str, Any] = {"key": cache.key, "cacheHit": cache.manifest() is not None}
-            report["splits"][split] = entry
-            if entry["cacheHit"]:
-                log.info("reference cache hit for %s split: %s", split, cache.root)
-                continue
-            n_rows = len(inputs.splits[split])
-            if cache.has_shard(shard, num_shards):
-                log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
-            else:
-                mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
-                if model is None:
-                    model = inputs.load_model().to(_device())
-                    precompute.prepare_model(model)
-                entry["pairs"] = len(mine)
-                entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split, metrics)
-            cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
-    report["cacheHit"] = all(s["cacheHit"] for s in report["splits"].values())
-    name = "precompute" if num_shards == 1 else f"precompute-{shard:05d}"
-    inputs.ws.write_report(name, report)
-    return report
+    return num_shards
 
 
-def _compute_shard(inputs, model, rows, cache, shard, num_shards, split, metrics) -> float:
-    tok = inputs.tokenizer
-    d = inputs.spec.dataset
-    if metrics:
-        metrics.set("precompute_pairs_total", len(rows))
-        metrics.set("precompute_pairs_done", 0)
+def _split(
+    inputs: Inputs, split: str, shard: int, num_shards: int, model: PreTrainedModel | None
+) -> tuple[dict[str, Any], PreTrainedModel | None]:
+    """This shard of ``split``: a cache hit, a shard already written, or computed now (loading the model once)."""
+    cache = inputs.ref_cache(split)
+    entry: dict[str, Any] = {"key": cache.key, "cacheHit": cache.manifest() is not None}
+    if entry["cacheHit"]:
+        log.info("reference cache hit for %s split: %s", split, cache.root)
+        return entry, model
+    n_rows = len(inputs.splits[split])
+    if cache.has_shard(shard, num_shards):
+        log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
+    else:
+        mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
+        if model is None:
+            model = inputs.load_model()
+            _on_device(model)
+            logprobs.prepare_model(model)
+        entry["pairs"] = len(mine)
+        entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
+    cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
+    return entry, model
+
+
+def _compute_shard(
+    inputs: Inputs, model: PreTrainedModel, rows: Dataset, cache: RefCache, shard: int, num_shards: int, split: str
+) -> float:
+    tok, d, m = inputs.tokenizer, inputs.spec.dataset, metrics.current()
+    if m:
+        m.set("precompute_pairs_total", len(rows))
+        m.set("precompute_pairs_done", 0)
     bar = Progress(
         len(rows),
         f"reference log-probs ({split}, shard {shard + 1}/{num_shards})",
-        on_update=(lambda done: metrics.set("precompute_pairs_done", done)) if metrics else (lambda d: None),
+        on_update=(lambda done: m.set("precompute_pairs_done", done)) if m else (lambda done: None),
     )
-    speed = precompute.Throughput()
+    speed = logprobs.Throughput()
 
     def step(n: int) -> None:
         speed.add(n)
         bar.update(n)
 
-    result = precompute.compute(
+    result = logprobs.compute(
         model,
         rows,
         pad_token_id=tok.pad_token_id,
@@ -94,8 +115,8 @@ def _compute_shard(inputs, model, rows, cache, shard, num_shards, split, metrics
 
 def _cache_info(inputs: Inputs, split: str) -> dict[str, Any]:
     return {
-        "model": inputs.spec.model.source,
-        "dataset": inputs.spec.dataset.source,
+        "model": inputs.spec.model.source.as_written,
+        "dataset": inputs.spec.dataset.source.as_written,
         "split": split,
         "maxLength": inputs.spec.dataset.max_length,
         "truncationMode": inputs.spec.dataset.truncation_mode,
@@ -103,7 +124,8 @@ def _cache_info(inputs: Inputs, split: str) -> dict[str, Any]:
     }
 
 
-def _device():
+def _on_device(model: torch.nn.Module) -> None:
+    """Move ``model`` (in place) to the GPU when there is one."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

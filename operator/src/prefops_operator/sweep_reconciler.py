@@ -1,0 +1,166 @@
+"""One reconcile of one sweep: parse → (check its trials' jobs with the apiserver, once) → decide → write status →
+act → report. The glue in :mod:`.sweep_handlers` feeds it snapshots of the sweep and of its trial jobs.
+
+Memory kept between reconciles is a guard, never a source of truth: the status last written (until the watch
+delivers it), trial creates and suspend patches not yet observed (so a lagging index does not repeat them), and
+the apiserver's refusals of trial jobs (reported in the next status). After an operator restart the sweep's status
+and its trial jobs are enough to carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .adapters import sweep_metrics
+from .adapters.kube import Conflict, Gone, Rejected
+from .adapters.sweeps import SweepKubeApi
+from .core.patch import merge_patch
+from .core.spec import InvalidSpec, parse_meta
+from .core.sweep_machine import SweepDecision, SweepObserved, decide, trials_to_check
+from .core.sweep_spec import Sweep, parse_sweep
+from .core.sweep_status import SweepPhase, SweepStatus, TrialView
+from .core.sweep_trials import dropped_overrides, rejected, trial_manifest
+from .core.timefmt import utcnow
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+EXPECTATION_TTL = 30.0  # seconds a create/patch waits to be observed before it may be repeated
+STALE_GRACE = 5.0  # seconds to wait for the watch to deliver our own status write
+RETRY_SOON = 0.2
+
+
+@dataclass
+class _Memory:
+    uid: str
+    written: dict[str, Any] | None = None
+    written_at: float = 0.0
+    created: dict[str, float] = field(default_factory=dict)  # trial → when a repeated create is allowed
+    patched: dict[tuple[str, bool], float] = field(default_factory=dict)  # (trial, suspend) → likewise
+    refused: dict[str, str] = field(default_factory=dict)  # trial → the apiserver's refusal of its job
+
+
+class SweepReconciler:
+    def __init__(
+        self,
+        api: SweepKubeApi,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.api, self.clock = api, clock
+        self._memory: dict[Key, _Memory] = {}
+        self._statuses: dict[Key, tuple[SweepStatus, str]] = {}
+        if registry is not None:
+            sweep_metrics.register(registry, lambda: dict(self._statuses))
+
+    def forget(self, key: Key) -> None:
+        self._memory.pop(key, None)
+        self._statuses.pop(key, None)
+
+    async def reconcile(self, key: Key, body: Mapping[str, Any] | None, trials: Sequence[TrialView]) -> float | None:
+        """Bring one sweep a step closer to its desired state; return seconds until it wants another look."""
+        try:
+            return await self._reconcile(key, body, trials)
+        except Conflict:
+            return RETRY_SOON
+        except Gone:
+            self.forget(key)
+            return None
+
+    async def _reconcile(self, key: Key, body: Mapping[str, Any] | None, trials: Sequence[TrialView]) -> float | None:
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(key)
+            return None
+        mem = self._remember(key, body)
+        if self._stale(mem, body):
+            return RETRY_SOON
+        now = self.clock()
+        sweep, spec_error = _parse(body)
+        previous = SweepStatus.from_dict(body.get("status"))
+        views = {t.name: t for t in trials}
+        checked = await self._check(sweep) if sweep and previous.phase == SweepPhase.PENDING else ()
+        decision = decide(previous, SweepObserved(sweep, spec_error, views, checked, dict(mem.refused)), now)
+        if decision.status != previous:
+            await self._write(mem, body, decision, now)
+        self._statuses[key] = (decision.status, sweep.spec.objective.metric if sweep else "")
+        refused = await self._act(sweep, mem, decision, views) if sweep is not None else False
+        return RETRY_SOON if refused else self._requeue_after(mem)
+
+    def _remember(self, key: Key, body: Mapping[str, Any]) -> _Memory:
+        uid = str(body["metadata"].get("uid"))
+        mem = self._memory.get(key)
+        if mem is None or mem.uid != uid:  # a new sweep under an old name starts afresh
+            mem = self._memory[key] = _Memory(uid)
+        return mem
+
+    def _stale(self, mem: _Memory, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` predates our last status write (the watch has not delivered it yet)."""
+        if mem.written is None:
+            return False
+        if body.get("status") == mem.written or time.monotonic() - mem.written_at > STALE_GRACE:
+            mem.written = None
+            return False
+        return True
+
+    async def _check(self, sweep: Sweep) -> tuple[str, ...]:
+        """The apiserver's verdict on every trial's job, by dry-run creates: what the job schema rejects (422) or
+        prunes (a path that is no field of the job spec)."""
+        problems: list[str] = []
+        for trial in trials_to_check(sweep):
+            try:
+                served = await self.api.create_job(trial_manifest(sweep, trial, sweep.spec.suspend), dry_run=True)
+            except Rejected as e:
+                problems.append(rejected(trial, str(e)))
+                continue
+            if served is not None:
+                problems += dropped_overrides(trial, served.get("spec") or {})
+        return tuple(problems)
+
+    async def _write(self, mem: _Memory, body: Mapping[str, Any], decision: SweepDecision, now: datetime) -> None:
+        meta = parse_meta(body["metadata"])
+        new = decision.status.to_dict()
+        await self.api.patch_sweep_status(meta, merge_patch(body.get("status") or {}, new))
+        mem.written, mem.written_at = new, time.monotonic()
+        for event in decision.events:
+            log.info("sweep %s/%s: %s %s", meta.namespace, meta.name, event.reason, event.message)
+            await self.api.post_sweep_event(meta, event.reason, event.message, event.warning, now)
+
+    async def _act(self, sweep: Sweep, mem: _Memory, decision: SweepDecision, views: Mapping[str, TrialView]) -> bool:
+        """Create, suspend and resume trials; whether the apiserver refused a trial's job (to report at once)."""
+        clock, refused = time.monotonic(), False
+        mem.created = {n: t for n, t in mem.created.items() if t > clock and n not in views}
+        mem.patched = {k: t for k, t in mem.patched.items() if t > clock and k[0] in views}
+        for trial in decision.create:
+            if trial.name in mem.created or trial.name in mem.refused:
+                continue
+            try:
+                await self.api.create_job(trial_manifest(sweep, trial, sweep.spec.suspend))
+            except Rejected as e:
+                log.warning("sweep %s/%s: trial %s refused: %s", *sweep.key, trial.name, e)
+                mem.refused[trial.name], refused = str(e), True
+                continue
+            mem.created[trial.name] = clock + EXPECTATION_TTL
+        for names, suspend in ((decision.suspend, True), (decision.resume, False)):
+            for name in names:
+                if (name, suspend) not in mem.patched:
+                    await self.api.set_job_suspend(sweep.meta.namespace, name, suspend)
+                    mem.patched[(name, suspend)] = clock + EXPECTATION_TTL
+        return refused
+
+    def _requeue_after(self, mem: _Memory) -> float | None:
+        pending = [*mem.created.values(), *mem.patched.values()]
+        return max(min(pending) - time.monotonic() + 0.1, 0.05) if pending else None
+
+
+def _parse(body: Mapping[str, Any]) -> tuple[Sweep | None, str | None]:
+    try:
+        return parse_sweep(body), None
+    except InvalidSpec as e:
+        return None, str(e)

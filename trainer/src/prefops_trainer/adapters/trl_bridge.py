@@ -1,0 +1,411 @@
+"""The one door to TRL's non-public API.
+
+Everywhere else the trainer uses TRL's public trainers and configs only. Where prefops needs more (tokenizing
+exactly as a trainer does, joining our reference cache into a trainer, TRL's fused LM head), it comes here, so a
+TRL upgrade that moves one of these pieces breaks this module, at import, with a message naming the TRL version
+and the piece, instead of three modules silently. :data:`RELIES_ON` lists every piece with why we need it;
+:func:`check` runs when this module is imported. What a signature cannot show (the shape of a returned tuple,
+the attributes a private method reads from its stand-in ``self``) is checked where it is used, with the same
+kind of error, and ``tests/trainer/test_trl_bridge.py`` exercises each piece against the installed TRL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import trl
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: The TRL release this module was written against (constraints.txt pins it; a test keeps the two equal).
+TESTED_WITH = "1.16.0"
+
+
+class TrlBoundaryError(RuntimeError):
+    """The installed TRL lacks, or changed, a non-public piece prefops relies on."""
+
+
+@dataclass(frozen=True)
+class Reliance:
+    """One non-public TRL name prefops uses.
+
+    Attributes:
+        module: the module that defines it (or, for ``hash_module``, the module whose global we replace).
+        name: the name inside ``module``; ``Class.method`` for a method.
+        params: the leading parameter names its signature must have, in order.
+        why: what prefops uses it for.
+    """
+
+    module: str
+    name: str
+    params: tuple[str, ...]
+    why: str
+
+
+_DPO, _KTO = "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer"
+_KERNEL = "trl.kernels.chunked_logprob"
+_ONLINE = "trl.experimental.online_dpo.online_dpo_trainer"
+_UTILS = "trl.trainer.utils"
+_PREPARE = ("self", "dataset", "processing_class", "args", "dataset_name")
+_PRECOMPUTE = ("self", "dataset", "name", "batch_size")
+_KERNEL_PARAMS = ("ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size")
+
+RELIES_ON: tuple[Reliance, ...] = (
+    Reliance(
+        _DPO,
+        "DPOTrainer._prepare_dataset",
+        _PREPARE,
+        "tokenize pairs exactly as DPOTrainer does (prompt extraction, EOS, chat template, prompt/completion split), "
+        "called on a stand-in self, so precomputed reference log-probs equal TRL's",
+    ),
+    Reliance(_KTO, "KTOTrainer._prepare_dataset", _PREPARE, "the same for KTO, KL completions included"),
+    Reliance(_DPO, "DPOTrainer._precompute_ref_logps", _PRECOMPUTE, "overridden: a join with our reference cache"),
+    Reliance(_KTO, "KTOTrainer._precompute_ref_logps", _PRECOMPUTE, "overridden: a join with our reference cache"),
+    Reliance(
+        _DPO,
+        "hash_module",
+        ("module",),
+        "replaced while DPOTrainer starts: it hashes every weight to key the precompute cache that ours replaces",
+    ),
+    Reliance(_KTO, "hash_module", ("module",), "replaced while KTOTrainer starts, as for DPO"),
+    Reliance(
+        _ONLINE,
+        "OnlineDPOTrainer._generate",
+        ("self", "model", "prompts", "images"),
+        "wrapped to count generated tokens and log their mean length; it returns (prompt_ids, prompt_mask, "
+        "completion_ids, completion_mask, vision inputs), read by generated_masks",
+    ),
+    Reliance(
+        _UTILS,
+        "add_fused_lm_head",
+        ("model", "temperature", "cast_lm_head_to_fp32", "outputs"),
+        "reference log-probs through TRL's own LM-head kernel: model(..., fused_lm_head=True).log_probs",
+    ),
+    Reliance(_UTILS, "FusedCausalLMOutput", ("loss", "log_probs"), "what the fused head returns"),
+    Reliance(
+        _DPO,
+        "DataCollatorForPreference",
+        ("pad_token_id", "max_length", "truncation_mode"),
+        "pad and truncate pairs exactly as DPOTrainer's collator does",
+    ),
+    Reliance(
+        _KERNEL,
+        "ChunkedLogProbFunction",
+        (),  # an autograd Function: its forward's parameters are checked below, after the imports
+        "prefix sharing: TRL's LM-head kernel (log-probs, entropy, mean logit, top-1 without the logits) on the "
+        "completion positions we gather, with TRL's tile width (_CHUNKED_LOGPROB_CHUNK_SIZE): TRL's numbers",
+    ),
+    Reliance(_UTILS, "maybe_gather_lm_head_ctx", ("params",), "gather a ZeRO-3-partitioned LM head for that kernel"),
+    Reliance(
+        _DPO,
+        "DPOTrainer._compute_loss",
+        ("self", "model", "inputs", "return_outputs"),
+        "prefix sharing answers its policy call, model(input_ids=, attention_mask=, use_cache=, labels=, "
+        "fused_lm_head=True) on the concatenated batch, with a packed forward; it reads log_probs, entropy, "
+        "mean_logits, is_top1 and log_sum_sq_probs, each [2 x pairs, length - 1]",
+    ),
+)
+
+
+def _problem(reliance: Reliance) -> str | None:
+    """What is wrong with ``reliance`` in the installed TRL, or None."""
+    try:
+        obj: Any = importlib.import_module(reliance.module)
+        for part in reliance.name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        return f"{reliance.module}.{reliance.name} is gone ({e})"
+    params = tuple(inspect.signature(obj).parameters)
+    if params[: len(reliance.params)] != reliance.params:
+        expected = ", ".join(reliance.params)
+        return f"{reliance.module}.{reliance.name} takes ({', '.join(params)}), expected ({expected}, ...)"
+    return None
+
+
+def _error(what: str) -> TrlBoundaryError:
+    return TrlBoundaryError(
+        f"TRL {trl.__version__}: {what}. prefops_trainer.adapters.trl_bridge was written against TRL {TESTED_WITH} "
+        "(constraints.txt); install that version, or adapt the bridge to this one"
+    )
+
+
+def check(relies_on: tuple[Reliance, ...] = RELIES_ON) -> None:
+    """Raise :class:`TrlBoundaryError` naming every piece of ``relies_on`` the installed TRL lacks or changed."""
+    problems = [p for p in map(_problem, relies_on) if p is not None]
+    if problems:
+        raise _error("; ".join(problems))
+
+
+check()
+
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction  # noqa: E402 - after the check
+from trl.trainer import utils as _trl_utils  # noqa: E402
+from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402
+from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
+from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx  # noqa: E402
+from trl.trainer.utils import add_fused_lm_head as _add_fused_lm_head  # noqa: E402
+
+#: The policy call in ``DPOTrainer._compute_loss`` that prefix sharing answers (see :data:`RELIES_ON`).
+_POLICY_CALL = "model(**model_kwargs, labels=labels, fused_lm_head=True)"
+if _POLICY_CALL not in inspect.getsource(DPOTrainer._compute_loss):
+    raise _error(f"DPOTrainer._compute_loss no longer makes the policy call {_POLICY_CALL}")
+if tuple(inspect.signature(ChunkedLogProbFunction.forward).parameters)[: len(_KERNEL_PARAMS)] != _KERNEL_PARAMS:
+    raise _error(f"ChunkedLogProbFunction.forward no longer takes ({', '.join(_KERNEL_PARAMS)}, ...)")
+_CHUNK = getattr(_trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+if not isinstance(_CHUNK, int):
+    raise _error("trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE (the LM-head kernel's tile width) is gone")
+
+# -- tokenization as the trainers do it ---------------------------------------------------------------------------
+
+
+def call_with_stand_in(method: Callable[..., Any], stand_in: SimpleNamespace, *call_args: Any) -> Any:
+    """``method(stand_in, *call_args)``: a private trainer method called on a stand-in ``self`` (and, among
+    ``call_args``, stand-in ``args``) holding only what it reads; a read of anything else fails naming TRL's version
+    and the attribute."""
+    stand_ins = {id(stand_in): "self"} | {id(a): "args" for a in call_args if isinstance(a, SimpleNamespace)}
+    try:
+        return method(stand_in, *call_args)
+    except AttributeError as e:
+        if id(e.obj) in stand_ins:
+            raise _error(
+                f"{method.__qualname__} reads {stand_ins[id(e.obj)]}.{e.name}, which prefops' stand-in lacks"
+            ) from e
+        raise
+
+
+def _require_columns(rows: Dataset, columns: tuple[str, ...], where: str) -> Dataset:
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise _error(f"{where} no longer returns the columns {', '.join(missing)} (it returns {rows.column_names})")
+    return rows
+
+
+def prepare_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation_mode: str) -> Dataset:
+    """Paired rows tokenized as ``DPOTrainer`` does: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` added.
+    TRL drops rows whose prompt alone fills ``max_length``."""
+    stand_in = SimpleNamespace(_tokenizer=tokenizer)
+    args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode=truncation_mode)
+    out = call_with_stand_in(DPOTrainer._prepare_dataset, stand_in, rows, tokenizer, args, "train")
+    return _require_columns(out, ("prompt_ids", "chosen_ids", "rejected_ids"), "DPOTrainer._prepare_dataset")
+
+
+def prepare_unpaired(
+    rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int, calculate_kl: bool
+) -> Dataset:
+    """Unpaired rows tokenized as ``KTOTrainer`` does: ``prompt_ids``, ``completion_ids`` and, with
+    ``calculate_kl``, ``KL_completion_ids`` (the completions rotated by one within each batch of ``batch_size``)."""
+    stand_in = SimpleNamespace(
+        _tokenizer=tokenizer, calculate_KL=calculate_kl, desirable_weight=1.0, undesirable_weight=1.0
+    )
+    args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, per_device_train_batch_size=batch_size)
+    out = call_with_stand_in(KTOTrainer._prepare_dataset, stand_in, rows, tokenizer, args, "prefops")
+    columns = ("prompt_ids", "completion_ids", *(("KL_completion_ids",) if calculate_kl else ()))
+    return _require_columns(out, columns, "KTOTrainer._prepare_dataset")
+
+
+# -- TRL's fused LM head and preference collator ------------------------------------------------------------------
+
+
+#: The models that carry TRL's fused LM head now.
+_fused: weakref.WeakSet[PreTrainedModel] = weakref.WeakSet()
+
+
+def attach_fused_head(model: PreTrainedModel) -> None:
+    """Give ``model`` TRL's fused LM head (once): :func:`fused_log_probs` then scores completion tokens only."""
+    if model not in _fused:
+        _add_fused_lm_head(model)
+        _fused.add(model)
+
+
+def detach_fused_head(model: PreTrainedModel) -> None:
+    """Undo :func:`attach_fused_head` (the patched forward is an instance attribute over the class's own)."""
+    if model in _fused:
+        del model.forward
+        _fused.discard(model)
+
+
+def fused_log_probs(model: PreTrainedModel, **inputs: Any) -> torch.Tensor:
+    """Per-token log-probs of the positions whose ``labels`` are not -100, from a model with the fused head."""
+    log_probs: torch.Tensor = model(**inputs, fused_lm_head=True).log_probs
+    return log_probs
+
+
+def _logit_transform(model: PreTrainedModel) -> tuple[float | None, float]:
+    """(final logit softcap, logit scale) read from the config as ``add_fused_lm_head`` reads them."""
+    cfg = model.config.get_text_config()
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is None:
+        scale = getattr(cfg, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(cfg, "lm_head_multiplier", None)
+    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
+        scale = cfg.logits_scaling if cfg.model_type == "hyperclovax" else 1 / cfg.logits_scaling
+    return getattr(cfg, "final_logit_softcapping", None), 1.0 if scale is None else scale
+
+
+#: The per-token fields TRL's LM-head kernel returns, in its order.
+HEAD_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def lm_head(
+    model: PreTrainedModel, outputs: tuple[str, ...] = ("log_probs",)
+) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor | None]]:
+    """TRL's fused LM head as a function of (hidden states [N, H], target ids [N]): only the rows given are
+    projected (in tiles, without the logits); returns :data:`HEAD_FIELDS` (those not in ``outputs``: None)."""
+    softcap, scale = _logit_transform(model)
+
+    def head(hidden: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        lm = model.get_output_embeddings()
+        with maybe_gather_lm_head_ctx(lm.weight, lm.bias):
+            values = ChunkedLogProbFunction.apply(  # type: ignore[no-untyped-call]
+                hidden.to(lm.weight.device), lm.weight, lm.bias, targets.to(lm.weight.device), 1.0, _CHUNK,
+                softcap, scale, outputs,
+            )  # fmt: skip
+        return dict(zip(HEAD_FIELDS, values, strict=True))
+
+    return head
+
+
+def dpo_policy_outputs(trainer: Any) -> tuple[str, ...]:
+    """The per-token fields ``DPOTrainer``'s loss and metrics read from its policy's output."""
+    return ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if trainer.use_weighting else ())
+
+
+#: The keywords of ``DPOTrainer._compute_loss``'s policy call; any other (MoE router logits, vision inputs) means a
+#: call prefix sharing leaves to the model.
+_POLICY_KWARGS = frozenset({"input_ids", "attention_mask", "use_cache", "labels", "fused_lm_head"})
+
+
+def dpo_policy_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any] | None:
+    """(input_ids, attention_mask, labels) when ``model(*args, **kwargs)`` is ``DPOTrainer``'s policy call on its
+    concatenated batch (chosen rows, then rejected; labels -100 outside the completions), else None."""
+    if args or not kwargs.get("fused_lm_head") or not set(kwargs) <= _POLICY_KWARGS:
+        return None
+    return kwargs["input_ids"], kwargs["attention_mask"], kwargs["labels"]
+
+
+def fused_output(fields: dict[str, torch.Tensor | None]) -> Any:
+    """What the fused head returns (``FusedCausalLMOutput``), from per-token fields in its layout."""
+    return FusedCausalLMOutput(**{k: v for k, v in fields.items() if k in HEAD_FIELDS})
+
+
+def preference_collator(pad_token_id: int, max_length: int | None, truncation_mode: str) -> Callable[..., Any]:
+    """``DPOTrainer``'s collator: pads and truncates ``prompt_ids``/``chosen_ids``/``rejected_ids`` into one batch
+    (chosen rows first, then rejected) with ``input_ids``, ``attention_mask`` and ``completion_mask``."""
+    collate: Callable[..., Any] = DataCollatorForPreference(
+        pad_token_id=pad_token_id, max_length=max_length, truncation_mode=truncation_mode
+    )
+    return collate
+
+
+# -- the trainer: reference log-probs from our cache, tokens counted ----------------------------------------------
+
+#: index -> (reference log-prob of the chosen completion, of the rejected one); KTO: completion, KL completion.
+RefTable = dict[int, tuple[float, float]]
+
+
+def join_reference(dataset: Dataset, table: RefTable, columns: tuple[str, ...]) -> Dataset:
+    """``dataset`` with the cached reference log-probs added as ``columns``, joined on its ``index`` column."""
+    index = dataset["index"]
+    for pos, column in enumerate(columns):
+        dataset = dataset.add_column(column, [table[i][pos] for i in index])
+    return dataset
+
+
+def generated_masks(out: tuple[Any, ...], n_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_mask, completion_mask) of what ``OnlineDPOTrainer._generate`` returned for ``n_prompts`` prompts
+    (two completions each); refuse any other shape rather than count the wrong tensors."""
+    import torch
+
+    if not isinstance(out, tuple) or len(out) != 5:
+        got = len(out) if isinstance(out, tuple) else type(out).__name__
+        raise _error(
+            f"OnlineDPOTrainer._generate returned {got} values, expected 5 "
+            "(prompt ids and mask, completion ids and mask, vision inputs)"
+        )
+    masks = (out[1], out[3])
+    for name, mask in zip(("prompt_mask", "completion_mask"), masks, strict=True):
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.size(0) != 2 * n_prompts:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise _error(f"OnlineDPOTrainer._generate's {name} is {shape}, expected ({2 * n_prompts}, length)")
+    return masks
+
+
+def _tokens_in(inputs: dict[str, Any]) -> Any:
+    """The batch's tokens, as a tensor: read at logging time, so counting costs no device sync per micro-batch."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = inputs.get("chosen_attention_mask")
+    return 0 if mask is None else mask.sum()
+
+
+@contextlib.contextmanager
+def _model_hash_skipped(base: type[Any]) -> Iterator[None]:
+    """TRL's DPO and KTO trainers hash every weight to fingerprint their own precompute cache, which we replace:
+    skip it (seconds to minutes on a large model, for nothing)."""
+    module = sys.modules[base.__module__]
+    original = getattr(module, "hash_module", None)
+    if original is not None:
+        module.hash_module = lambda m: "prefops-reference-cache"  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if original is not None:
+            module.hash_module = original  # type: ignore[attr-defined]
+
+
+def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[Any]:
+    """``base`` (a TRL trainer class) that reads reference log-probs from our cache and counts its tokens.
+
+    Construct it with ``reference=`` (split name -> :data:`RefTable`) when the job precomputed; TRL then joins
+    those tables into ``reference_columns`` instead of computing them. ``policy=`` (the trainer -> a wrapper of
+    the model its loss calls, or None) lets a faster forward answer the loss's model calls (prefix sharing).
+    ``prefops_tokens`` counts the tokens trained on (prompts and completions), and Online DPO also logs
+    ``completion_length``.
+    """
+
+    class PrefopsTrainer(base):  # type: ignore[misc]  # base: the TRL trainer the algorithm names
+        def __init__(
+            self,
+            *args: Any,
+            reference: dict[str, RefTable] | None = None,
+            policy: Callable[[Any], Callable[[Any], Any] | None] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            self._prefops_reference = reference or {}
+            self.prefops_tokens: Any = 0
+            with _model_hash_skipped(base):
+                super().__init__(*args, **kwargs)
+            self._prefops_policy = policy(self) if policy is not None else None
+
+        def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+            """Join the cached reference log-probs on the row index instead of computing them."""
+            return join_reference(dataset, self._prefops_reference[name], reference_columns)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            self.prefops_tokens += _tokens_in(inputs)
+            if self._prefops_policy is not None:
+                model = self._prefops_policy(model)  # TRL's loss code, a faster policy forward underneath
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def _generate(self, model: Any, prompts: list[Any], images: Any = None) -> Any:
+            """Online DPO: also log the generated completions' mean length, and count their tokens."""
+            out = super()._generate(model, prompts, images)
+            prompt_mask, completion_mask = generated_masks(out, len(prompts))
+            self.prefops_tokens += int(prompt_mask.sum() + completion_mask.sum())
+            lengths = completion_mask.sum(dim=1).float().mean()
+            self.stats.setdefault("completion_length", []).append(self.accelerator.gather(lengths).mean().item())
+            return out
+
+    return PrefopsTrainer

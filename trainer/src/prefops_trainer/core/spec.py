@@ -1,0 +1,388 @@
+"""The job spec: a ``PreferenceTrainingJob`` manifest parsed once into validated, frozen objects.
+
+The CRD in ``crds/`` is the authority for the schema; this module mirrors it field for field (a contract
+test walks both). Parsing happens in two steps, both pure:
+
+1. structure (types, enums, ranges, unknown keys) with pydantic, and
+2. semantics the schema cannot say (loss type valid for the algorithm, lossWeights length, ...).
+
+Every error is a :class:`SpecError` whose message names the field path, e.g.
+``spec.training.deepspeed.stage: must be 2 or 3, got 4``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from .algorithms import ALGORITHM_NAMES, ONLINE_NAMES, Algorithm, get_algorithm
+from .errors import SpecError
+from .uris import Uri, UriError, parse_uri
+
+KIND = "PreferenceTrainingJob"
+#: The pydantic error type of a URI the spec cannot use; its message says why (and never repeats a credential).
+URI_ERROR = "uri"
+
+
+def _uri_validator(allow_hf: bool) -> PlainValidator:
+    def parse(value: object) -> Uri:
+        if isinstance(value, Uri):
+            return value
+        if not isinstance(value, str):
+            raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": f"must be a string, got {value!r}"})
+        try:
+            return parse_uri(value, allow_hf=allow_hf)
+        except UriError as e:
+            raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": str(e)}) from None
+
+    return PlainValidator(parse)
+
+
+_AS_WRITTEN = PlainSerializer(lambda uri: uri.as_written, return_type=str)
+#: A model or dataset source: a local path, ``file://``, ``s3://`` or ``hf://``; a :class:`Uri` once parsed.
+SourceUri = Annotated[Uri, _uri_validator(allow_hf=True), _AS_WRITTEN]
+#: Where the job writes (``output.uri``, ``storage.uri``): a local path, ``file://`` or ``s3://``.
+TargetUri = Annotated[Uri, _uri_validator(allow_hf=False), _AS_WRITTEN]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=False
+    )
+
+
+class LoraSpec(_Spec):
+    """LoRA adapter settings; the adapter is merged into the base weights at export."""
+
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: tuple[str, ...] = Field(
+        ("all-linear",), min_length=1, description="Module names to adapt, or [all-linear]."
+    )
+
+
+class ModelSpec(_Spec):
+    source: SourceUri = Field(description="hf://org/name, s3://bucket/prefix or a local path.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hf:// sources.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and compute dtype; auto = bfloat16 on GPUs that support it, else float32."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
+        "auto",
+        description="Attention kernel; auto = flash_attention_2 when installed on CUDA, else sdpa. flex_attention "
+        "runs prefix sharing's packed pairs with a block-sparse kernel on GPUs.",
+    )
+    trust_remote_code: bool = False
+    lora: LoraSpec | None = Field(None, description="LoRA settings; absent means full fine-tuning.")
+
+
+class DatasetSpec(_Spec):
+    source: SourceUri
+    split: str = "train"
+    eval_split: str | None = None
+    max_length: int = Field(1024, ge=8)
+    truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
+    max_samples: int | None = Field(None, ge=1)
+
+
+class AlgorithmSpec(_Spec):
+    name: str
+    loss_type: tuple[str, ...] | None = Field(None, min_length=1)
+    loss_weights: tuple[float, ...] | None = None
+    beta: float = 0.1
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    simpo_gamma: float = 0.5
+    cpo_alpha: float | None = Field(None, ge=0.0)
+    alpha: float | None = None
+    desirable_weight: float = Field(1.0, gt=0.0)
+    undesirable_weight: float = Field(1.0, gt=0.0)
+
+    @property
+    def info(self) -> Algorithm:
+        return get_algorithm(self.name)
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return self.loss_type or self.info.default_loss_types
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return self.loss_weights or tuple(1.0 for _ in self.losses)
+
+    @property
+    def kl_term(self) -> bool:
+        """KTO: the loss has a KL term, estimated from completions rotated within each training batch (loss ``kto``;
+        ``apo_zero_unpaired`` has none)."""
+        return self.losses[0] == "kto"
+
+    @property
+    def effective_cpo_alpha(self) -> float:
+        return self.info.default_cpo_alpha if self.cpo_alpha is None else self.cpo_alpha
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.info.default_alpha if self.alpha is None else self.alpha
+
+
+class RewardModelSpec(_Spec):
+    """The reward model that judges Online DPO's generated pairs (``AutoModelForSequenceClassification``)."""
+
+    source: SourceUri
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class GenerationSpec(_Spec):
+    """How Online DPO samples its two completions per prompt."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.9, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class DeepSpeedSpec(_Spec):
+    stage: int
+    offload: Literal["none", "cpu"] = "none"
+
+
+class TrainingSpec(_Spec):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    prefix_sharing: bool = Field(
+        True,
+        description="DPO: each pair as one sequence [prompt, chosen, rejected] (rejected tokens masked from the "
+        "chosen ones, positions restarting after the prompt), so the prompt runs forward and backward once, and the "
+        "LM head only at completion positions. Same losses as TRL's concatenated forward; needs attnImplementation "
+        "sdpa, eager or flex_attention (flash_attention_2 takes TRL's layout).",
+    )
+    seed: int = 42
+    log_every_steps: int = Field(1, ge=1)
+    checkpoint_every_steps: int = Field(500, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+    deepspeed: DeepSpeedSpec | None = None
+
+
+class ReferenceSpec(_Spec):
+    precompute: bool | None = None
+    batch_size: int = Field(8, ge=1)
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Size reference-pass batches by tokens (pairs x the longest packed pair) instead of by "
+        "batchSize; absent means batchSize x maxLength, the memory a batchSize batch may need at most.",
+    )
+    workers: int = Field(1, ge=1)
+    verify_samples: int = Field(8, ge=0)
+
+
+class ResourcesSpec(_Spec):
+    image: str | None = None
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=0)
+    processes_per_node: int | None = Field(None, ge=1)
+    requests: dict[str, str | int] | None = None
+    limits: dict[str, str | int] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: tuple[dict[str, Any], ...] | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    queue_name: str | None = None
+    service_account_name: str | None = None
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Processes each node runs: ``processesPerNode``, else one per GPU, else one."""
+        return self.processes_per_node or max(self.gpus_per_node, 1)
+
+
+class OutputSpec(_Spec):
+    uri: TargetUri
+    merge: bool = True
+
+
+class StorageSpec(_Spec):
+    uri: TargetUri
+    credentials_secret: str | None = None
+
+
+class JobSpec(_Spec):
+    model: ModelSpec
+    dataset: DatasetSpec
+    algorithm: AlgorithmSpec
+    reward_model: RewardModelSpec | None = None
+    generation: GenerationSpec | None = None
+    training: TrainingSpec = TrainingSpec()
+    reference: ReferenceSpec = ReferenceSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    output: OutputSpec
+    storage: StorageSpec
+    suspend: bool = False
+    backoff_limit: int = Field(3, ge=0)
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    startup_deadline_seconds: int = Field(600, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+
+    @property
+    def precompute(self) -> bool:
+        """Whether the precompute phase runs: ``reference.precompute``, defaulting to the algorithm's need."""
+        if self.reference.precompute is None:
+            return self.algorithm.info.reference_based
+        return self.reference.precompute
+
+
+class Metadata(_Spec):
+    model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True)
+    name: str = Field(min_length=1, max_length=63)
+    namespace: str = "default"
+    uid: str | None = None
+
+
+class Job(_Spec):
+    model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True)
+    api_version: Literal["prefops.dev/v1alpha1"]
+    kind: Literal["PreferenceTrainingJob"]
+    metadata: Metadata
+    spec: JobSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+
+def parse_job(doc: Any, source: str = "job") -> Job:
+    """Parse and check a manifest (already loaded from YAML) into a :class:`Job`; raise :class:`SpecError`."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: expected a PreferenceTrainingJob mapping, got {type(doc).__name__}")
+    try:
+        job = Job.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(e, source)) from None
+    problems = check_semantics(job.spec)
+    if problems:
+        raise SpecError("; ".join(problems))
+    return job
+
+
+def parse_manifests(text: str, source: str) -> Job:
+    """Parse the one ``PreferenceTrainingJob`` among the YAML documents in ``text`` (read from ``source``)."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: not valid YAML: {e}") from None
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(jobs) != 1:
+        raise SpecError(f"{source}: expected exactly one {KIND} document, found {len(jobs)}")
+    return parse_job(jobs[0], source)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif item["type"] == "missing":
+            msg = "required field is missing"
+        got = item.get("input")
+        suffix = "" if item["type"] in ("missing", "extra_forbidden", URI_ERROR) else f", got {got!r}"
+        lines.append(f"{path}: {msg[0].lower()}{msg[1:]}{suffix}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def check_semantics(spec: JobSpec) -> list[str]:
+    """The checks the CRD schema cannot express; each problem names its field. Pure."""
+    a = spec.algorithm
+    if a.name not in ALGORITHM_NAMES:
+        return [f"spec.algorithm.name: unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHM_NAMES)}"]
+    return [
+        *_loss_problems(a),
+        *_reference_problems(spec),
+        *_online_problems(spec),
+        *_truncation_problems(spec),
+        *_deepspeed_problems(spec),
+    ]
+
+
+def _loss_problems(a: AlgorithmSpec) -> list[str]:
+    info = a.info
+    problems = []
+    if a.beta <= 0:
+        problems.append(f"spec.algorithm.beta: must be > 0, got {a.beta}")
+    bad = [t for t in a.losses if t not in info.loss_types]
+    if bad:
+        problems.append(
+            f"spec.algorithm.lossType: {', '.join(map(repr, bad))} not valid for algorithm {a.name!r}; "
+            f"valid: {', '.join(info.loss_types)}"
+        )
+    if len(a.losses) > 1 and not info.multi_loss:
+        problems.append(f"spec.algorithm.lossType: algorithm {a.name!r} takes a single loss type, got {len(a.losses)}")
+    if a.loss_weights is not None and len(a.loss_weights) != len(a.losses):
+        problems.append(
+            f"spec.algorithm.lossWeights: has {len(a.loss_weights)} weights for {len(a.losses)} loss types "
+            f"({', '.join(a.losses)})"
+        )
+    if "exo_pair" in a.losses and a.label_smoothing == 0:
+        problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
+    return problems
+
+
+def _reference_problems(spec: JobSpec) -> list[str]:
+    name, info = spec.algorithm.name, spec.algorithm.info
+    if not spec.reference.precompute:
+        return []
+    if info.online:
+        return [
+            f"spec.reference.precompute: algorithm {name!r} generates its responses during training, so there "
+            "are no reference log-probs to precompute; remove it or set it to false"
+        ]
+    if not info.reference_based:
+        return [
+            f"spec.reference.precompute: algorithm {name!r} is reference-free and has no reference log-probs "
+            "to precompute; remove it or set it to false"
+        ]
+    return []
+
+
+def _online_problems(spec: JobSpec) -> list[str]:
+    name = spec.algorithm.name
+    if spec.algorithm.info.online:
+        if spec.reward_model is None:
+            return [f"spec.rewardModel: algorithm {name!r} needs a reward model to judge its generations"]
+        return []
+    online = " or ".join(map(repr, ONLINE_NAMES))
+    return [
+        f"spec.{field}: only algorithm {online} uses it, not {name!r}"
+        for field, value in (("rewardModel", spec.reward_model), ("generation", spec.generation))
+        if value is not None
+    ]
+
+
+def _truncation_problems(spec: JobSpec) -> list[str]:
+    if spec.algorithm.info.keep_start_only and spec.dataset.truncation_mode != "keep_start":
+        return [f"spec.dataset.truncationMode: algorithm {spec.algorithm.name!r} supports only keep_start"]
+    return []
+
+
+def _deepspeed_problems(spec: JobSpec) -> list[str]:
+    ds = spec.training.deepspeed
+    if ds is not None and ds.stage not in (2, 3):
+        return [f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}"]
+    return []

@@ -1,0 +1,95 @@
+"""URIs the job spec accepts, parsed once, when the spec is parsed, into :class:`Uri` values. Pure: no storage is
+touched (a relative local path is made absolute against the working directory).
+
+=================  ==========================================  =====================
+form               example                                     where
+=================  ==========================================  =====================
+local path         ``examples/tiny/model``, ``/data/prefs``    everywhere
+``file://``        ``file:///data/prefs.jsonl``                everywhere
+``s3://``          ``s3://bucket/prefix``                      everywhere
+``hf://``          ``hf://org/name`` (``@revision`` optional)   model and dataset
+=================  ==========================================  =====================
+
+Credentials never belong in a URI (``s3://KEY:SECRET@bucket``, ``hf://user:token@org/name``): they would end up
+in the job's status, logs and model card. Such a URI is refused, and the refusal does not repeat it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Scheme = Literal["file", "s3", "hf"]
+
+
+class UriError(ValueError):
+    """A URI the spec cannot use; the message says why without naming the field (the caller knows it)."""
+
+
+@dataclass(frozen=True)
+class Uri:
+    """Where something lives.
+
+    Attributes:
+        scheme: ``file`` (a local path), ``s3`` or ``hf``.
+        path: the absolute local path, ``bucket/key`` or ``org/name[@revision]``.
+        written: the text the spec holds, for messages and for writing the spec back out; empty for a URI
+            derived with :meth:`join`. Two URIs naming the same place are equal however they were written.
+    """
+
+    scheme: Scheme
+    path: str
+    written: str = field(default="", compare=False, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def as_written(self) -> str:
+        """The spec's text for this URI (its canonical form for a derived one)."""
+        return self.written or str(self)
+
+    def join(self, *parts: str) -> Uri:
+        return Uri(self.scheme, posixpath.join(self.path, *parts))
+
+    def __str__(self) -> str:
+        return self.path if self.is_local else f"{self.scheme}://{self.path}"
+
+
+def parse_uri(value: str, *, allow_hf: bool = False) -> Uri:
+    """Parse ``value``; raise :class:`UriError` saying what is wrong. ``allow_hf``: the Hub is a valid source."""
+    if "://" not in value:
+        if not value:
+            raise UriError("must not be empty")
+        return Uri("file", str(Path(value).expanduser().resolve()), value)
+    scheme, _, rest = value.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        raise UriError(
+            "credentials must not be written into a URI (user information before '@'); the value is not repeated "
+            "here. Give S3 credentials through spec.storage.credentialsSecret (AWS_* variables) and a Hub token "
+            "through HF_TOKEN"
+        )
+    if scheme == "file":
+        return Uri("file", str(Path(rest).resolve()), value)
+    if scheme == "s3":
+        return Uri("s3", _s3_path(rest, value), value)
+    if scheme == "hf":
+        return Uri("hf", _hf_path(rest, value, allow_hf), value)
+    raise UriError(f"unsupported URI scheme {scheme!r} in {value!r}; use a local path, file://, s3:// or hf://")
+
+
+def _s3_path(rest: str, value: str) -> str:
+    if not rest or rest.startswith("/"):
+        raise UriError(f"s3 URI needs a bucket, got {value!r}")
+    return rest.rstrip("/")
+
+
+def _hf_path(rest: str, value: str, allow_hf: bool) -> str:
+    if not allow_hf:
+        raise UriError(f"hf:// is only valid for model and dataset sources, got {value!r}")
+    if rest.count("/") < 1:
+        raise UriError(f"hf URI must look like hf://org/name, got {value!r}")
+    return rest.rstrip("/")

@@ -1,0 +1,80 @@
+"""The reference log-probs training reads: the complete cache of every split, checked against the model."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from ...adapters import trl_bridge
+from ...adapters.refcache import RefTable
+from ...compute import logprobs
+from ...core.errors import CacheError
+from ...inputs import Inputs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def load_reference(inputs: Inputs) -> dict[str, RefTable]:
+    """index → (ref chosen, ref rejected) for every split, from a complete cache (finalizing it if needed)."""
+    return {split: _load_split(inputs, split) for split in inputs.splits}
+
+
+def _load_split(inputs: Inputs, split: str) -> RefTable:
+    cache, workers = inputs.ref_cache(split), inputs.spec.reference.workers
+    n_rows = len(inputs.splits[split])
+    if cache.finalize(workers, n_rows, {"split": split}) is None:
+        raise RuntimeError(
+            f"reference cache {cache.root} for the {split} split is incomplete (shards "
+            f"{cache.missing_shards(workers)} missing): run the precompute phase first"
+        )
+    table = cache.load()
+    if len(table) != n_rows:
+        raise CacheError(f"reference cache {cache.root} holds {len(table)} rows, the {split} split {n_rows}")
+    return table
+
+
+def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
+    """Recompute a few random rows' reference log-probs with the (untrained) model; fail fast on a mismatch.
+
+    Guards against a stale or foreign cache (a key collision, an edited model folder, a changed library).
+    Returns the number of rows checked.
+    """
+    n = min(inputs.spec.reference.verify_samples, len(table))
+    if n == 0:
+        return 0
+    got = _recompute(inputs, model, n)
+    exact = inputs.dtype == "float32"
+    for idx, c, r in zip(got.index, got.chosen, got.rejected, strict=True):
+        for label, ours, cached in (("chosen", c, table[idx][0]), ("rejected", r, table[idx][1])):
+            tol = (1e-3 + 1e-4 * abs(cached)) if exact else (0.5 + 0.02 * abs(cached))
+            if abs(ours - cached) > tol:
+                raise CacheError(
+                    f"reference cache {inputs.ref_cache('train').root} does not match the model: row {idx} "
+                    f"{label} log-prob is {ours:.4f} now, {cached:.4f} in the cache (tolerance {tol:.4f}). "
+                    "The cache is stale or was written by another model; delete that folder and re-run precompute"
+                )
+    log.info("reference cache verified on %d random rows", n)
+    return n
+
+
+def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLogps:
+    """The reference log-probs of ``n`` random training rows, computed now; ``model`` is left as it was."""
+    rows = inputs.tokenized("train")
+    picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(rows)), n))
+    logprobs.prepare_model(model)
+    try:
+        return logprobs.compute(
+            model,
+            rows.select(picks),
+            pad_token_id=inputs.tokenizer.pad_token_id,
+            max_length=inputs.spec.dataset.max_length,
+            truncation_mode=inputs.spec.dataset.truncation_mode,
+            batch_size=n,
+        )
+    finally:
+        trl_bridge.detach_fused_head(model)  # the trainer adds its own
+        model.train()

@@ -1,0 +1,84 @@
+"""The TRL trainer a job runs: its classes named by the algorithm table, made to read our reference cache (through
+the TRL bridge), with LoRA, the reward model Online DPO needs, and our callbacks."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...adapters import trl_bridge
+from ...adapters.modelio import load_tokenizer, model_dir, model_init_kwargs
+from ...adapters.refcache import RefTable
+from ...compute import prefix_sharing
+from ...core.spec import JobSpec
+from ...core.trlconfig import lora_kwargs, reference_columns, trl_trainer
+from ...inputs import Inputs
+from .callbacks import Observe
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def classes(spec: JobSpec) -> tuple[type[Any], type[Any]]:
+    """(config class, trainer class) of the TRL trainer that runs the job's algorithm."""
+    t = trl_trainer(spec)
+    module = importlib.import_module(t.module)
+    return getattr(module, t.config), getattr(module, t.trainer)
+
+
+def build(
+    inputs: Inputs,
+    model: PreTrainedModel,
+    args: Any,
+    base: type[Any],
+    reference: dict[str, RefTable] | None,
+    local_ckpt: Path,
+) -> Any:
+    """The trainer: ``base`` reading ``reference`` (None: TRL computes what it needs), with our callbacks."""
+    spec, columns = inputs.spec, reference_columns(inputs.spec)
+    splits = {n: s.rows for n, s in inputs.splits.items()}
+    kwargs: dict[str, Any] = {"reference": reference} if columns else {}
+    if not columns:  # only a trainer that joins our cache reads the row index
+        splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
+    if spec.algorithm.info.online:
+        kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
+    if spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer":
+        kwargs["policy"] = prefix_sharing.enable
+    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep)
+    trainer = trl_bridge.trainer_class(base, columns)(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("eval"),
+        processing_class=inputs.tokenizer,
+        peft_config=_peft_config(spec),
+        callbacks=[observer],
+        **kwargs,
+    )
+    observer.trainer = trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate our log lines
+    return trainer
+
+
+def _peft_config(spec: JobSpec) -> Any:
+    lk = lora_kwargs(spec)
+    if lk is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**lk)
+
+
+def load_reward_model(inputs: Inputs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Online DPO's judge: a sequence-classification model with one output and its own tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    spec = inputs.spec.reward_model
+    assert spec is not None, "the spec parser requires a reward model for an online algorithm"
+    path = model_dir(spec, field="spec.rewardModel.source")
+    kwargs = model_init_kwargs(inputs.spec.model, spec)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    return model, load_tokenizer(path, inputs.spec.model.trust_remote_code)
