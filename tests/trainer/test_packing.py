@@ -67,13 +67,15 @@ def test_token_batches_respect_the_budget_longest_first():
     assert batches[1] == [2, 3]
 
 
-def test_batches_whose_prompts_differ_are_not_packed():
+def test_batches_whose_prompts_differ_or_whose_layout_is_not_trls_are_not_packed():
     """keep_end truncation can cut a pair's two prompts differently: that batch takes TRL's layout."""
     ids = torch.tensor([[1, 2, 3, 4], [9, 2, 3, 5]])
     mask = torch.ones_like(ids)
     labels = torch.tensor([[-100, -100, -100, 4], [-100, -100, -100, 5]])
     assert packing.unpack_concatenated(ids, mask, labels) is None
     assert packing.unpack_concatenated(ids.clone().fill_(2), mask, labels) is not None
+    holed = torch.tensor([[-100, 2, -100, 4], [-100, -100, -100, 5]])
+    assert packing.unpack_concatenated(ids.clone().fill_(2), mask, holed) is None, "only TRL's own layout is packed"
 
 
 def test_kernels_without_custom_masks_are_refused_by_name():

@@ -132,7 +132,9 @@ def unpack_concatenated(
     n = input_ids.size(0) // 2
     lengths = attention_mask.sum(dim=1).tolist()
     completion = (labels != -100).int()
-    starts = completion.argmax(dim=1).tolist()
+    starts, counts = completion.argmax(dim=1).tolist(), completion.sum(dim=1).tolist()
+    if any(c == 0 or s + c != length for s, c, length in zip(starts, counts, lengths, strict=True)):
+        return None  # not one completion running to the row's end: not a layout we know how to pack
     ids = input_ids.tolist()
     pairs = []
     for i in range(n):
