@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install (Debian packages) and build (kube-apiserver, cached) the real servers the test suite starts on
-# 127.0.0.1: etcd + kube-apiserver for the operator, Prometheus for metrics. The S3 server (moto) comes from
-# PyPI with `make setup`. Idempotent: a second run on the same machine takes a second.
+# Install (Debian packages) and build (Kubernetes 1.20.2, cached) the real servers the test suite starts: etcd +
+# kube-apiserver + kube-controller-manager for the operator, Prometheus for metrics, and the node components
+# (kube-scheduler, kubelet, kube-proxy) of the end-to-end tests' single-node cluster (scripts/cluster.sh), all five
+# Kubernetes binaries in one build. The S3 server (moto) comes from PyPI with `make setup`. Idempotent: a second
+# run on the same machine takes a second.
 set -euo pipefail
 cache=${1:-$HOME/.cache/prefops}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +19,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq >/dev/null
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-"$here/build-kube.sh" kube-apiserver "$cache/kube-apiserver-1.20.2" >/dev/null
-"$here/build-kube.sh" kube-controller-manager "$cache/kube-controller-manager-1.20.2" >/dev/null
-echo "servers ready: etcd $(etcd --version | head -1 | awk '{print $3}'), prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), kube-apiserver + kube-controller-manager 1.20.2 in $cache"
+PREFOPS_CACHE=$cache "$here/build-kube.sh" kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy >/dev/null
+echo "servers ready: etcd $(etcd --version | head -1 | awk '{print $3}'), prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), Kubernetes 1.20.2 in $cache/kube-1.20.2/bin"

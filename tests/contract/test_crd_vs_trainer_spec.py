@@ -140,20 +140,11 @@ BOTH = [x for x in PAIRS if x[1] is not None and x[2] is not None]
 BOTH_PARAMS = [pytest.param(*x, id=x[0], marks=[_awaiting(x[0])] if x[0] in AWAITING_TRAINER else []) for x in BOTH]
 
 
-#: In the CRD and the operator ahead of the trainer's parser: the trainer side of issue 13 (docs/contract.md §8).
-PENDING_IN_TRAINER = {"spec.output.gate"}
-
-
 def test_the_crd_and_the_trainer_have_the_same_fields():
-    only_crd = [p for p, f, c in PAIRS if f is None and p not in AWAITING_TRAINER and p not in PENDING_IN_TRAINER]
+    only_crd = [p for p, f, c in PAIRS if f is None and p not in AWAITING_TRAINER]
     only_trainer = [p for p, f, c in PAIRS if c is None]
     assert (only_crd, only_trainer) == ([], [])
     assert len(PAIRS) >= 70  # the walk reached every nested block
-
-
-@pytest.mark.xfail(strict=True, reason="trainer side of issue 13: its parser does not read output.gate yet")
-def test_the_trainer_parses_the_fields_still_pending_on_its_side():
-    assert [p for p, f, c in PAIRS if f is None and p in PENDING_IN_TRAINER] == []
 
 
 @pytest.mark.parametrize(("path", "field", "prop"), BOTH_PARAMS)

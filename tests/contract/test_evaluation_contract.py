@@ -5,8 +5,8 @@
 - the operator's reference groups never put together two jobs whose trainer reference-cache keys differ, and do
   group jobs that differ only in fields the key ignores (the trainer's own key, computed on the tiny model and
   data);
-- what the trainer side has not implemented yet is listed here as pending (strict xfail: implementing it turns the
-  test into a failure until the marker goes).
+- the trainer serves the eval gauges, knows the same metrics per algorithm and rejects a gate with the operator's
+  words.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ JOB_CRD = yaml.safe_load((ROOT / "crds" / "prefops.dev_preferencetrainingjobs.ya
 SWEEP_CRD = yaml.safe_load((ROOT / "crds" / "prefops.dev_preferencetrainingsweeps.yaml").read_text())
 #: TRL keys of an evaluation that are not results: timings, and the training token count
 NOT_RESULTS = {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "num_tokens", "epoch"}
-PENDING = pytest.mark.xfail(
-    strict=True, reason="trainer side of issue 13, not implemented yet (docs/contract.md §7-§8)"
-)
 
 
 def _schema(crd: dict, path: str) -> dict:
@@ -187,10 +184,9 @@ def test_every_field_the_trainers_key_reads_separates_the_groups(keys):
         assert keys[name][1] != keys["base"][1], name
 
 
-# -- pending on the trainer side ---------------------------------------------------------------------------------
+# -- the trainer side --------------------------------------------------------------------------------------------
 
 
-@PENDING
 def test_the_trainer_serves_an_eval_gauge_for_every_evaluation_metric_and_the_eval_step():
     from prefops_trainer.adapters import metrics
 
@@ -198,7 +194,6 @@ def test_the_trainer_serves_an_eval_gauge_for_every_evaluation_metric_and_the_ev
     assert {gauge_name(m) for m in ALL_EVAL_METRICS} | {"prefops_trainer_eval_step"} <= served
 
 
-@PENDING
 def test_the_trainer_knows_the_same_evaluation_metrics_per_algorithm():
     from prefops_trainer.core.algorithms import ALGORITHMS as TRAINER
 
@@ -207,7 +202,6 @@ def test_the_trainer_knows_the_same_evaluation_metrics_per_algorithm():
     }
 
 
-@PENDING
 def test_the_trainer_rejects_a_gate_like_the_operator():
     from prefops_operator.core.spec import parse_job as operator_parse
     from prefops_operator.core.validation import semantic_problems

@@ -27,13 +27,9 @@ from prefops_trainer.core.spec import parse_job as trainer_parse
 ROOT = Path(__file__).resolve().parents[2]
 
 
-PENDING_IN_TRAINER = {"eval_metrics"}
-
-
 def test_both_sides_describe_every_algorithm_with_the_same_data():
     """Every field of the operator's table is a field of the trainer's, with the same value for every algorithm."""
-    # eval_metrics: the trainer side of issue 13 (docs/contract.md §7) adds it; test_evaluation_contract holds it
-    shared = [f.name for f in dataclasses.fields(AlgorithmRule) if f.name not in PENDING_IN_TRAINER]
+    shared = [f.name for f in dataclasses.fields(AlgorithmRule)]
     assert set(shared) <= {f.name for f in dataclasses.fields(TrainerAlgorithm)}
     operator_side = {name: {f: getattr(rule, f) for f in shared} for name, rule in OPERATOR_ALGORITHMS.items()}
     trainer_side = {name: {f: getattr(algo, f) for f in shared} for name, algo in TRAINER_ALGORITHMS.items()}
@@ -89,6 +85,18 @@ SPEC_CASES = [
     {"rewardModel": {"source": "hf://org/reward"}, "generation": {"maxNewTokens": 16}},
     {"generation": {"temperature": 0.7}},
     {"dataset": {"source": "s3://d/p", "truncationMode": "keep_end"}},
+    *(
+        {
+            "output": {"uri": "s3://o/m", "gate": gate},
+            **({"dataset": {"source": "s3://d/p", "evalSplit": "test"}} if split else {}),
+        }
+        for gate, split in (
+            ({"metric": "rewards/accuracies", "min": 0.6}, False),
+            ({"metric": "loss", "max": 0.5}, True),
+            ({"metric": "log_odds_ratio", "min": 0, "max": 1}, True),
+            ({"metric": "kl"}, True),
+        )
+    ),
 ]
 
 

@@ -9,12 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dashboard_exports import Catalogue, contract_eval_registry, operator_everything, samples, trainer_everything
+from dashboard_exports import Catalogue, operator_everything, trainer_everything
 
 
 @pytest.fixture(scope="session")
 def exported() -> Catalogue:
-    """Every metric name the trainer and the operator export, with their labels and label values (and the eval
-    gauges of docs/contract.md §7 the trainer does not export yet)."""
-    pending = samples(contract_eval_registry("job", "ns"))
-    return Catalogue.of(trainer_everything() + operator_everything() + pending)
+    """Every metric name the trainer and the operator export, with their labels and label values."""
+    return Catalogue.of(trainer_everything() + operator_everything())

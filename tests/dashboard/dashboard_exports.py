@@ -2,11 +2,9 @@
 exercised through their own methods, rendered by ``prometheus_client.generate_latest`` as Prometheus scrapes
 them, and read back into samples.
 
-The trainer's evaluation gauges (``prefops_trainer_eval_*``, docs/contract.md §7) are the trainer side of issue
-13, not implemented yet: :func:`contract_eval_registry` serves, for each one the trainer does not export yet, the
-gauge the contract names (``prefops_operator.core.evaluation.gauge_name`` of every metric in the operator's
-algorithm table), labelled as the contract says. Once the trainer exports a gauge, its own registry replaces the
-contract's stand-in here (and tests/contract checks the trainer serves them all).
+The trainer's evaluation gauges (``prefops_trainer_eval_*``, docs/contract.md §7) come from its own
+``record_eval``, as the train phase calls it after each evaluation (tests/contract checks it serves one for every
+metric the operator reads).
 
 Label values that come from a closed set are taken from the code too: the trainer's phases
 (``prefops_trainer.adapters.metrics.PHASES``), the memory kinds ``record_memory`` writes (with CUDA reported available, so
@@ -71,8 +69,10 @@ def trainer_registry(
     memory: bool = True,
     precompute: tuple[int, int] | None = None,
     cuda: bool = False,
+    evaluation: tuple[dict[str, float], int] | None = None,
 ):
-    """One trainer process's registry, driven the way the phases drive it (precompute.py, train.py)."""
+    """One trainer process's registry, driven the way the phases drive it (precompute.py, train.py);
+    ``evaluation``: (metric → value as TRL names it, step) of the latest evaluation, rank 0."""
     from prefops_trainer.adapters.metrics import TrainerMetrics
 
     m = TrainerMetrics(job, namespace, rank=rank)
@@ -86,6 +86,8 @@ def trainer_registry(
         m.set("step", step)
     if logs is not None:  # on_log, rank 0
         m.record_logs(logs, step)
+    if evaluation is not None:  # on_evaluate, rank 0
+        m.record_eval(*evaluation)
     if tokens_per_second is not None:
         m.record_rank_throughput(tokens_per_second)
     if memory:
@@ -134,34 +136,6 @@ def trainer_everything() -> list[Sample]:
                 m.record_memory()
         out += samples(m.registry)
     return out
-
-
-def pending_eval_gauges() -> dict[str, str]:
-    """Gauge name → help of the contract's eval gauges the trainer does not export yet."""
-    from prefops_operator.core.algorithms import ALL_EVAL_METRICS
-    from prefops_operator.core.evaluation import STEP_GAUGE, gauge_name
-    from prefops_trainer.adapters.metrics import HELP
-
-    served = {f"prefops_trainer_{name}" for name in HELP}
-    wanted = {gauge_name(m): f"Evaluation {m} on dataset.evalSplit." for m in ALL_EVAL_METRICS}
-    wanted[STEP_GAUGE] = "The optimizer step of the latest evaluation."
-    return {name: text for name, text in wanted.items() if name not in served}
-
-
-def contract_eval_registry(job: str, namespace: str, values: dict[str, float] | None = None, step: int = 0):
-    """The pending eval gauges of one trainer process after an evaluation at ``step`` (metric → value, as TRL names
-    it; every metric at 0.5 by default), labelled ``job_name``, ``job_namespace``, ``phase="train"``."""
-    from prometheus_client import CollectorRegistry, Gauge
-
-    from prefops_operator.core.algorithms import ALL_EVAL_METRICS
-    from prefops_operator.core.evaluation import STEP_GAUGE, gauge_name
-
-    registry = CollectorRegistry()
-    by_gauge = {gauge_name(m): (values or {}).get(m, 0.5) for m in ALL_EVAL_METRICS} | {STEP_GAUGE: float(step)}
-    for name, text in pending_eval_gauges().items():
-        gauge = Gauge(name, text, ["job_name", "job_namespace", "phase"], registry=registry)
-        gauge.labels(job, namespace, "train").set(by_gauge[name])
-    return registry
 
 
 # ---------------------------------------------------------------------------------------------------- operator

@@ -31,7 +31,6 @@ from dashboard_exports import (
     FREE_LABELS,
     Catalogue,
     Sample,
-    contract_eval_registry,
     operator_registry,
     samples,
     sweep_status,
@@ -44,7 +43,9 @@ DASHBOARD_FILE = ROOT / "charts" / "prefops" / "dashboards" / "prefops.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 JOB, NAMESPACE = "qwen7b-dpo", "team-a"
-SWEEP, OTHER_TRIAL = "qwen-beta", "qwen-beta-1"  # a sweep whose trial 0 is JOB
+#: a sweep over algorithm.name ranked by eval loss (which every algorithm reports): trial 0 is JOB (dpo, training),
+#: trial 1 orpo (succeeded), trial 2 kto (training), trial 3 waits; each trial serves its own algorithm's eval gauges
+SWEEP, OTHER_TRIAL, KTO_TRIAL, WAITING_TRIAL = "qwen-beta", "qwen-beta-1", "qwen-beta-2", "qwen-beta-3"
 #: test values of the dashboard's query variables
 QUERY_VARIABLES = {"job_namespace": NAMESPACE, "job_name": JOB, "sweep_namespace": NAMESPACE, "sweep": SWEEP}
 #: what Grafana puts in place of its own variables when it sends a query
@@ -376,24 +377,38 @@ TRAIN_LOGS = {  # one TRL log entry with every key the trainer maps (prefops_tra
 }  # fmt: skip
 
 
-EVAL_VALUES = {"loss": 0.55, "rewards/accuracies": 0.7, "rewards/margins": 0.9}
+def eval_values(algorithm: str, **given: float) -> dict[str, float]:
+    """An evaluation of ``algorithm``: every metric it reports (TRL's names), 0.5 unless ``given``."""
+    from prefops_trainer.core.algorithms import ALGORITHMS
+
+    values = dict.fromkeys(ALGORITHMS[algorithm].eval_metrics, 0.5)
+    return values | {name.replace("__", "/"): value for name, value in given.items()}
+
+
+EVALUATIONS = {  # trial → (its latest evaluation, the step it belongs to)
+    JOB: (eval_values("dpo", loss=0.55, rewards__accuracies=0.7, rewards__margins=0.9), 200),
+    OTHER_TRIAL: (eval_values("orpo", loss=0.5, rewards__accuracies=0.6), 200),
+    KTO_TRIAL: (eval_values("kto", loss=0.65), 100),
+}
 
 
 def scenario() -> list[tuple[Sample, dict[str, str]]]:
     """A cluster at one moment, made of the real metrics objects: two precompute shards of a job (their series
-    not yet stale), its two training ranks at step 240 of 1000, its last evaluation (it is trial 0 of a sweep whose
-    trial 1 succeeded), and the operator after a restart and a failure; each with the target labels a scrape
-    adds."""
+    not yet stale), its two training ranks at step 240 of 1000 with its last evaluation (it is trial 0 of a sweep
+    whose trial 1 succeeded and trial 2 trains), and the operator after a restart and a failure; each with the target
+    labels a scrape adds."""
     trainer = "prefops-trainer"
     processes = [
         (trainer_registry(JOB, NAMESPACE, phase="precompute", precompute=(40, 100), memory=False), "10.0.0.1:9400", trainer),
         (trainer_registry(JOB, NAMESPACE, phase="precompute", precompute=(60, 100), memory=False), "10.0.0.2:9400", trainer),
         (trainer_registry(JOB, NAMESPACE, rank=0, logs=TRAIN_LOGS, step=SLOTS, total_steps=1000,
-                          tokens_per_second=1500.0, cuda=True), "10.0.1.1:9400", trainer),
+                          tokens_per_second=1500.0, cuda=True, evaluation=EVALUATIONS[JOB]), "10.0.1.1:9400", trainer),
         (trainer_registry(JOB, NAMESPACE, rank=1, step=0, total_steps=1000, tokens_per_second=1400.0, cuda=True),
          "10.0.1.1:9401", trainer),
-        (contract_eval_registry(JOB, NAMESPACE, EVAL_VALUES, step=200), "10.0.1.1:9400", trainer),
-        (contract_eval_registry(OTHER_TRIAL, NAMESPACE, {"rewards/accuracies": 0.6}, step=200), "10.0.2.1:9400", trainer),
+        (trainer_registry(OTHER_TRIAL, NAMESPACE, memory=False, evaluation=EVALUATIONS[OTHER_TRIAL]), "10.0.2.1:9400",
+         trainer),
+        (trainer_registry(KTO_TRIAL, NAMESPACE, memory=False, evaluation=EVALUATIONS[KTO_TRIAL]), "10.0.3.1:9400",
+         trainer),
         (operator_registry(
             {(NAMESPACE, JOB): "Training", (NAMESPACE, "next"): "Pending", ("team-b", "a"): "Failed",
              ("team-b", "b"): "Succeeded", ("team-b", "c"): "Precomputing"},
@@ -401,8 +416,9 @@ def scenario() -> list[tuple[Sample, dict[str, str]]]:
                          ("Training", "Failed")],
             restarts=["Training"], reconciles=[("ok", 0.02), ("ok", 0.3), ("conflict", 0.01)],
             durations=[("Failed", 1800.0), ("Succeeded", 3600.0)], api_errors=["conflict"],
-            sweeps={(NAMESPACE, SWEEP): (sweep_status({JOB: "Training", OTHER_TRIAL: "Succeeded", "qwen-beta-2": "Waiting"},
-                                                      {JOB: 0.7, OTHER_TRIAL: 0.6}), "rewards/accuracies"),
+            sweeps={(NAMESPACE, SWEEP): (sweep_status({JOB: "Training", OTHER_TRIAL: "Succeeded", KTO_TRIAL: "Training",
+                                                       WAITING_TRIAL: "Waiting"},
+                                                      {t: e[0]["loss"] for t, e in EVALUATIONS.items()}), "loss"),
                     ("team-b", "other"): (sweep_status({"x-0": "Failed"}, {}, "Failed"), "loss")},
         ), "10.0.9.9:8080", "prefops-operator"),
     ]  # fmt: skip
@@ -471,17 +487,27 @@ EXPECTED = {  # (panel, refId) → [(labels, value)]: the numbers a user reads f
     ("Job duration", "C"): [(_labels(result="failed"), 1800), (_labels(result="succeeded"), 3600)],
     ("Training progress by job", "A"): [(PER_JOB, 0.24)],
     ("Trial objective", "A"): [
-        (_labels(job_name=JOB, metric="rewards/accuracies"), 0.7),
-        (_labels(job_name=OTHER_TRIAL, metric="rewards/accuracies"), 0.6),
+        (_labels(job_name=JOB, metric="loss"), 0.55),
+        (_labels(job_name=OTHER_TRIAL, metric="loss"), 0.5),
+        (_labels(job_name=KTO_TRIAL, metric="loss"), 0.65),
     ],
     ("Trials by phase", "A"): [
-        (_labels(phase="Training"), 1),
+        (_labels(phase="Training"), 2),
         (_labels(phase="Succeeded"), 1),
         (_labels(phase="Waiting"), 1),
     ],
+    # kto reports no reward accuracy: no line for its trial
     ("Eval reward accuracy per trial", "A"): [(_labels(job_name=JOB), 0.7), (_labels(job_name=OTHER_TRIAL), 0.6)],
-    ("Eval loss per trial", "A"): [(_labels(job_name=JOB), 0.55), (_labels(job_name=OTHER_TRIAL), 0.5)],
-    ("Eval step per trial", "A"): [(_labels(job_name=JOB), 200), (_labels(job_name=OTHER_TRIAL), 200)],
+    ("Eval loss per trial", "A"): [
+        (_labels(job_name=JOB), 0.55),
+        (_labels(job_name=OTHER_TRIAL), 0.5),
+        (_labels(job_name=KTO_TRIAL), 0.65),
+    ],
+    ("Eval step per trial", "A"): [
+        (_labels(job_name=JOB), 200),
+        (_labels(job_name=OTHER_TRIAL), 200),
+        (_labels(job_name=KTO_TRIAL), 100),
+    ],
     ("Sweeps by phase", "A"): [
         (_labels(phase=p), {"Running": 1, "Failed": 1}.get(p, 0))
         for p in ("Pending", "Running", "Suspended", "Succeeded", "Failed")

@@ -46,6 +46,13 @@ def test_the_readme_lists_every_example_manifest():
     assert listed == {p.name for p in (ROOT / "examples").glob("*.yaml")}
 
 
+def test_every_make_target_the_readme_names_exists():
+    named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", (ROOT / "README.md").read_text()))
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
+    assert {"images", "cluster", "cluster-down"} <= named
+    assert named <= targets, f"the README names make targets the Makefile lacks: {sorted(named - targets)}"
+
+
 def test_the_readme_lists_the_phase_metrics_states_the_trainer_reports():
     from prefops_trainer.adapters.metrics import PHASES
 

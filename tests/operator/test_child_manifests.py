@@ -98,7 +98,21 @@ def test_pods_run_as_non_root_without_privileges_or_an_api_token():
     assert p["spec"]["securityContext"]["runAsUser"] == 1000
     assert p["spec"]["automountServiceAccountToken"] is False
     c = p["spec"]["containers"][0]
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_on_their_read_only_root_pods_write_only_to_empty_dirs_and_tmp_is_size_limited():
+    p = pod(make_job(), PodPhase.TRAIN, 0, attempt=1, settings=SETTINGS)
+    volumes = {v["name"]: v for v in p["spec"]["volumes"]}
+    writable = [m for m in p["spec"]["containers"][0]["volumeMounts"] if not m.get("readOnly")]
+    assert {m["mountPath"] for m in writable} == {"/tmp", "/cache", "/dev/shm"}
+    assert all("emptyDir" in volumes[m["name"]] for m in writable)
+    tmp = next(volumes[m["name"]] for m in writable if m["mountPath"] == "/tmp")
+    assert tmp["emptyDir"]["sizeLimit"] == "1Gi"
 
 
 def test_storage_credentials_reach_the_pod_only_through_env_from_the_named_secret():

@@ -9,10 +9,10 @@ Usage::
         cluster.apply_crds(Path("crds"))
         kubeconfig = cluster.service_account_kubeconfig("prefops-system", "prefops-operator")
 
-Binaries: ``PREFOPS_KUBE_APISERVER`` (default ``~/.cache/prefops/kube-apiserver-1.20.2/kube-apiserver``),
-``PREFOPS_KUBE_CONTROLLER_MANAGER`` (default ``~/.cache/prefops/kube-controller-manager-1.20.2/...``; built on
-first use by ``scripts/build-kube.sh kube-controller-manager`` when missing), ``PREFOPS_ETCD`` (default ``etcd`` on
-PATH). A server that does not start raises :class:`ClusterError` (tests fail, never skip).
+Binaries: ``PREFOPS_KUBE_APISERVER`` (default ``~/.cache/prefops/kube-1.20.2/bin/kube-apiserver``),
+``PREFOPS_KUBE_CONTROLLER_MANAGER`` (default ``~/.cache/prefops/kube-1.20.2/bin/kube-controller-manager``; built
+on first use by ``scripts/build-kube.sh kube-controller-manager`` when missing), ``PREFOPS_ETCD`` (default ``etcd``
+on PATH). A server that does not start raises :class:`ClusterError` (tests fail, never skip).
 """
 
 from __future__ import annotations
@@ -33,12 +33,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PREFOPS_CACHE", Path.home() / ".cache" / "prefops"))
-APISERVER = Path(os.environ.get("PREFOPS_KUBE_APISERVER", CACHE / "kube-apiserver-1.20.2" / "kube-apiserver"))
-CONTROLLER_MANAGER = Path(
-    os.environ.get(
-        "PREFOPS_KUBE_CONTROLLER_MANAGER", CACHE / "kube-controller-manager-1.20.2" / "kube-controller-manager"
-    )
-)
+KUBE_BIN = CACHE / "kube-1.20.2" / "bin"  # scripts/build-kube.sh
+APISERVER = Path(os.environ.get("PREFOPS_KUBE_APISERVER", KUBE_BIN / "kube-apiserver"))
+CONTROLLER_MANAGER = Path(os.environ.get("PREFOPS_KUBE_CONTROLLER_MANAGER", KUBE_BIN / "kube-controller-manager"))
 ADMIN_TOKEN = "prefops-test-admin-token"
 SERVICE_CIDR = "10.96.0.0/16"
 T = TypeVar("T")
@@ -48,9 +45,9 @@ class ClusterError(RuntimeError):
     """The control plane could not be started or did not answer in time."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -576,9 +573,8 @@ def _controller_manager_binary() -> Path:
     if CONTROLLER_MANAGER.is_file():
         return CONTROLLER_MANAGER
     script = ROOT / "scripts" / "build-kube.sh"
-    result = subprocess.run(
-        [str(script), "kube-controller-manager", str(CONTROLLER_MANAGER.parent)], capture_output=True, text=True
-    )
+    env = {**os.environ, "PREFOPS_CACHE": str(CACHE)}
+    result = subprocess.run([str(script), "kube-controller-manager"], capture_output=True, text=True, env=env)
     if result.returncode != 0 or not CONTROLLER_MANAGER.is_file():
         raise ClusterError(f"could not build kube-controller-manager with {script}:\n{result.stderr[-2000:]}")
     return CONTROLLER_MANAGER

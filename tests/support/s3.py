@@ -23,13 +23,12 @@ class S3Server:
     process: subprocess.Popen
 
     @classmethod
-    def start(cls, log: Path) -> S3Server:
-        port = free_port()
+    def start(cls, log: Path, host: str = "127.0.0.1") -> S3Server:
+        """Start moto_server on ``host`` (loopback, or a test node's bridge address for pods to reach)."""
+        port = free_port(host)
         exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-        proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT
-        )
-        server = cls(f"http://127.0.0.1:{port}", proc)
+        proc = subprocess.Popen([exe, "-H", host, "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+        server = cls(f"http://{host}:{port}", proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:

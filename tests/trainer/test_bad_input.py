@@ -181,3 +181,11 @@ def test_credentials_in_a_uri_reach_neither_the_log_nor_the_termination_message(
     for shown in (result.stdout, result.stderr, term.read_text()):
         assert key not in shown and secret not in shown
     assert "spec.storage.uri" in term.read_text()
+
+
+def test_an_eval_split_of_a_single_file_is_refused_instead_of_evaluating_on_the_training_rows(tmp_path, tmp_job):
+    job = tmp_job(dataset={"source": str(TINY / "prefs.jsonl"), "evalSplit": "test"})
+    error = error_of(run_cli("run", job))
+    assert "prefs.jsonl: a single file holds one split, so spec.dataset.evalSplit 'test' cannot be read" in error
+    assert "train.jsonl and test.jsonl" in error
+    assert_nothing_complete(tmp_path)

@@ -82,3 +82,21 @@ def test_unsupported_file_type_is_named(tmp_path):
     (tmp_path / "rows.csv").write_text("prompt,chosen,rejected\n")
     with pytest.raises(DataError, match=r"rows\.csv: unsupported file type '\.csv'"):
         load_split(spec(tmp_path / "rows.csv"))
+
+
+def test_the_shipped_tiny_data_is_what_prefops_trainer_tiny_generates(tmp_path):
+    from prefops_trainer.tiny import write_dataset
+
+    write_dataset(tmp_path)
+    for name in ("prefs.jsonl", "prefs-chat.jsonl", "prefs-split/train.jsonl", "prefs-split/test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (TINY / name).read_bytes(), name
+
+
+def test_the_held_out_split_asks_arithmetic_questions_training_never_sees():
+    def prompts(name: str) -> set[str]:
+        return {json.loads(line)["prompt"] for line in (TINY / "prefs-split" / name).read_text().splitlines()}
+
+    train, test = prompts("train.jsonl"), prompts("test.jsonl")
+    sums = {p for p in test if " plus " in p}
+    assert sums and not sums & train, "the held-out sums are new"
+    assert test - sums <= train, "the colour questions are the ones training saw"

@@ -1,5 +1,7 @@
-"""The main job (make demo): the README's first command learns and leaves a loadable model in out/demo/."""
+"""The main job (make demo): the README's first command learns, evaluates on the held-out split, passes its gate and
+leaves a loadable model in out/demo/."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,14 +14,19 @@ def test_demo_learns_and_exports_a_loadable_model(tmp_path):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     result = run_cli("run", "examples/local-tiny-dpo.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    accuracy = float(
-        re.search(
-            r"final rewards/accuracies: ([0-9.]+)\s+\(last-epoch mean ([0-9.]+)\)",
-            result.stdout,
-        )[2]
+    shown = re.search(
+        r"final rewards/accuracies: ([0-9.]+)\s+\(last-epoch mean ([0-9.]+)\)\s+eval ([0-9.]+)", result.stdout
     )
+    accuracy, held_out = float(shown[2]), float(shown[3])
     assert accuracy > 0.8, result.stdout
-    assert (tmp_path / "out" / "demo" / "prefops.json").exists()
+    assert 0.5 < held_out < 1.0, f"the held-out accuracy is informative: above chance, below 1\n{result.stdout}"
+    manifest = json.loads((tmp_path / "out" / "demo" / "prefops.json").read_text())
+    evaluation = manifest["evaluation"]
+    assert (evaluation["split"], evaluation["step"]) == ("test", 96)
+    assert round(evaluation["metrics"]["rewards/accuracies"], 4) == held_out
+    assert manifest["gate"] == {"metric": "rewards/accuracies", "value": evaluation["metrics"]["rewards/accuracies"],
+                                "min": 0.6, "passed": True}  # fmt: skip
+    assert "gate: eval rewards/accuracies" in result.stdout and "passed" in result.stdout
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "demo")

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from trainer_jobs import run_cli
+from trainer_jobs import TINY, run_cli
 
 from prefops_trainer.core.spec import DeepSpeedSpec
 from prefops_trainer.core.trlconfig import deepspeed_config
@@ -63,3 +63,20 @@ def test_a_user_error_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job):
     result = run_cli("train", job)
     assert result.returncode == 2
     assert "does not match the model" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.distributed
+def test_under_torchrun_the_launcher_reports_the_final_evaluation_rank_0_left(tmp_path, tmp_job):
+    job = tmp_job(
+        dataset={"source": str(TINY / "prefs-split"), "evalSplit": "test", "maxSamples": 32},
+        resources={"gpusPerNode": 0, "processesPerNode": 2},
+        training={"maxSteps": 2, "perDeviceBatchSize": 4, "checkpointEverySteps": 2, "deepspeed": {"stage": 2}},
+    )
+    assert run_cli("precompute", job).returncode == 0
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    result = run_cli("train", job, env={"PREFOPS_TERMINATION_LOG": str(term)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
+    assert report["worldSize"] == 2 and report["evaluation"]["step"] == 2
+    assert json.loads(term.read_text()) == {"evaluation": {"step": 2, "metrics": report["evaluation"]["metrics"]}}

@@ -1,5 +1,6 @@
-"""Every local example besides the demo (tested in test_demo.py) runs to the end as its header comment says, from a
-fresh copy of examples/, and leaves a loadable merged model whose manifest names the example's algorithm."""
+"""Every local job example besides the demo (tested in test_demo.py) runs to the end as its header comment says, from
+a fresh copy of examples/, and leaves a loadable merged model whose manifest names the example's algorithm. (The
+local sweep example: test_sweep_local.py.)"""
 
 import json
 import shutil
@@ -8,7 +9,16 @@ import pytest
 import yaml
 from trainer_jobs import ROOT, run_cli
 
-LOCAL = sorted(p.name for p in (ROOT / "examples").glob("local-*.yaml") if p.name != "local-tiny-dpo.yaml")
+LOCAL = sorted(
+    p.name
+    for p in (ROOT / "examples").glob("local-*.yaml")
+    if p.name != "local-tiny-dpo.yaml" and yaml.safe_load(p.read_text())["kind"] == "PreferenceTrainingJob"
+)
+
+
+def test_the_local_examples_besides_these_jobs_are_the_demo_and_the_sweep():
+    others = sorted(p.name for p in (ROOT / "examples").glob("local-*.yaml") if p.name not in LOCAL)
+    assert others == ["local-tiny-dpo.yaml", "local-tiny-sweep.yaml"]
 
 
 def test_every_algorithm_family_with_a_phase_of_its_own_has_a_local_example():

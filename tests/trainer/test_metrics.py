@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 from prometheus_client import generate_latest
-from trainer_jobs import CLI
+from trainer_jobs import CLI, TINY
 
 from prefops_trainer.adapters.metrics import PHASES, TrainerMetrics
 
@@ -80,6 +80,19 @@ def test_a_trl_log_entry_becomes_labelled_gauges():
     assert 'kind="rss"' in text
 
 
+def test_an_evaluation_becomes_eval_gauges_of_its_step_and_a_metric_it_lacks_is_removed():
+    m = TrainerMetrics("qwen-dpo", "team-a")
+    m.set_phase("train")
+    m.record_eval({"loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 1.5}, step=200)
+    m.record_eval({"loss": 0.4, "rewards/accuracies": 0.8, "rewards/margins": float("nan")}, step=400)
+    text = generate_latest(m.registry).decode()
+    labels = '{job_name="qwen-dpo",job_namespace="team-a",phase="train"}'
+    assert f"prefops_trainer_eval_step{labels} 400.0" in text
+    assert f"prefops_trainer_eval_loss{labels} 0.4" in text
+    assert f"prefops_trainer_eval_rewards_accuracies{labels} 0.8" in text
+    assert "prefops_trainer_eval_rewards_margins{" not in text, "no series of step 200 beside step 400's"
+
+
 @pytest.mark.integration
 def test_prometheus_scrapes_a_running_job(tmp_path, tmp_job):
     from support.kube import free_port
@@ -90,11 +103,12 @@ def test_prometheus_scrapes_a_running_job(tmp_path, tmp_job):
     try:
         job = tmp_job(
             "metrics",
+            dataset={"source": str(TINY / "prefs-split"), "evalSplit": "test"},
             training={
                 "maxSteps": 240,
                 "perDeviceBatchSize": 2,
                 "gradientAccumulation": 2,
-                "checkpointEverySteps": 1000,
+                "checkpointEverySteps": 60,
             },
         )
         env = {**os.environ, "PREFOPS_METRICS_PORT": str(port), "PREFOPS_METRICS_ADDR": "127.0.0.1"}
@@ -121,5 +135,12 @@ def test_prometheus_scrapes_a_running_job(tmp_path, tmp_job):
         assert all(round(float(v), 6) in logged for _, v in samples), (
             "every scraped loss is one TRL logged for an optimizer step (two micro-batches each)"
         )
+        evaluations = {e["step"]: e["metrics"] for e in report["evalHistory"]}
+        assert sorted(evaluations) == [60, 120, 180, 240]
+        steps = prom.query(f"prefops_trainer_eval_step{sel}[10m]")[0]["values"]
+        accuracy = dict(prom.query(f"prefops_trainer_eval_rewards_accuracies{sel}[10m]")[0]["values"])
+        assert steps, "the eval step was scraped"
+        for at, step in steps:  # a scrape's eval gauges all describe the step it serves
+            assert round(float(accuracy[at]), 6) == round(evaluations[int(float(step))]["rewards/accuracies"], 6)
     finally:
         prom.stop()

@@ -213,3 +213,44 @@ def test_credentials_in_a_uri_are_refused_naming_the_field_without_repeating_the
     assert f"spec.{block}.{key}: credentials must not be written into a URI" in message
     user, password = value.split("://")[1].split("@")[0].split(":")
     assert user not in message and password not in message
+
+
+def test_a_gate_parses_with_its_bound_and_needs_an_eval_split_and_an_evaluation_metric(tmp_path):
+    split = {"source": "d/", "evalSplit": "test"}
+    job = parse(tmp_path, dataset=split, output={"uri": "o", "gate": {"metric": "rewards/accuracies", "min": 0.6}})
+    assert job.spec.output.gate.bound == ("min", 0.6) and job.spec.evaluates
+    assert parse(
+        tmp_path, dataset=split, output={"uri": "o", "gate": {"metric": "loss", "max": 0}}
+    ).spec.output.gate.bound == (
+        "max",
+        0.0,
+    )
+    with pytest.raises(SpecError, match=r"spec\.output\.gate: needs spec\.dataset\.evalSplit"):
+        parse(tmp_path, output={"uri": "o", "gate": {"metric": "loss", "max": 0.5}})
+    with pytest.raises(
+        SpecError, match=r"spec\.output\.gate\.metric: 'kl' is not an evaluation metric of algorithm 'dpo'"
+    ):
+        parse(tmp_path, dataset=split, output={"uri": "o", "gate": {"metric": "kl", "max": 0.5}})
+    with pytest.raises(SpecError, match=r"output\.gate\.metric: input should be 'loss', 'rewards/accuracies'"):
+        parse(tmp_path, dataset=split, output={"uri": "o", "gate": {"metric": "accuracy", "min": 0.5}})
+
+
+def test_online_dpo_with_an_eval_split_is_not_evaluated_and_cannot_be_gated(tmp_path):
+    online = {
+        "algorithm": {"name": "online-dpo"},
+        "rewardModel": {"source": "r"},
+        "dataset": {"source": "d/", "evalSplit": "test"},
+    }
+    assert parse(tmp_path, **online).spec.evaluates is False
+    with pytest.raises(
+        SpecError, match=r"algorithm 'online-dpo' reports no evaluation metrics, so there is nothing to gate on"
+    ):
+        parse(tmp_path, **online, output={"uri": "o", "gate": {"metric": "loss", "max": 1}})
+
+
+def test_the_gate_metric_type_lists_every_evaluation_metric_in_the_tables_order():
+    import typing
+
+    from prefops_trainer.core.algorithms import ALL_EVAL_METRICS, EvalMetric
+
+    assert typing.get_args(EvalMetric) == ALL_EVAL_METRICS

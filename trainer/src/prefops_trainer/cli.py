@@ -1,9 +1,11 @@
 """``prefops-trainer``: run a whole job locally, or one phase as the operator's pods do.
 
 Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
-Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache) and a retry cannot help;
-anything else is a crash a retry may cure. The reason also goes to ``/dev/termination-log`` when it exists,
-where Kubernetes shows it in the pod's status.
+Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache) and a retry cannot help; 3 the
+model missed ``spec.output.gate`` and was not published; anything else is a crash a retry may cure. The reason
+also goes to ``/dev/termination-log`` when it exists, where Kubernetes shows it in the pod's status; a successful
+``precompute`` leaves its cache hit there, a successful ``train`` its final evaluation, an ``export`` that missed
+the gate the verdict (docs/contract.md §4).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import UserError
+from .core.errors import GateNotMet, UserError
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prefops-trainer",
         description="Preference-optimization training (DPO, CPO, SimPO, ORPO...) from a PreferenceTrainingJob spec.",
-        epilog="Exit codes: 0 done, 2 invalid input (do not retry), other: failure (retry may help).",
+        epilog="Exit codes: 0 done, 2 invalid input (do not retry), 3 the model missed spec.output.gate (not "
+        "published), other: failure (retry may help).",
     )
     p.add_argument("--log-level", default=os.environ.get("PREFOPS_LOG_LEVEL", "INFO"), help="default: INFO")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -49,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
     cmd("validate", "check the job spec and print it with every default filled in")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a PreferenceTrainingSweep's trials here, one after another, and name the best",
+        description="run a PreferenceTrainingSweep's trials on this machine, one after another with the shared "
+        "reference cache; print the comparison table and write sweep.json and sweep.png under the template's "
+        "output.uri. Exit 0 when a best trial was found, 1 when no trial reported the objective.",
+    )
+    sweep.add_argument("sweep", type=Path, metavar="SWEEP.yaml", help="a PreferenceTrainingSweep manifest")
     return p
 
 
@@ -56,6 +67,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
+        if args.command == "sweep":
+            from . import local_sweep
+
+            sys.exit(local_sweep.run(args.sweep))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
@@ -64,6 +79,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = COMMANDS[args.command](job, args)
     except UserError as e:
         _fail(str(e), UserError.exit_code)
+    except GateNotMet as e:
+        if args.command == "run":
+            print(f"prefops: the model was not published\n  {e}")  # noqa: T201
+        _fail(str(e), GateNotMet.exit_code, json.dumps(e.termination))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:
@@ -80,13 +99,14 @@ def _ended(state: Phase) -> None:
     metrics.enter(state)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
+    """Log ``message``, leave ``termination`` (default: the message) as the termination message, exit ``code``."""
     _ended("failed")
     log.error("%s", message)
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")
     if error_dir and code == UserError.exit_code:
         Path(error_dir, f"rank-{os.environ.get('RANK', '0')}").write_text(message)
-    _termination_message(message)
+    _termination_message(termination or message)
     sys.exit(code)
 
 
@@ -145,18 +165,30 @@ def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
 
 def cmd_train(job: Job, args: argparse.Namespace) -> int:
     from . import launch
+    from .inputs import load_inputs
 
     if launch.needs_torchrun(job):
-        from .inputs import load_inputs
+        from .phases import reports
 
-        load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
-        return launch.torchrun_train(job, args.job)
-    from .inputs import load_inputs
+        inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
+        code = launch.torchrun_train(job, args.job)
+        if code == 0:  # the launcher reports the final evaluation rank 0 left in the phase's report
+            _report_evaluation(reports.read(inputs.ws, "train") or {})
+        return code
     from .phases import train
 
     _serve_metrics(job)
-    train.run(load_inputs(job))
+    _report_evaluation(train.run(load_inputs(job)))
     return 0
+
+
+def _report_evaluation(report: dict[str, Any]) -> None:
+    """The train phase's termination message (docs/contract.md §7): ``{"evaluation": {"step", "metrics"}}``; under
+    torchrun the launcher writes it, not the ranks."""
+    evaluation = report.get("evaluation")
+    if evaluation and "LOCAL_RANK" not in os.environ:
+        doc = {"step": evaluation["step"], "metrics": evaluation["metrics"]}
+        _termination_message(json.dumps({"evaluation": doc}, separators=(",", ":")))
 
 
 def cmd_export(job: Job, args: argparse.Namespace) -> int:
@@ -200,11 +232,20 @@ def _print_summary(job: Job, manifest: dict[str, Any], cache_hit: bool | None) -
     if cache_hit is not None:
         state = "hit (precompute skipped)" if cache_hit else "miss (computed)"
         lines.append(f"  reference cache: {state}  cacheHit={str(cache_hit).lower()}")
+    evaluation = manifest.get("evaluation") or {"metrics": {}}
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in metrics:
             mean = metrics.get(f"{key}_last_epoch_mean")
             extra = f"  (last-epoch mean {mean:.4f})" if mean is not None else ""
-            lines.append(f"  final {key}: {metrics[key]:.4f}{extra}")
+            value = evaluation["metrics"].get(key)
+            held_out = f"  eval {value:.4f}" if value is not None else ""
+            lines.append(f"  final {key}: {metrics[key]:.4f}{extra}{held_out}")
+    if "evaluation" in manifest:
+        lines.append(f"  evaluated on the {evaluation['split']} split at step {evaluation['step']}")
+    if "gate" in manifest:
+        gate = manifest["gate"]
+        kind = "min" if "min" in gate else "max"
+        lines.append(f"  gate: eval {gate['metric']} {gate['value']:.4f} ({kind} {gate[kind]:g}): passed")
     uri = job.spec.output.uri.as_written
     lines.append(f"  model: {uri} ({len(manifest['files'])} files, manifest prefops.json)")
     print("\n".join(lines))  # noqa: T201

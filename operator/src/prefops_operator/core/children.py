@@ -37,6 +37,8 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when availabl
 CONFIG_DIR = "/etc/prefops"
 CONFIG_FILE = "job.yaml"
 CACHE_DIR = "/cache"  # model/dataset downloads (images/trainer/Dockerfile: HF_HOME, PREFOPS_CACHE_DIR)
+#: /tmp on the read-only root: the image sends temporary files to /cache (TMPDIR); this catches code that hardcodes /tmp
+TMP_DIR, TMP_SIZE_LIMIT = "/tmp", "1Gi"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
@@ -218,6 +220,7 @@ def pod(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSett
         },
         "containers": [_container(job, phase, index, attempt, settings)],
         "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
             {"name": "config", "configMap": {"name": config_map_name(job.meta.name)}},
             # NCCL and dataloaders need more than 64 MiB
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}},
@@ -265,11 +268,16 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
         "ports": ports,
         "resources": _resources(job, phase),
         "volumeMounts": [
+            {"name": "tmp", "mountPath": TMP_DIR},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "cache", "mountPath": CACHE_DIR},
         ],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "readOnlyRootFilesystem": True,  # writable: /cache, /tmp and /dev/shm (emptyDirs)
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.credentials_secret:

@@ -47,6 +47,12 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
     split = split or spec.split
     uri = local_dataset(spec.source)
     name = spec.source.as_written if uri.scheme == "hf" else str(Path(spec.source.as_written))
+    if split != spec.split and uri.scheme != "hf" and Path(uri.path).is_file():
+        raise DataError(
+            f"{name}: a single file holds one split, so spec.dataset.evalSplit {split!r} cannot be read from it; put "
+            f"each split in a folder as <split>.jsonl (e.g. {spec.split}.jsonl and {split}.jsonl) and point "
+            "spec.dataset.source at the folder"
+        )
     ds = _load(uri, split, name)
     if spec.max_samples is not None and len(ds) > spec.max_samples:
         ds = ds.select(range(spec.max_samples))
@@ -173,4 +179,15 @@ def fingerprint(ds: Dataset) -> str:
     cols = [c for c in ds.column_names if c != "index"]
     for batch in ds.select_columns(cols).iter(batch_size=1024):
         h.update(json.dumps(batch, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def rows_digest(ds: Dataset) -> str:
+    """The sha256 of the rows as training reads them (in order, after ``maxSamples``, without our ``index`` column),
+    one canonical JSON object per line: keys sorted, no spaces, UTF-8, each line ending in a newline. Anyone can
+    recompute it from the dataset file with a JSON library (the lineage in ``prefops.json``)."""
+    h = hashlib.sha256()
+    cols = [c for c in ds.column_names if c != "index"]
+    for row in ds.select_columns(cols):
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
     return h.hexdigest()

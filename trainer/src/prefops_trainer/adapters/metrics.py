@@ -7,13 +7,18 @@ training metrics; every rank its own throughput and memory. All series are label
 Prometheus and its Kubernetes discovery put on every target. Training values are TRL's logged values,
 one per optimizer step (TRL averages them over the step's micro-batches, so gradient accumulation is right).
 ``prefops_trainer_phase`` says which phase the process runs: each phase enters its own state when it starts, and
-the command ends in ``done`` or ``failed``.
+the command ends in ``done`` or ``failed``. After each evaluation on ``spec.dataset.evalSplit`` rank 0 serves
+``prefops_trainer_eval_step`` and one ``prefops_trainer_eval_<metric>`` gauge per metric that evaluation reported
+(docs/contract.md §7); the series of a metric it did not report are removed, so every eval series belongs to the
+step in ``prefops_trainer_eval_step``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Enum, Gauge, start_http_server
+
+from ..core.algorithms import ALL_EVAL_METRICS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -71,6 +78,22 @@ HELP = {
 }
 
 
+def eval_suffix(metric: str) -> str:
+    """The metric suffix of one evaluation metric: ``rewards/accuracies`` → ``eval_rewards_accuracies`` (every
+    character a Prometheus name cannot hold becomes ``_``)."""
+    return "eval_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
+
+
+#: The evaluation gauges: the step of the latest evaluation, and each metric TRL reports when it evaluates.
+EVAL_STEP = "eval_step"
+EVAL_GAUGES = {metric: eval_suffix(metric) for metric in ALL_EVAL_METRICS}
+HELP |= {EVAL_STEP: "Optimizer step of the latest evaluation on spec.dataset.evalSplit."}
+HELP |= {
+    suffix: f"Evaluation on spec.dataset.evalSplit: {metric}, as TRL reports it."
+    for metric, suffix in EVAL_GAUGES.items()
+}
+
+
 @dataclass
 class TrainerMetrics:
     job: str
@@ -117,6 +140,18 @@ class TrainerMetrics:
             if value is not None:
                 self.set(suffix, float(value))
         self.set("step", step)
+
+    def record_eval(self, values: dict[str, float], step: int) -> None:
+        """Serve one evaluation (rank 0 only): ``values`` are TRL's metric names without ``eval_``; the gauges of
+        metrics it lacks (or whose value is not a finite number) are removed."""
+        labels = (self.job, self.namespace, self.phase)
+        for metric, suffix in EVAL_GAUGES.items():
+            value = values.get(metric)
+            if value is not None and math.isfinite(value):
+                self.set(suffix, float(value))
+            else:
+                self.gauges[suffix].remove(*labels)  # a no-op when there is none
+        self.set(EVAL_STEP, step)
 
     def record_memory(self) -> None:
         labels = (self.job, self.namespace, self.phase, str(self.rank))

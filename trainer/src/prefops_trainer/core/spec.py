@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from .algorithms import ALGORITHM_NAMES, ONLINE_NAMES, Algorithm, get_algorithm
+from .algorithms import ALGORITHM_NAMES, ONLINE_NAMES, Algorithm, EvalMetric, get_algorithm
 from .errors import SpecError
 from .uris import Uri, UriError, parse_uri
 
@@ -208,9 +208,27 @@ class ResourcesSpec(_Spec):
         return self.processes_per_node or max(self.gpus_per_node, 1)
 
 
+class GateSpec(_Spec):
+    """``spec.output.gate``: publish the model only if the final evaluation's ``metric`` is at least ``min`` or at
+    most ``max`` (exactly one of them; docs/contract.md §8). The export phase compares, before it writes anything."""
+
+    metric: EvalMetric = Field(description="An evaluation metric of the job's algorithm, as TRL names it.")
+    minimum: float | None = Field(None, alias="min", description="The lowest acceptable value (higher is better).")
+    maximum: float | None = Field(None, alias="max", description="The highest acceptable value (lower is better).")
+
+    @property
+    def bound(self) -> tuple[Literal["min", "max"], float]:
+        """(``min`` or ``max``, its value); for a gate that passed the semantic checks (exactly one is set)."""
+        if self.minimum is not None:
+            return "min", self.minimum
+        assert self.maximum is not None, "check_semantics requires exactly one bound"
+        return "max", self.maximum
+
+
 class OutputSpec(_Spec):
     uri: TargetUri
     merge: bool = True
+    gate: GateSpec | None = None
 
 
 class StorageSpec(_Spec):
@@ -242,6 +260,13 @@ class JobSpec(_Spec):
             return self.algorithm.info.reference_based
         return self.reference.precompute
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the train phase evaluates on ``dataset.evalSplit`` (docs/contract.md §7): the split is set and the
+        algorithm reports evaluation metrics. Online DPO reports none: its eval split is loaded and checked, and not
+        evaluated."""
+        return self.dataset.eval_split is not None and bool(self.algorithm.info.eval_metrics)
+
 
 class Metadata(_Spec):
     model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True)
@@ -268,16 +293,22 @@ class Job(_Spec):
 
 def parse_job(doc: Any, source: str = "job") -> Job:
     """Parse and check a manifest (already loaded from YAML) into a :class:`Job`; raise :class:`SpecError`."""
-    if not isinstance(doc, dict):
-        raise SpecError(f"{source}: expected a PreferenceTrainingJob mapping, got {type(doc).__name__}")
-    try:
-        job = Job.model_validate(doc)
-    except ValidationError as e:
-        raise SpecError(_format_validation_error(e, source)) from None
+    job = parse_structure(doc, source)
     problems = check_semantics(job.spec)
     if problems:
         raise SpecError("; ".join(problems))
     return job
+
+
+def parse_structure(doc: Any, source: str = "job") -> Job:
+    """Parse a manifest's structure (types, enums, ranges, unknown keys) without the semantic checks; raise
+    :class:`SpecError` naming every field at fault."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: expected a PreferenceTrainingJob mapping, got {type(doc).__name__}")
+    try:
+        return Job.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(e, source)) from None
 
 
 def parse_manifests(text: str, source: str) -> Job:
@@ -317,6 +348,7 @@ def check_semantics(spec: JobSpec) -> list[str]:
         *_reference_problems(spec),
         *_online_problems(spec),
         *_truncation_problems(spec),
+        *_gate_problems(spec),
         *_deepspeed_problems(spec),
     ]
 
@@ -379,6 +411,30 @@ def _truncation_problems(spec: JobSpec) -> list[str]:
     if spec.algorithm.info.keep_start_only and spec.dataset.truncation_mode != "keep_start":
         return [f"spec.dataset.truncationMode: algorithm {spec.algorithm.name!r} supports only keep_start"]
     return []
+
+
+def _gate_problems(spec: JobSpec) -> list[str]:
+    """``spec.output.gate``: an evaluation metric of the algorithm, exactly one bound, an eval split to measure it on.
+    The same problems, in the same words, as the operator's (``prefops_operator.core.validation``)."""
+    gate, info = spec.output.gate, spec.algorithm.info
+    if gate is None:
+        return []
+    problems = []
+    if not info.eval_metrics:
+        problems.append(
+            f"spec.output.gate: algorithm {info.name!r} reports no evaluation metrics, so there is nothing to gate on"
+        )
+    elif gate.metric not in info.eval_metrics:
+        problems.append(
+            f"spec.output.gate.metric: {gate.metric!r} is not an evaluation metric of algorithm {info.name!r}; "
+            f"valid: {', '.join(info.eval_metrics)}"
+        )
+    if (gate.minimum is None) == (gate.maximum is None):
+        got = "both" if gate.minimum is not None else "neither"
+        problems.append(f"spec.output.gate: set exactly one of min and max, got {got}")
+    if not spec.dataset.eval_split:
+        problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
+    return problems
 
 
 def _deepspeed_problems(spec: JobSpec) -> list[str]:

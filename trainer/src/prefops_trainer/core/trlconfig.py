@@ -82,7 +82,9 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
         "save_strategy": "steps",
         "save_steps": t.checkpoint_every_steps,
         "save_total_limit": t.checkpoints_to_keep,
-        "eval_strategy": "epoch" if spec.dataset.eval_split else "no",
+        # docs/contract.md §7: at every checkpoint, and (transformers does it) once more at the last step
+        "eval_strategy": "steps" if spec.evaluates else "no",
+        "eval_steps": t.checkpoint_every_steps,
         "report_to": [],
         "disable_tqdm": not rt.tty,
         "bf16": rt.dtype == "bfloat16",

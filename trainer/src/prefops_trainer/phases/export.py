@@ -4,30 +4,35 @@
 Re-running an interrupted export completes it: files already uploaded with the same content are not sent
 again, and an earlier ``prefops.json`` at the destination is removed before anything is overwritten, so a
 reader never sees a manifest beside files it does not describe.
+
+With ``spec.output.gate`` the final evaluation (handed over with the trained weights) is compared with the bound
+first: a model that misses it is not written at all (:class:`GateNotMet`, exit 3; the trained weights stay in the
+work storage), one that meets it records the verdict in ``prefops.json``. The manifest and the card carry the
+model's lineage (``lineage``) and only the published part of the spec (``core.redact``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import __version__
 from ..adapters import metrics, storage
+from ..core.errors import GateNotMet
+from ..core.evaluation import Evaluation, judge
 from ..core.uris import Uri
 from ..core.workspace import TRAINED_MARKER
 from ..inputs import Inputs
 from . import reports
+from .card import MANIFEST, model_card
+from .lineage import lineage
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "prefops.json"
 #: Records which files of an unfinished export already reached the destination, with their sha256.
 JOURNAL = ".prefops-upload.json"
 
@@ -59,48 +64,19 @@ def file_table(root: Path) -> list[dict[str, Any]]:
     ]
 
 
-def model_card(inputs: Inputs, files: list[dict[str, Any]], phases: dict[str, Any], lora: bool) -> str:
-    spec = inputs.spec
-    base, data_source = spec.model.source.as_written, spec.dataset.source.as_written
-    metrics = phases.get("train", {}).get("metrics", {})
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
-    data = ", ".join(f"{name}: {len(s)} pairs" for name, s in inputs.splits.items())
-    weights = hashlib.sha256(json.dumps(inputs.model_files, sort_keys=True).encode()).hexdigest()[:16]
-    return f"""---
-library_name: transformers
-tags: [prefops, trl, {spec.algorithm.name}{", lora" if lora else ""}]
-base_model: {base}
----
-# {inputs.job.name}
-
-Trained by prefops {__version__} with `{spec.algorithm.name}` (loss {", ".join(spec.algorithm.losses)},
-beta {spec.algorithm.beta}) {"as a LoRA adapter merged into" if lora else "by full fine-tuning of"} the base model.
-
-## Model
-- base: `{base}`{f" @ `{spec.model.revision}`" if spec.model.revision else ""} (files digest `{weights}`)
-- dtype: {inputs.dtype}
-
-## Data
-- source: `{data_source}` ({data}), maxLength {spec.dataset.max_length}
-
-## Final training metrics
-| metric | value |
-|---|---|
-{rows}
-
-## Job spec
-```yaml
-{yaml.safe_dump(inputs.job.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)}```
-
-The checksums of every file are in `{MANIFEST}` ({len(files)} files).
-"""
+def trained_result(inputs: Inputs) -> dict[str, Any]:
+    """What the train phase handed over with the weights (steps, metrics, the final evaluation); error if it did not
+    finish."""
+    found: dict[str, Any] | None = storage.read_json_if_exists(inputs.ws.trained_marker)
+    if found is None:
+        raise RuntimeError(f"no finished training result at {inputs.ws.trained}: run the train phase first")
+    return found
 
 
 def trained_dir(inputs: Inputs) -> Path:
     """The trained weights as a local folder (downloaded from storage when remote); error if train did not finish."""
     target = inputs.ws.trained
-    if not storage.exists(inputs.ws.trained_marker):
-        raise RuntimeError(f"no finished training result at {target}: run the train phase first")
+    trained_result(inputs)
     if target.is_local:
         return Path(target.path)
     return storage.download_dir(target, storage.local_dir(inputs.ws.local("trained")))
@@ -123,43 +99,74 @@ def build_local(inputs: Inputs, out: Path) -> bool:
 
 
 def run(inputs: Inputs) -> dict[str, Any]:
-    """Export to ``spec.output.uri`` and return the manifest written there."""
+    """Export to ``spec.output.uri`` and return the manifest written there; :class:`GateNotMet` (nothing written)
+    when the final evaluation misses ``spec.output.gate``."""
     metrics.enter("export")
     dest = inputs.spec.output.uri
+    evaluation = trained_result(inputs).get("evaluation")
+    gate = check_gate(inputs, evaluation)
     report: reports.Report = {}
     with reports.timed(report), tempfile.TemporaryDirectory(prefix="prefops-export-") as tmp:
         out = Path(tmp) / "model"
         out.mkdir()
         lora = build_local(inputs, out)
         phases = reports.gathered(inputs.ws, inputs.spec.precompute)
+        described = _described(inputs, lora, evaluation, gate)
         files = file_table(out)  # the card's checksum count is of the weights/tokenizer files
-        (out / "README.md").write_text(model_card(inputs, files, phases, lora))
+        (out / "README.md").write_text(model_card(inputs, len(files), phases, lora, described))
         _extra_artifacts(inputs, out)
         files = file_table(out)
         _upload(out, dest, files)
-    manifest = _manifest(inputs, lora, files, phases | {"export": report})
+    manifest = _manifest(files, phases | {"export": report}, described)
     storage.write_json(dest.join(MANIFEST), manifest)  # last: the model is complete
     reports.write(inputs.ws, "export", report)
     log.info("model exported to %s (%d files)", dest, len(files))
     return manifest
 
 
-def _manifest(inputs: Inputs, lora: bool, files: list[dict[str, Any]], phases: dict[str, Any]) -> dict[str, Any]:
-    """``prefops.json``: the job, the base model, every file with its checksum, each phase's report, the metrics."""
+def check_gate(inputs: Inputs, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The gate's record for ``prefops.json`` (None without a gate); :class:`GateNotMet` when the final evaluation
+    misses it, before anything is written to ``output.uri``."""
+    gate = inputs.spec.output.gate
+    if gate is None:
+        return None
+    verdict = judge(gate, Evaluation.from_json(evaluation) if evaluation else None)
+    if not verdict.passed:
+        trained = str(inputs.ws.trained)
+        raise GateNotMet(verdict.explanation(inputs.spec.output.uri.as_written, trained), verdict.termination(trained))
+    log.info("spec.output.gate met: eval %s is %g (%s %g)", verdict.metric, verdict.value, verdict.kind, verdict.bound)
+    return verdict.record()
+
+
+def _described(
+    inputs: Inputs, lora: bool, evaluation: dict[str, Any] | None, gate: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``prefops.json`` says of the model besides its files and the phases' reports: the job, the base model,
+    the algorithm, the final evaluation and the gate's verdict, and the lineage (allowlisted: see core.redact)."""
     job = inputs.job
-    return {
+    described: dict[str, Any] = {
         "format": 1,
-        "job": {"name": job.name, "namespace": job.namespace, "uid": job.metadata.uid},
+        "job": {"name": job.name, "uid": job.metadata.uid},
         "model": {
             "source": job.spec.model.source.as_written,
             "dtype": inputs.dtype,
             "loraMerged": lora and job.spec.output.merge,
         },
         "algorithm": job.spec.algorithm.name,
+    }
+    if evaluation is not None:
+        described["evaluation"] = evaluation
+    if gate is not None:
+        described["gate"] = gate
+    return described | {"lineage": lineage(inputs), "prefopsVersion": __version__}
+
+
+def _manifest(files: list[dict[str, Any]], phases: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
+    """``prefops.json``: :func:`_described`, every file with its checksum, each phase's report, the metrics."""
+    return described | {
         "files": files,
         "phases": phases,
         "metrics": phases.get("train", {}).get("metrics", {}),
-        "prefopsVersion": __version__,
     }
 
 
@@ -170,7 +177,7 @@ def _extra_artifacts(inputs: Inputs, out: Path) -> None:
     train = reports.read(inputs.ws, "train") or {}
     spec = inputs.spec
     title = f"{inputs.job.name}: {spec.algorithm.name} ({', '.join(spec.algorithm.losses)}), beta {spec.algorithm.beta}"
-    plot_training(train.get("logHistory", []), out / "training-curves.png", title)
+    plot_training(train.get("logHistory", []), out / "training-curves.png", title, train.get("evalHistory", []))
 
 
 def _upload(local: Path, dest: Uri, files: list[dict[str, Any]]) -> None:

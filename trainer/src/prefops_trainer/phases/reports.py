@@ -59,5 +59,5 @@ def gathered(ws: Workspace, precompute_expected: bool) -> dict[str, Report]:
         phases["precompute"] = {"skipped": True}
     train = read(ws, "train")
     if train:
-        phases["train"] = {k: v for k, v in train.items() if k != "logHistory"}
+        phases["train"] = {k: v for k, v in train.items() if k not in ("logHistory", "evalHistory")}
     return phases

@@ -13,7 +13,7 @@ from ...core.trlconfig import trl_kwargs
 from ...core.workspace import TRAINED_MARKER
 from ...inputs import Inputs
 from .. import reports
-from . import distributed, trainers
+from . import distributed, evaluation, trainers
 from .reference import load_reference, verify_sample
 from .summary import summarize
 
@@ -36,7 +36,8 @@ def run(inputs: Inputs) -> reports.Report:
         _train(inputs, trainer, local_ckpt, report)
         _save_trained(inputs, trainer)
     if distributed.rank() == 0:
-        storage.write_json(inputs.ws.trained_marker, {"steps": report["steps"], "metrics": report["metrics"]})
+        handed = {k: report[k] for k in ("steps", "metrics", "evaluation") if k in report}
+        storage.write_json(inputs.ws.trained_marker, handed)
         reports.write(inputs.ws, "train", report)
     distributed.leave_process_group()
     return report
@@ -55,7 +56,9 @@ def _trainer(
     deepspeed = inputs.spec.training.deepspeed
     if reference is not None and not (deepspeed is not None and deepspeed.stage == 3):
         report["verifiedRows"] = verify_sample(inputs, model, reference["train"])
-    return trainers.build(inputs, model, args, base, reference, local_ckpt)
+    trainer = trainers.build(inputs, model, args, base, reference, local_ckpt)
+    evaluation.attach(inputs.spec, trainer)
+    return trainer
 
 
 def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Report) -> None:
@@ -68,6 +71,7 @@ def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Repor
     report["steps"] = result.global_step
     report["metrics"] = summarize(trainer.state.log_history, steps_per_epoch)
     report["logHistory"] = [h for h in trainer.state.log_history if "loss" in h]
+    report |= evaluation.final(inputs.spec, trainer)
 
 
 def _save_trained(inputs: Inputs, trainer: Any) -> None:
