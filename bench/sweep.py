@@ -15,7 +15,7 @@ not do, is timed apart and left out of our wall time (its seconds come from the 
 
 Rows: one job end to end (our first, cache-miss job / TRL best); the sweep's total (our four jobs / 4 x TRL best).
 
-    python bench/sweep.py [--quick] [--reps 3] [--pairs 96]
+    python bench/sweep.py [--quick] [--reps 3] [--pairs 192]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small smoke run (numbers mean little)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--pairs", type=int, default=96, help="pairs: one epoch of pairs / batch optimizer steps")
+    p.add_argument("--pairs", type=int, default=192, help="pairs: one epoch of pairs / batch optimizer steps")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     args = p.parse_args()
