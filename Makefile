@@ -20,6 +20,7 @@ export TORCH_EXTENSIONS_DIR ?= $(PREFOPS_CACHE)/torch-extensions-torch2.13.0-ds0
 # and is a no-op otherwise.
 SETUP_STAMP := $(VENV)/.setup-$(shell cat constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml) | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup demo test test-unit test-integration e2e bench servers images cluster cluster-down cluster-check lint clean
 
@@ -74,8 +75,8 @@ test-unit: setup  ## only the tests that need no server
 e2e: setup servers images  ## only the whole-loop tests on a real node (started and stopped unless already up)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
-bench: setup servers  ## run every benchmark under bench/ and print their tables
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+bench: setup servers  ## run every benchmark under bench/ and print their tables (BENCH_ARGS=--quick: a smoke run)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS); done
 
 lint: setup  ## ruff, the format check, the import-layer contracts and mypy (strict) of both distributions
 	$(VENV)/bin/ruff check trainer operator tests bench scripts

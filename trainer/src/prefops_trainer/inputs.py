@@ -5,6 +5,7 @@ spec → inputs → phases."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,6 +71,15 @@ class Inputs:
                 rows = tokenize_pairs(ds.rows, self.tokenizer, spec.dataset, ds.source)
             self._tokenized[split] = rows
         return self._tokenized[split]
+
+    def tokenized_rows(self, split: str, positions: Sequence[int]) -> Dataset:
+        """Rows ``positions`` of the split, tokenized: only those rows for paired data (a shard of the reference pass,
+        the rows the train phase checks the cache on); KTO's KL completions pair rows across a batch, so it
+        tokenizes the split."""
+        if split in self._tokenized or self.spec.algorithm.info.data == "unpaired":
+            return self.tokenized(split).select(positions)
+        ds = self.splits[split]
+        return tokenize_pairs(ds.rows.select(positions), self.tokenizer, self.spec.dataset, ds.source)
 
     def ref_cache(self, split: str) -> RefCache:
         d = self.spec.dataset

@@ -68,6 +68,7 @@ SPEC: dict[str, Any] = {
         "perDeviceBatchSize": None,
         "gradientAccumulation": None,
         "gradientCheckpointing": None,
+        "prefixSharing": None,
         "seed": None,
         "logEverySteps": None,
         "checkpointEverySteps": None,
@@ -80,6 +81,7 @@ SPEC: dict[str, Any] = {
     "reference": {
         "precompute": None,
         "batchSize": None,
+        "tokensPerBatch": None,
         "workers": None,
         "verifySamples": None,
     },

@@ -3,10 +3,10 @@
 Below this, botocore/s3fs and huggingface_hub retry a few times within seconds; that rides out a dropped
 connection, not a store that is away for a minute. :func:`retrying` keeps trying with exponential backoff (1 s,
 2 s, 4 s... at most 30 s apart, jittered) until ``$PREFOPS_RETRY_SECONDS`` (default 300) have passed, then raises
-:class:`TransientError`. One failure is never final: the client libraries' own retries can make a single attempt
-outlast a short budget, so there is always at least one fresh attempt after a pause: exit 1, not 2, so the operator's restart policy applies. Only failures that say "try again"
-are retried (connection errors, timeouts, HTTP 5xx, 408 and 429, S3's SlowDown); a 403 or 404 is the job's
-problem and goes straight through.
+:class:`TransientError`: exit 1, not 2, so the operator's restart policy applies. One failure is never final: the
+client libraries' own retries can make a single attempt outlast a short budget, so there is always at least one
+fresh attempt after a pause. Only failures that say "try again" are retried (connection errors, timeouts, HTTP
+5xx, 408 and 429, S3's SlowDown); a 403 or 404 is the job's problem and goes straight through.
 """
 
 from __future__ import annotations

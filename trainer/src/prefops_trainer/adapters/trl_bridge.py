@@ -54,10 +54,12 @@ class Reliance:
 
 
 _DPO, _KTO = "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer"
+_KERNEL = "trl.kernels.chunked_logprob"
 _ONLINE = "trl.experimental.online_dpo.online_dpo_trainer"
 _UTILS = "trl.trainer.utils"
 _PREPARE = ("self", "dataset", "processing_class", "args", "dataset_name")
 _PRECOMPUTE = ("self", "dataset", "name", "batch_size")
+_KERNEL_PARAMS = ("ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size")
 
 RELIES_ON: tuple[Reliance, ...] = (
     Reliance(
@@ -97,6 +99,22 @@ RELIES_ON: tuple[Reliance, ...] = (
         ("pad_token_id", "max_length", "truncation_mode"),
         "pad and truncate pairs exactly as DPOTrainer's collator does",
     ),
+    Reliance(
+        _KERNEL,
+        "ChunkedLogProbFunction",
+        (),  # an autograd Function: its forward's parameters are checked below, after the imports
+        "prefix sharing: TRL's LM-head kernel (log-probs, entropy, mean logit, top-1 without the logits) on the "
+        "completion positions we gather, with TRL's tile width (_CHUNKED_LOGPROB_CHUNK_SIZE): TRL's numbers",
+    ),
+    Reliance(_UTILS, "maybe_gather_lm_head_ctx", ("params",), "gather a ZeRO-3-partitioned LM head for that kernel"),
+    Reliance(
+        _DPO,
+        "DPOTrainer._compute_loss",
+        ("self", "model", "inputs", "return_outputs"),
+        "prefix sharing answers its policy call, model(input_ids=, attention_mask=, use_cache=, labels=, "
+        "fused_lm_head=True) on the concatenated batch, with a packed forward; it reads log_probs, entropy, "
+        "mean_logits, is_top1 and log_sum_sq_probs, each [2 x pairs, length - 1]",
+    ),
 )
 
 
@@ -131,9 +149,22 @@ def check(relies_on: tuple[Reliance, ...] = RELIES_ON) -> None:
 
 check()
 
-from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402 - after the check
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction  # noqa: E402 - after the check
+from trl.trainer import utils as _trl_utils  # noqa: E402
+from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402
 from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
+from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx  # noqa: E402
 from trl.trainer.utils import add_fused_lm_head as _add_fused_lm_head  # noqa: E402
+
+#: The policy call in ``DPOTrainer._compute_loss`` that prefix sharing answers (see :data:`RELIES_ON`).
+_POLICY_CALL = "model(**model_kwargs, labels=labels, fused_lm_head=True)"
+if _POLICY_CALL not in inspect.getsource(DPOTrainer._compute_loss):
+    raise _error(f"DPOTrainer._compute_loss no longer makes the policy call {_POLICY_CALL}")
+if tuple(inspect.signature(ChunkedLogProbFunction.forward).parameters)[: len(_KERNEL_PARAMS)] != _KERNEL_PARAMS:
+    raise _error(f"ChunkedLogProbFunction.forward no longer takes ({', '.join(_KERNEL_PARAMS)}, ...)")
+_CHUNK = getattr(_trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+if not isinstance(_CHUNK, int):
+    raise _error("trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE (the LM-head kernel's tile width) is gone")
 
 # -- tokenization as the trainers do it ---------------------------------------------------------------------------
 
@@ -210,6 +241,65 @@ def fused_log_probs(model: PreTrainedModel, **inputs: Any) -> torch.Tensor:
     return log_probs
 
 
+def _logit_transform(model: PreTrainedModel) -> tuple[float | None, float]:
+    """(final logit softcap, logit scale) read from the config as ``add_fused_lm_head`` reads them."""
+    cfg = model.config.get_text_config()
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is None:
+        scale = getattr(cfg, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(cfg, "lm_head_multiplier", None)
+    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
+        scale = cfg.logits_scaling if cfg.model_type == "hyperclovax" else 1 / cfg.logits_scaling
+    return getattr(cfg, "final_logit_softcapping", None), 1.0 if scale is None else scale
+
+
+#: The per-token fields TRL's LM-head kernel returns, in its order.
+HEAD_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def lm_head(
+    model: PreTrainedModel, outputs: tuple[str, ...] = ("log_probs",)
+) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor | None]]:
+    """TRL's fused LM head as a function of (hidden states [N, H], target ids [N]): only the rows given are
+    projected (in tiles, without the logits); returns :data:`HEAD_FIELDS` (those not in ``outputs``: None)."""
+    softcap, scale = _logit_transform(model)
+
+    def head(hidden: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        lm = model.get_output_embeddings()
+        with maybe_gather_lm_head_ctx(lm.weight, lm.bias):
+            values = ChunkedLogProbFunction.apply(  # type: ignore[no-untyped-call]
+                hidden.to(lm.weight.device), lm.weight, lm.bias, targets.to(lm.weight.device), 1.0, _CHUNK,
+                softcap, scale, outputs,
+            )  # fmt: skip
+        return dict(zip(HEAD_FIELDS, values, strict=True))
+
+    return head
+
+
+def dpo_policy_outputs(trainer: Any) -> tuple[str, ...]:
+    """The per-token fields ``DPOTrainer``'s loss and metrics read from its policy's output."""
+    return ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if trainer.use_weighting else ())
+
+
+#: The keywords of ``DPOTrainer._compute_loss``'s policy call; any other (MoE router logits, vision inputs) means a
+#: call prefix sharing leaves to the model.
+_POLICY_KWARGS = frozenset({"input_ids", "attention_mask", "use_cache", "labels", "fused_lm_head"})
+
+
+def dpo_policy_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any] | None:
+    """(input_ids, attention_mask, labels) when ``model(*args, **kwargs)`` is ``DPOTrainer``'s policy call on its
+    concatenated batch (chosen rows, then rejected; labels -100 outside the completions), else None."""
+    if args or not kwargs.get("fused_lm_head") or not set(kwargs) <= _POLICY_KWARGS:
+        return None
+    return kwargs["input_ids"], kwargs["attention_mask"], kwargs["labels"]
+
+
+def fused_output(fields: dict[str, torch.Tensor | None]) -> Any:
+    """What the fused head returns (``FusedCausalLMOutput``), from per-token fields in its layout."""
+    return FusedCausalLMOutput(**{k: v for k, v in fields.items() if k in HEAD_FIELDS})
+
+
 def preference_collator(pad_token_id: int, max_length: int | None, truncation_mode: str) -> Callable[..., Any]:
     """``DPOTrainer``'s collator: pads and truncates ``prompt_ids``/``chosen_ids``/``rejected_ids`` into one batch
     (chosen rows first, then rejected) with ``input_ids``, ``attention_mask`` and ``completion_mask``."""
@@ -252,11 +342,12 @@ def generated_masks(out: tuple[Any, ...], n_prompts: int) -> tuple[torch.Tensor,
     return masks
 
 
-def _tokens_in(inputs: dict[str, Any]) -> int:
+def _tokens_in(inputs: dict[str, Any]) -> Any:
+    """The batch's tokens, as a tensor: read at logging time, so counting costs no device sync per micro-batch."""
     mask = inputs.get("attention_mask")
     if mask is None:
         mask = inputs.get("chosen_attention_mask")
-    return 0 if mask is None else int(mask.sum())
+    return 0 if mask is None else mask.sum()
 
 
 @contextlib.contextmanager
@@ -278,16 +369,25 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
     """``base`` (a TRL trainer class) that reads reference log-probs from our cache and counts its tokens.
 
     Construct it with ``reference=`` (split name -> :data:`RefTable`) when the job precomputed; TRL then joins
-    those tables into ``reference_columns`` instead of computing them. ``prefops_tokens`` counts the tokens
-    trained on (prompts and completions), and Online DPO also logs ``completion_length``.
+    those tables into ``reference_columns`` instead of computing them. ``policy=`` (the trainer -> a wrapper of
+    the model its loss calls, or None) lets a faster forward answer the loss's model calls (prefix sharing).
+    ``prefops_tokens`` counts the tokens trained on (prompts and completions), and Online DPO also logs
+    ``completion_length``.
     """
 
     class PrefopsTrainer(base):  # type: ignore[misc]  # base: the TRL trainer the algorithm names
-        def __init__(self, *args: Any, reference: dict[str, RefTable] | None = None, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            reference: dict[str, RefTable] | None = None,
+            policy: Callable[[Any], Callable[[Any], Any] | None] | None = None,
+            **kwargs: Any,
+        ) -> None:
             self._prefops_reference = reference or {}
-            self.prefops_tokens = 0
+            self.prefops_tokens: Any = 0
             with _model_hash_skipped(base):
                 super().__init__(*args, **kwargs)
+            self._prefops_policy = policy(self) if policy is not None else None
 
         def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
             """Join the cached reference log-probs on the row index instead of computing them."""
@@ -295,6 +395,8 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             self.prefops_tokens += _tokens_in(inputs)
+            if self._prefops_policy is not None:
+                model = self._prefops_policy(model)  # TRL's loss code, a faster policy forward underneath
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def _generate(self, model: Any, prompts: list[Any], images: Any = None) -> Any:

@@ -1,1 +1,1 @@
-"""Tensor work that is not I/O: reference log-probs, tokenization as TRL does it."""
+"""Tensor work that is not I/O: reference log-probs, tokenization as TRL does it, prefix sharing (packed pairs)."""

@@ -1,10 +1,13 @@
 """Reference log-probs for every preference pair, in inference mode, one shard at a time.
 
-The forward pass is TRL's own fused LM head (through the TRL bridge): it projects only the completion positions
-through the LM head, in tiles, and returns per-token log-probs, so the sums equal what ``DPOTrainer``'s own
-reference pass produces. What we add is throughput: batches are grouped by
-length (far less padding than TRL's dataset-order batches), there is no per-batch cross-process gather, and
-the batch size is the reference pass's own (``spec.reference.batchSize``), not the training one.
+The numbers are the sums ``DPOTrainer``'s own reference pass produces (tests compare them). What we add is
+throughput. With ``keep_start`` truncation (the default) each pair runs as one packed sequence
+``[prompt, chosen, rejected]`` (:mod:`.packing`): the prompt is computed once, and only completion positions
+reach the LM head (TRL's own kernel, through the TRL bridge). Batches are sized by a token budget over pairs
+sorted by length, so there is little padding, no per-batch cross-process gather, and the batch size is the
+reference pass's own (``spec.reference``), not the training one. A model whose attention kernel takes no custom
+mask (flash-attention 2) shares the prompt through a KV cache instead; ``keep_end`` truncation (which can cut a
+pair's two prompts differently) takes TRL's layout with TRL's fused LM head.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..adapters import trl_bridge
+from . import packing
 
 if TYPE_CHECKING:
     import torch
@@ -60,12 +64,14 @@ def compute(
     max_length: int | None,
     truncation_mode: str,
     batch_size: int,
+    tokens_per_batch: int | None = None,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> RefLogps:
     """Sum of reference log-probs of the chosen and rejected completion of every row of ``rows``.
 
     ``rows`` is a tokenized dataset (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``index``). The model
     must have gone through :func:`prepare_model`. ``on_progress`` is called with the pairs done per batch.
+    Packed batches hold up to ``tokens_per_batch`` tokens (default ``batch_size`` x ``max_length``).
     """
     import torch
 
@@ -73,10 +79,13 @@ def compute(
     device = next(model.parameters()).device
     cols = rows.select_columns(["index", "prompt_ids", "chosen_ids", "rejected_ids"])
     examples = cols.to_list()
+    shared = truncation_mode == "keep_start"
+    if shared and packing.supported(model.config._attn_implementation):
+        budget = tokens_per_batch or batch_size * (max_length or max(map(packed_length, examples)))
+        return _packed(model, examples, max_length, budget, on_progress)
     batches = length_grouped_batches([pair_length(r) for r in examples], batch_size)
     chosen: dict[int, float] = {}
     rejected: dict[int, float] = {}
-    shared = truncation_mode == "keep_start"
     with torch.inference_mode():
         for batch in batches:
             items = [examples[i] for i in batch]
@@ -91,6 +100,33 @@ def compute(
             on_progress(len(items))
     order = sorted(chosen)
     return RefLogps(order, [chosen[i] for i in order], [rejected[i] for i in order])
+
+
+def packed_length(row: Pair) -> int:
+    return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+
+
+def _packed(
+    model: PreTrainedModel,
+    examples: list[Pair],
+    max_length: int | None,
+    tokens_per_batch: int,
+    on_progress: Callable[[int], None],
+) -> RefLogps:
+    """Every pair as one packed sequence, in batches of at most ``tokens_per_batch`` tokens."""
+    import torch
+
+    pairs = [packing.keep_start((x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]), max_length) for x in examples]
+    head, device = trl_bridge.lm_head(model), next(model.parameters()).device
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    with torch.inference_mode():
+        for batch in packing.token_batches([sum(map(len, p)) for p in pairs], tokens_per_batch):
+            c, r = packing.pair_logps(model.base_model, [pairs[i] for i in batch], head, device)
+            for i, cv, rv in zip(batch, c.tolist(), r.tolist(), strict=True):
+                chosen[i], rejected[i] = cv, rv
+            on_progress(len(batch))
+    order = sorted(range(len(examples)), key=lambda i: examples[i]["index"])
+    return RefLogps([examples[i]["index"] for i in order], [chosen[i] for i in order], [rejected[i] for i in order])
 
 
 def _keep_start(row: Pair, max_length: int | None) -> Pair:

@@ -56,9 +56,9 @@ def _none_dropped(
     if len(tokenized) == len(rows):
         return tokenized
     kept = set(tokenized["index"])
-    first = next(i for i in rows["index"] if i not in kept)
+    pos, first = next((p, i) for p, i in enumerate(rows["index"]) if i not in kept)  # rows may be a shard of them
     raise DataError(
-        f"{name}: row {first}: the prompt alone is {len(_prompt_ids(tokenizer, rows[first]))} tokens, which fills "
+        f"{name}: row {first}: the prompt alone is {len(_prompt_ids(tokenizer, rows[pos]))} tokens, which fills "
         f"spec.dataset.maxLength ({spec.max_length}) and leaves no room for the answer; shorten the prompt or raise "
         f"maxLength ({len(rows) - len(tokenized)} rows are affected)"
     )

@@ -72,8 +72,10 @@ class ModelSpec(_Spec):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights and compute dtype; auto = bfloat16 on GPUs that support it, else float32."
     )
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel; auto = flash_attention_2 when installed on CUDA, else sdpa."
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
+        "auto",
+        description="Attention kernel; auto = flash_attention_2 when installed on CUDA, else sdpa. flex_attention "
+        "runs prefix sharing's packed pairs with a block-sparse kernel on GPUs.",
     )
     trust_remote_code: bool = False
     lora: LoraSpec | None = Field(None, description="LoRA settings; absent means full fine-tuning.")
@@ -162,6 +164,13 @@ class TrainingSpec(_Spec):
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
+    prefix_sharing: bool = Field(
+        True,
+        description="DPO: each pair as one sequence [prompt, chosen, rejected] (rejected tokens masked from the "
+        "chosen ones, positions restarting after the prompt), so the prompt runs forward and backward once, and the "
+        "LM head only at completion positions. Same losses as TRL's concatenated forward; needs attnImplementation "
+        "sdpa, eager or flex_attention (flash_attention_2 takes TRL's layout).",
+    )
     seed: int = 42
     log_every_steps: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
@@ -172,6 +181,12 @@ class TrainingSpec(_Spec):
 class ReferenceSpec(_Spec):
     precompute: bool | None = None
     batch_size: int = Field(8, ge=1)
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Size reference-pass batches by tokens (pairs x the longest packed pair) instead of by "
+        "batchSize; absent means batchSize x maxLength, the memory a batchSize batch may need at most.",
+    )
     workers: int = Field(1, ge=1, le=256)
     verify_samples: int = Field(8, ge=0)
 

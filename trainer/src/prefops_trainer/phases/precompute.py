@@ -64,18 +64,18 @@ def _split(
     if entry["cacheHit"]:
         log.info("reference cache hit for %s split: %s", split, cache.root)
         return entry, model
-    rows = inputs.tokenized(split)
-    mine = rows.select(shard_rows(len(rows), shard, num_shards))
+    n_rows = len(inputs.splits[split])
     if cache.has_shard(shard, num_shards):
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
+        mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
         if model is None:
             model = inputs.load_model()
             _on_device(model)
             logprobs.prepare_model(model)
         entry["pairs"] = len(mine)
         entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
-    cache.finalize(num_shards, len(rows), _cache_info(inputs, split))
+    cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
     return entry, model
 
 
@@ -104,6 +104,7 @@ def _compute_shard(
         max_length=d.max_length,
         truncation_mode=d.truncation_mode,
         batch_size=inputs.spec.reference.batch_size,
+        tokens_per_batch=inputs.spec.reference.tokens_per_batch,
         on_progress=step,
     )
     bar.close()

@@ -47,7 +47,7 @@ class Observe(TrainerCallback):
         logs: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
-        now, tokens = time.perf_counter(), self.trainer.prefops_tokens if self.trainer else 0
+        now, tokens = time.perf_counter(), int(self.trainer.prefops_tokens) if self.trainer else 0
         tps = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
         self.last = (now, tokens)
         headline = state.is_world_process_zero and logs is not None and "loss" in logs

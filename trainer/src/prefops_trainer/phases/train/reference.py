@@ -63,14 +63,14 @@ def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> in
 
 def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLogps:
     """The reference log-probs of ``n`` random training rows, computed now; ``model`` is left as it was."""
-    rows = inputs.tokenized("train")
-    picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(rows)), n))
+    picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(inputs.splits["train"])), n))
+    rows = inputs.tokenized_rows("train", picks)  # paired data: only these rows (TRL's trainer tokenizes the split)
     logprobs.prepare_model(model)
     try:
         with gathered.module_by_module(model):  # ZeRO-3: every rank recomputes the same rows, a module at a time
             return logprobs.compute(
                 model,
-                rows.select(picks),
+                rows,
                 pad_token_id=inputs.tokenizer.pad_token_id,
                 max_length=inputs.spec.dataset.max_length,
                 truncation_mode=inputs.spec.dataset.truncation_mode,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ...adapters import trl_bridge
 from ...adapters.modelio import load_tokenizer, model_dir, model_init_kwargs
 from ...adapters.refcache import RefTable
+from ...compute import prefix_sharing
 from ...core.spec import JobSpec
 from ...core.trlconfig import lora_kwargs, reference_columns, trl_trainer
 from ...inputs import Inputs
@@ -42,6 +43,8 @@ def build(
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
     if spec.algorithm.info.online:
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
+    if spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer":
+        kwargs["policy"] = prefix_sharing.enable
     observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep, inputs.ws.run)
     trainer = trl_bridge.trainer_class(base, columns)(
         model=model,
