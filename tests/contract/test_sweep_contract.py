@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,6 @@ def test_the_local_sweep_names_the_operators_best_trial(goal, outcomes):
 
 
 def _now():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,11 +6,11 @@ run. The built images themselves run in the end-to-end tests (tests/e2e, on a re
 import fnmatch
 import re
 import sys
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import tomllib
 from dockerfile_parse import DockerfileParser
 
 from prefops_operator.core.children import CACHE_DIR

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from support.jobs import job_manifest
@@ -12,7 +12,7 @@ from prefops_operator.core.naming import PodPhase, pod_name
 from prefops_operator.core.pods import PodView
 from prefops_operator.core.spec import Job, parse_job
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:
