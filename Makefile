@@ -67,7 +67,7 @@ cluster-check: images  ## check that cluster-down leaves the host as it was befo
 	@rm -f .cluster-before.json .cluster-after.json
 
 test: lint servers images  ## lint first, then the whole test suite: unit, contract, integration, e2e on a node
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PY=$(PY) scripts/test.sh $(PYTEST_ARGS)
 
 test-unit: setup  ## only the tests that need no server
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
