@@ -365,6 +365,16 @@ def test_a_job_holding_a_trials_name_that_the_sweep_does_not_own_is_waited_for_a
     d = step(sweep, d.status, [view("beta-0", "Training", owner="an-older-sweep")], 1)
     assert (d.status.trials[0].phase, d.create, d.suspend) == ("Pending", (), ())
     assert d.status.trials[0].message == "waiting for the PreferenceTrainingJob beta-0, not this sweep's, to go"
+
+
+def test_a_hand_made_job_holding_a_trials_name_is_named_with_what_to_do_and_left_alone():
+    sweep = make_sweep()
+    d = running(sweep)
+    d = step(sweep, d.status, [view("beta-0", "Succeeded", owner=None)], 1)
+    trial = d.status.trials[0]
+    assert (trial.phase, trial.objective, d.create, d.suspend) == ("Pending", None, (), ())
+    assert "PreferenceTrainingJob beta-0 exists that no sweep owns" in trial.message
+    assert "delete that job, or rename this sweep" in trial.message
     assert [t.name for t in step(sweep, d.status, (), 2).create] == ["beta-0"]  # gone: created again
 
 

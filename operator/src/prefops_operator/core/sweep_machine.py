@@ -129,6 +129,12 @@ def _update(record: TrialRecord, view: TrialView | None, sweep: Sweep) -> TrialR
     """The trial's row after observing its job (unchanged while the job is not observed)."""
     if view is None or view.terminating or record.finished:
         return record
+    if view.owner_uid is None:  # a job of the same name made by hand: it will not go away by itself
+        return replace(
+            record,
+            message=f"a PreferenceTrainingJob {view.name} exists that no sweep owns, so this trial cannot use its "
+            "name: delete that job, or rename this sweep (trial names are <sweep>-<index>)",
+        )
     if view.owner_uid != sweep.meta.uid:  # e.g. a trial of a deleted sweep of the same name, not yet collected
         return replace(record, message=f"waiting for the PreferenceTrainingJob {view.name}, not this sweep's, to go")
     metric = sweep.spec.objective.metric
