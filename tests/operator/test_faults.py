@@ -20,11 +20,18 @@ MISS = '{"cacheHit": false}'
 
 
 def pod_creates(cluster, namespace, since):
-    """Names of the pods the operator created in ``namespace`` (201), once per create; and how many it deleted."""
+    """Names of the pods the operator created in ``namespace``, once per create; and how many it deleted.
+
+    A create answered 201 counts. So does one answered 5xx whose pod exists now while no other create of that name
+    succeeded: the operator was killed mid-request, after the apiserver had stored the pod but before it could
+    answer (the audit log then records a 500)."""
     refs = [(e, e.get("objectRef") or {}) for e in cluster.audit_events(OPERATOR_USER, since=since)]
     events = [(e, ref) for e, ref in refs if ref.get("resource") == "pods" and ref.get("namespace") == namespace]
-    created = [ref["name"] for e, ref in events if e["verb"] == "create" and e["responseStatus"]["code"] == 201]
-    return created, sum(e["verb"] == "delete" for e, _ in events)
+    creates = [(ref["name"], e["responseStatus"]["code"]) for e, ref in events if e["verb"] == "create"]
+    created = [name for name, code in creates if code == 201]
+    present = {p.metadata.name for p in cluster.core().list_namespaced_pod(namespace).items}
+    lost = {name for name, code in creates if code >= 500 and name in present and name not in created}
+    return created + sorted(lost), sum(e["verb"] == "delete" for e, _ in events)
 
 
 class StandIn:
