@@ -537,7 +537,7 @@ RUNS = {  # job name → spec over the tiny job of tests/trainer/trainer_jobs.py
     "dash-dpo": {"training": {"maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulation": 2,
                               "checkpointEverySteps": 1000}},
     "dash-kto": {"algorithm": {"name": "kto"},
-                 "training": {"maxSteps": 60, "perDeviceBatchSize": 4, "checkpointEverySteps": 1000}},
+                 "training": {"maxSteps": 150, "perDeviceBatchSize": 4, "checkpointEverySteps": 1000}},
     "dash-online-dpo": {"algorithm": {"name": "online-dpo"}, **ONLINE,
                         "training": {"maxSteps": 24, "perDeviceBatchSize": 4, "checkpointEverySteps": 1000}},
 }  # fmt: skip
