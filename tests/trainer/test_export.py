@@ -54,7 +54,7 @@ def test_manifest_lists_every_file_with_its_checksum(trained, tmp_path):
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "prefops.json")
     assert [f["path"] for f in manifest["files"]] == on_disk
     for f in manifest["files"]:
-        assert export_phase.sha256_file(out / f["path"]) == f["sha256"]
+        assert storage.sha256_file(out / f["path"]) == f["sha256"]
     assert json.loads((out / "prefops.json").read_text()) == json.loads(json.dumps(manifest, default=str))
     assert {"precompute", "train", "export"} <= set(manifest["phases"])
     assert manifest["phases"]["precompute"]["cacheHit"] is False
@@ -98,7 +98,7 @@ def test_interrupted_export_leaves_no_manifest_and_a_rerun_completes_it(trained,
     assert len(resent) == len(manifest["files"]) - 3, "files that already arrived are not sent again"
     assert sorted(p.name for p in out.iterdir()) == sorted([f["path"] for f in manifest["files"]] + ["prefops.json"])
     for f in manifest["files"]:
-        assert export_phase.sha256_file(out / f["path"]) == f["sha256"]
+        assert storage.sha256_file(out / f["path"]) == f["sha256"]
 
 
 def test_export_without_merge_ships_the_adapter(tmp_path):

@@ -14,7 +14,6 @@ model's lineage (``lineage``) and only the published part of the spec (``core.re
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -45,18 +44,10 @@ def merge(base_dir: Path, adapter_dir: Path, out: Path, model_kwargs: dict[str, 
     merged.save_pretrained(out, safe_serialization=True)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_table(root: Path) -> list[dict[str, Any]]:
     """Every file under ``root`` with its size and sha256, sorted by path."""
     return [
-        {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": storage.sha256_file(p)}
         for p in sorted(root.rglob("*"))
         if p.is_file()
     ]
