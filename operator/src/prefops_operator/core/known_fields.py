@@ -73,6 +73,7 @@ SPEC: dict[str, Any] = {
         "logEverySteps": None,
         "checkpointEverySteps": None,
         "checkpointsToKeep": None,
+        "collectiveTimeoutSeconds": None,
         "deepspeed": {
             "stage": None,
             "offload": None,
