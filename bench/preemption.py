@@ -19,6 +19,7 @@ the tiny model here: for a real job add its checkpoint's upload time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -71,8 +72,7 @@ def env() -> dict[str, str]:
 
 def preempt(path: Path, sig: signal.Signals, at_step: int) -> dict[str, float]:
     """Train ``path``, send ``sig`` once step ``at_step`` is logged; steps done, resumable step, seconds to exit."""
-    proc = subprocess.Popen([*CLI, "train", str(path)], env=env(), stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([*CLI, "train", str(path)], env=env(), stderr=subprocess.PIPE, text=True)
     steps: list[int] = []
 
     def read() -> None:
@@ -90,7 +90,7 @@ def preempt(path: Path, sig: signal.Signals, at_step: int) -> dict[str, float]:
         time.sleep(0.02)
     signalled = time.monotonic()
     if sig == signal.SIGKILL:
-        os.killpg(proc.pid, sig)  # the whole pod: launcher, torchrun and ranks
+        kill_tree(proc.pid)  # the whole pod, as the kubelet kills a container: launcher, torchrun and ranks
     else:
         proc.send_signal(sig)  # the pod's process, as the kubelet sends it
     code = proc.wait()
@@ -99,6 +99,16 @@ def preempt(path: Path, sig: signal.Signals, at_step: int) -> dict[str, float]:
     if sig == signal.SIGTERM and code != 75:
         raise SystemExit(f"SIGTERM: exit {code}, expected 75")
     return {"done": max(steps), "resumable": newest_checkpoint(path.parent / "work", path.stem), "seconds": exited}
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it (torchrun starts each rank in a session of its own)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def newest_checkpoint(work: Path, name: str) -> int:

@@ -72,7 +72,8 @@ def _trainer(
 def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: reports.Report) -> None:
     """Train (from ``resume``, which every rank must have chosen) and fill the report; after a stop on SIGTERM the
     report is not used."""
-    distributed.agree(resume.name if resume else None, "the checkpoint to resume from")
+    chosen = resume.relative_to(inputs.ws.local_root).as_posix() if resume else None  # attempts/<a>/checkpoints/<n>
+    distributed.agree(chosen, "the checkpoint to resume from")
     if resume:
         log.info("resuming from %s", resume.name)
         report["resumedFrom"] = resume.name
