@@ -39,8 +39,7 @@ def test_attempts_come_from_the_environment_and_export_needs_the_operators_word_
     assert attempt_of({}) == 0 and attempt_of({"PREFOPS_ATTEMPT": "7"}) == 7
     assert trained_attempt_of({}) == 0, "local mode: the run's own"
     assert trained_attempt_of({"PREFOPS_ATTEMPT": "9", "PREFOPS_TRAINED_ATTEMPT": "7"}) == 7
-    with pytest.raises(SpecError, match=r"^PREFOPS_TRAINED_ATTEMPT: not set, while PREFOPS_ATTEMPT is"):
-        trained_attempt_of({"PREFOPS_ATTEMPT": "9"})
+    assert trained_attempt_of({"PREFOPS_ATTEMPT": "9"}) is None, "an operator's pod that names none: look it up"
     with pytest.raises(SpecError, match=r"^PREFOPS_ATTEMPT: must be a whole number >= 0 .*, got '-1'"):
         attempt_of({"PREFOPS_ATTEMPT": "-1"})
 
@@ -149,3 +148,16 @@ def test_torchrun_waits_the_grace_less_the_launchers_margin_and_the_rendezvous_t
     topo = launch.Topology(1, 0, 2, "127.0.0.1", 29500)
     cmd = launch.torchrun_command(topo, tmp_path / "job.yaml", job, 120)
     assert "--shutdown-timeout=115" in cmd and "--rdzv-conf=timeout=90" in cmd
+
+
+def test_without_the_operators_word_export_looks_up_the_newest_attempt_with_complete_trained_weights(tmp_path):
+    from prefops_trainer.adapters import trained
+
+    ws = workspace(tmp_path, 9)
+    assert trained.newest_attempt(ws) is None
+    for attempt, complete in ((2, True), (3, True), (4, False)):  # attempt 4 died before its marker
+        folder = ws.local_of(attempt, "trained")
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "prefops-trained.json").write_text("{}")
+    assert trained.newest_attempt(ws) == 3

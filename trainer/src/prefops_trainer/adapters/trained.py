@@ -75,6 +75,12 @@ def _upload(path: Path, ws: Workspace, rel: str, digest: str) -> None:
         storage.upload_file(path, ws.trained.join(rel), sha256=digest)
 
 
+def newest_attempt(ws: Workspace) -> int | None:
+    """The newest attempt whose ``trained/`` has its marker, or None."""
+    attempts = sorted((int(n) for n in storage.list_names(ws.attempts) if n.isdigit()), reverse=True)
+    return next((a for a in attempts if storage.exists(ws.at(a).trained_marker)), None)
+
+
 def result(ws: Workspace) -> Trained:
     """Attempt ``ws.attempt``'s marker, checked against the run, the attempt and the train report it records;
     RuntimeError when there is none (the train phase did not finish), :class:`IntegrityError` naming the problem."""

@@ -53,19 +53,14 @@ def attempt_of(env: Mapping[str, str]) -> int:
     return LOCAL_ATTEMPT if found is None else found
 
 
-def trained_attempt_of(env: Mapping[str, str]) -> int:
+def trained_attempt_of(env: Mapping[str, str]) -> int | None:
     """The attempt whose trained weights export publishes: ``PREFOPS_TRAINED_ATTEMPT``; in local mode (no
-    ``PREFOPS_ATTEMPT`` either) the run's own. A pod of the operator's without it is refused: taking the newest
-    ``trained/`` instead could publish what an older attempt, still alive, wrote."""
+    ``PREFOPS_ATTEMPT`` either) the run's own; None on an operator's pod that names none (an operator older than
+    the variable: export then takes the newest attempt whose ``trained/`` is complete)."""
     found = parse_attempt(env.get(TRAINED_ATTEMPT_ENV), TRAINED_ATTEMPT_ENV)
     if found is not None:
         return found
-    if env.get(ATTEMPT_ENV):
-        raise SpecError(
-            f"{TRAINED_ATTEMPT_ENV}: not set, while {ATTEMPT_ENV} is: the operator names the attempt whose trained "
-            "weights the export publishes (docs/contract.md §3)"
-        )
-    return LOCAL_ATTEMPT
+    return None if env.get(ATTEMPT_ENV) else LOCAL_ATTEMPT
 
 
 def run_id(job: Job) -> str:

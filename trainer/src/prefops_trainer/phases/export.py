@@ -19,6 +19,7 @@ the card carry the model's lineage (``lineage``) and only the published part of 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from ..adapters import metrics, storage, trained
 from ..core.errors import GateNotMet
 from ..core.evaluation import Evaluation, judge
 from ..core.uris import Uri
-from ..core.workspace import TRAINED_MARKER, Workspace, trained_attempt_of
+from ..core.workspace import TRAINED_ATTEMPT_ENV, TRAINED_MARKER, Workspace, trained_attempt_of
 from ..inputs import Inputs
 from . import reports
 from .card import MANIFEST, model_card
@@ -61,7 +62,20 @@ def file_table(root: Path) -> list[dict[str, Any]]:
 
 def trained_workspace(inputs: Inputs) -> Workspace:
     """The run as the attempt whose trained weights are published sees it (``PREFOPS_TRAINED_ATTEMPT``)."""
-    return inputs.ws.at(trained_attempt_of(os.environ))
+    return _trained_workspace(inputs.ws, trained_attempt_of(os.environ))
+
+
+@functools.cache
+def _trained_workspace(ws: Workspace, named: int | None) -> Workspace:
+    if named is not None:
+        return ws.at(named)
+    newest = trained.newest_attempt(ws)
+    log.warning(
+        "%s is not set (the operator predates it): exporting the newest attempt with complete trained weights, %s",
+        TRAINED_ATTEMPT_ENV,
+        newest,
+    )
+    return ws.at(ws.attempt if newest is None else newest)
 
 
 def trained_result(inputs: Inputs) -> dict[str, Any]:
