@@ -42,22 +42,16 @@ def contract_env_names() -> set[str]:
     return set(re.findall(r"^\| `(PREFOPS_[A-Z_]+)`", section, re.M))
 
 
-#: Variables of the contract the trainer reads and the operator does not set yet: the trainer side landed first (issue
-#: 19). Once the operator sets one, the test below fails until its entry goes.
-AWAITING_OPERATOR = {
-    "PREFOPS_TRAINED_ATTEMPT": "export pods: the train attempt that succeeded",
-    "PREFOPS_TERMINATION_GRACE_SECONDS": "every pod: its terminationGracePeriodSeconds",
-}
-
-
 def test_the_operator_sets_exactly_the_environment_variables_of_the_contract():
     set_by_operator = {v for k, v in vars(children).items() if k.startswith("ENV_")}
-    assert set_by_operator == contract_env_names() - set(AWAITING_OPERATOR)
+    assert set_by_operator == contract_env_names()
 
 
-def test_exit_code_75_is_the_contracts_interrupted_resume_me():
+def test_exit_code_75_means_interrupted_resume_me_on_both_sides():
+    from prefops_operator.core.restarts import INTERRUPTED_EXIT_CODE
     from prefops_trainer.core.errors import Interrupted
 
+    assert Interrupted.exit_code == INTERRUPTED_EXIT_CODE == 75
     section = (ROOT / "docs" / "contract.md").read_text().split("## 4.")[1].split("\n## ")[0]
     assert f"| {Interrupted.exit_code} | interrupted, resume me:" in section
 
