@@ -140,11 +140,11 @@ def test_the_ranks_words_make_the_pods_exit(code, words, signalled, expected):
 
 
 def test_torchrun_waits_the_grace_less_the_launchers_margin_and_the_rendezvous_the_startup_deadline(tmp_path):
-    assert launch.grace_seconds({}) == 300
-    assert launch.shutdown_timeout(launch.grace_seconds({"PREFOPS_TERMINATION_GRACE_SECONDS": "120"})) == 115
+    job = parse_job(job_doc(tmp_path, startupDeadlineSeconds=90, resources={"terminationGracePeriodSeconds": 60}))
+    assert launch.grace_seconds(job, {}) == 60, "local mode: the spec's grace period"
+    assert launch.shutdown_timeout(launch.grace_seconds(job, {"PREFOPS_TERMINATION_GRACE_SECONDS": "120"})) == 115
     with pytest.raises(SpecError, match=r"^PREFOPS_TERMINATION_GRACE_SECONDS: must be a whole number of seconds"):
-        launch.grace_seconds({"PREFOPS_TERMINATION_GRACE_SECONDS": "0"})
-    job = parse_job(job_doc(tmp_path, startupDeadlineSeconds=90))
+        launch.grace_seconds(job, {"PREFOPS_TERMINATION_GRACE_SECONDS": "0"})
     topo = launch.Topology(1, 0, 2, "127.0.0.1", 29500)
     cmd = launch.torchrun_command(topo, tmp_path / "job.yaml", job, 120)
     assert "--shutdown-timeout=115" in cmd and "--rdzv-conf=timeout=90" in cmd

@@ -7,7 +7,8 @@ and DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``); with CUDA, NCCL.
 
 Timeouts: the rendezvous waits ``spec.startupDeadlineSeconds`` for every node (as long as the operator waits for a pod
 to start); on SIGTERM, passed on to torchrun, torchrun waits for its ranks to save a checkpoint and stop for
-``PREFOPS_TERMINATION_GRACE_SECONDS`` (the pod's grace period) less :data:`LAUNCHER_MARGIN_SECONDS`, then kills them.
+``PREFOPS_TERMINATION_GRACE_SECONDS`` (the pod's grace period; locally ``spec.resources.terminationGracePeriodSeconds``)
+less :data:`LAUNCHER_MARGIN_SECONDS`, then kills them.
 The ranks leave a word for this process in a scratch folder (``PREFOPS_ERROR_DIR``): ``rank-<r>``, a user error;
 ``interrupted-rank-<r>``, a clean stop on SIGTERM (exit 75); ``resume.json``, the checkpoint the node resumes from.
 """
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: The pod's grace period after SIGTERM, set by the operator (``spec.resources.terminationGracePeriodSeconds``).
 GRACE_ENV = "PREFOPS_TERMINATION_GRACE_SECONDS"
-#: The grace where no operator sets one (local mode): the operator's default grace period.
-DEFAULT_GRACE_SECONDS = 300
 #: Seconds of the grace kept for the launcher: torchrun kills ranks still saving this long before the kubelet would
 #: kill the pod, so the launcher still exits with its reason.
 LAUNCHER_MARGIN_SECONDS = 5
@@ -76,12 +75,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def grace_seconds(env: Mapping[str, str]) -> int:
-    """``PREFOPS_TERMINATION_GRACE_SECONDS``, else :data:`DEFAULT_GRACE_SECONDS`; :class:`SpecError` naming it when it
-    is not a whole number >= 1."""
+def grace_seconds(job: Job, env: Mapping[str, str]) -> int:
+    """``PREFOPS_TERMINATION_GRACE_SECONDS``, else (local mode) ``spec.resources.terminationGracePeriodSeconds``;
+    :class:`SpecError` naming the variable when it is not a whole number >= 1."""
     value = env.get(GRACE_ENV, "")
     if not value:
-        return DEFAULT_GRACE_SECONDS
+        return job.spec.resources.termination_grace_period_seconds
     if not value.isdigit() or int(value) < 1:
         raise SpecError(f"{GRACE_ENV}: must be a whole number of seconds >= 1, got {value!r}")
     return int(value)
@@ -129,7 +128,7 @@ def torchrun_train(job: Job, job_path: Path) -> int:
     topo = topology(job)
     if topo.master_port == 0 and topo.nnodes == 1:
         topo = Topology(topo.nnodes, topo.node_rank, topo.nproc_per_node, topo.master_addr, _free_port())
-    cmd = torchrun_command(topo, job_path, job, grace_seconds(os.environ))
+    cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ))
     log.info(
         "starting %d processes on this node (%d nodes, node rank %d): %s",
         topo.nproc_per_node,
