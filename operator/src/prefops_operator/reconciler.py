@@ -27,8 +27,10 @@ from typing import Any
 
 from .adapters.kube import Conflict, Forbidden, Gone, KubeApi, Rejected, TemporaryError
 from .adapters.metrics import OperatorMetrics
+from .adapters.plan_sources import SourceReader
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
+from .core.admission import Admission, admit
 from .core.algorithms import ALGORITHMS
 from .core.conditions import Reason
 from .core.evaluation import Evaluation, evaluation_from_metrics
@@ -60,6 +62,7 @@ class _Memory(WrittenStatus):
     refused: int = 0  # creates refused in a row
     last_scrape: float = float("-inf")
     shard_metrics: dict[str, str] = field(default_factory=dict)
+    admission: tuple[int, Admission] | None = None  # (generation, the plan made for it) while Pending
 
 
 class Reconciler:
@@ -73,6 +76,7 @@ class Reconciler:
     ) -> None:
         self.api, self.config, self.clock = api, config, clock
         self.scraper = scraper or Scraper(config.scrape_timeout)
+        self.sources = SourceReader(api, config.hub_endpoint, config.gpu_memory_label)
         self.metrics = metrics or OperatorMetrics(self.phases)
         self._memory: dict[Key, _Memory] = {}
         self._phases: dict[Key, Phase] = {}
@@ -123,7 +127,9 @@ class Reconciler:
         owned = [p for p in pods if p.owner == mem.uid]
         previous = Status.from_dict(body.get("status"))
         progress, evaluation = await self._scrape(mem, job, previous, owned, now) if job else (None, None)
-        decision = decide(previous, Observed(job, owned, spec_error, mem.refusal, progress, evaluation), now)
+        admission = await self._admit(mem, job) if job and previous.phase == Phase.PENDING else None
+        observed = Observed(job, owned, spec_error, mem.refusal, progress, evaluation, admission)
+        decision = decide(previous, observed, now)
         if decision.status != previous:
             await self._write(mem, job, body, decision, now)
         self._phases[key] = decision.status.phase
@@ -133,6 +139,14 @@ class Reconciler:
         actions = plan(job, decision.status, owned, self.config.children, now, foreign)
         refusal = await self._act(job, mem, actions, owned)
         return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
+
+    async def _admit(self, mem: _Memory, job: Job) -> Admission:
+        """The memory plan of a Pending job (made once per generation): the model's config and the GPUs' memory
+        read (:mod:`.adapters.plan_sources`), then planned (:mod:`.core.admission`)."""
+        generation = job.meta.generation
+        if mem.admission is None or mem.admission[0] != generation:
+            mem.admission = (generation, admit(job.spec.raw, await self.sources.gather(job)))
+        return mem.admission[1]
 
     def _after_refusal(self, mem: _Memory, refusal: Refusal | None) -> float | None:
         """Remember a refusal (the next decision shows it) and back off while it lasts; ``None`` when nothing was

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefops_trainer")
 
 TERMINATION_LOG = "/dev/termination-log"
+PLAN_WONT_FIT = 4  # ``plan``: the job does not fit the device memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
     cmd("validate", "check the job spec and print it with every default filled in")
+    plan = cmd(
+        "plan",
+        "will it fit? per-device memory by component for each phase, host RAM and disk per pod, from the spec and the "
+        "model's config.json (no weights are downloaded); exit 4 when it does not fit",
+    )
+    plan.add_argument("--gpu-memory", metavar="QUANTITY", help="each GPU's memory, e.g. 80Gi (default: "
+                      "spec.resources.gpuMemory)")  # fmt: skip
+    plan.add_argument("--output", choices=("table", "json"), default="table", help="default: table")
+    plan.add_argument("--model-config", type=Path, metavar="config.json", help="the model's config.json (default: "
+                      "read from spec.model.source)")  # fmt: skip
+    plan.add_argument("--reward-model-config", type=Path, metavar="config.json", help="Online DPO: the reward "
+                      "model's config.json (default: read from spec.rewardModel.source)")  # fmt: skip
     sweep = sub.add_parser(
         "sweep",
         help="run a PreferenceTrainingSweep's trials here, one after another, and name the best",
@@ -154,6 +167,15 @@ def cmd_validate(job: Job, args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
     return 0
+
+
+def cmd_plan(job: Job, args: argparse.Namespace) -> int:
+    """Print the job's plan (table or JSON); exit 0 when it fits or cannot be judged, 4 when it does not fit."""
+    from .planning import plan_from_job, render
+
+    result = plan_from_job(job, args.gpu_memory, args.model_config, args.reward_model_config)
+    print(render(result, args.output))  # noqa: T201
+    return PLAN_WONT_FIT if result.fits is False else 0
 
 
 def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
@@ -260,4 +282,5 @@ COMMANDS: dict[str, Callable[[Job, argparse.Namespace], int]] = {
     "train": cmd_train,
     "export": cmd_export,
     "validate": cmd_validate,
+    "plan": cmd_plan,
 }

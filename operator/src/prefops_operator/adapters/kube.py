@@ -200,6 +200,25 @@ class KubeApi:
         refs = (found.get("metadata") or {}).get("ownerReferences") or []
         return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
+    async def config_map_data(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """A ConfigMap's ``data`` (``None`` when it does not exist): the model config a job names for its plan."""
+        try:
+            found = await self._call("GET", f"{_collection('ConfigMap', namespace)}/{name}", f"get configmap {name}")
+        except Gone:
+            return None
+        data = found.get("data") if isinstance(found, Mapping) else None
+        return data if isinstance(data, Mapping) else {}
+
+    async def node_labels(self) -> list[tuple[str, Mapping[str, str]]]:
+        """(name, labels) of every node: where the plan reads the GPUs' memory (raises Forbidden without RBAC)."""
+        found = await self._call("GET", "/api/v1/nodes", "list nodes")
+        items = found.get("items") if isinstance(found, Mapping) else None
+        out: list[tuple[str, Mapping[str, str]]] = []
+        for item in items or []:
+            meta = item.get("metadata") or {}
+            out.append((str(meta.get("name") or ""), dict(meta.get("labels") or {})))
+        return out
+
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (gracefully: the trainer gets SIGTERM); already gone is fine."""
         with contextlib.suppress(Gone):

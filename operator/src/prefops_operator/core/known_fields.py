@@ -19,6 +19,7 @@ SPEC: dict[str, Any] = {
         "dtype": None,
         "attnImplementation": None,
         "trustRemoteCode": None,
+        "configMap": None,
         "lora": {
             "r": None,
             "alpha": None,
@@ -51,6 +52,7 @@ SPEC: dict[str, Any] = {
         "revision": None,
         "dtype": None,
         "trustRemoteCode": None,
+        "configMap": None,
     },
     "generation": {
         "maxNewTokens": None,
@@ -90,6 +92,8 @@ SPEC: dict[str, Any] = {
         "nodes": None,
         "gpusPerNode": None,
         "processesPerNode": None,
+        "gpuMemory": None,
+        "fitCheck": None,
         "requests": MAP,
         "limits": MAP,
         "nodeSelector": MAP,

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
+from .admission import Admission
 from .algorithms import ALGORITHMS
 from .conditions import RUNNING_REASON, STARTED_REASON, ConditionType, FailureReason, Reason
 from .evaluation import GATE_NOT_MET_EXIT_CODE, Evaluation, final_evaluation, gate_message
@@ -41,6 +42,7 @@ class Happening(str, Enum):
     SUSPEND = "Suspend"
     RESUME = "Resume"
     CREATE_REFUSED = "CreateRefused"  # the apiserver refused a child, and retrying cannot help
+    WONT_FIT = "WontFit"  # the admission's memory plan does not fit the GPUs (spec.resources.fitCheck: enforce)
 
 
 #: the Failed condition's reason for each happening that fails a job
@@ -50,6 +52,7 @@ FAILURE_REASONS: Mapping[Happening, Reason] = {
     Happening.BACKOFF_EXHAUSTED: Reason.BACKOFF_LIMIT_EXCEEDED,
     Happening.DEADLINE_EXCEEDED: Reason.DEADLINE_EXCEEDED,
     Happening.GATE_NOT_MET: Reason.GATE_NOT_MET,
+    Happening.WONT_FIT: Reason.WONT_FIT,
 }
 
 
@@ -67,6 +70,7 @@ def _running(happening: Happening, target: Target) -> dict[tuple[Phase, Happenin
 #: (phase, what happened) -> where the job goes. Pairs not in the table change nothing.
 TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
     (Phase.PENDING, Happening.INVALID_SPEC): Target.FAILED,
+    (Phase.PENDING, Happening.WONT_FIT): Target.FAILED,
     (Phase.PENDING, Happening.SUSPEND): Target.SUSPENDED,
     (Phase.PENDING, Happening.START): Target.NEXT,
     **_running(Happening.GROUP_SUCCEEDED, Target.NEXT),
@@ -90,6 +94,7 @@ class Observed:
     the job controls (owner reference with its uid). ``refusal`` is why the apiserver refused the last child built
     from the spec (an invalid toleration, a quota, a missing ServiceAccount, ...) or why a name is taken.
     ``progress`` and ``evaluation`` are the latest sample of the trainer's metrics, if one was taken.
+    ``admission`` is the memory plan's verdict, made while the job is Pending (:mod:`.admission`).
     """
 
     job: Job | None
@@ -98,6 +103,7 @@ class Observed:
     refusal: Refusal | None = None
     progress: Progress | None = None
     evaluation: Evaluation | None = None
+    admission: Admission | None = None
 
     @property
     def spec(self) -> JobSpec | None:
@@ -152,6 +158,9 @@ def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     )
     if after and (before is None or (before.reason, before.message) != (after.reason, after.message)):
         return replace(decision, notices=(Notice(Reason(after.reason), after.message),))
+    admission = observed.admission
+    if admission is not None and admission.wont_fit and not admission.enforce and previous.phase == Phase.PENDING:
+        return replace(decision, notices=(Notice(Reason.WONT_FIT, f"{admission.message} (fitCheck: warn)"),))
     return decision
 
 
@@ -198,6 +207,9 @@ def _classify(previous: Status, observed: Observed, spec: JobSpec, now: datetime
         problems = semantic_problems(spec)
         if problems:
             return _Finding(Happening.INVALID_SPEC, "; ".join(problems))
+        admission = observed.admission
+        if admission is not None and admission.wont_fit and admission.enforce:
+            return _Finding(Happening.WONT_FIT, admission.message)
         return _Finding(Happening.SUSPEND if spec.suspend else Happening.START)
     if phase == Phase.SUSPENDED:
         return None if spec.suspend else _Finding(Happening.RESUME)
@@ -423,8 +435,17 @@ def _refresh(previous: Status, observed: Observed, spec: JobSpec, now: datetime)
         progress=progress,
         evaluation=evaluation,
         observed_generation=meta.generation if meta else previous.observed_generation,
-        conditions=_replica_failure(previous, observed.refusal, now),
+        conditions=_feasible(_replica_failure(previous, observed.refusal, now), observed.admission, now),
+        plan=dict(observed.admission.summary) if observed.admission else previous.plan,
     )
+
+
+def _feasible(conditions: tuple[Condition, ...], admission: Admission | None, now: datetime) -> tuple[Condition, ...]:
+    """The conditions with Feasible set from the admission's plan, when one was just made."""
+    if admission is None:
+        return conditions
+    update = {ConditionType.FEASIBLE: (admission.status, Reason(admission.reason), admission.message)}
+    return _conditions(conditions, now, update)
 
 
 def _replica_failure(previous: Status, refusal: Refusal | None, now: datetime) -> tuple[Condition, ...]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .admission import pod_sizing
 from .children import ChildSettings, config_map, network_policy, pod, training_service
 from .machine import group_size
 from .naming import PodPhase, pod_name
@@ -81,13 +82,14 @@ def _plan_running(
         and ((p.phase == pod_phase and p.attempt != attempt) or (p.phase != pod_phase and not p.finished_or_failed))
     ]
     held = {p.name for p in pods}
+    sizing = pod_sizing(status.plan, pod_phase.value)
     creates, waiting, blocked = [], [], []
     for index in range(group_size(job.spec, pod_phase)):
         name = pod_name(job.meta.name, pod_phase, index)
         if name in taken:
             blocked.append(name)
         elif name not in held:
-            creates.append(NewPod(name, attempt, pod(job, pod_phase, index, attempt, settings)))
+            creates.append(NewPod(name, attempt, pod(job, pod_phase, index, attempt, settings, sizing)))
         elif any(p.name == name and (p.terminating or p in stale) for p in pods):
             waiting.append(name)
     ensure = [config_map(job)]

@@ -204,6 +204,7 @@ class Status:
     observed_generation: int | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    plan: Mapping[str, Any] | None = None  # the admission's memory plan (core.admission.summary)
 
     @property
     def attempt(self) -> int:
@@ -231,6 +232,7 @@ class Status:
                 "observedGeneration": self.observed_generation,
                 "startTime": format_time(self.start_time),
                 "completionTime": format_time(self.completion_time),
+                "plan": dict(self.plan) if self.plan else None,
             }
         )
 
@@ -254,6 +256,7 @@ class Status:
             observed_generation=_int(d.get("observedGeneration")),
             start_time=parse_time(d.get("startTime")),
             completion_time=parse_time(d.get("completionTime")),
+            plan=dict(d["plan"]) if isinstance(d.get("plan"), Mapping) else None,
         )
 
 
