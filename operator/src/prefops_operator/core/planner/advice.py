@@ -82,10 +82,13 @@ TRAINING_CHANGES: tuple[Callable[[PlanJob], Iterator[Candidate]], ...] = (
 
 
 def _reference_batch(job: PlanJob) -> Iterator[Candidate]:
+    """Halve the reference pass's batch (its budget of batchSize x maxLength tokens), dropping tokensPerBatch."""
     batch = job.reference_batch
+    dropped = ", without tokensPerBatch" if job.reference_tokens else ""
     while batch > 1:
         batch //= 2
-        yield replace(job, reference_batch=batch, reference_tokens=None), f"reference.batchSize -> {batch}", {
+        yield replace(job, reference_batch=batch, reference_tokens=None), (
+            f"reference.batchSize {job.reference_batch} -> {batch}{dropped}"), {
             "reference.batchSize": batch, "reference.tokensPerBatch": None}  # fmt: skip
 
 

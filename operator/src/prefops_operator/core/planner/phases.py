@@ -64,7 +64,7 @@ class DevicePlan:
 class PhasePlan:
     """One phase: ``pods`` alike (the first one's disk, which holds rank 0's checkpoints), each with ``processes``
     processes and ``gpus`` GPUs; ``device`` is None for a phase that uses no accelerator memory (export merges on the
-    CPU)."""
+    CPU). ``cpu`` is a floor, not a measurement: a core per process (the pods may use more when the node has it)."""
 
     name: str
     pods: int
@@ -238,9 +238,8 @@ def phase_plans(s: Setup, reward: ModelShape | None) -> tuple[PhasePlan, ...]:
     if job.precompute and job.family in ("dpo", "kto"):
         ref = reference_device(s)
         out.append(PhasePlan("precompute", job.reference_workers, 1, gpus, ref, reference_host(s, ref),
-                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, 4))  # fmt: skip
+                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, 1))  # fmt: skip
     train = training_device(s, reward)
-    out.append(PhasePlan("train", job.nodes, procs, gpus, train, training_host(s, train), training_disk(s),
-                         2 * procs + 2))  # fmt: skip
-    out.append(PhasePlan("export", 1, 1, min(gpus, 1), None, export_host(s), export_disk(s), 4))
+    out.append(PhasePlan("train", job.nodes, procs, gpus, train, training_host(s, train), training_disk(s), procs))
+    out.append(PhasePlan("export", 1, 1, min(gpus, 1), None, export_host(s), export_disk(s), 1))
     return tuple(out)
