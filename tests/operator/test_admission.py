@@ -28,7 +28,7 @@ def admitted(spec: dict, sources: PlanSources | None = None):
 
 
 def test_a_job_that_fits_starts_with_feasible_true_naming_its_largest_components():
-    job, admission, decision = admitted(FULL_8X80)
+    _, _, decision = admitted(FULL_8X80)
     assert decision.status.phase == Phase.TRAINING
     feasible = decision.status.condition(ConditionType.FEASIBLE)
     assert (feasible.status, feasible.reason) == ("True", Reason.FITS)
@@ -40,7 +40,7 @@ def test_a_job_that_fits_starts_with_feasible_true_naming_its_largest_components
 
 
 def test_a_job_that_cannot_fit_fails_wont_fit_before_any_pod_naming_the_suggestions():
-    job, admission, decision = admitted({**FULL_8X80, "resources": {"gpusPerNode": 1, "gpuMemory": "24Gi"}})
+    job, _, decision = admitted({**FULL_8X80, "resources": {"gpusPerNode": 1, "gpuMemory": "24Gi"}})
     status = decision.status
     assert status.phase == Phase.FAILED
     assert status.condition(ConditionType.FAILED).reason == Reason.WONT_FIT

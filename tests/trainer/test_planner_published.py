@@ -39,7 +39,7 @@ def test_zephyr_7b_beta_full_dpo_on_8_a100_80gb_under_zero3_fits():
             "gradientAccumulation": 2,
             "gradientCheckpointing": True,
             "deepspeed": {"stage": 3},
-        },  # fmt: skip
+        },
         reference={"precompute": False},
         resources={"nodes": 1, "gpusPerNode": 8, "gpuMemory": "80Gi"},
     )
@@ -62,7 +62,7 @@ def test_simpo_llama_3_8b_instruct_on_8_h100_80gb_fits():
             "gradientAccumulation": 16,
             "gradientCheckpointing": True,
             "deepspeed": {"stage": 3},
-        },  # fmt: skip
+        },
         resources={"nodes": 1, "gpusPerNode": 8, "gpuMemory": "80Gi"},
     )
     assert result.fits is True
