@@ -29,10 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.common import QUIET_ENV, ROOT, machine
 
-SIZES = {  # name: (hidden, layers, heads, kv heads, intermediate, vocab)
-    "S": (256, 4, 4, 2, 688, 8192),
-    "M": (512, 8, 8, 4, 1376, 16384),
-    "L": (768, 12, 12, 4, 2048, 32000),
+SIZES = {  # name: (model_type, hidden, layers, heads, kv heads, intermediate, vocab)
+    "S": ("llama", 256, 4, 4, 2, 688, 8192),
+    "M": ("llama", 512, 8, 8, 4, 1376, 16384),
+    "L": ("llama", 768, 12, 12, 4, 2048, 32000),
+    "Qwen0.5B": ("qwen2", 896, 24, 14, 2, 4864, 151936),  # Qwen2.5-0.5B's shape (GPU runs)
 }
 PROMPT = 8  # tokens: the worst case for the plan is a short prompt and completions that fill maxLength
 
@@ -51,14 +52,17 @@ class Config:
     dtype: str = "float32"
     algorithm: str = "dpo"
     accumulation: int = 1
+    gpu: bool = False
+    precompute: bool = True
 
     def describe(self) -> str:
         mode = "LoRA" if self.lora else "full"
         gc = ", GC" if self.checkpointing else ""
         ps = "" if self.prefix_sharing or self.algorithm != "dpo" else ", TRL layout"
         acc = f"x{self.accumulation}" if self.accumulation > 1 else ""
+        ref = "" if self.precompute else ", reference model"
         return (f"{self.algorithm} {self.size} {mode} {self.dtype[:4]} B{self.batch}{acc} L{self.max_length}"
-                f"{gc}{ps}")  # fmt: skip
+                f"{gc}{ps}{ref}")  # fmt: skip
 
 
 CONFIGS = [
@@ -77,9 +81,9 @@ QUICK = ["lora", "full", "lora-gc"]
 
 
 def model_config(size: str, max_length: int) -> dict:
-    hidden, layers, heads, kv, inter, vocab = SIZES[size]
+    model_type, hidden, layers, heads, kv, inter, vocab = SIZES[size]
     return {
-        "model_type": "llama",
+        "model_type": model_type,
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
@@ -101,7 +105,7 @@ def build(root: Path, c: Config) -> Path:
     import torch
     import yaml
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     words = [f"w{i}" for i in range(512)]
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
@@ -109,7 +113,9 @@ def build(root: Path, c: Config) -> Path:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**model_config(c.size, c.max_length))).save_pretrained(root / "model")
+    config = model_config(c.size, c.max_length)
+    model_type = config.pop("model_type")
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).save_pretrained(root / "model")
     fast.save_pretrained(root / "model")
     rng = random.Random(0)
     steps = 2
@@ -146,8 +152,8 @@ def spec(root: Path, c: Config, steps: int) -> dict:
             "prefixSharing": c.prefix_sharing,
             "checkpointEverySteps": 10**6,
         },
-        "reference": {"batchSize": c.batch},
-        "resources": {"gpusPerNode": 0},
+        "reference": {"batchSize": c.batch, "precompute": c.precompute},
+        "resources": {"gpusPerNode": 1 if c.gpu else 0},
         "output": {"uri": str(root / "out")},
         "storage": {"uri": str(root / "work")},
     }
@@ -156,7 +162,7 @@ def spec(root: Path, c: Config, steps: int) -> dict:
 def measure_one(c: Config) -> dict:
     """Run the train phase of ``c`` here under the profiler; planned and measured components, as a dict."""
     import torch
-    from lib.memory import Measured, Probe, allocator_summary, marked_head
+    from lib.memory import Measured, Probe, allocator_summary, cuda_head_rises, marked_head
 
     from prefops_trainer.adapters.jobfile import load_job
     from prefops_trainer.inputs import load_inputs
@@ -178,23 +184,31 @@ def measure_one(c: Config) -> dict:
         return trainer
 
     trainers.build = instrumented  # type: ignore[assignment]
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with marked_head(), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        train.run(inputs)
-    allocator_summary(prof, measured)
-    from lib.memory import span
+    if c.gpu:
+        torch.cuda.reset_peak_memory_stats()
+        with cuda_head_rises(measured):
+            train.run(inputs)
+        measured.peak = max(measured.extras.pop("peak_before_resets", 0), torch.cuda.max_memory_allocated())
+        measured.extras["reserved"] = torch.cuda.max_memory_reserved()
+        gpu_memory = torch.cuda.get_device_properties(0).total_memory
+    else:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with marked_head(), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+            train.run(inputs)
+        allocator_summary(prof, measured)
+        gpu_memory = None
+    return {"config": asdict(c), "planned": planned(job, gpu_memory), "measured": asdict(measured)}
 
-    measured.extras["compute_loss_span"] = span(prof, "planner::compute_loss")
-    return {"config": asdict(c), "planned": planned(job), "measured": asdict(measured)}
 
-
-def planned(job: object) -> dict:
-    """The plan's training components, and the parts the bench measures apart (saved activations, head)."""
+def planned(job: object, gpu_memory: int | None = None) -> dict:
+    """The plan's training components, and the parts the bench measures apart (saved activations, head). On a GPU
+    the total compared with ``max_memory_allocated`` leaves out what the allocator never counts (the CUDA context)
+    and its fragmentation: both are in the plan's ``overhead``, reported beside."""
     from prefops_trainer.core.planner import terms
     from prefops_trainer.core.planner.phases import training_device
     from prefops_trainer.planning import plan_from_job
 
-    plan = plan_from_job(job, None)  # type: ignore[arg-type]
+    plan = plan_from_job(job, f"{gpu_memory}" if gpu_memory else None)  # type: ignore[arg-type]
     s = terms.setup(plan.job, plan.shape)
     mb = terms.training_batch(plan.job)
     device = training_device(s, None)
@@ -202,7 +216,8 @@ def planned(job: object) -> dict:
     mask_copies = copies * mb.rows * mb.seq * mb.seq * s.bytes if mb.packed and mb.masked else 0
     return {
         "components": device.components,
-        "total": device.total,
+        "total": device.total - device.components["overhead"],
+        "overhead": device.components["overhead"],
         "peakAt": device.peak_at,
         "saved": terms.saved_activations(s, mb) + mask_copies,
         "head": terms.logits(s, mb),
@@ -217,12 +232,12 @@ def error(plan: float, real: float) -> float | None:
     return None if real == 0 else (plan - real) / real * 100
 
 
-def run_config(c: Config) -> dict:
+def run_config(c: Config, script: str = __file__) -> dict:
     env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "trainer" / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(asdict(c), f)
-    out = subprocess.run([sys.executable, __file__, "--one", f.name], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, script, "--one", f.name], env=env, capture_output=True, text=True,
                          timeout=3600, check=False)  # fmt: skip
     os.unlink(f.name)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -257,8 +272,8 @@ def mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def print_results(results: list[dict]) -> None:
-    print("\n### Planner accuracy: plan against the train phase's measured peak (CPU, torch's allocator counter)\n")
+def print_results(results: list[dict], where: str = "CPU, torch's allocator counter") -> None:
+    print(f"\n### Planner accuracy: plan against the train phase's measured peak ({where})\n")
     print("| configuration | component | planned MiB | measured MiB | error |")
     print("|---|---|---|---|---|")
     totals = []

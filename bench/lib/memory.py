@@ -197,3 +197,33 @@ def _walk(nodes: Any) -> Iterator[Any]:
     for n in nodes:
         yield n
         yield from _walk(n.children)
+
+
+@contextlib.contextmanager
+def cuda_head_rises(measured: Measured) -> Iterator[None]:
+    """On a CUDA device: the allocator's rise inside TRL's LM-head kernel, forward and backward, from
+    ``torch.cuda.max_memory_allocated`` (the peak is read before each reset, so the phase's own peak is kept in
+    ``measured.extras['peak_before_resets']``)."""
+    import torch
+
+    from prefops_trainer.adapters import trl_bridge
+
+    F = trl_bridge.head_kernel_function()
+    forward, backward = F.forward, F.backward
+
+    def rise(call: Any, attr: str, *args: Any, **kwargs: Any) -> Any:
+        measured.extras["peak_before_resets"] = max(
+            measured.extras.get("peak_before_resets", 0), torch.cuda.max_memory_allocated()
+        )
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = call(*args, **kwargs)
+        setattr(measured, attr, max(getattr(measured, attr), torch.cuda.max_memory_allocated() - before))
+        return out
+
+    F.forward = staticmethod(lambda *a, **k: rise(forward, "head_forward", *a, **k))  # type: ignore[method-assign]
+    F.backward = staticmethod(lambda *a, **k: rise(backward, "head_backward", *a, **k))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        F.forward, F.backward = staticmethod(forward), staticmethod(backward)  # type: ignore[method-assign]
