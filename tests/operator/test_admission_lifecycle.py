@@ -89,4 +89,4 @@ def test_a_plan_that_cannot_be_made_is_skipped_and_says_why(jobs, namespace, sta
     assert (feasible["status"], feasible["reason"]) == ("Unknown", "PlanSkipped")
     assert "it holds no storage credentials" in feasible["message"]
     pod = next(iter(jobs.pods("opaque").values()))
-    assert pod.spec.containers[0].resources.requests == {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}
+    assert pod.spec.containers[0].resources.requests == {"cpu": "250m", "memory": "2Gi", "nvidia.com/gpu": "1"}

@@ -22,10 +22,11 @@ from typing import Any
 
 from . import planner
 from .planner.job import format_bytes
+from .planner.render import cpu_quantity
 
 REASON_FITS, REASON_WONT_FIT, REASON_SKIPPED = "Fits", "WontFit", "PlanSkipped"
 #: what a pod requests when there is no plan and the spec sets nothing: never BestEffort
-FLOOR = {"cpu": "1", "memory": "2Gi"}
+FLOOR = {"cpu": "250m", "memory": "2Gi"}
 #: how many of the peak phase's components the condition and status name
 LARGEST = 3
 
@@ -88,8 +89,14 @@ def _verdict(result: planner.Plan, sources: PlanSources, enforce: bool) -> Admis
     total = format_bytes(peak.device.total) if peak.device else "0"
     largest = ", ".join(doc["largest"])
     if result.fits is None:
-        why = sources.memory_missing or "no device memory is known"
-        message = f"planned {total} per device in {peak.name} ({largest}); no verdict: {why}"
+        if not result.job.gpu:
+            pods = ", ".join(
+                f"{p.name} {v['memory']}" for p, v in zip(result.phases, doc["phases"].values(), strict=True)
+            )
+            message = f"a CPU-only job, no GPU memory to judge: its pods request the plan's host memory ({pods})"
+        else:
+            why = sources.memory_missing or "no device memory is known"
+            message = f"planned {total} per device in {peak.name} ({largest}); no verdict: {why}"
         return Admission("Unknown", REASON_SKIPPED, message, doc, enforce)
     memory = f"{format_bytes(result.memory or 0)} ({result.memory_source})"
     if result.fits:
@@ -124,7 +131,7 @@ def summary(result: planner.Plan) -> dict[str, Any]:
 
 
 def _phase(phase: planner.PhasePlan) -> dict[str, str]:
-    out = {"memory": _quantity(phase.host), "cpu": str(phase.cpu), "cache": _quantity(phase.disk)}
+    out = {"memory": _quantity(phase.host), "cpu": cpu_quantity(phase.cpu), "cache": _quantity(phase.disk)}
     if phase.device is not None:
         out["perDevice"] = format_bytes(phase.device.total)
     return out

@@ -64,7 +64,8 @@ class DevicePlan:
 class PhasePlan:
     """One phase: ``pods`` alike (the first one's disk, which holds rank 0's checkpoints), each with ``processes``
     processes and ``gpus`` GPUs; ``device`` is None for a phase that uses no accelerator memory (export merges on the
-    CPU). ``cpu`` is a floor, not a measurement: a core per process (the pods may use more when the node has it)."""
+    CPU). ``cpu`` is a floor in millicores, not a measurement: a core per process on GPU nodes, half a core per
+    process on CPU-only ones (the pods may use more when the node has it)."""
 
     name: str
     pods: int
@@ -73,7 +74,7 @@ class PhasePlan:
     device: DevicePlan | None
     host: int
     disk: int
-    cpu: int
+    cpu: int  # millicores
 
 
 def _moment(peak_at: str, **parts: int) -> DevicePlan:
@@ -238,8 +239,14 @@ def phase_plans(s: Setup, reward: ModelShape | None) -> tuple[PhasePlan, ...]:
     if job.precompute and job.family in ("dpo", "kto"):
         ref = reference_device(s)
         out.append(PhasePlan("precompute", job.reference_workers, 1, gpus, ref, reference_host(s, ref),
-                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, 1))  # fmt: skip
+                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, _cores(job, 1)))  # fmt: skip
     train = training_device(s, reward)
-    out.append(PhasePlan("train", job.nodes, procs, gpus, train, training_host(s, train), training_disk(s), procs))
-    out.append(PhasePlan("export", 1, 1, min(gpus, 1), None, export_host(s), export_disk(s), 1))
+    out.append(PhasePlan("train", job.nodes, procs, gpus, train, training_host(s, train), training_disk(s),
+                         _cores(job, procs)))  # fmt: skip
+    out.append(PhasePlan("export", 1, 1, min(gpus, 1), None, export_host(s), export_disk(s), _cores(job, 1)))
     return tuple(out)
+
+
+def _cores(job: PlanJob, processes: int) -> int:
+    """The CPU request of a pod, in millicores: a core per process on GPU nodes, half a core on CPU-only ones."""
+    return processes * (1000 if job.gpu else 500)

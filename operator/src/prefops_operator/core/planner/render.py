@@ -57,8 +57,13 @@ def _phase(plan: Plan, phase: PhasePlan) -> dict[str, Any]:
         },
         "hostBytes": phase.host,
         "diskBytes": phase.disk,
-        "cpu": phase.cpu,
+        "cpu": cpu_quantity(phase.cpu),
     }
+
+
+def cpu_quantity(millicores: int) -> str:
+    """Millicores as a Kubernetes CPU quantity: ``8``, ``500m``."""
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
 
 
 def table(plan: Plan) -> str:
@@ -74,7 +79,7 @@ def table(plan: Plan) -> str:
     rows.append(["peak at"] + [p.device.peak_at if p.device else "merge" for p in phases])
     rows.append(["per pod: host RAM"] + [format_bytes(p.host) for p in phases])
     rows.append(["per pod: disk (/cache)"] + [format_bytes(p.disk) for p in phases])
-    rows.append(["per pod: CPUs"] + [str(p.cpu) for p in phases])
+    rows.append(["per pod: CPUs"] + [cpu_quantity(p.cpu) for p in phases])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]  # fmt: skip
