@@ -285,12 +285,26 @@ def print_results(results: list[dict], where: str = "CPU, torch's allocator coun
             print(f"| {c.describe()} | {bold}{name}{bold} | {mib(plan)} | {mib(real)} | {bold}{e}{bold} |")
             if name.startswith("total") and err is not None:
                 totals.append(err)
+    print_summary(results)
     if totals:
         worst = max(totals, key=abs)
         within = sum(abs(e) <= 15 for e in totals)
         print(f"\ntotal error over {len(totals)} configurations: median {statistics.median(totals):+.1f}%, worst "
               f"{worst:+.1f}%, {within} of {len(totals)} within +-15%")  # fmt: skip
     print(f"{machine()}")
+
+
+def print_summary(results: list[dict]) -> None:
+    """The error of each component over every configuration: median (min to max)."""
+    errors: dict[str, list[float]] = {}
+    for r in results:
+        for name, _, _, err in rows_of(r):
+            if err is not None:
+                errors.setdefault(name, []).append(err)
+    print("\n| component | configurations | error, median (min to max) |")
+    print("|---|---|---|")
+    for name, errs in errors.items():
+        print(f"| {name} | {len(errs)} | {statistics.median(errs):+.1f}% ({min(errs):+.1f}% to {max(errs):+.1f}%) |")
 
 
 def main() -> int:
@@ -300,7 +314,11 @@ def main() -> int:
     p.add_argument("--only", default=None, help="comma-separated configuration names")
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write every result to this file")
+    p.add_argument("--from-json", type=Path, help="print the tables of results written by --json, measuring nothing")
     args = p.parse_args()
+    if args.from_json:
+        print_results(json.loads(args.from_json.read_text()))
+        return 0
     if args.one:
         print(json.dumps(measure_one(Config(**json.loads(args.one.read_text())))))
         return 0
