@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "tests" / "fixtures" / "model-configs"
-JOBS = sorted(p.name for p in (ROOT / "examples").glob("*.yaml") if "sweep" not in p.name)
+EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,26 @@ def env(hub_cache, s3_server, tmp_path) -> dict[str, str]:
             "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
 
 
-@pytest.mark.parametrize("example", JOBS)
-def test_plan_runs_on_every_shipped_job_without_its_weights(example, env):
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_plan_runs_on_every_shipped_example_without_its_weights(example, env):
+    """A job's plan, or a sweep's every trial's."""
     path = ROOT / "examples" / example
     result = run_cli("plan", str(path), "--output", "json", "--gpu-memory", "80Gi", cwd=ROOT, env=env)
     assert result.returncode in (0, 4), result.stderr[-2000:]
-    doc = json.loads(result.stdout)
-    spec = yaml.safe_load(path.read_text())["spec"]
+    manifest = yaml.safe_load(path.read_text())
+    docs = json.loads(result.stdout)
+    if manifest["kind"] == "PreferenceTrainingSweep":
+        assert len(docs["trials"]) > 1
+        for doc in docs["trials"].values():
+            check_document(doc, manifest["spec"]["template"])
+    else:
+        check_document(docs, manifest["spec"])
+    assert not list((Path(env["PREFOPS_CACHE_DIR"])).rglob("*.safetensors")), "no weights were fetched"
+    table = run_cli("plan", str(path), "--gpu-memory", "80Gi", cwd=ROOT, env=env)
+    assert "per device" in table.stdout and "verdict:" in table.stdout
+
+
+def check_document(doc: dict, spec: dict) -> None:
     assert doc["schema"] == "prefops.dev/plan/v1"
     assert isinstance(doc["fits"], bool) or (doc["fits"] is None and spec["resources"].get("gpusPerNode") == 0)
     assert set(doc["phases"]) <= {"precompute", "train", "export"} and "train" in doc["phases"]
@@ -61,9 +74,6 @@ def test_plan_runs_on_every_shipped_job_without_its_weights(example, env):
         assert set(phase["perDevice"]["components"]) == set(COMPONENTS)
         assert phase["perDevice"]["totalBytes"] == sum(phase["perDevice"]["components"].values())
         assert phase["hostBytes"] > 0 and phase["diskBytes"] > 0
-    assert not list((Path(env["PREFOPS_CACHE_DIR"])).rglob("*.safetensors")), "no weights were fetched"
-    table = run_cli("plan", str(path), "--gpu-memory", "80Gi", cwd=ROOT, env=env)
-    assert "per device" in table.stdout and "verdict:" in table.stdout
 
 
 def test_a_job_that_does_not_fit_exits_4_naming_the_changes_that_make_it_fit(env):

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = cmd(
         "plan",
         "will it fit? per-device memory by component for each phase, host RAM and disk per pod, from the spec and the "
-        "model's config.json (no weights are downloaded); exit 4 when it does not fit",
+        "model's config.json (no weights are downloaded); a sweep's every trial; exit 4 when it does not fit",
     )
     plan.add_argument("--gpu-memory", metavar="QUANTITY", help="each GPU's memory, e.g. 80Gi (default: "
                       "spec.resources.gpuMemory)")  # fmt: skip
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             from . import local_sweep
 
             sys.exit(local_sweep.run(args.sweep))
+        if args.command == "plan":
+            sys.exit(cmd_plan(args))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
@@ -169,13 +171,14 @@ def cmd_validate(job: Job, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(job: Job, args: argparse.Namespace) -> int:
-    """Print the job's plan (table or JSON); exit 0 when it fits or cannot be judged, 4 when it does not fit."""
-    from .planning import plan_from_job, render
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan of a job, or of every trial of a sweep (table or JSON); exit 0 when it fits or cannot be
+    judged, 4 when it does not fit."""
+    from .planning import plan_file, render
 
-    result = plan_from_job(job, args.gpu_memory, args.model_config, args.reward_model_config)
-    print(render(result, args.output))  # noqa: T201
-    return PLAN_WONT_FIT if result.fits is False else 0
+    plans = plan_file(args.job, args.gpu_memory, args.model_config, args.reward_model_config)
+    print(render(plans, args.output))  # noqa: T201
+    return PLAN_WONT_FIT if any(p.fits is False for p in plans.values()) else 0
 
 
 def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
@@ -282,5 +285,4 @@ COMMANDS: dict[str, Callable[[Job, argparse.Namespace], int]] = {
     "train": cmd_train,
     "export": cmd_export,
     "validate": cmd_validate,
-    "plan": cmd_plan,
 }

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .adapters import sources
 from .core import planner
 from .core.errors import SourceError, SpecError
 from .core.planner.render import table, to_document
-from .core.spec import Job
+from .core.spec import Job, parse_manifests
+from .core.sweep import parse_sweep_manifests, trial_job
 
 
 def plan_from_job(
@@ -35,6 +38,29 @@ def plan_from_job(
         raise SpecError(str(e)) from None
 
 
+def plan_file(
+    path: Path, gpu_memory: str | None, model_config: Path | None = None, reward_config: Path | None = None
+) -> dict[str, planner.Plan]:
+    """The plan of the job in ``path`` by its name, or of each trial of the PreferenceTrainingSweep there."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file does not exist") from None
+    if _kinds(text) == {"PreferenceTrainingSweep"}:
+        sweep = parse_sweep_manifests(text, str(path))
+        jobs = [trial_job(sweep, trial) for trial in sweep.trials]
+    else:
+        jobs = [parse_manifests(text, str(path))]
+    return {job.name: plan_from_job(job, gpu_memory, model_config, reward_config) for job in jobs}
+
+
+def _kinds(text: str) -> set[Any]:
+    try:
+        return {d.get("kind") for d in yaml.safe_load_all(text) if isinstance(d, dict)}
+    except yaml.YAMLError:
+        return set()  # the job parser names the problem
+
+
 def spec_document(job: Job) -> dict[str, Any]:
     """The job's ``spec`` as the manifest writes it (camelCase), every default filled in: what the operator's copy
     of the planner reads from the stored object."""
@@ -52,7 +78,12 @@ def _read(path: Path) -> dict[str, Any]:
     return doc
 
 
-def render(result: planner.Plan, output: str) -> str:
+def render(plans: dict[str, planner.Plan], output: str) -> str:
+    """One job's plan as its table or document; a sweep's as each trial's, by name (JSON: ``{"trials": {...}}``)."""
+    if len(plans) == 1 and output == "json":
+        return json.dumps(to_document(next(iter(plans.values()))), indent=2)
+    if len(plans) == 1:
+        return table(next(iter(plans.values())))
     if output == "json":
-        return json.dumps(to_document(result), indent=2)
-    return table(result)
+        return json.dumps({"trials": {name: to_document(p) for name, p in plans.items()}}, indent=2)
+    return "\n\n".join(f"== trial {name}\n{table(p)}" for name, p in plans.items())
