@@ -81,7 +81,7 @@ def test_a_job_that_does_not_fit_exits_4_naming_the_changes_that_make_it_fit(env
     result = run_cli("plan", str(path), "--gpu-memory", "20Gi", cwd=ROOT, env=env)
     assert result.returncode == 4, result.stderr[-2000:]
     assert "verdict: does NOT fit" in result.stdout
-    assert "to make it fit:" in result.stdout and "(fits)" in result.stdout
+    assert "changes, each planned again:" in result.stdout and "(fits)" in result.stdout
 
 
 def test_the_config_can_be_given_and_a_bad_one_is_named(tmp_path, env):

@@ -111,7 +111,7 @@ def _verdict(plan: Plan) -> str:
 def _advice(plan: Plan) -> list[str]:
     if not plan.suggestions:
         return []
-    out = ["", "to make it fit:"]
+    out = ["", "changes, each planned again:"]
     for s in plan.suggestions:
         state = "fits" if s.fits else "still does not fit"
         out.append(f"  - {s.change}: {format_bytes(s.total)} per device in {s.phase} ({state})")
