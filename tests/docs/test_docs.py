@@ -97,17 +97,18 @@ def test_the_contract_storage_layout_is_the_one_the_trainer_builds():
                      "spec": {"model": {"source": "hf://o/m"}, "dataset": {"source": "s3://d/p"},
                               "algorithm": {"name": "dpo"}, "output": {"uri": "s3://o/model"},
                               "storage": {"uri": "s3://w/work"}}})  # fmt: skip
-    ws, key = Workspace.for_job(job, Path("/cache")), "0" * 32
+    ws, key = Workspace.for_job(job, Path("/cache"), attempt=3), "0" * 32
     built = {
         str(ws.refcache(key).join("manifest.json")),
         str(ws.refcache(key).join(shard_name(0, 4))),
         str(ws.checkpoints.join("checkpoint-10", MARKER)),
         str(ws.trained_marker),
         str(ws.report("train")),
+        str(ws.report("export")),
         str(job.spec.output.uri.join(MANIFEST)),
     }
     values = {"<storage.uri>": "s3://w/work", "<output.uri>": "s3://o/model", "<namespace>": "team", "<name>": "qwen",
-              "<run>": "3f2a", "<key>": key, "<step>": "10", "<phase>": "train"}  # fmt: skip
+              "<run>": "3f2a", "<attempt>": "3", "<key>": key, "<step>": "10", "<phase>": "export"}  # fmt: skip
     section = (ROOT / "docs" / "contract.md").read_text().split("## 6.")[1]
     documented = set()
     for line in section.split("```")[1].strip().splitlines():

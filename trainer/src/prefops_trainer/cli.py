@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
 Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache, data in storage that fails an
-integrity check) and a retry cannot help; 3 the model missed ``spec.output.gate`` and was not published; 1 with one
+integrity check) and a retry cannot help; 3 the model missed ``spec.output.gate`` and was not published; 75 the phase
+stopped cleanly on SIGTERM (training after saving a checkpoint at the next step boundary): resume it; 1 with one
 paragraph: an outage of storage or the Hub outlasted the retries; anything else is a crash a retry may cure. The
 reason also goes to ``/dev/termination-log`` when it exists, where Kubernetes shows it in the pod's status; a
 successful ``precompute`` leaves its cache hit there, a successful ``train`` its final evaluation, an ``export`` that
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import GateNotMet, TransientError, UserError
+from .core.errors import GateNotMet, Interrupted, TransientError, UserError
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prefops-trainer",
         description="Preference-optimization training (DPO, CPO, SimPO, ORPO...) from a PreferenceTrainingJob spec.",
         epilog="Exit codes: 0 done, 2 invalid input (do not retry), 3 the model missed spec.output.gate (not "
-        "published), other: failure (retry may help).",
+        "published), 75 stopped on SIGTERM (resume it), other: failure (retry may help).",
     )
     p.add_argument("--log-level", default=os.environ.get("PREFOPS_LOG_LEVEL", "INFO"), help="default: INFO")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    from .adapters import interrupt
+
+    interrupt.install()
     try:
         if args.command == "sweep":
             from . import local_sweep
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(str(e), GateNotMet.exit_code, json.dumps(e.termination))
     except TransientError as e:
         _fail(str(e), TransientError.exit_code)
+    except Interrupted as e:
+        _fail(str(e), Interrupted.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:
@@ -122,8 +128,9 @@ def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
     _ended("failed")
     log.error("%s", message)
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")
-    if error_dir and code == UserError.exit_code:
-        Path(error_dir, f"rank-{os.environ.get('RANK', '0')}").write_text(message)
+    word = {UserError.exit_code: "rank", Interrupted.exit_code: "interrupted-rank"}.get(code)
+    if error_dir and word:  # for the launcher (launch.RankWords)
+        Path(error_dir, f"{word}-{os.environ.get('RANK', '0')}").write_text(message)
     _termination_message(termination or message)
     sys.exit(code)
 

@@ -5,6 +5,7 @@ spec → inputs → phases."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,7 +20,7 @@ from .compute.tokenize import tokenize_pairs, tokenize_unpaired
 from .core.cachekey import cache_key
 from .core.errors import SpecError
 from .core.spec import Job, JobSpec
-from .core.workspace import Workspace
+from .core.workspace import Workspace, attempt_of
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -97,7 +98,7 @@ class Inputs:
 
 
 def load_inputs(job: Job) -> Inputs:
-    ws = Workspace.for_job(job, cache_dir())
+    ws = Workspace.for_job(job, cache_dir(), attempt_of(os.environ))
     path = model_dir(job.spec.model)
     check_fits(job.spec, path)
     tok = load_tokenizer(path, job.spec.model.trust_remote_code)

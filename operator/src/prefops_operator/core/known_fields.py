@@ -76,6 +76,7 @@ SPEC: dict[str, Any] = {
         "logEverySteps": None,
         "checkpointEverySteps": None,
         "checkpointsToKeep": None,
+        "collectiveTimeoutSeconds": None,
         "progressDeadlineSeconds": None,
         "deepspeed": {
             "stage": None,
@@ -172,6 +173,7 @@ DEFAULTS: dict[str, Any] = {
     "suspend": False,
     "training.checkpointEverySteps": 500,
     "training.checkpointsToKeep": 2,
+    "training.collectiveTimeoutSeconds": 1800,
     "training.deepspeed.offload": "none",
     "training.epochs": 1.0,
     "training.gradientAccumulation": 1,

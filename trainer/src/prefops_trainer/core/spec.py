@@ -182,6 +182,12 @@ class TrainingSpec(_Spec):
     log_every_steps: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     checkpoints_to_keep: int = Field(2, ge=1)
+    collective_timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description="How long a rank waits in a torch.distributed or DeepSpeed collective before it fails the group.",
+    )
     progress_deadline_seconds: int = Field(
         1800, ge=1, description="The operator restarts a training group that shows no new step for this long."
     )
