@@ -65,6 +65,7 @@ ENV_METRICS_PORT = "PREFOPS_METRICS_PORT"
 ENV_METRICS_ADDR = "PREFOPS_METRICS_ADDR"
 ENV_ATTEMPT = "PREFOPS_ATTEMPT"
 ENV_TRAINER_IMAGE = "PREFOPS_TRAINER_IMAGE"  # the image reference the pod runs, for the model's lineage
+ENV_NO_METADATA = "AWS_EC2_METADATA_DISABLED"  # boto3 never asks 169.254.169.254 for credentials or a region
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ def _env(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSet
         ENV_METRICS_ADDR: "0.0.0.0",
         ENV_ATTEMPT: str(attempt),
         ENV_TRAINER_IMAGE: trainer_image(job, settings),
+        ENV_NO_METADATA: "true",
     }
     if phase == PodPhase.TRAIN:
         res = job.spec.resources
