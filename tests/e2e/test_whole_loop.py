@@ -271,15 +271,17 @@ def test_a_two_node_job_runs_one_rank_on_each_node_and_succeeds(loop):
     assert len(loop.node.nodes) >= 2, f"the e2e cluster has two nodes: {loop.node.nodes}"
     # each pod asks for more than half of a node's 2 CPUs, as GPUs would on a real cluster: no two fit on one node
     loop.apply(name, **{"algorithm.beta": 0.15, "resources.requests": {"cpu": "1100m"}})
-    placed: dict[str, str] = {}
+    placed: dict[str, str] = {}  # training pod → its node
 
     def while_running(status):
-        for rank in (f"{name}-train-0", f"{name}-train-1"):
-            with contextlib.suppress(Exception):
-                placed[rank] = placed.get(rank) or loop.node.pod_node(loop.namespace, rank)
+        selector = f"prefops.dev/job-name={name},prefops.dev/phase=train"
+        for p in loop.node.core().list_namespaced_pod(loop.namespace, label_selector=selector).items:
+            if p.spec.node_name:
+                placed[p.metadata.name] = p.spec.node_name
 
     phases = loop.follow(name, while_running)
     assert phases[-1] == "Succeeded", loop.diagnose(name)
+    assert loop.job(name)["status"]["restarts"] == 0
     assert len(placed) == 2 and len(set(placed.values())) == 2, f"one rank on each node: {placed}"
     assert set(placed.values()) <= set(loop.node.nodes)
     assert loop.manifest(name)["phases"]["train"]["worldSize"] == 2
