@@ -7,7 +7,9 @@ cgroups and pod network, and what ``kill-node`` and ``restore-node`` do to them.
    once, with new processes: nothing of the killed node survives, nothing runs twice.
 3. A node whose kubelet alone is killed keeps its containers running; restored, its kubelet adopts the containers
    of the pod that stayed (the same processes, not a second copy) and stops those of the pod deleted meanwhile.
-4. Nothing leaves this machine, enforced: a pull of an absent image (pull policy Always) fails on loopback, never
+4. The cluster trusts no other local user: its credentials are root's alone, and etcd talks TLS to clients with a
+   certificate of its own CA only.
+5. Nothing leaves this machine, enforced: a pull of an absent image (pull policy Always) fails on loopback, never
    reaching a registry; a pod's connection to an outside address through a Service is dropped by the cluster's own
    FORWARD rule, which stays ahead of kube-proxy's (whose KUBE-FORWARD accepts such traffic).
 """
@@ -15,14 +17,17 @@ cgroups and pod network, and what ``kill-node`` and ``restore-node`` do to them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
+import ssl
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from support.kube import wait_for
-from support.node import Cluster
+from support.node import STATE, Cluster, layout
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -211,3 +216,31 @@ def test_a_pod_reaches_no_outside_address_even_through_a_service_and_the_cluster
     assert out.strip() in ("timeout", "TimeoutError"), out
     assert dropped_by_the_cluster_firewall() > before, "the cluster's own rule dropped the pod's packets"
     cluster.kubectl("delete", "pod", "prober", "--wait=false", namespace=namespace)
+
+
+def test_the_clusters_credentials_are_roots_alone_and_etcd_admits_only_clients_of_its_own_ca(cluster):
+    credentials = [
+        cluster.kubeconfig,
+        STATE / "tokens.csv",
+        *(STATE / "kubeconfigs").iterdir(),
+        *(STATE / "pki").iterdir(),
+    ]
+    shared = {str(p.relative_to(STATE)): oct(p.stat().st_mode & 0o777) for p in credentials if p.stat().st_mode & 0o077}
+    assert not shared, f"credentials others may read: {shared}"
+    assert STATE.stat().st_mode & 0o077 == 0, "nobody else may even enter the state folder"
+
+    health = f"https://127.0.0.1:{layout.ETCD_PORT}/health"
+    pki = STATE / "pki"
+    with pytest.raises(OSError):  # no plain HTTP
+        urllib.request.urlopen(health.replace("https", "http"), timeout=5)
+    anonymous = ssl.create_default_context(cafile=str(pki / "etcd-ca.crt"))
+    with pytest.raises((ssl.SSLError, OSError)):  # TLS without a client certificate: refused
+        urllib.request.urlopen(health, context=anonymous, timeout=5).read()
+    foreign = ssl.create_default_context(cafile=str(pki / "etcd-ca.crt"))
+    foreign.load_cert_chain(pki / "kubelet-client.crt", pki / "kubelet-client.key")  # the cluster CA's, system:masters
+    with pytest.raises((ssl.SSLError, OSError)):
+        urllib.request.urlopen(health, context=foreign, timeout=5).read()
+    apiserver = ssl.create_default_context(cafile=str(pki / "etcd-ca.crt"))
+    apiserver.load_cert_chain(pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
+    with urllib.request.urlopen(health, context=apiserver, timeout=5) as response:
+        assert json.load(response)["health"] == "true"
