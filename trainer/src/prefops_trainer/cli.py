@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefops_trainer")
 
 TERMINATION_LOG = "/dev/termination-log"
+PLAN_WONT_FIT = 4  # ``plan``: the job does not fit the device memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
     cmd("validate", "check the job spec and print it with every default filled in")
+    plan = cmd(
+        "plan",
+        "will it fit? per-device memory by component for each phase, host RAM and disk per pod, from the spec and the "
+        "model's config.json (no weights are downloaded); a sweep's every trial; exit 4 when it does not fit",
+    )
+    plan.add_argument("--gpu-memory", metavar="QUANTITY", help="each GPU's memory, e.g. 80Gi (default: "
+                      "spec.resources.gpuMemory)")  # fmt: skip
+    plan.add_argument("--output", choices=("table", "json"), default="table", help="default: table")
+    plan.add_argument("--model-config", type=Path, metavar="config.json", help="the model's config.json (default: "
+                      "read from spec.model.source)")  # fmt: skip
+    plan.add_argument("--reward-model-config", type=Path, metavar="config.json", help="Online DPO: the reward "
+                      "model's config.json (default: read from spec.rewardModel.source)")  # fmt: skip
     sweep = sub.add_parser(
         "sweep",
         help="run a PreferenceTrainingSweep's trials here, one after another, and name the best",
@@ -72,6 +85,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             from . import local_sweep
 
             sys.exit(local_sweep.run(args.sweep))
+        if args.command == "plan":
+            sys.exit(cmd_plan(args))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
@@ -154,6 +169,16 @@ def cmd_validate(job: Job, args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan of a job, or of every trial of a sweep (table or JSON); exit 0 when it fits or cannot be
+    judged, 4 when it does not fit."""
+    from .planning import plan_file, render
+
+    plans = plan_file(args.job, args.gpu_memory, args.model_config, args.reward_model_config)
+    print(render(plans, args.output))  # noqa: T201
+    return PLAN_WONT_FIT if any(p.fits is False for p in plans.values()) else 0
 
 
 def cmd_precompute(job: Job, args: argparse.Namespace) -> int:

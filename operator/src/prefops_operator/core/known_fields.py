@@ -20,6 +20,7 @@ SPEC: dict[str, Any] = {
         "dtype": None,
         "attnImplementation": None,
         "trustRemoteCode": None,
+        "configMap": None,
         "lora": {
             "r": None,
             "alpha": None,
@@ -52,6 +53,7 @@ SPEC: dict[str, Any] = {
         "revision": None,
         "dtype": None,
         "trustRemoteCode": None,
+        "configMap": None,
     },
     "generation": {
         "maxNewTokens": None,
@@ -92,6 +94,8 @@ SPEC: dict[str, Any] = {
         "nodes": None,
         "gpusPerNode": None,
         "processesPerNode": None,
+        "gpuMemory": None,
+        "fitCheck": None,
         "requests": MAP,
         "limits": MAP,
         "nodeSelector": MAP,
@@ -158,6 +162,7 @@ DEFAULTS: dict[str, Any] = {
     "reference.batchSize": 8,
     "reference.verifySamples": 8,
     "reference.workers": 1,
+    "resources.fitCheck": "enforce",
     "resources.gpusPerNode": 1,
     "resources.nodes": 1,
     "resources.terminationGracePeriodSeconds": 300,
