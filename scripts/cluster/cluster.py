@@ -13,20 +13,19 @@
     cluster.py check [--nodes N]            up then down, and compare the host before and after (make cluster-check)
 
 The layout (names, addresses, paths) is in layout.py, the command lines in components.py, the host changes and
-their undoing in host.py. State lives in $PREFOPS_CLUSTER_DIR (default .cluster/), written with umask 077; the admin
-kubeconfig is .cluster/kubeconfig. Every process runs with AWS_EC2_METADATA_DISABLED=true.
+their undoing in host.py, the nodes' containerd and images in runtime.py. State lives in $PREFOPS_CLUSTER_DIR
+(default .cluster/), written with umask 077; the admin kubeconfig is .cluster/kubeconfig. Every process runs with
+AWS_EC2_METADATA_DISABLED=true.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import functools
 import json
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -37,11 +36,11 @@ from typing import Any
 import components as c
 import host
 import pki
+import runtime
 from layout import ETCD_PORT, Layout, NodeLayout, cgroup_base, default_state
 from proc import ClusterError, Procs, kill_cgroup, run, say
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ("docker.io/prefops/operator:dev", "docker.io/prefops/trainer:dev")
 CONTROL = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SHARED = ("kube-proxy", "dns-sync", "dnsmasq")
 NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
@@ -64,9 +63,6 @@ class Cluster:
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return run("kubectl", f"--kubeconfig={self.layout.kubeconfig}", "--request-timeout=10s", *args, stdin=stdin)
-
-    def ctr(self, node: NodeLayout, *args: str, check: bool = True) -> str:
-        return run("ctr", "--address", node.socket, "--namespace", "k8s.io", *args, check=check)
 
     def ready_nodes(self, since: float = 0) -> set[str]:
         """Nodes whose kubelet reported Ready (at ``since``, a time.time(), or later) and that the node controller
@@ -150,7 +146,7 @@ class Cluster:
         name = containerd_name(node)
         self.ensure(name, c.containerd(node), mount_ns=node.mount_ns, cgroup=_cgroup(node.daemons_cgroup),
                     env=c.containerd_env())  # fmt: skip
-        self.procs.wait_until(30, f"{node.name}'s containerd", lambda: self.ctr(node, "version"), name)
+        self.procs.wait_until(30, f"{node.name}'s containerd", lambda: runtime.ctr(node, "version"), name)
 
     def start_kubelet(self, node: NodeLayout) -> None:
         self.ensure(kubelet_name(node), c.kubelet(self.layout, node), mount_ns=node.mount_ns,
@@ -178,60 +174,6 @@ class Cluster:
         if host.firewall_first():
             say(f"moved {host.FIREWALL} ahead of kube-proxy's rules in FORWARD")
 
-    # -- images ----------------------------------------------------------------------------------------------------
-
-    def node_image_id(self, node: NodeLayout, ref: str) -> str:
-        """The config digest (= image ID) of an image in the node's containerd, empty when absent."""
-        lines = self.ctr(node, "images", "ls", f"name=={ref}", check=False).splitlines()
-        if len(lines) < 2:
-            return ""
-        manifest = self.ctr(node, "content", "get", lines[1].split()[2])
-        return str(json.loads(manifest)["config"]["digest"])
-
-    def import_images(self) -> None:
-        nodes = self.layout.nodes
-        if not c.PAUSE_TAR.exists():
-            raise ClusterError(f"no {c.PAUSE_TAR}: start the cluster with scripts/cluster/cluster.sh up")
-        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(self.import_pause, nodes))
-            for image in IMAGES:
-                self.import_image(pool, image)
-            list(pool.map(self.prune_images, nodes))
-
-    def import_pause(self, node: NodeLayout) -> None:
-        if not self.node_image_id(node, c.PAUSE):
-            self.ctr(node, "images", "import", c.PAUSE_TAR)
-
-    def import_image(self, pool: concurrent.futures.ThreadPoolExecutor, image: str) -> None:
-        engine, env = _engine()
-        found = subprocess.run([*engine, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
-                               text=True, env=env)  # fmt: skip
-        if found.returncode != 0:
-            raise ClusterError(f"no image {image}: run make images")
-        want = "sha256:" + found.stdout.strip().removeprefix("sha256:")
-        stale = [n for n in self.layout.nodes if self.node_image_id(n, image) != want]
-        if not stale:
-            return
-        start = time.monotonic()
-        tar = c.CACHE / "node" / f".{image.rsplit('/', 1)[-1].replace(':', '-')}.tar"
-        tar.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run([*engine, "save", "-o", str(tar), image], check=True, capture_output=True, env=env)
-            list(pool.map(lambda n: self.ctr(n, "images", "import", tar), stale))
-        finally:
-            tar.unlink(missing_ok=True)
-        for node in stale:
-            if self.node_image_id(node, image) != want:
-                raise ClusterError(f"importing {image} into {node.name} gave another image ID")
-        say(f"imported {image} into {', '.join(n.name for n in stale)} in {time.monotonic() - start:.0f} s")
-
-    def prune_images(self, node: NodeLayout) -> None:
-        """Versions replaced by an import, held by the kubelet's ID reference only: their layers go."""
-        keep = {self.node_image_id(node, ref) for ref in (c.PAUSE, *IMAGES)}
-        for ref in self.ctr(node, "images", "ls", "-q").split():
-            if ref.startswith("sha256:") and ref not in keep:
-                self.ctr(node, "images", "rm", "--sync", ref, check=False)
-
     # -- up --------------------------------------------------------------------------------------------------------
 
     def up(self) -> None:
@@ -254,7 +196,7 @@ class Cluster:
         self.start_control_plane()
         for node in self.layout.nodes:
             self.start_containerd(node)
-        self.import_images()
+        runtime.import_images(self.layout.nodes)
         for node in self.layout.nodes:
             self.start_kubelet(node)
         self.start_shared()
@@ -274,7 +216,7 @@ class Cluster:
         for node in dead:
             say(f"{node.name} is down: restoring it")
             self.start_containerd(node)
-        self.import_images()
+        runtime.import_images(self.layout.nodes)
         for node in dead:
             self.start_kubelet(node)
         self.start_shared()
@@ -313,19 +255,19 @@ class Cluster:
         run("kubectl", f"--kubeconfig={self.layout.kubeconfig}", "delete", "pods", "--all", "--all-namespaces",
             "--grace-period=0", "--force", "--wait=false", check=False)  # fmt: skip
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(self.ctr(n, "tasks", "ls", "-q", check=False).split() for n in live):
+        while time.monotonic() < deadline and any(runtime.tasks(n) for n in live):
             time.sleep(0.5)
 
     def remove_containers(self, node: NodeLayout) -> None:
         """Whatever the kubelet left: tasks, containers and their snapshots."""
         if not self.procs.alive(containerd_name(node)):
             return
-        for task in self.ctr(node, "tasks", "ls", "-q", check=False).split():
-            self.ctr(node, "tasks", "kill", "-s", "SIGKILL", task, check=False)
-        for task in self.ctr(node, "tasks", "ls", "-q", check=False).split():
-            self.ctr(node, "tasks", "delete", "-f", task, check=False)
-        for container in self.ctr(node, "containers", "ls", "-q", check=False).split():
-            self.ctr(node, "containers", "delete", container, check=False)
+        for task in runtime.tasks(node):
+            runtime.ctr(node, "tasks", "kill", "-s", "SIGKILL", task, check=False)
+        for task in runtime.tasks(node):
+            runtime.ctr(node, "tasks", "delete", "-f", task, check=False)
+        for container in runtime.ctr(node, "containers", "ls", "-q", check=False).split():
+            runtime.ctr(node, "containers", "delete", container, check=False)
 
     def down(self) -> None:
         p = self.procs
@@ -356,13 +298,6 @@ def _epoch(timestamp: str) -> float:
 
 def _cgroup(path: str) -> Path:
     return cgroup_base() / path.strip("/")
-
-
-def _engine() -> tuple[list[str], dict[str, str]]:
-    """The container engine scripts/images.sh built the images with: docker when it answers, else podman."""
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-        return ["docker"], dict(os.environ)
-    return ["podman"], {**os.environ, "CONTAINERS_CONF": str(ROOT / "scripts" / "images" / "containers.conf")}
 
 
 def check(layout: Layout) -> int:
