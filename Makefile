@@ -21,6 +21,8 @@ export TORCH_EXTENSIONS_DIR ?= $(PREFOPS_CACHE)/torch-extensions-torch2.13.0-ds0
 SETUP_STAMP := $(VENV)/.setup-$(shell cat constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml) | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# nodes of `make cluster` and `make cluster-check` (the end-to-end tests start two: PREFOPS_E2E_NODES)
+NODES ?= 1
 
 .PHONY: help setup demo test test-unit test-integration e2e bench servers images cluster cluster-down cluster-check lint clean
 
@@ -51,20 +53,14 @@ servers: setup  ## install and build the real servers the tests start (etcd, Kub
 images:  ## build prefops/operator:dev and prefops/trainer:dev from images/ (podman or docker; cached by content)
 	scripts/images.sh
 
-cluster: images  ## a real single-node Kubernetes here running both images; admin kubeconfig in .cluster/
-	scripts/cluster.sh up
+cluster: images  ## a real Kubernetes here running both images (NODES=2: two nodes); admin kubeconfig in .cluster/
+	scripts/cluster/cluster.sh up --nodes $(NODES)
 
-cluster-down:  ## stop the node and undo every change it made to the host
-	scripts/cluster.sh down
+cluster-down:  ## stop the cluster and undo every change it made to the host
+	scripts/cluster/cluster.sh down
 
-cluster-check: images  ## check that cluster-down leaves the host as it was before cluster (node must be down)
-	@! scripts/cluster.sh status || { echo "the node is up: make cluster-down first"; exit 1; }
-	$(PYTHON) scripts/host_state.py snapshot .cluster-before.json
-	scripts/cluster.sh up
-	scripts/cluster.sh down
-	$(PYTHON) scripts/host_state.py snapshot .cluster-after.json
-	$(PYTHON) scripts/host_state.py compare .cluster-before.json .cluster-after.json
-	@rm -f .cluster-before.json .cluster-after.json
+cluster-check: images  ## check that cluster-down leaves the host as it was before cluster (cluster must be down)
+	scripts/cluster/cluster.sh check --nodes $(NODES)
 
 test: lint servers images  ## lint first, then the whole test suite: unit, contract, integration, e2e on a node
 	PY=$(PY) scripts/test.sh $(PYTEST_ARGS)

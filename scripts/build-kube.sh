@@ -12,6 +12,8 @@
 # 1.5 GB RAM for all five on a fresh machine, against 5-7 minutes for each one built alone). Concurrent calls
 # wait for each other (flock).
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 [ $# -gt 0 ] || { echo "usage: $0 COMPONENT... | --source" >&2; exit 2; }
 only_source=false
 [ "$1" != --source ] || { only_source=true; shift; }
@@ -22,7 +24,7 @@ for c in "$@"; do
 done
 ver=1.20.5+really1.20.2-1.1+deb12u1
 orig=kubernetes_1.20.5+really1.20.2.orig.tar.gz
-root=${PREFOPS_CACHE:-$HOME/.cache/prefops}
+root=$PREFOPS_CACHE
 cache=$root/kube-1.20.2
 mkdir -p "$cache/bin" "$cache/src"
 exec 9>"$cache/.lock"
@@ -36,7 +38,6 @@ for c in "$@"; do
   [ -x "$cache/bin/$c" ] || missing+=("$c")
 done
 
-sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 export DEBIAN_FRONTEND=noninteractive
 source_tarball() {  # into src/, from an earlier layout of this cache or from Debian (apt-get source)
   cd "$cache/src"
@@ -47,8 +48,8 @@ source_tarball() {  # into src/, from an earlier layout of this cache or from De
     cp "$shared" "$orig.tmp" && mv "$orig.tmp" "$orig"
   else
     grep -rqs "^deb-src .*bookworm main" /etc/apt/sources.list /etc/apt/sources.list.d/ \
-      || echo "deb-src http://deb.debian.org/debian bookworm main" | $sudo tee /etc/apt/sources.list.d/bookworm-src.list >/dev/null
-    $sudo apt-get update -qq >/dev/null
+      || echo "deb-src http://deb.debian.org/debian bookworm main" | as_root tee /etc/apt/sources.list.d/bookworm-src.list >/dev/null
+    as_root apt-get update -qq >/dev/null
     apt-get source --download-only "kubernetes=$ver" >/dev/null
   fi
 }
@@ -60,9 +61,7 @@ fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v go >/dev/null || ! command -v rsync >/dev/null || [ ! -d /usr/share/gocode/src/github.com/modern-go/reflect2 ]; then
-    $sudo apt-get update -qq >/dev/null
-    $sudo apt-get install -y -qq --no-install-recommends golang-go make rsync jq \
-      golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev >/dev/null
+    apt_install golang-go make rsync jq golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   fi
   source_tarball
   rm -rf kubernetes-1.20.2 && tar xzf "$orig" && cd kubernetes-1.20.2

@@ -18,9 +18,11 @@
 # filesystem tarball is kept in $PREFOPS_CACHE/images (default ~/.cache/prefops/images).
 set -euo pipefail
 shopt -s inherit_errexit
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+root=$lib_root
 conf=$root/scripts/images
-cache=${PREFOPS_CACHE:-$HOME/.cache/prefops}/images
+cache=$PREFOPS_CACHE/images
 bases=${PREFOPS_BASE_IMAGES:-local}
 tag=${PREFOPS_IMAGE_TAG:-dev}
 label=dev.prefops.content
@@ -31,13 +33,11 @@ names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(operator trainer)
 case "$bases" in local | upstream) ;; *) echo "PREFOPS_BASE_IMAGES must be local or upstream, got $bases" >&2; exit 2 ;; esac
 
-say() { echo "images: $*" >&2; }
-die() { say "$*"; exit 1; }
 digest() { sha256sum | cut -c1-16; }
 
 setup_engine() {
   pull_never=()  # a local base is never looked up in a registry (docker: never pulled unless --pull)
-  if docker info >/dev/null 2>&1; then
+  if has_docker; then
     engine=docker
     return
   fi
@@ -45,13 +45,7 @@ setup_engine() {
   command -v podman >/dev/null || need+=(podman)
   command -v runc >/dev/null || need+=(runc)
   [ "$bases" = upstream ] || command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-  if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]} (Debian)"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  apt_install "${need[@]}"
   engine=podman
   pull_never=(--pull=never)
   export CONTAINERS_CONF=$conf/containers.conf

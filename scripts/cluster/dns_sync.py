@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Cluster DNS records for the local test node, as a hosts file that dnsmasq (``--hostsdir``) reloads.
+"""Cluster DNS records for the local test cluster, as a hosts file that dnsmasq (``--hostsdir``) reloads.
 
-Debian packages no CoreDNS, so scripts/cluster.sh runs dnsmasq on the node's bridge address, fed by this loop:
-every second it lists Services and Endpoints through the API and writes the A records CoreDNS would answer:
+Debian packages no CoreDNS, so scripts/cluster/cluster.py runs dnsmasq on the control plane's address (the first
+node's bridge), fed by this loop: every second it lists Services and Endpoints through the API and writes the A
+records CoreDNS would answer:
 
 * ``<service>.<namespace>.svc.cluster.local`` → the ClusterIP, or for a headless Service every endpoint address;
 * ``<hostname>.<service>.<namespace>.svc.cluster.local`` → the pod with that ``hostname`` and ``subdomain``.
@@ -51,6 +52,7 @@ def records(services: list[dict], endpoints: list[dict]) -> list[str]:
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
+    tmp.chmod(0o644)  # dnsmasq reads it as nobody; the records are no secret
     os.replace(tmp, path)
 
 

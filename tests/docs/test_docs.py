@@ -53,6 +53,20 @@ def test_every_make_target_the_readme_names_exists():
     assert named <= targets, f"the README names make targets the Makefile lacks: {sorted(named - targets)}"
 
 
+def test_every_make_target_and_cluster_command_the_development_docs_name_exists():
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "development.md").read_text()
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
+    assert set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", text)) <= targets
+    usage = subprocess.run([sys.executable, str(ROOT / "scripts" / "cluster" / "cluster.py"), "--help"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    commands = set(re.search(r"\{([a-z,-]+)\}", usage)[1].split(","))
+    named = set(re.findall(r"scripts/cluster/cluster\.sh ([a-z-]+)", text))
+    assert {"kill-node", "restore-node"} <= named <= commands, f"unknown: {sorted(named - commands)}"
+    for flag in set(re.findall(r"kill-node \S+ (--[a-z-]+)", text)):
+        assert flag in subprocess.run([sys.executable, str(ROOT / "scripts" / "cluster" / "cluster.py"), "kill-node",
+                                       "--help"], capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+
 def test_the_readme_lists_the_phase_metrics_states_the_trainer_reports():
     from prefops_trainer.adapters.metrics import PHASES
 

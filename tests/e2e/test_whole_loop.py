@@ -1,5 +1,5 @@
-"""The whole loop the way users run it: a real single-node Kubernetes 1.20 (``make cluster``: kubelet, containerd,
-scheduler, kube-proxy and cluster DNS, built from Debian's source) running the project's own images.
+"""The whole loop the way users run it: a real two-node Kubernetes 1.20 (``make cluster NODES=2``: kubelets,
+containerds, scheduler, kube-proxy and cluster DNS, built from Debian's source) running the project's own images.
 
 - The operator is installed from ``charts/prefops`` (rendered with the Helm SDK) and runs as its Deployment from
   ``prefops/operator:dev`` under the chart's RBAC; trainer pods run ``prefops/trainer:dev``.
@@ -10,18 +10,20 @@ scheduler, kube-proxy and cluster DNS, built from Debian's source) running the p
    the headless Service's DNS, DeepSpeed ZeRO-2 on CPU) → Exporting → Succeeded; ``kubectl get ptj`` shows
    progress, loss and accuracy meanwhile and ``kubectl logs`` the steps; inside a trainer pod the user is 1000 and
    ``/`` is read-only; the merged model lands in S3; Prometheus has the trainer's and the operator's series.
-2. The same job with another beta hits the reference cache.
+2. The same job with another beta hits the reference cache; one whose ranks cannot share a node runs one rank on
+   each node and succeeds.
 3. A rank deleted mid-training (``kubectl delete pod``) restarts its group, which resumes from its checkpoint.
 4. The operator's pod killed mid-job: the Deployment replaces it, and the job still finishes without a pod
    created twice.
-5. A job whose image does not exist fails at its startup deadline, naming the image.
+5. A job whose image does not exist fails at its startup deadline, naming the image (measured with the apiserver's
+   timestamps).
 6. A 2-point beta sweep with an eval split: the second trial hits the first's reference cache, and the sweep names
    the trial with the best held-out reward accuracy.
 7. Admission (the memory plan from a ConfigMap holding the model's config.json): the job of 2. has its pods sized by
    the plan of their own phase; a job that cannot fit its GPUs ends WontFit with no pod ever created, and
    ``kubectl describe ptj`` shows its plan.
 
-The tests run in order and share one node, operator, namespace, S3 bucket and Prometheus. The process-based
+The tests run in order and share one cluster, operator, namespace, S3 bucket and Prometheus. The process-based
 kubelet stand-in of earlier versions is gone; ``support.kubelet`` still sets pod status by hand for the operator's
 integration tests on a bare apiserver (tests/operator), where each test needs an exact pod state at once.
 """
@@ -35,6 +37,7 @@ import json
 import re
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -42,7 +45,7 @@ import yaml
 from chart.rendering import render
 from support.kube import ROOT, wait_for
 from support.kubesd import KubernetesDiscovery
-from support.node import NODE_IP, Node, PodWatch, node_cluster, pod_logs, pod_summary
+from support.node import NODE_IP, Cluster, PodWatch, pod_logs, pod_summary
 from support.prometheus import Prometheus, monitor_scrape_configs
 from support.s3 import S3Server
 
@@ -63,15 +66,8 @@ CHART_VALUES = {
 MONITOR_KINDS = ("PodMonitor", "ServiceMonitor")
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Node:
-    """The node for this module only: one started here is gone before the rest of the suite runs beside it."""
-    with node_cluster(tmp_path_factory.mktemp("node")) as node:
-        yield node
-
-
 class Loop:
-    def __init__(self, node: Node, namespace: str, s3: S3Server, pods: PodWatch, prom: Prometheus, tmp: Path):
+    def __init__(self, node: Cluster, namespace: str, s3: S3Server, pods: PodWatch, prom: Prometheus, tmp: Path):
         self.node, self.namespace, self.s3, self.pods, self.prom, self.tmp = node, namespace, s3, pods, prom, tmp
 
     def kubectl(self, *args: str) -> str:
@@ -133,7 +129,7 @@ class Loop:
             return None
 
 
-def install_chart(node: Node) -> list[dict]:
+def install_chart(node: Cluster) -> list[dict]:
     """Apply charts/prefops as `helm install` would (the CRD first); return the monitors it rendered."""
     rendered = render(CHART_VALUES)
     monitors = [o for o in rendered.objects if o["kind"] in MONITOR_KINDS]
@@ -147,21 +143,22 @@ def install_chart(node: Node) -> list[dict]:
     return monitors
 
 
-def uninstall_chart(node: Node) -> None:
+def uninstall_chart(node: Cluster) -> None:
     """Delete what install_chart made, waiting for it to go (a node that stays up is used again)."""
     node.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--timeout=180s", timeout=200)
     for kind in ("ClusterRoleBinding", "ClusterRole", "CustomResourceDefinition"):
         node.kubectl("delete", kind, "-l", "app.kubernetes.io/instance=prefops", "--ignore-not-found", timeout=200)
 
 
-def discovery(node: Node) -> KubernetesDiscovery:
+def discovery(node: Cluster) -> KubernetesDiscovery:
     """Kubernetes discovery for Prometheus, reading the API as Prometheus' own ServiceAccount (read-only)."""
     node.apply(list(yaml.safe_load_all((Path(__file__).parent / "prometheus-rbac.yaml").read_text())))
     return KubernetesDiscovery(node.core_as(node.service_account_token(OPERATOR_NAMESPACE, "e2e-prometheus")))
 
 
 @pytest.fixture(scope="module")
-def loop(node, tmp_path_factory):
+def loop(cluster, tmp_path_factory):
+    node = cluster
     tmp = tmp_path_factory.mktemp("e2e")
     namespace = f"e2e-{secrets.token_hex(3)}"
     with contextlib.ExitStack() as stack:
@@ -184,6 +181,10 @@ def loop(node, tmp_path_factory):
         node.apply([secret], namespace=namespace)
         pods = stack.enter_context(PodWatch(node.core(), namespace))
         yield Loop(node, namespace, s3, pods, prom, tmp)
+
+
+def timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def check_container_contract(loop: Loop, pod: str) -> dict[str, str]:
@@ -291,6 +292,27 @@ def test_a_second_job_with_another_beta_hits_the_reference_cache(loop):
     assert manifest["phases"]["precompute"]["keys"] == loop.manifest("tiny-dpo")["phases"]["precompute"]["keys"]
 
 
+def test_a_two_node_job_runs_one_rank_on_each_node_and_succeeds(loop):
+    name = "tiny-dpo-two-nodes"
+    assert len(loop.node.nodes) >= 2, f"the e2e cluster has two nodes: {loop.node.nodes}"
+    # each pod asks for more than half of a node's 2 CPUs, as GPUs would on a real cluster: no two fit on one node
+    loop.apply(name, **{"algorithm.beta": 0.15, "resources.requests": {"cpu": "1100m"}})
+    placed: dict[str, str] = {}  # training pod → its node
+
+    def while_running(status):
+        selector = f"prefops.dev/job-name={name},prefops.dev/phase=train"
+        for p in loop.node.core().list_namespaced_pod(loop.namespace, label_selector=selector).items:
+            if p.spec.node_name:
+                placed[p.metadata.name] = p.spec.node_name
+
+    phases = loop.follow(name, while_running)
+    assert phases[-1] == "Succeeded", loop.diagnose(name)
+    assert loop.job(name)["status"]["restarts"] == 0
+    assert len(placed) == 2 and len(set(placed.values())) == 2, f"one rank on each node: {placed}"
+    assert set(placed.values()) <= set(loop.node.nodes)
+    assert loop.manifest(name)["phases"]["train"]["worldSize"] == 2
+
+
 def test_a_rank_deleted_mid_training_restarts_the_group_which_resumes_and_succeeds(loop):
     name = "tiny-dpo-kill"
     loop.apply(name, **{"training.checkpointEverySteps": 4})
@@ -343,16 +365,17 @@ def test_the_operator_pod_killed_mid_job_is_replaced_and_the_job_finishes_withou
 
 def test_a_job_whose_image_does_not_exist_fails_at_its_startup_deadline_naming_the_image(loop):
     name, image, deadline = "tiny-dpo-no-image", "prefops/trainer:does-not-exist", 20
-    start = time.monotonic()
     loop.apply(name, **{"resources.image": image, "startupDeadlineSeconds": deadline, "backoffLimit": 0})
     phases = loop.follow(name)
-    elapsed = time.monotonic() - start
     assert phases[-1] == "Failed", loop.diagnose(name)
     status = loop.job(name)["status"]
     assert status["lastFailure"]["reason"] == "StartupDeadlineExceeded"
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert image in failed["message"] and image in status["lastFailure"]["message"], failed["message"]
-    assert deadline <= elapsed < deadline + 60, f"failed {elapsed:.0f}s after it was applied"
+    # the deadline counts from the pod's creationTimestamp (whole seconds): measure with the apiserver's clock
+    created = timestamp(loop.pods.first(f"{name}-").created)
+    elapsed = (timestamp(failed["lastTransitionTime"]) - created).total_seconds()
+    assert deadline <= elapsed < deadline + 60, f"failed {elapsed:.0f}s after its first pod was created"
 
 
 def test_a_two_point_beta_sweep_with_an_eval_split_finishes_and_names_its_best_trial(loop):

@@ -52,6 +52,7 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
         "PREFOPS_ATTEMPT": "3",
         "PREFOPS_TERMINATION_GRACE_SECONDS": "300",
         "PREFOPS_TRAINER_IMAGE": "registry.example/prefops-trainer:1.2.3",
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
     assert p["metadata"]["name"] == "qwen-dpo-train-a3-1"
     assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-a3-1", "qwen-dpo-train")
@@ -69,6 +70,12 @@ def test_every_pod_is_told_the_image_it_runs_for_the_models_lineage(phase):
     for job, image in ((make_job(), SETTINGS.default_image), (own, "registry.example/custom@sha256:abc")):
         p = pod(job, phase, 0, attempt=1, settings=SETTINGS)
         assert p["spec"]["containers"][0]["image"] == env(p)["PREFOPS_TRAINER_IMAGE"] == image
+
+
+@pytest.mark.parametrize("phase", list(PodPhase))
+def test_no_pod_asks_the_instance_metadata_service_whatever_its_credentials_secret_holds(phase):
+    for job in (make_job(), make_job(spec={"storage": {"credentialsSecret": "s3-creds"}})):
+        assert env(pod(job, phase, 0, attempt=1, settings=SETTINGS))["AWS_EC2_METADATA_DISABLED"] == "true"
 
 
 def test_the_grace_period_is_the_specs_and_every_pod_is_told_it():
@@ -136,7 +143,10 @@ def test_on_their_read_only_root_pods_write_only_to_empty_dirs_and_tmp_is_size_l
 def test_storage_credentials_reach_the_pod_only_through_env_from_the_named_secret():
     with_secret = pod(make_job(), PodPhase.PRECOMPUTE, 0, attempt=1, settings=SETTINGS)["spec"]["containers"][0]
     assert with_secret["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-    assert not any(e["name"].startswith("AWS_") for e in with_secret["env"])
+    # no credential, endpoint or region in env: only the switch that keeps boto3 off the metadata service
+    assert [e for e in with_secret["env"] if e["name"].startswith("AWS_")] == [
+        {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}
+    ]
     job = make_job(spec={"storage": {"uri": "s3://work/x", "credentialsSecret": None}})
     assert "envFrom" not in pod(job, PodPhase.PRECOMPUTE, 0, attempt=1, settings=SETTINGS)["spec"]["containers"][0]
 

@@ -68,6 +68,7 @@ ENV_ATTEMPT = "PREFOPS_ATTEMPT"
 ENV_TRAINED_ATTEMPT = "PREFOPS_TRAINED_ATTEMPT"  # export: the training attempt whose weights it publishes
 ENV_TERMINATION_GRACE = "PREFOPS_TERMINATION_GRACE_SECONDS"  # the pod's grace period: torchrun's shutdown follows it
 ENV_TRAINER_IMAGE = "PREFOPS_TRAINER_IMAGE"  # the image reference the pod runs, for the model's lineage
+ENV_NO_METADATA = "AWS_EC2_METADATA_DISABLED"  # boto3 never asks 169.254.169.254 for credentials or a region
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ def _env(
         ENV_ATTEMPT: str(attempt),
         ENV_TERMINATION_GRACE: str(res.termination_grace_period_seconds),
         ENV_TRAINER_IMAGE: trainer_image(job, settings),
+        ENV_NO_METADATA: "true",
     }
     if phase == PodPhase.EXPORT and trained_attempt is not None:
         env[ENV_TRAINED_ATTEMPT] = str(trained_attempt)

@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """What a local Kubernetes node can change on this machine, as one comparable snapshot.
 
-    python3 scripts/host_state.py snapshot FILE [NODE_DIR]   write the snapshot (JSON); NODE_DIR: the node's
-                                                             state folder (default .cluster)
-    python3 scripts/host_state.py compare A B        print what differs; exit 1 when anything does
+    python3 scripts/cluster/host_state.py snapshot FILE [STATE_DIR]   write the snapshot (JSON); STATE_DIR: the
+                                                                     cluster's state folder (default .cluster)
+    python3 scripts/cluster/host_state.py compare A B   print what differs; exit 1 when anything does
 
-``make cluster-check`` takes one before ``make cluster`` and one after ``make cluster-down`` and compares them;
-the end-to-end tests do the same around a node they start themselves. Covered: network links, addresses and
-routes, network namespaces, iptables rules (IPv4 and IPv6, counters dropped; a table holding only empty
-built-in chains counts as absent), the sysctls the node's parts set, cgroups at the top of every hierarchy, mount
-points, host paths the kubelet and containerd create, and processes of the node's programs. Stdlib only.
+``make cluster-check`` (``cluster.py check``) takes one before the cluster comes up and one after it went down and
+compares them; the end-to-end tests do the same around a cluster they start themselves. Both first plant foreign
+look-alikes of what a node makes (:func:`plant_foreign`: an iptables chain ``KUBE-PREFOPS-FOREIGN``, a network
+namespace ``cni-prefops-foreign``, an empty ``kubepods`` cgroup), so the comparison also shows that ``down`` leaves
+alone what it did not make. Covered: network links, addresses and routes, network namespaces, iptables rules (IPv4
+and IPv6, counters dropped; a table holding only empty built-in chains counts as absent), the sysctls the nodes'
+parts set, cgroups at the top of every hierarchy, mount points, host paths the kubelet and containerd create, the
+clusters' runtime folders, and processes of the nodes' programs. Stdlib only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -130,6 +134,50 @@ def processes(state: str) -> list[str]:
     return sorted(found)
 
 
+def runtime_dirs() -> list[str]:
+    return sorted(str(p) for p in Path("/run").glob("prefops-*"))
+
+
+FOREIGN_CHAIN, FOREIGN_NETNS, FOREIGN_CGROUP = "KUBE-PREFOPS-FOREIGN", "cni-prefops-foreign", "kubepods"
+
+
+def plant_foreign() -> list[str]:
+    """Things a node also makes, made here by someone else: what was planted (for :func:`remove_foreign`)."""
+    planted = []
+    if subprocess.run(["iptables", "-w", "-N", FOREIGN_CHAIN], capture_output=True).returncode == 0:
+        subprocess.run(["iptables", "-w", "-A", FOREIGN_CHAIN, "-j", "RETURN"], check=True)
+        planted.append("chain")
+    if not Path("/run/netns").exists():
+        planted.append("netns-dir")
+    if "/run/netns" not in mounts():
+        planted.append("netns-mount")
+    if subprocess.run(["ip", "netns", "add", FOREIGN_NETNS], capture_output=True).returncode == 0:
+        planted.append("netns")
+    for hierarchy in ("pids", "cpu", "memory"):
+        path = Path("/sys/fs/cgroup") / hierarchy / FOREIGN_CGROUP
+        if path.parent.is_dir() and not path.exists():
+            path.mkdir()
+            planted.append(f"cgroup:{path}")
+    return planted
+
+
+def remove_foreign(planted: list[str]) -> None:
+    if "chain" in planted:
+        subprocess.run(["iptables", "-w", "-F", FOREIGN_CHAIN], capture_output=True)
+        subprocess.run(["iptables", "-w", "-X", FOREIGN_CHAIN], capture_output=True)
+    if "netns" in planted:
+        subprocess.run(["ip", "netns", "delete", FOREIGN_NETNS], capture_output=True)
+    if "netns-mount" in planted:  # `ip netns add` made /run/netns a shared mount of itself
+        subprocess.run(["umount", "/run/netns"], capture_output=True)
+    if "netns-dir" in planted:
+        with contextlib.suppress(OSError):
+            Path("/run/netns").rmdir()
+    for item in planted:
+        if item.startswith("cgroup:"):
+            with contextlib.suppress(OSError):
+                Path(item.removeprefix("cgroup:")).rmdir()
+
+
 def snapshot(state: str) -> dict[str, object]:
     return {
         "links": links(),
@@ -142,6 +190,7 @@ def snapshot(state: str) -> dict[str, object]:
         "cgroups": cgroups(),
         "mounts": mounts(),
         "paths": paths(),
+        "runtime": runtime_dirs(),
         "processes": processes(state),
     }
 
@@ -164,7 +213,7 @@ def differences(before: dict[str, object], after: dict[str, object]) -> list[str
 
 def main(argv: list[str]) -> int:
     if len(argv) in (2, 3) and argv[0] == "snapshot":
-        state = argv[2] if len(argv) == 3 else str(Path(__file__).resolve().parents[1] / ".cluster")
+        state = argv[2] if len(argv) == 3 else str(Path(__file__).resolve().parents[2] / ".cluster")
         Path(argv[1]).write_text(json.dumps(snapshot(state), indent=1, sort_keys=True))
         return 0
     if len(argv) == 3 and argv[0] == "compare":
