@@ -79,6 +79,8 @@ class PhaseTimes:
     start_time: datetime | None = None
     completion_time: datetime | None = None
     cache_hit: bool | None = None
+    #: the train phase: "on", or "off: <reason>" (docs/contract.md §7)
+    prefix_sharing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _compact(
@@ -86,14 +88,18 @@ class PhaseTimes:
                 "startTime": format_time(self.start_time),
                 "completionTime": format_time(self.completion_time),
                 "cacheHit": self.cache_hit,
+                "prefixSharing": self.prefix_sharing,
             }
         )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PhaseTimes:
-        hit = d.get("cacheHit")
+        hit, shared = d.get("cacheHit"), d.get("prefixSharing")
         return cls(
-            parse_time(d.get("startTime")), parse_time(d.get("completionTime")), hit if isinstance(hit, bool) else None
+            parse_time(d.get("startTime")),
+            parse_time(d.get("completionTime")),
+            hit if isinstance(hit, bool) else None,
+            shared if isinstance(shared, str) else None,
         )
 
 
