@@ -7,7 +7,11 @@ The only memory kept between reconciles is an optimization and a guard, never a 
 - the status last written (until the watch delivers it, a stale snapshot must not drive actions),
 - children recently created or deleted but not yet observed (so a lagging index does not repeat the call),
 - why the apiserver refused the last create (shown in the status, retried with backoff),
-- the last progress scrape (its time, and the last sample of each precompute shard).
+- the last progress scrape (its time, and the last sample of each precompute shard), and its next scrape's slot.
+
+Progress scrapes (each may write the job's status) are paced for all jobs together: a job is scraped at most every
+``progressInterval`` seconds, and in a slot of its own, ``1 / progressWritesPerSecond`` after the previous job's,
+so a thousand running jobs write their progress evenly, a bounded number of times a second, never in bursts.
 
 Only pods whose controller owner reference carries the job's uid count for it: a job deleted and created again
 under the same name, or a pod someone else labelled as the job's, can neither lend it progress nor skip a phase.
@@ -59,6 +63,7 @@ class _Memory(WrittenStatus):
     refusal: Refusal | None = None
     refused: int = 0  # creates refused in a row
     last_scrape: float = float("-inf")
+    scrape_slot: float | None = None  # when this job's next scrape may run (monotonic), once it has one
     shard_metrics: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,6 +81,7 @@ class Reconciler:
         self.metrics = metrics or OperatorMetrics(self.phases)
         self._memory: dict[Key, _Memory] = {}
         self._phases: dict[Key, Phase] = {}
+        self._next_slot = float("-inf")  # the first free progress-scrape slot (monotonic)
 
     def phases(self) -> dict[Key, Phase]:
         """Phase of every job seen, for the jobs-by-phase gauge (a copy: safe from another thread)."""
@@ -220,7 +226,7 @@ class Reconciler:
         if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
             return None, None
         group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
-        if not group:
+        if not group or not self._slot_reached(mem):
             return None, None
         mem.last_scrape = time.monotonic()
         port = self.config.children.metrics_port
@@ -237,12 +243,34 @@ class Reconciler:
         evaluation = evaluation_from_metrics(parse_exposition(text), rule.eval_metrics if rule else ())
         return training_progress(text, now), evaluation
 
+    def _slot_reached(self, mem: _Memory) -> bool:
+        """Whether the job's scrape slot has come: the first call reserves the next free slot; once it has come,
+        the slot is used up."""
+        clock = time.monotonic()
+        if mem.scrape_slot is None:
+            mem.scrape_slot = max(clock, self._next_slot)
+            self._next_slot = mem.scrape_slot + 1.0 / self.config.progress_writes_per_second
+        if mem.scrape_slot > clock:
+            return False
+        mem.scrape_slot = None
+        return True
+
+    def _next_scrape_in(self, mem: _Memory) -> float:
+        """Seconds until the job may be scraped next: its reserved slot, else ``progressInterval`` after its last
+        scrape (``progressInterval`` when it has neither: its pods' events wake it when they run)."""
+        interval, clock = self.config.progress_interval, time.monotonic()
+        if mem.scrape_slot is not None:
+            return max(mem.scrape_slot - clock, 0.05)
+        if mem.last_scrape == float("-inf"):
+            return interval
+        return max(mem.last_scrape + interval - clock, 0.05)
+
     def _requeue_after(self, decision: Decision, mem: _Memory, now: datetime) -> float | None:
         delays = []
         if decision.wake_at is not None:
             delays.append((decision.wake_at - now).total_seconds() + 0.5)
         if decision.status.phase in RUNNING_PHASES:
-            delays.append(self.config.progress_interval)
+            delays.append(self._next_scrape_in(mem))
         pending = [*mem.created.values(), *mem.deleted.values()]
         if pending:
             delays.append(min(pending) - time.monotonic() + 0.1)
