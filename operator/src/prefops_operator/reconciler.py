@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,11 +40,11 @@ from .core.machine import Decision, Observed, current_group, decide
 from .core.memory import WrittenStatus, remember
 from .core.naming import PodPhase
 from .core.patch import merge_patch
-from .core.plan import Plan, plan
+from .core.plan import NewPod, Plan, plan
 from .core.pods import PodView
 from .core.progress import parse_exposition, precompute_progress, training_progress
 from .core.refusals import Refusal, backoff, classify_refusal, name_taken
-from .core.spec import InvalidSpec, Job, parse_job, parse_meta
+from .core.spec import InvalidSpec, Job, JobMeta, parse_job, parse_meta
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
 from .core.timefmt import utcnow
 
@@ -130,14 +130,15 @@ class Reconciler:
         previous = Status.from_dict(body.get("status"))
         progress, evaluation = await self._scrape(mem, job, previous, owned, now) if job else (None, None)
         decision = decide(previous, Observed(job, owned, spec_error, mem.refusal, progress, evaluation), now)
-        if decision.status != previous:
-            await self._write(mem, job, body, decision, now)
+        events = await self._write(mem, job, body, decision, now) if decision.status != previous else None
         self._phases[key] = decision.status.phase
         if job is None:
+            await (events or asyncio.sleep(0))
             return None
         foreign = [p for p in pods if p.owner != mem.uid]
         actions = plan(job, decision.status, owned, self.config.children, now, foreign)
-        refusal = await self._act(job, mem, actions, owned)
+        acting = self._act(job, mem, actions, owned)
+        refusal = (await asyncio.gather(acting, events))[0] if events else await acting  # Events beside the pods
         return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
 
     def _after_refusal(self, mem: _Memory, refusal: Refusal | None) -> float | None:
@@ -152,11 +153,14 @@ class Reconciler:
 
     async def _write(
         self, mem: _Memory, job: Job | None, body: Mapping[str, Any], decision: Decision, now: datetime
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Write the status; return the posting of its Events (in order), which the caller runs beside the
+        children's creation: they are a record, not a step the pods wait for."""
         meta = job.meta if job else parse_meta(body["metadata"])
         new = decision.status.to_dict()
         await self.api.patch_status(meta, merge_patch(body.get("status") or {}, new))
         mem.wrote(new, time.monotonic())
+        events = []
         for t in decision.transitions:
             log.info(
                 "%s/%s: %s -> %s (%s) %s",
@@ -167,7 +171,7 @@ class Reconciler:
                 t.reason,
                 t.message,
             )
-            await self.api.post_event(meta, t.reason, t.message, t.warning, now)
+            events.append((t.reason, t.message, t.warning))
             self.metrics.transitions.labels(t.source.value, t.target.value).inc()
             if t.reason == Reason.RESTARTING:
                 self.metrics.restarts.labels(t.source.value).inc()
@@ -176,7 +180,12 @@ class Reconciler:
                 self.metrics.job_duration.labels(result).observe((now - meta.created).total_seconds())
         for n in decision.notices:
             log.warning("%s/%s: %s: %s", meta.namespace, meta.name, n.reason, n.message)
-            await self.api.post_event(meta, n.reason, n.message, n.warning, now)
+            events.append((n.reason, n.message, n.warning))
+        return self._post_events(meta, events, now)
+
+    async def _post_events(self, meta: JobMeta, events: Sequence[tuple[str, str, bool]], now: datetime) -> None:
+        for reason, message, warning in events:
+            await self.api.post_event(meta, reason, message, warning, now)
 
     async def _act(self, job: Job, mem: _Memory, actions: Plan, pods: Sequence[PodView]) -> Refusal | None:
         """Carry the plan out; why children could not be created, if they could not."""
@@ -191,10 +200,7 @@ class Reconciler:
                 mem.deleted[name] = clock + EXPECTATION_TTL
         try:
             taken = [*await self._ensure(job, mem, actions), *(f"pod {n}" for n in actions.blocked)]
-            for new in actions.create_pods:
-                if (new.name, new.attempt) not in mem.created:
-                    await self.api.create(new.manifest)
-                    mem.created[new.name, new.attempt] = clock + EXPECTATION_TTL
+            await self._create_pods(mem, [n for n in actions.create_pods if (n.name, n.attempt) not in mem.created])
         except Rejected as e:
             self.metrics.api_errors.labels("rejected").inc()
             return classify_refusal(e.status, str(e), job.spec)
@@ -205,6 +211,18 @@ class Reconciler:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
             await self.api.delete_job(job.meta)
         return name_taken(taken) if taken else None
+
+    async def _create_pods(self, mem: _Memory, pods: Sequence[NewPod]) -> None:
+        """Create a group's pods at once (one round trip for the group, not one per pod); each created one is
+        remembered, then the first refusal, if any, is raised."""
+        results = await asyncio.gather(*(self.api.create(p.manifest) for p in pods), return_exceptions=True)
+        expires = time.monotonic() + EXPECTATION_TTL
+        for new, result in zip(pods, results, strict=True):
+            if not isinstance(result, BaseException):
+                mem.created[new.name, new.attempt] = expires
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _ensure(self, job: Job, mem: _Memory, actions: Plan) -> list[str]:
         """Create the ConfigMap and Service unless made before; the ones whose name another object holds."""
