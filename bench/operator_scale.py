@@ -69,7 +69,7 @@ class PodWatch:
 
     def latencies(self, namespace: str, created: dict[str, float], pods: int, timeout: float) -> list[float]:
         """Per job: last of its first-phase pods seen - its creation; waits until every pod was seen."""
-        names = {n: [(namespace, f"{n}-precompute-{i}") for i in range(pods)] for n in created}
+        names = {n: [(namespace, f"{n}-precompute-a1-{i}") for i in range(pods)] for n in created}
 
         def every_pod_seen():
             with self.lock:

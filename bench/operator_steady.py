@@ -140,7 +140,7 @@ def manifest(i: int) -> dict:
 
 def first_phase_pods(i: int) -> list[str]:
     name = f"job-{i:05d}"
-    return [f"{name}-precompute-0", f"{name}-precompute-1"] if i % 2 == 0 else [f"{name}-train-0"]
+    return [f"{name}-precompute-a1-0", f"{name}-precompute-a1-1"] if i % 2 == 0 else [f"{name}-train-a1-0"]
 
 
 def start_jobs(cluster, custom, core, namespace: str, count: int, trainers: FakeTrainers, timeout: float) -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ KNOWN_FIELDS_HEAD = '''"""Every field of a PreferenceTrainingJob's spec, as the 
 Generated from crds/ by scripts/gen_operator_files.py (a test checks it is current): do not edit.
 
 An object is a dict of its fields; ``MAP`` is a map whose keys are free (``resources.requests``); a one-item list
-is a list of such items; ``None`` is a value.
+is a list of such items; ``None`` is a value. ``DEFAULTS`` holds the default the CRD gives each field that has one
+(dotted path under spec; objects and fields inside lists left out).
 """
 
 from __future__ import annotations
@@ -89,10 +91,36 @@ def render(tree: Any, indent: int = 0) -> str:
     return str(tree)
 
 
+def field_defaults(schema: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"dotted.path": default}`` of every field under ``schema`` whose CRD default is not an object."""
+    out: dict[str, Any] = {}
+    for name, prop in schema.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if "default" in prop and not isinstance(prop["default"], dict):
+            out[path] = prop["default"]
+        out.update(field_defaults(prop, f"{path}."))
+    return out
+
+
+def literal(value: Any) -> str:
+    """``value`` as Python source in ruff format's style (double-quoted strings)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return f"[{', '.join(literal(v) for v in value)}]"
+    return repr(value)
+
+
+def render_defaults(defaults: dict[str, Any]) -> str:
+    items = "".join(f'    "{k}": {literal(v)},\n' for k, v in sorted(defaults.items()))
+    return f"{{\n{items}}}"
+
+
 def known_fields() -> str:
     crd = yaml.safe_load(CRD.read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    return f"{KNOWN_FIELDS_HEAD}{render(field_tree(spec))}\n"
+    defaults = render_defaults(field_defaults(spec))
+    return f"{KNOWN_FIELDS_HEAD}{render(field_tree(spec))}\n\nDEFAULTS: dict[str, Any] = {defaults}\n"
 
 
 def expected_files() -> dict[Path, str]:

@@ -171,5 +171,7 @@ def test_the_operator_started_with_the_charts_arguments_and_namespaced_rbac_runs
     user = f"system:serviceaccount:{release_ns}:{account}"
     requests = [e for e in kube_cluster.audit_events(user, since=mark) if "objectRef" in e]
     assert requests, "the operator made no request"
-    assert {e["objectRef"].get("namespace") for e in requests} == {watched}
+    cluster_wide = {e["objectRef"]["resource"] for e in requests if e["objectRef"].get("namespace") is None}
+    assert cluster_wide == {"nodes"}, "cluster-wide, the operator only reads nodes"
+    assert {e["objectRef"].get("namespace") for e in requests} - {None} == {watched}
     assert [e for e in requests if e["responseStatus"]["code"] == 403] == []

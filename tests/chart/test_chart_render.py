@@ -180,13 +180,16 @@ def test_the_cluster_role_grants_exactly_the_rules_of_the_operators_rbac_manifes
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}]
 
 
-def test_watching_some_namespaces_grants_a_role_in_each_of_them_and_nothing_cluster_wide():
+def test_watching_some_namespaces_grants_a_role_in_each_of_them_and_cluster_wide_only_reading_nodes():
     rendered = render(VALUE_SETS["namespaced"])
     manual = next(d for d in manual_rbac() if d["kind"] == "ClusterRole")
-    assert not rendered.kinds() & {"ClusterRole", "ClusterRoleBinding"}
+    namespaced = [r for r in manual["rules"] if r["resources"] != ["nodes"]]
+    nodes = rendered.one("ClusterRole")
+    assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+    assert rendered.one("ClusterRoleBinding")["roleRef"]["name"] == nodes["metadata"]["name"]
     roles, bindings = rendered.all("Role"), rendered.all("RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["chart-team-a", "chart-team-b"]
-    assert all(rules(role) == rules(manual) for role in roles)
+    assert all(rules(role) == rules({"rules": namespaced}) for role in roles)
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["chart-team-a", "chart-team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"

@@ -24,7 +24,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 #: labels whose values are names (of jobs, namespaces, ranks), not a closed set
-FREE_LABELS = frozenset({"job_name", "job_namespace", "rank", "le", "quantile", "sweep", "sweep_namespace"})
+#: labels whose values are open (names, numbers, a container's reason): no closed set to hold a dashboard to
+FREE_LABELS = frozenset(
+    {"job_name", "job_namespace", "rank", "le", "quantile", "sweep", "sweep_namespace", "node", "reason"}
+)
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,8 @@ def operator_registry(
     jobs: dict[tuple[str, str], str],
     *,
     transitions: Iterable[tuple[str, str]] = (),
-    restarts: Iterable[str] = (),
+    restarts: Iterable[tuple[str, str, str, str]] = (),
+    recoveries: Iterable[tuple[str, str, float]] = (),
     reconciles: Iterable[tuple[str, float]] = (),
     durations: Iterable[tuple[str, float]] = (),
     api_errors: Iterable[str] = (),
@@ -205,6 +209,7 @@ def operator_registry(
     map holds; ``sweeps``: (namespace, name) → (its status, its objective metric), what the sweep reconciler holds."""
     from prefops_operator.adapters import sweep_metrics
     from prefops_operator.adapters.metrics import OperatorMetrics
+    from prefops_operator.core.conditions import RestartKind
     from prefops_operator.core.status import Phase
 
     phases = {key: Phase(value) for key, value in jobs.items()}
@@ -212,8 +217,10 @@ def operator_registry(
     sweep_metrics.register(m.registry, lambda: dict(sweeps or {}))  # type: ignore[arg-type]
     for source, target in transitions:  # reconciler: transitions.labels(t.source.value, t.target.value)
         m.transitions.labels(Phase(source).value, Phase(target).value).inc()
-    for phase in restarts:  # reconciler: restarts.labels(t.source.value)
-        m.restarts.labels(Phase(phase).value).inc()
+    for phase, kind, reason, node in restarts:  # reconciler: restarts.labels(t.source.value, r.kind, r.reason, node)
+        m.restarts.labels(Phase(phase).value, RestartKind(kind).value, reason, node).inc()
+    for phase, kind, seconds in recoveries:  # reconciler: recovery.labels(phase, kind).observe(resume seconds)
+        m.recovery.labels(Phase(phase).value, RestartKind(kind).value).observe(seconds)
     for result, seconds in reconciles:
         m.reconcile.labels(result).observe(seconds)
     for phase, seconds in durations:  # reconciler: job_duration.labels(t.target.value.lower()) when finished
@@ -227,8 +234,11 @@ def operator_registry(
 def operator_everything() -> list[Sample]:
     """Every series the operator can export, with every label value its code can write."""
     from prefops_operator.core.algorithms import ALL_EVAL_METRICS
+    from prefops_operator.core.conditions import DisruptionReason, FailureReason, RestartKind
     from prefops_operator.core.status import Phase
     from prefops_operator.core.sweep_status import TRIAL_PHASES, SweepPhase
+
+    RESTART_REASONS = [*(r.value for r in DisruptionReason), *(r.value for r in FailureReason), "Error", "OOMKilled"]
 
     trials = {f"t-{phase}": phase for phase in TRIAL_PHASES}  # a trial in every phase, each with an objective
     every_sweep = {  # a sweep in every phase; every metric an objective can name
@@ -240,7 +250,10 @@ def operator_everything() -> list[Sample]:
     registry = operator_registry(
         {("ns", p.value): p.value for p in Phase},
         transitions=[(a.value, b.value) for a in Phase for b in Phase],
-        restarts=[p.value for p in Phase],
+        restarts=[
+            (p.value, k.value, reason, "node-a") for p in Phase for k in RestartKind for reason in RESTART_REASONS
+        ],
+        recoveries=[(p.value, k.value, 30.0) for p in Phase for k in RestartKind],
         reconciles=[(r, 0.01) for r in results],
         durations=[(p.value, 600.0) for p in Phase if p.finished],
         api_errors=kinds,

@@ -267,7 +267,7 @@ def test_the_dashboard_model():
         assert "prefops_trainer_step" in json.dumps(v["query"]) and name in json.dumps(v["query"])
     assert "$job_namespace" in json.dumps(by_name["job_name"]["query"]), "job names follow the namespace"
     rows = [p["title"] for p in sorted(d["panels"], key=lambda p: p["gridPos"]["y"]) if p["type"] == "row"]
-    assert rows == ["Job", "Sweep", "Cluster"]
+    assert rows == ["Job", "Sweep", "Cluster", "Failures and disruptions"]
     for name, of in (("sweep_namespace", None), ("sweep", "$sweep_namespace")):
         v = by_name[name]
         assert v["type"] == "query" and "prefops_operator_sweep_trial_info" in json.dumps(v["query"])
@@ -351,6 +351,7 @@ UNITS = {  # panel → (unit, min, max): what a user reads off it
     "Eval reward accuracy per trial": ("percentunit", 0, 1),
     "Job duration": ("dtdurations", None, None),
     "Reconcile duration": ("s", 0, None),
+    "Recovery after a restart": ("s", 0, None),
 }
 
 
@@ -394,9 +395,10 @@ EVALUATIONS = {  # trial → (its latest evaluation, the step it belongs to)
 
 def scenario() -> list[tuple[Sample, dict[str, str]]]:
     """A cluster at one moment, made of the real metrics objects: two precompute shards of a job (their series
-    not yet stale), its two training ranks at step 240 of 1000 with its last evaluation (it is trial 0 of a sweep
-    whose trial 1 succeeded and trial 2 trains), and the operator after a restart and a failure; each with the target
-    labels a scrape adds."""
+        not yet stale), its two training ranks at step 240 of 1000 with its last evaluation (it is trial 0 of a sweep
+        whose trial 1 succeeded and trial 2 trains), and the operator after a restart and a failure; each with the target
+        labels a scrape adds. The operator restarted one group after an OOM kill and another after a lost node (which
+    recovered in 42 s)."""
     trainer = "prefops-trainer"
     processes = [
         (trainer_registry(JOB, NAMESPACE, phase="precompute", precompute=(40, 100), memory=False), "10.0.0.1:9400", trainer),
@@ -414,7 +416,8 @@ def scenario() -> list[tuple[Sample, dict[str, str]]]:
              ("team-b", "b"): "Succeeded", ("team-b", "c"): "Precomputing"},
             transitions=[("Pending", "Precomputing"), ("Precomputing", "Training"), ("Training", "Training"),
                          ("Training", "Failed")],
-            restarts=["Training"], reconciles=[("ok", 0.02), ("ok", 0.3), ("conflict", 0.01)],
+            restarts=[("Training", "Failure", "OOMKilled", "node-a"), ("Training", "Disruption", "NodeLost", "node-b")],
+            recoveries=[("Training", "Disruption", 42.0)], reconciles=[("ok", 0.02), ("ok", 0.3), ("conflict", 0.01)],
             durations=[("Failed", 1800.0), ("Succeeded", 3600.0)], api_errors=["conflict"],
             sweeps={(NAMESPACE, SWEEP): (sweep_status({JOB: "Training", OTHER_TRIAL: "Succeeded", KTO_TRIAL: "Training",
                                                        WAITING_TRIAL: "Waiting"},
@@ -481,7 +484,12 @@ EXPECTED = {  # (panel, refId) → [(labels, value)]: the numbers a user reads f
     ("Pending / suspended", "A"): [("{}", 1)],
     ("Pending / suspended", "B"): [("{}", 0)],
     ("Failed", "A"): [("{}", 1)],
-    ("Restarts in time range", "A"): [("{}", 1)],
+    ("Restarts in time range", "A"): [("{}", 2)],
+    ("Disruptions in time range", "A"): [("{}", 1)],
+    ("Restarts by node", "A"): [
+        (_labels(kind="Failure", node="node-a"), 1),
+        (_labels(kind="Disruption", node="node-b"), 1),
+    ],
     ("Failures in time range", "A"): [("{}", 1)],
     ("Failures by phase", "A"): [(_labels(from_phase="Training"), 1 / 60)],  # one an hour, in a 1m window
     ("Job duration", "C"): [(_labels(result="failed"), 1800), (_labels(result="succeeded"), 3600)],

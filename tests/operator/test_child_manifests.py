@@ -45,14 +45,16 @@ def test_training_pods_run_the_trainer_with_the_rendezvous_environment_of_the_co
         "PREFOPS_NNODES": "2",
         "PREFOPS_NODE_RANK": "1",
         "PREFOPS_NPROC_PER_NODE": "8",
-        "PREFOPS_MASTER_ADDR": "qwen-dpo-train-0.qwen-dpo-train",
+        "PREFOPS_MASTER_ADDR": "qwen-dpo-train-a3-0.qwen-dpo-train",  # pod 0 of the same attempt
         "PREFOPS_MASTER_PORT": "29500",
         "PREFOPS_METRICS_PORT": "9400",
         "PREFOPS_METRICS_ADDR": "0.0.0.0",
         "PREFOPS_ATTEMPT": "3",
+        "PREFOPS_TERMINATION_GRACE_SECONDS": "300",
         "PREFOPS_TRAINER_IMAGE": "registry.example/prefops-trainer:1.2.3",
     }
-    assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-1", "qwen-dpo-train")
+    assert p["metadata"]["name"] == "qwen-dpo-train-a3-1"
+    assert (p["spec"]["hostname"], p["spec"]["subdomain"]) == ("qwen-dpo-train-a3-1", "qwen-dpo-train")
     assert c["resources"] == {
         "requests": {"cpu": "32", "memory": "400Gi", "nvidia.com/gpu": "8"},
         "limits": {"memory": "500Gi", "nvidia.com/gpu": "8"},
@@ -67,6 +69,22 @@ def test_every_pod_is_told_the_image_it_runs_for_the_models_lineage(phase):
     for job, image in ((make_job(), SETTINGS.default_image), (own, "registry.example/custom@sha256:abc")):
         p = pod(job, phase, 0, attempt=1, settings=SETTINGS)
         assert p["spec"]["containers"][0]["image"] == env(p)["PREFOPS_TRAINER_IMAGE"] == image
+
+
+def test_the_grace_period_is_the_specs_and_every_pod_is_told_it():
+    job = make_job(spec={"resources": {"terminationGracePeriodSeconds": 900}})
+    for phase in PodPhase:
+        p = pod(job, phase, 0, attempt=1, settings=SETTINGS)
+        assert p["spec"]["terminationGracePeriodSeconds"] == 900
+        assert env(p)["PREFOPS_TERMINATION_GRACE_SECONDS"] == "900"
+    assert pod(make_job(), PodPhase.TRAIN, 0, 1, SETTINGS)["spec"]["terminationGracePeriodSeconds"] == 300
+
+
+def test_export_pods_are_told_which_training_attempt_to_publish():
+    job = make_job()
+    assert env(pod(job, PodPhase.EXPORT, 0, 5, SETTINGS, trained_attempt=4))["PREFOPS_TRAINED_ATTEMPT"] == "4"
+    assert "PREFOPS_TRAINED_ATTEMPT" not in env(pod(job, PodPhase.TRAIN, 0, 5, SETTINGS, trained_attempt=4))
+    assert "PREFOPS_TRAINED_ATTEMPT" not in env(pod(job, PodPhase.EXPORT, 0, 5, SETTINGS))  # a status of 0.x
 
 
 def test_pods_are_labelled_owned_by_the_job_and_never_restarted_by_the_kubelet():
@@ -179,17 +197,19 @@ def test_the_config_map_holds_the_job_manifest_for_the_trainer():
 @pytest.mark.parametrize("length", [1, 40, 50, 63])
 def test_child_names_are_deterministic_dns_labels_of_at_most_63_characters(length):
     job = "j" * length
-    names = [pod_name(job, phase, i) for phase in PodPhase for i in (0, 7, 123)] + [child_name(job, "config")]
+    pods = [(phase, i, a) for phase in PodPhase for i in (0, 7, 123) for a in (1, 12, 100)]
+    names = [pod_name(job, *p) for p in pods] + [child_name(job, "config")]
     assert all(len(n) <= 63 and n[0].isalpha() and not n.endswith("-") for n in names)
     assert len(set(names)) == len(names)
-    assert names == [pod_name(job, phase, i) for phase in PodPhase for i in (0, 7, 123)] + [child_name(job, "config")]
+    assert names == [pod_name(job, *p) for p in pods] + [child_name(job, "config")]
 
 
 def test_long_job_names_keep_a_readable_prefix_and_differ_by_hash():
     a, b = "a" * 60 + "xyz", "a" * 60 + "xyw"
-    assert pod_name(a, PodPhase.PRECOMPUTE, 0).startswith("aaaa")
-    assert pod_name(a, PodPhase.PRECOMPUTE, 0) != pod_name(b, PodPhase.PRECOMPUTE, 0)
-    assert pod_name("short", PodPhase.TRAIN, 0) == "short-train-0"
+    assert pod_name(a, PodPhase.PRECOMPUTE, 0, 1).startswith("aaaa")
+    assert pod_name(a, PodPhase.PRECOMPUTE, 0, 1) != pod_name(b, PodPhase.PRECOMPUTE, 0, 1)
+    assert pod_name("short", PodPhase.TRAIN, 0, 1) == "short-train-a1-0"
+    assert pod_name("short", PodPhase.TRAIN, 0, 2) == "short-train-a2-0"  # each attempt's pods have their own names
 
 
 EVERY_OPTION = {
@@ -226,7 +246,7 @@ def test_the_scratch_volumes_are_bounded_by_the_operators_size_limits():
     assert (defaults["dshm"]["emptyDir"]["sizeLimit"], defaults["cache"]["emptyDir"]["sizeLimit"]) == ("16Gi", "200Gi")
 
 
-def test_the_network_policy_lets_only_the_jobs_pods_rendezvous_and_only_the_named_namespaces_scrape():
+def test_the_network_policy_lets_the_jobs_pods_reach_each_other_on_every_port_and_only_named_namespaces_scrape():
     settings = ChildSettings(metrics_from=("kubernetes.io/metadata.name=monitoring", "team=ml-ops"))
     policy = network_policy(make_job(), settings)
     assert policy["metadata"]["name"] == "qwen-dpo-ingress"
@@ -234,8 +254,9 @@ def test_the_network_policy_lets_only_the_jobs_pods_rendezvous_and_only_the_name
     assert policy["spec"]["podSelector"] == {"matchLabels": {"prefops.dev/job-name": "qwen-dpo"}}
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rendezvous, metrics = policy["spec"]["ingress"]
-    assert rendezvous == {"from": [{"podSelector": {"matchLabels": {"prefops.dev/job-name": "qwen-dpo"}}}],
-                          "ports": [{"protocol": "TCP", "port": 29500}]}  # fmt: skip
+    # no ports: torchrun's rendezvous, and the ephemeral ports gloo and NCCL connect on (each rank publishes its own
+    # through the rendezvous store), are all reachable from the job's own pods, and only from them
+    assert rendezvous == {"from": [{"podSelector": {"matchLabels": {"prefops.dev/job-name": "qwen-dpo"}}}]}
     assert metrics == {
         "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
                  {"namespaceSelector": {"matchLabels": {"team": "ml-ops"}}}],

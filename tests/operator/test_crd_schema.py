@@ -12,7 +12,18 @@ import yaml
 from support.jobs import job_manifest
 from support.kube import ROOT, wait_for
 
-from prefops_operator.core.spec import MAX_GPUS_PER_NODE, MAX_NODES, MAX_WORKERS
+from prefops_operator.core.spec import (
+    DEFAULT_DISRUPTION_LIMIT,
+    DEFAULT_NODE_LOST_GRACE_SECONDS,
+    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    DEFAULT_TERMINATION_GRACE_SECONDS,
+    MAX_BACKOFF_LIMIT,
+    MAX_DISRUPTION_LIMIT,
+    MAX_GPUS_PER_NODE,
+    MAX_GRACE_SECONDS,
+    MAX_NODES,
+    MAX_WORKERS,
+)
 
 CRD = ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml"
 
@@ -103,6 +114,25 @@ def test_the_crd_bounds_are_the_operators():
         MAX_GPUS_PER_NODE,
         MAX_WORKERS,
     )
+    top, training = spec["properties"], spec["properties"]["training"]["properties"]
+    assert (top["backoffLimit"]["maximum"], top["disruptionLimit"]["maximum"]) == (
+        MAX_BACKOFF_LIMIT,
+        MAX_DISRUPTION_LIMIT,
+    )
+    assert (
+        res["terminationGracePeriodSeconds"]["maximum"] == top["nodeLostGraceSeconds"]["maximum"] == MAX_GRACE_SECONDS
+    )
+    assert (
+        top["disruptionLimit"]["default"],
+        top["nodeLostGraceSeconds"]["default"],
+        training["progressDeadlineSeconds"]["default"],
+        res["terminationGracePeriodSeconds"]["default"],
+    ) == (
+        DEFAULT_DISRUPTION_LIMIT,
+        DEFAULT_NODE_LOST_GRACE_SECONDS,
+        DEFAULT_PROGRESS_DEADLINE_SECONDS,
+        DEFAULT_TERMINATION_GRACE_SECONDS,
+    )
 
 
 @pytest.mark.integration
@@ -111,9 +141,11 @@ def test_absent_blocks_get_the_trainer_defaults_and_unknown_fields_are_kept_for_
     spec = jobs.create(manifest)["spec"]
     assert spec["training"]["epochz"] == 3 and spec["extra"] == {"x": 1}  # not pruned: the operator names them
     assert spec["training"]["epochs"] == 1
-    assert spec["resources"] == {"nodes": 1, "gpusPerNode": 1}
+    assert spec["resources"] == {"nodes": 1, "gpusPerNode": 1, "terminationGracePeriodSeconds": 300}
     assert spec["reference"] == {"batchSize": 8, "workers": 1, "verifySamples": 8}
     assert (spec["suspend"], spec["backoffLimit"], spec["startupDeadlineSeconds"]) == (False, 3, 600)
+    assert (spec["disruptionLimit"], spec["nodeLostGraceSeconds"]) == (10, 20)
+    assert spec["training"]["progressDeadlineSeconds"] == 1800
     assert "lossType" not in spec["algorithm"] and "precompute" not in spec["reference"]  # depend on the algorithm
 
 

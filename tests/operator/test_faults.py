@@ -84,7 +84,7 @@ def test_an_operator_killed_at_random_moments_over_20_job_lifecycles_repeats_and
         assert all("completionTime" in status["phases"][p] for p in PHASES), name
     created, deleted = wait_for(lambda: (c := pod_creates(kube_cluster, namespace, mark)) and c[0] and c, 10, "audit")
     assert [n for n, count in Counter(created).items() if count > 1] == []  # no pod name created twice
-    assert sorted(created) == sorted(f"{n}-{phase}-0" for n in names for phase in PHASES)  # every phase once
+    assert sorted(created) == sorted(f"{n}-{phase}-a1-0" for n in names for phase in PHASES)  # every phase once
     assert deleted == 0  # and no group torn down
 
 
@@ -107,5 +107,5 @@ def test_an_apiserver_restart_under_a_running_job_duplicates_no_work(
     assert status["restarts"] == 0
     assert status["phases"]["train"]["startTime"] == before["phases"]["train"]["startTime"]
     created, deleted = pod_creates(kube_cluster, namespace, mark)
-    assert sorted(created) == ["steady-export-0", "steady-precompute-0", "steady-train-0", "steady-train-1"]
+    assert sorted(created) == ["steady-export-a1-0", "steady-precompute-a1-0", "steady-train-a1-0", "steady-train-a1-1"]
     assert deleted == 0

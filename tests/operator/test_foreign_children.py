@@ -21,7 +21,7 @@ def test_a_job_created_again_under_the_same_name_adopts_nothing_of_the_deleted_o
     start_operator()
     jobs.create(job_manifest("again"))  # DPO: precompute, train, export
     kubelet.run_all(namespace, jobs.wait_pods("again", "precompute", 1))
-    kubelet.succeed(namespace, "again-precompute-0", message=HIT)
+    kubelet.succeed(namespace, "again-precompute-a1-0", message=HIT)
     jobs.wait_pods("again", "train", 1)
     # deleted leaving its children behind (labelled as before, no owner reference), then created again
     jobs.delete("again", propagation="Orphan")
@@ -30,18 +30,18 @@ def test_a_job_created_again_under_the_same_name_adopts_nothing_of_the_deleted_o
 
     taken = wait_for(lambda: jobs.condition("again", ConditionType.REPLICA_FAILURE), 30, "the names reported taken")
     assert taken["reason"] == Reason.NAME_TAKEN
-    assert "pod again-precompute-0" in taken["message"] and "configmap again-config" in taken["message"]
+    assert "pod again-precompute-a1-0" in taken["message"] and "configmap again-config" in taken["message"]
     status = jobs.status("again")
     assert status["phase"] == "Precomputing" and "completionTime" not in status["phases"]["precompute"]
 
-    for pod in ("again-precompute-0", "again-train-0"):  # the user clears what the old job left
+    for pod in ("again-precompute-a1-0", "again-train-a1-0"):  # the user clears what the old job left
         core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
     core.delete_namespaced_config_map("again-config", namespace)
     core.delete_namespaced_service("again-train", namespace)
     pods = jobs.wait_pods("again", "precompute", 1, timeout=60)
-    assert pods["again-precompute-0"].metadata.owner_references[0].uid == uid
-    kubelet.run(namespace, "again-precompute-0")
-    kubelet.succeed(namespace, "again-precompute-0", message=MISS)
+    assert pods["again-precompute-a1-0"].metadata.owner_references[0].uid == uid
+    kubelet.run(namespace, "again-precompute-a1-0")
+    kubelet.succeed(namespace, "again-precompute-a1-0", message=MISS)
     status = jobs.wait_phase("again", "Training")
     assert status["phases"]["precompute"]["cacheHit"] is False  # its own precompute, not the old job's cache hit
     assert all(c["type"] != ConditionType.REPLICA_FAILURE for c in status["conditions"])
@@ -63,8 +63,8 @@ def test_a_pod_that_only_carries_a_jobs_labels_lends_it_no_progress(
     kubelet.run(namespace, "forged")
     kubelet.succeed(namespace, "forged", message=HIT)  # claims precompute done, from the cache
 
-    kubelet.run(namespace, "target-precompute-0")
-    kubelet.succeed(namespace, "target-precompute-0", message=MISS)
+    kubelet.run(namespace, "target-precompute-a1-0")
+    kubelet.succeed(namespace, "target-precompute-a1-0", message=MISS)
     status = jobs.wait_phase("target", "Training")
     assert status["phases"]["precompute"]["cacheHit"] is False
     assert kube_cluster.core().read_namespaced_pod("forged", namespace).metadata.deletion_timestamp is None  # not ours

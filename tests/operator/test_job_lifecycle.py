@@ -44,9 +44,9 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
         kubelet.run_all(namespace, precompute, exit_code=0)
 
         train = jobs.wait_pods("qwen", "train", 2)
-        assert env_of(train["qwen-train-1"])["PREFOPS_NODE_RANK"] == "1"
-        assert env_of(train["qwen-train-1"])["PREFOPS_MASTER_ADDR"] == "qwen-train-0.qwen-train"
-        assert train["qwen-train-0"].spec.containers[0].resources.limits == {"nvidia.com/gpu": "8"}
+        assert env_of(train["qwen-train-a1-1"])["PREFOPS_NODE_RANK"] == "1"
+        assert env_of(train["qwen-train-a1-1"])["PREFOPS_MASTER_ADDR"] == "qwen-train-a1-0.qwen-train"
+        assert train["qwen-train-a1-0"].spec.containers[0].resources.limits == {"nvidia.com/gpu": "8"}
         assert kube_cluster.core().read_namespaced_service("qwen-train", namespace).spec.cluster_ip == "None"
         metrics.show("qwen", namespace, "train", **TRAIN_METRICS)
         kubelet.run_all(namespace, train)
@@ -63,6 +63,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
             "RewardAcc": 0.81,
             "EvalLoss": None,
             "Restarts": 0,
+            "Disruptions": 0,
             "Output": None,
             "Age": "-",
         }
@@ -94,14 +95,14 @@ def test_a_failed_rank_restarts_the_whole_group_which_then_resumes_and_finishes(
     first = jobs.wait_pods("rank", "train", 3, attempt=1)
     first_uids = {p.metadata.uid for p in first.values()}
     kubelet.run_all(namespace, first)
-    kubelet.exit(namespace, "rank-train-2", 1, message="RuntimeError: NCCL communicator was aborted")
+    kubelet.exit(namespace, "rank-train-a1-2", 1, message="RuntimeError: NCCL communicator was aborted")
 
     second = jobs.wait_pods("rank", "train", 3, attempt=2)
     assert not first_uids & {p.metadata.uid for p in second.values()}  # every rank recreated, not only the failed
     assert {env_of(p)["PREFOPS_ATTEMPT"] for p in second.values()} == {"2"}
     status = jobs.status("rank")
     assert (status["phase"], status["restarts"]) == ("Training", 1)
-    assert status["lastFailure"]["pod"] == "rank-train-2"
+    assert status["lastFailure"]["pod"] == "rank-train-a1-2"
     assert status["lastFailure"]["message"] == "RuntimeError: NCCL communicator was aborted"
     assert ("Warning", "Restarting") in [(t, r) for t, r, _ in jobs.events("rank")]
 
@@ -116,18 +117,18 @@ def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_pods_reason_
     start_operator()
     jobs.create(job_manifest("flaky", {**REFERENCE_FREE, "backoffLimit": 1, "resources": {"nodes": 2}}))
     kubelet.run_all(namespace, jobs.wait_pods("flaky", "train", 2, attempt=1))
-    kubelet.exit(namespace, "flaky-train-0", 3)
+    kubelet.exit(namespace, "flaky-train-a1-0", 3)
     kubelet.run_all(namespace, jobs.wait_pods("flaky", "train", 2, attempt=2))
-    kubelet.exit(namespace, "flaky-train-1", 137, reason="OOMKilled")
+    kubelet.exit(namespace, "flaky-train-a2-1", 137, reason="OOMKilled")
 
     status = jobs.wait_phase("flaky", "Failed")
     failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
     assert failed["reason"] == Reason.BACKOFF_LIMIT_EXCEEDED
-    assert failed["message"].startswith("pod flaky-train-1 failed (OOMKilled, exit code 137)")
+    assert failed["message"].startswith("pod flaky-train-a2-1 failed (OOMKilled, exit code 137)")
     assert status["restarts"] == 1
     # the rank still running is stopped; the failed pod stays for its logs
     remaining = wait_for(lambda: (p := jobs.pods("flaky", "train")) and len(p) == 1 and p, 30, "running rank gone")
-    assert list(remaining) == ["flaky-train-1"]
+    assert list(remaining) == ["flaky-train-a2-1"]
 
 
 def test_exit_code_2_means_invalid_input_and_fails_at_once_without_retrying(jobs, kubelet, namespace, start_operator):
@@ -135,7 +136,10 @@ def test_exit_code_2_means_invalid_input_and_fails_at_once_without_retrying(jobs
     jobs.create(job_manifest("badinput", {"backoffLimit": 5}))
     kubelet.run_all(namespace, jobs.wait_pods("badinput", "precompute", 1))
     kubelet.exit(
-        namespace, "badinput-precompute-0", 2, message="s3://prefs/ultrafeedback.jsonl row 7: field 'chosen' is missing"
+        namespace,
+        "badinput-precompute-a1-0",
+        2,
+        message="s3://prefs/ultrafeedback.jsonl row 7: field 'chosen' is missing",
     )
     status = jobs.wait_phase("badinput", "Failed")
     failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
@@ -187,11 +191,11 @@ def test_suspend_deletes_the_running_pods_and_resume_continues_from_the_unfinish
     jobs.patch_spec("pausable", {"suspend": True})
     status = jobs.wait_phase("pausable", "Suspended")
     wait_for(lambda: not jobs.pods("pausable", "train"), 30, "training pods deleted")
-    assert list(jobs.pods("pausable", "precompute")) == ["pausable-precompute-0"]  # finished: kept
+    assert list(jobs.pods("pausable", "precompute")) == ["pausable-precompute-a1-0"]  # finished: kept
     assert "completionTime" in status["phases"]["precompute"]
 
     jobs.patch_spec("pausable", {"suspend": False})
-    jobs.wait_pods("pausable", "train", 2)
+    jobs.wait_pods("pausable", "train", 2, attempt=2)  # new names: the suspended pods may still be terminating
     status = jobs.wait_phase("pausable", "Training")
     assert status["restarts"] == 0
     assert [r for _, r, _ in jobs.events("pausable")][-2:] == [Reason.SUSPENDED, Reason.RESUMED]

@@ -59,14 +59,14 @@ def test_an_operator_killed_while_creating_a_group_creates_each_pod_exactly_once
         and e["objectRef"].get("namespace") == namespace
     ]
     created = sorted(e["objectRef"]["name"] for e in creates if e["responseStatus"]["code"] == 201)
-    assert created == sorted(f"burst-precompute-{i}" for i in range(12))
+    assert created == sorted(f"burst-precompute-a1-{i}" for i in range(12))
 
 
 def test_the_operator_exports_its_metrics_and_a_liveness_endpoint(jobs, kubelet, namespace, start_operator):
     op = start_operator()
     jobs.create(job_manifest("observed", REFERENCE_FREE))
     kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1))
-    kubelet.exit(namespace, "observed-train-0", 1)
+    kubelet.exit(namespace, "observed-train-a1-0", 1)
     kubelet.run_all(namespace, jobs.wait_pods("observed", "train", 1, attempt=2), exit_code=0)
     kubelet.run_all(namespace, jobs.wait_pods("observed", "export", 1, attempt=2), exit_code=0)
     jobs.wait_phase("observed", "Succeeded")
@@ -79,7 +79,7 @@ def test_the_operator_exports_its_metrics_and_a_liveness_endpoint(jobs, kubelet,
         'prefops_operator_phase_transitions_total{from_phase="Pending",to_phase="Training"} 1.0',
         'prefops_operator_phase_transitions_total{from_phase="Training",to_phase="Training"} 1.0',
         'prefops_operator_phase_transitions_total{from_phase="Exporting",to_phase="Succeeded"} 1.0',
-        'prefops_operator_restarts_total{phase="Training"} 1.0',
+        'prefops_operator_restarts_total{kind="Failure",node="",phase="Training",reason="Error"} 1.0',
         'prefops_operator_job_duration_seconds_count{result="succeeded"} 1.0',
     ]:
         assert line in samples

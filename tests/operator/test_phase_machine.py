@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from support.operator_core import at, group, make_job, pod
 
-from prefops_operator.core.conditions import ConditionType, FailureReason, Reason
+from prefops_operator.core.conditions import ConditionType, DisruptionReason, FailureReason, Reason, RestartKind
 from prefops_operator.core.machine import TRANSITIONS, Happening, Observed, decide, phase_plan
 from prefops_operator.core.naming import PodPhase
 from prefops_operator.core.refusals import classify_refusal
@@ -105,54 +105,58 @@ def test_one_failed_rank_restarts_the_whole_training_group_and_records_the_failu
     pods[1] = replace(pods[1], status="Failed", exit_code=137, reason="OOMKilled", message="killed")
     decision = step(job, status, pods, at(10))
     assert decision.status.phase == Phase.TRAINING
-    assert (decision.status.restarts, decision.status.attempt) == (1, 2)
-    assert decision.status.last_failure.pod == "qwen-dpo-train-1"
+    assert (decision.status.restarts, decision.status.failures, decision.status.attempt) == (1, 1, 2)
+    assert decision.status.last_failure.pod == "qwen-dpo-train-a1-1"
     assert (decision.status.last_failure.reason, decision.status.last_failure.exit_code) == ("OOMKilled", 137)
     assert decision.transitions[0].reason == Reason.RESTARTING
-    assert "restart 1 of 3" in decision.transitions[0].message
+    assert "as attempt 2 (failure 1 of backoffLimit 3)" in decision.transitions[0].message
 
 
-def test_pods_of_an_older_attempt_or_being_deleted_do_not_count_again():
+def test_pods_of_an_older_attempt_do_not_count_again():
     job = make_job()
-    status = replace(run_to(job, Phase.TRAINING), restarts=1)
+    status = replace(run_to(job, Phase.TRAINING), restarts=1, failures=1, attempt=2)
     old = pod(job, TRAIN, 0, "Failed", attempt=1, exit_code=1)
-    dying = pod(job, TRAIN, 0, "Failed", attempt=2, exit_code=143, terminating=True)
-    for pods in ([old], [dying]):
-        assert step(job, status, pods, at(10)).status == step(job, status, [], at(10)).status
-        assert step(job, status, pods, at(10)).status.restarts == 1
+    assert step(job, status, [old], at(10)).status == step(job, status, [], at(10)).status
+    assert step(job, status, [old], at(10)).status.restarts == 1
 
 
-def test_a_running_rank_deleted_by_someone_else_fails_the_attempt():
+def test_a_running_rank_deleted_by_someone_else_is_a_disruption_not_a_failure():
     job = make_job(spec={"algorithm": {"name": "simpo"}, "resources": {"nodes": 2}})
     status = run_to(job, Phase.TRAINING)
     pods = [pod(job, TRAIN, 0), pod(job, TRAIN, 1, terminating=True)]
     decision = step(job, status, pods, at(10))
-    assert decision.status.restarts == 1
-    assert (decision.status.last_failure.pod, decision.status.last_failure.reason) == (
-        "qwen-dpo-train-1",
-        FailureReason.DELETED,
+    s = decision.status
+    assert (s.restarts, s.disruptions, s.failures, s.attempt, s.last_failure) == (1, 1, 0, 2, None)
+    assert (s.last_restart.kind, s.last_restart.reason, s.last_restart.pod) == (
+        RestartKind.DISRUPTION,
+        DisruptionReason.DELETED,
+        "qwen-dpo-train-a1-1",
     )
+    assert decision.transitions[0].reason == Reason.DISRUPTED
 
 
-def test_pods_still_terminating_from_before_a_suspension_are_not_lost_ranks_after_resuming():
+def test_pods_still_terminating_from_before_a_suspension_are_waited_for_after_resuming_never_lost_ranks():
     job = make_job(spec={"algorithm": {"name": "simpo"}})
     training = run_to(job, Phase.TRAINING)
     suspended = step(make_job(spec={"algorithm": {"name": "simpo"}, "suspend": True}), training, [], at(20)).status
     resumed = step(job, suspended, [], at(30)).status
-    old = pod(job, TRAIN, 0, created=at(1), terminating=True)
-    assert step(job, resumed, [old], at(31)).status == resumed
+    assert resumed.attempt == training.attempt + 1  # the suspended pods keep their names: the new ones get others
+    old = pod(job, TRAIN, 0, created=at(1), terminating=True, deleted=at(20 + 300))
+    after = step(job, resumed, [old], at(31)).status
+    assert (after.phase, after.restarts, after.attempt) == (Phase.TRAINING, 0, resumed.attempt)
+    assert after.condition(ConditionType.WAITING).reason == Reason.PREVIOUS_ATTEMPT_TERMINATING
 
 
 def test_when_the_backoff_limit_is_exhausted_the_job_fails_with_the_last_pods_reason_and_exit_code():
     job = make_job(spec={"backoffLimit": 1})
-    status = replace(run_to(job, Phase.TRAINING), restarts=1)
+    status = replace(run_to(job, Phase.TRAINING), restarts=1, failures=1, attempt=2)
     failed = pod(job, TRAIN, 0, "Failed", attempt=2, exit_code=1, reason="Error", message="NCCL timeout")
     decision = step(job, status, [failed], at(20))
     cond = decision.status.condition(ConditionType.FAILED)
     assert decision.status.phase == Phase.FAILED
     assert cond.reason == Reason.BACKOFF_LIMIT_EXCEEDED
     assert cond.message == (
-        "pod qwen-dpo-train-0 failed (Error, exit code 1): NCCL timeout; backoffLimit (1 restarts) exhausted"
+        "pod qwen-dpo-train-a2-0 failed (Error, exit code 1): NCCL timeout; backoffLimit (1 failures) exhausted"
     )
     assert decision.status.completion_time == at(20)
 

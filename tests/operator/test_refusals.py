@@ -90,9 +90,9 @@ def test_a_name_held_by_a_pod_the_job_does_not_control_is_waited_for_never_delet
     job = make_job(spec={"resources": {"nodes": 2}})
     stranger = pod(job, PodPhase.TRAIN, 0, "Succeeded", owner="uid-of-a-deleted-job")
     p = plan(job, TRAINING, [], ChildSettings(), at(0), foreign=[stranger])
-    assert [n.name for n in p.create_pods] == ["qwen-dpo-train-1"]
-    assert p.blocked == ("qwen-dpo-train-0",)
+    assert [n.name for n in p.create_pods] == ["qwen-dpo-train-a1-1"]
+    assert p.blocked == ("qwen-dpo-train-a1-0",)
     assert p.delete_pods == ()
     refusal = name_taken([f"pod {n}" for n in p.blocked])
     assert (refusal.reason, refusal.permanent) == (Reason.NAME_TAKEN, False)
-    assert "pod qwen-dpo-train-0" in refusal.message
+    assert "pod qwen-dpo-train-a1-0" in refusal.message

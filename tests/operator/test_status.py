@@ -6,7 +6,14 @@ from __future__ import annotations
 from support.kube import ROOT
 from support.operator_core import at
 
-from prefops_operator.core.conditions import STARTED_REASON, ConditionType, FailureReason, Reason
+from prefops_operator.core.conditions import (
+    STARTED_REASON,
+    ConditionType,
+    DisruptionReason,
+    FailureReason,
+    Reason,
+    RestartKind,
+)
 from prefops_operator.core.patch import merge_patch
 from prefops_operator.core.status import PHASE_KEYS, Phase, PhaseTimes, Status
 
@@ -41,9 +48,9 @@ def test_the_current_key_wins_over_the_legacy_one():
 
 
 def test_the_crd_and_the_docs_name_every_condition_type_and_reason():
-    names = [*ConditionType, *Reason, *FailureReason]
+    names = [*ConditionType, *Reason, *FailureReason, *DisruptionReason, *RestartKind]
     assert [n.value for n in names if n.value not in DOCS] == []
-    events_only = {*STARTED_REASON.values(), Reason.RESTARTING}  # never a condition's reason
+    events_only = {*STARTED_REASON.values(), Reason.RESTARTING, Reason.DISRUPTED, Reason.RECOVERED}
     in_conditions = [*ConditionType, *(r for r in Reason if r not in events_only)]
     assert [n.value for n in in_conditions if n.value not in CRD] == []
 

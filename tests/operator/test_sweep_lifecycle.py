@@ -186,7 +186,7 @@ def test_suspending_a_sweep_suspends_its_running_trials_and_resuming_resumes_the
     sweeps.patch_spec("pause", {"suspend": False})
     sweeps.wait_phase("pause", "Running")
     for trial in ("pause-0", "pause-1"):
-        jobs.wait_pods(trial, "train", 1)
+        jobs.wait_pods(trial, "train", 1, attempt=2)  # resuming moves every trial to its next attempt
         assert jobs.get(trial)["spec"]["suspend"] is False
     assert not jobs.exists("pause-2")
     assert [r for _, r, _ in sweeps.events("pause")][-2:] == ["Suspended", "Resumed"]

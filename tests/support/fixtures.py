@@ -24,6 +24,9 @@ from .sweeps import Sweeps
 OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "prefops-system", "prefops-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 _counter = itertools.count()
+#: restarts after a failure without the Job controller's 10 s backoff, and a rank's exit judged for 1 s instead of
+#: 45 s, so lifecycle tests run in seconds; a test of those defaults passes the flags itself
+QUICK_RESTARTS = {"PREFOPS_OPERATOR_RESTART_BACKOFF": "0", "PREFOPS_OPERATOR_EXIT_JUDGING_SECONDS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +81,7 @@ def start_operator(operator_kubeconfig: Path, namespace: str, tmp_path: Path) ->
             namespaces=() if all_namespaces else (namespace,),
             extra_args=args,
             python=python or sys.executable,
+            env=dict(QUICK_RESTARTS),
         )
         started.append(op)
         return op.start()

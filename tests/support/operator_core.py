@@ -33,7 +33,7 @@ def make_job(name: str = "qwen-dpo", spec: dict[str, Any] | None = None, generat
 
 def pod(job: Job, phase: PodPhase, index: int, status: str = "Running", attempt: int = 1, **kw: Any) -> PodView:
     view = PodView(
-        name=pod_name(job.meta.name, phase, index),
+        name=pod_name(job.meta.name, phase, index, attempt),
         job=job.meta.name,
         phase=phase,
         index=index,

@@ -108,3 +108,13 @@ rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */
   verbs: [create, get]
 {{- end }}
 {{- end }}
+
+{{- /* Read access to nodes: cluster-scoped, so in a ClusterRole whatever watchNamespaces says. */}}
+{{- define "prefops.nodeRules" -}}
+# nodes, read only (kopf index and events): a pod's node that stops reporting (Ready, the unreachable taint) or is
+# cordoned (a drain) tells a lost node or a drain from a failure; cluster-scoped, so a ClusterRole even when the
+# operator watches some namespaces only
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
+{{- end }}

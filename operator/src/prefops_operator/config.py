@@ -1,9 +1,9 @@
 """The operator's own settings: command-line flags, each with a ``PREFOPS_OPERATOR_*`` environment default.
 
 Every setting is declared once, as a field with :func:`~prefops_operator.core.settings.setting` metadata (help,
-flag, environment name, default, rule): here, or in :class:`~prefops_operator.core.children.ChildSettings` for
-the ones that shape trainer pods. The parser below is built from those fields; ``python -m prefops_operator
---help`` lists them.
+flag, environment name, default, rule): here, in :class:`~prefops_operator.core.children.ChildSettings` for
+the ones that shape trainer pods, or in :class:`~prefops_operator.core.restarts.RestartSettings` for restarts.
+The parser below is built from those fields; ``python -m prefops_operator --help`` lists them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core.children import ChildSettings
+from .core.restarts import RestartSettings
 from .core.settings import Setting, setting, settings_of
 
 
@@ -29,6 +30,7 @@ class OperatorConfig:
         "NAMESPACES",  # comma-separated
     )
     children: ChildSettings = dataclasses.field(default_factory=ChildSettings)
+    restarts: RestartSettings = dataclasses.field(default_factory=RestartSettings)
     metrics_port: int = setting(
         8080, "port of the operator's own /metrics; 0 disables", "--metrics-port", "METRICS_PORT",
         rule=lambda p: 0 <= p < 65536, rule_text="a port number or 0",
@@ -64,7 +66,7 @@ class OperatorConfig:
         parser = build_parser(os.environ if env is None else env)
         args = vars(parser.parse_args(argv))
         own: dict[str, Any] = {}
-        children: dict[str, Any] = {}
+        groups: dict[str, dict[str, Any]] = {}
         for path, f, meta in settings_of(cls):
             value = args[_dest(path)]
             if isinstance(f.default, tuple):
@@ -72,8 +74,14 @@ class OperatorConfig:
             problem = meta.problem(value)
             if problem:
                 parser.error(problem)
-            (own if len(path) == 1 else children)[path[-1]] = value
-        return cls(children=ChildSettings(**children), **own)
+            (own if len(path) == 1 else groups.setdefault(path[0], {}))[path[-1]] = value
+        nested = {f.name: f.default_factory(**groups.get(f.name, {})) for f in _groups(cls)}  # type: ignore[operator]
+        return cls(**nested, **own)
+
+
+def _groups(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that are nested settings dataclasses (children, restarts)."""
+    return [f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)]
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""kopf glue: watch jobs and their pods into kopf indices, and turn every event into a work-queue key.
+"""kopf glue: watch jobs, their pods and the nodes into kopf indices, and turn every event into a work-queue key.
 
 The decisions live in :mod:`.core` and the API calls in :mod:`.adapters`; these handlers only wire them up.
 No change handlers, timers or daemons: nothing here needs kopf's finalizers or progress annotations, so jobs
@@ -19,6 +19,7 @@ from .adapters.kube import Credentials, CredentialsProvider
 from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
 from .core.naming import LABEL_JOB
+from .core.nodes import NodeView, node_view
 from .core.pods import PodView, pod_view
 from .core.spec import slim_job
 from .reconciler import Key, Reconciler
@@ -26,6 +27,7 @@ from .runtime import Runtime
 
 JOBS = ("prefops.dev", "v1alpha1", "preferencetrainingjobs")
 PODS = ("v1", "pods")
+NODES = ("v1", "nodes")
 OURS = {LABEL_JOB: kopf.PRESENT}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -103,7 +105,9 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     reconciler = Reconciler(api, config)
     reconciler.metrics.serve(config.metrics_port, config.bind_address)
     # kopf passes each index as a keyword argument named after its handler's id
-    memo.runtime = Runtime(reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers)
+    memo.runtime = Runtime(
+        reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers, kwargs["nodes_index"]
+    )
     memo.runtime.start()
     memo.sweeps = sweep_handlers.start(api, config, reconciler.metrics.registry, kwargs)
     scope = ", ".join(config.namespaces) or "all namespaces"
@@ -129,6 +133,11 @@ async def pods_index(*, namespace: str | None, body: kopf.Body, **_: Any) -> dic
     return {(str(namespace), view.job): view} if view else None
 
 
+@kopf.index(*NODES, id="nodes_index")
+async def nodes_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    return {name: node_view(body)}
+
+
 @kopf.on.event(*JOBS, id="job-event")
 async def job_event(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.queue.add((str(namespace), name))
@@ -137,6 +146,11 @@ async def job_event(*, namespace: str | None, name: str, memo: kopf.Memo, **_: A
 @kopf.on.event(*PODS, labels=OURS, id="pod-event")
 async def pod_event(*, namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.queue.add((str(namespace), labels[LABEL_JOB]))
+
+
+@kopf.on.event(*NODES, id="node-event")
+async def node_event(*, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.node_changed(None if type == "DELETED" else node_view(body), name)
 
 
 @kopf.on.probe(id="work-queue")

@@ -7,7 +7,8 @@ The only memory kept between reconciles is an optimization and a guard, never a 
 - the status last written (until the watch delivers it, a stale snapshot must not drive actions),
 - children recently created or deleted but not yet observed (so a lagging index does not repeat the call),
 - why the apiserver refused the last create (shown in the status, retried with backoff),
-- the last progress scrape (its time, and the last sample of each precompute shard), and its next scrape's slot.
+- the last progress scrape (its time, and the last sample of each precompute shard), and its next scrape's slot,
+- the spec the job started with, as its ConfigMap holds it (read back after an operator restart).
 
 Progress scrapes (each may write the job's status) are paced for all jobs together: a job is scraped at most every
 ``progressInterval`` seconds, and in a slot of its own, ``1 / progressWritesPerSecond`` after the previous job's,
@@ -34,17 +35,18 @@ from .adapters.metrics import OperatorMetrics
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
 from .core.algorithms import ALGORITHMS
-from .core.conditions import Reason
 from .core.evaluation import Evaluation, evaluation_from_metrics
+from .core.frozen import effective_spec, spec_changes
 from .core.machine import Decision, Observed, current_group, decide
 from .core.memory import WrittenStatus, remember
-from .core.naming import PodPhase
+from .core.naming import PodPhase, config_map_name
+from .core.nodes import NodeView
 from .core.patch import merge_patch
 from .core.plan import NewPod, Plan, plan
 from .core.pods import PodView
 from .core.progress import parse_exposition, precompute_progress, training_progress
 from .core.refusals import Refusal, backoff, classify_refusal, name_taken
-from .core.spec import InvalidSpec, Job, JobMeta, parse_job, parse_meta
+from .core.spec import InvalidSpec, Job, JobMeta, parse_job, parse_meta, parse_spec
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
 from .core.timefmt import utcnow
 
@@ -65,6 +67,8 @@ class _Memory(WrittenStatus):
     last_scrape: float = float("-inf")
     scrape_slot: float | None = None  # when this job's next scrape may run (monotonic), once it has one
     shard_metrics: dict[str, str] = field(default_factory=dict)
+    started: dict[str, Any] | None = None  # the spec the job started with (its ConfigMap's)
+    started_read: bool = False
 
 
 class Reconciler:
@@ -95,11 +99,17 @@ class Reconciler:
         await self.api.close()
         await self.scraper.close()
 
-    async def reconcile(self, key: Key, body: Mapping[str, Any] | None, pods: Sequence[PodView]) -> float | None:
+    async def reconcile(
+        self,
+        key: Key,
+        body: Mapping[str, Any] | None,
+        pods: Sequence[PodView],
+        nodes: Mapping[str, NodeView] | None = None,
+    ) -> float | None:
         """Bring one job a step closer to its desired state; return seconds until it wants another look."""
         started, result = time.perf_counter(), "error"
         try:
-            delay = await self._reconcile(key, body, pods)
+            delay = await self._reconcile(key, body, pods, nodes or {})
             result = "ok"
             return delay
         except Conflict:
@@ -117,7 +127,9 @@ class Reconciler:
         finally:
             self.metrics.reconcile.labels(result).observe(time.perf_counter() - started)
 
-    async def _reconcile(self, key: Key, body: Mapping[str, Any] | None, pods: Sequence[PodView]) -> float | None:
+    async def _reconcile(
+        self, key: Key, body: Mapping[str, Any] | None, pods: Sequence[PodView], nodes: Mapping[str, NodeView]
+    ) -> float | None:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.forget(key)
             return None
@@ -128,18 +140,41 @@ class Reconciler:
         job, spec_error = _parse(body)
         owned = [p for p in pods if p.owner == mem.uid]
         previous = Status.from_dict(body.get("status"))
+        job, changes = await self._frozen(mem, job, previous)
         progress, evaluation = await self._scrape(mem, job, previous, owned, now) if job else (None, None)
-        decision = decide(previous, Observed(job, owned, spec_error, mem.refusal, progress, evaluation), now)
+        observed = Observed(
+            job, owned, spec_error, mem.refusal, progress, evaluation, nodes, self.config.restarts, changes
+        )
+        decision = decide(previous, observed, now)
         events = await self._write(mem, job, body, decision, now) if decision.status != previous else None
         self._phases[key] = decision.status.phase
         if job is None:
             await (events or asyncio.sleep(0))
             return None
         foreign = [p for p in pods if p.owner != mem.uid]
-        actions = plan(job, decision.status, owned, self.config.children, now, foreign)
+        actions = plan(job, decision.status, owned, self.config.children, now, foreign, nodes)
         acting = self._act(job, mem, actions, owned)
         refusal = (await asyncio.gather(acting, events))[0] if events else await acting  # Events beside the pods
         return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
+
+    async def _frozen(self, mem: _Memory, job: Job | None, status: Status) -> tuple[Job | None, tuple[str, ...]]:
+        """The job with the spec it started with (its ConfigMap's), but for the fields that may change, and the
+        fields changed that may not; the job as it is before it started and after it finished."""
+        if job is None or not (status.phase in RUNNING_PHASES or status.phase == Phase.SUSPENDED):
+            return job, ()
+        if not mem.started_read:
+            meta = job.meta
+            mem.started = await self.api.config_spec(meta.namespace, config_map_name(meta.name), meta.uid)
+            mem.started_read = True
+        if mem.started is None:
+            return job, ()
+        changes = spec_changes(mem.started, job.spec.raw)
+        if not changes:
+            return job, ()
+        try:
+            return Job(job.meta, parse_spec(effective_spec(mem.started, job.spec.raw))), changes
+        except InvalidSpec:  # what it started with no longer parses (an older operator wrote it): keep the current
+            return job, ()
 
     def _after_refusal(self, mem: _Memory, refusal: Refusal | None) -> float | None:
         """Remember a refusal (the next decision shows it) and back off while it lasts; ``None`` when nothing was
@@ -173,11 +208,16 @@ class Reconciler:
             )
             events.append((t.reason, t.message, t.warning))
             self.metrics.transitions.labels(t.source.value, t.target.value).inc()
-            if t.reason == Reason.RESTARTING:
-                self.metrics.restarts.labels(t.source.value).inc()
+            if t.restart is not None:
+                r = t.restart
+                self.metrics.restarts.labels(t.source.value, r.kind, r.reason, r.node or "").inc()
             if t.target.finished and meta.created:
                 result = t.target.value.lower()
                 self.metrics.job_duration.labels(result).observe((now - meta.created).total_seconds())
+        recovered = decision.recovered
+        if recovered is not None and recovered.resume_seconds is not None:
+            phase = decision.status.phase.value
+            self.metrics.recovery.labels(phase, recovered.kind).observe(recovered.resume_seconds)
         for n in decision.notices:
             log.warning("%s/%s: %s: %s", meta.namespace, meta.name, n.reason, n.message)
             events.append((n.reason, n.message, n.warning))
@@ -236,6 +276,8 @@ class Reconciler:
                 taken.append(f"{kind.lower()} {name}")
                 continue
             mem.ensured.add(f"{kind}/{name}")
+            if created and kind == "ConfigMap":
+                mem.started, mem.started_read = dict(job.spec.raw), True
         return taken
 
     async def _scrape(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
+from .core.nodes import NodeView
 from .core.pods import PodView
 from .reconciler import Key, Reconciler
 
@@ -111,8 +112,27 @@ class WorkQueue(Generic[K]):
                 self.add(key, delay)
 
 
+class Nodes(Mapping[str, NodeView]):
+    """kopf's index of nodes (name -> the views it holds) as a plain mapping, read where it is asked, never copied."""
+
+    def __init__(self, index: Mapping[str, Iterable[NodeView]]) -> None:
+        self.index = index
+
+    def __getitem__(self, name: str) -> NodeView:
+        found = next(iter(self.index.get(name, ())), None)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 class Runtime:
-    """The work queue wired to the reconciler and to kopf's indices of jobs and pods."""
+    """The work queue wired to the reconciler and to kopf's indices of jobs, pods and nodes."""
 
     def __init__(
         self,
@@ -120,17 +140,33 @@ class Runtime:
         jobs: Mapping[Key, Iterable[Mapping[str, Any]]],
         pods: Mapping[Key, Iterable[PodView]],
         workers: int,
+        nodes: Mapping[str, Iterable[NodeView]] | None = None,
     ) -> None:
         self.reconciler, self.jobs, self.pods = reconciler, jobs, pods
+        self.nodes = Nodes({} if nodes is None else nodes)  # kopf's index is falsy while empty: kept, not replaced
         self.queue: WorkQueue[Key] = WorkQueue(self._process, workers)
+        self._node_state: dict[str, NodeView] = {}
 
     async def _process(self, key: Key) -> float | None:
         # a snapshot of what kopf's watches have delivered so far
         body = next(iter(self.jobs.get(key, ())), None)
-        delay = await self.reconciler.reconcile(key, body, tuple(self.pods.get(key, ())))
+        delay = await self.reconciler.reconcile(key, body, tuple(self.pods.get(key, ())), self.nodes)
         if body is None:
             self.queue.forget(key)
         return delay
+
+    def node_changed(self, view: NodeView | None, name: str) -> None:
+        """A node's health or cordon changed (``view`` is ``None`` once it is deleted): look again at every job with
+        a pod on it. Heartbeats that change neither are ignored."""
+        if view is not None and self._node_state.get(name) == view:
+            return
+        if view is None:
+            self._node_state.pop(name, None)
+        else:
+            self._node_state[name] = view
+        for key, pods in list(self.pods.items()):
+            if any(p.node == name for p in pods):
+                self.queue.add(key)
 
     def start(self) -> None:
         self.queue.start()

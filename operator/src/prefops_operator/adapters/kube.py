@@ -1,5 +1,6 @@
 """The Kubernetes API calls the operator makes, and nothing else (the ClusterRole in operator/rbac/ grants exactly
-these): create ConfigMaps, Services and Pods; delete Pods and jobs; patch job status; create Events.
+these): create ConfigMaps, Services and Pods; read a ConfigMap back (the spec a job started with); delete Pods
+and jobs; patch job status; create Events.
 
 Plain REST over one aiohttp session (kopf's own HTTP stack), not the ``kubernetes`` client: the operator needs
 six calls, and the client's import alone costs ~45 MB of memory. Credentials come from a provider (kopf's
@@ -27,7 +28,9 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import yaml
 
+from ..core.children import CONFIG_FILE
 from ..core.spec import API_VERSION, KIND, JobMeta
 from ..core.timefmt import format_time
 
@@ -199,6 +202,24 @@ class KubeApi:
             return None
         refs = (found.get("metadata") or {}).get("ownerReferences") or []
         return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
+
+    async def config_spec(self, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+        """The spec in the trainer config of ConfigMap ``name`` (docs/contract.md §2): the spec the job of ``uid``
+        started with. ``None`` when the ConfigMap is absent, is not that job's, or holds no spec."""
+        path = f"{_collection('ConfigMap', namespace)}/{name}"
+        try:
+            found = await self._call("GET", path, f"get ConfigMap {namespace}/{name}")
+        except Gone:
+            return None
+        refs = (found.get("metadata") or {}).get("ownerReferences") or []
+        if not any(r.get("controller") and r.get("uid") == uid for r in refs):
+            return None
+        try:
+            doc = yaml.safe_load(((found.get("data") or {}).get(CONFIG_FILE)) or "")
+        except yaml.YAMLError:
+            return None
+        spec = doc.get("spec") if isinstance(doc, dict) else None
+        return dict(spec) if isinstance(spec, dict) else None
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (gracefully: the trainer gets SIGTERM); already gone is fine."""

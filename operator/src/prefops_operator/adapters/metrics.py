@@ -40,8 +40,17 @@ class OperatorMetrics:
         )
         self.restarts = Counter(
             "prefops_operator_restarts_total",
-            "Pod groups recreated after a failure.",
-            ["phase"],
+            "Pod groups recreated, by phase, kind (Failure: charged to backoffLimit; Disruption: to disruptionLimit),"
+            " reason (NodeLost, Preempted, Evicted, Drained, Deleted, Interrupted; Error, OOMKilled, ...) and the node"
+            " of the pod that caused it.",
+            ["phase", "kind", "reason", "node"],
+            registry=self.registry,
+        )
+        self.recovery = Histogram(
+            "prefops_operator_restart_recovery_seconds",
+            "Seconds from a restart to every pod of the new group running, by phase and kind.",
+            ["phase", "kind"],
+            buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200),
             registry=self.registry,
         )
         self.reconcile = Histogram(

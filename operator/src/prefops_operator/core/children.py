@@ -2,8 +2,8 @@
 
 - ConfigMap ``<job>-config``: the trainer config document ``job.yaml`` (docs/contract.md §2).
 - Service ``<job>-train``: headless, gives training pods the DNS names torchrun rendezvous at.
-- Pods ``<job>-<phase>-<index>``: ``prefops-trainer <phase> /etc/prefops/job.yaml`` from the job's image,
-  with the environment of docs/contract.md §3.
+- Pods ``<job>-<phase>-a<attempt>-<index>``: ``prefops-trainer <phase> /etc/prefops/job.yaml`` from the job's
+  image, with the environment of docs/contract.md §3.
 
 Every child carries the ``prefops.dev/*`` labels and a controller owner reference to the job, so deleting the
 job deletes them (garbage collection) and ``kubectl get pods -l prefops.dev/job-name=<job>`` lists them.
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .machine import group_size
+from .classify import group_size
 from .naming import (
     PodPhase,
     child_name,
@@ -64,6 +64,8 @@ ENV_MASTER_PORT = "PREFOPS_MASTER_PORT"
 ENV_METRICS_PORT = "PREFOPS_METRICS_PORT"
 ENV_METRICS_ADDR = "PREFOPS_METRICS_ADDR"
 ENV_ATTEMPT = "PREFOPS_ATTEMPT"
+ENV_TRAINED_ATTEMPT = "PREFOPS_TRAINED_ATTEMPT"  # export: the training attempt whose weights it publishes
+ENV_TERMINATION_GRACE = "PREFOPS_TERMINATION_GRACE_SECONDS"  # the pod's grace period: torchrun's shutdown follows it
 ENV_TRAINER_IMAGE = "PREFOPS_TRAINER_IMAGE"  # the image reference the pod runs, for the model's lineage
 
 
@@ -116,8 +118,8 @@ class ChildSettings:
     )
     network_policy: bool = setting(
         False,
-        "give each job a NetworkPolicy: only its own pods reach its rendezvous port, only --metrics-from namespaces "
-        "its metrics port",
+        "give each job a NetworkPolicy: only its own pods reach its pods (every port: the rendezvous, and the "
+        "ephemeral ports of gloo and NCCL), only --metrics-from namespaces its metrics port",
         "--network-policy",
         "NETWORK_POLICY",
     )
@@ -184,13 +186,14 @@ def training_service(job: Job, settings: ChildSettings) -> dict[str, Any]:
 
 
 def network_policy(job: Job, settings: ChildSettings) -> dict[str, Any]:
-    """Ingress to the job's pods: the rendezvous port only from the job's own pods, the metrics port only from
+    """Ingress to the job's pods: every port from the job's own pods (torchrun's rendezvous, and the ephemeral ports
+    gloo and NCCL connect on, which each rank publishes through the rendezvous store), the metrics port only from
     pods in namespaces labelled as ``settings.metrics_from`` says; nothing else. A NetworkPolicy cannot say "the
     same job" for every job at once, so each job gets its own."""
     name = job.meta.name
     same_job = {"podSelector": {"matchLabels": job_labels(name)}}
     scrapers = [{"namespaceSelector": {"matchLabels": dict([label.split("=", 1)])}} for label in settings.metrics_from]
-    ingress: list[dict[str, Any]] = [{"from": [same_job], "ports": [{"protocol": "TCP", "port": settings.master_port}]}]
+    ingress: list[dict[str, Any]] = [{"from": [same_job]}]
     if scrapers:
         ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": settings.metrics_port}]})
     return {
@@ -201,14 +204,24 @@ def network_policy(job: Job, settings: ChildSettings) -> dict[str, Any]:
     }
 
 
-def pod(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, Any]:
-    """Replica ``index`` of ``phase``'s pod group, attempt ``attempt``."""
-    name = pod_name(job.meta.name, phase, index)
+def pod(
+    job: Job,
+    phase: PodPhase,
+    index: int,
+    attempt: int,
+    settings: ChildSettings,
+    trained_attempt: int | None = None,
+) -> dict[str, Any]:
+    """Replica ``index`` of ``phase``'s pod group, attempt ``attempt``; an export pod publishes the weights of
+    training attempt ``trained_attempt``."""
+    name = pod_name(job.meta.name, phase, index, attempt)
     res = job.spec.resources
     meta = _metadata(job, name, pod_labels(job.meta.name, phase, index, attempt))
     _add_queue(meta, job, phase)
+    env = _env(job, phase, index, attempt, settings, trained_attempt)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": res.termination_grace_period_seconds,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": {
@@ -218,7 +231,7 @@ def pod(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSett
             "fsGroup": settings.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(job, phase, index, attempt, settings)],
+        "containers": [_container(job, phase, index, env, settings)],
         "volumes": [
             {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
             {"name": "config", "configMap": {"name": config_map_name(job.meta.name)}},
@@ -250,7 +263,7 @@ def _add_queue(meta: dict[str, Any], job: Job, phase: PodPhase) -> None:
     meta["annotations"] = {KUEUE_GROUP_COUNT: str(group_size(job.spec, phase)), VOLCANO_QUEUE: queue}
 
 
-def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, Any]:
+def _container(job: Job, phase: PodPhase, index: int, env: dict[str, str], settings: ChildSettings) -> dict[str, Any]:
     spec = job.spec
     args = [phase.value, f"{CONFIG_DIR}/{CONFIG_FILE}"]
     if phase == PodPhase.PRECOMPUTE:
@@ -264,7 +277,7 @@ def _container(job: Job, phase: PodPhase, index: int, attempt: int, settings: Ch
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["prefops-trainer"],
         "args": args,
-        "env": [{"name": k, "value": v} for k, v in _env(job, phase, index, attempt, settings).items()],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
         "ports": ports,
         "resources": _resources(job, phase),
         "volumeMounts": [
@@ -290,16 +303,21 @@ def trainer_image(job: Job, settings: ChildSettings) -> str:
     return job.spec.resources.image or settings.default_image
 
 
-def _env(job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings) -> dict[str, str]:
+def _env(
+    job: Job, phase: PodPhase, index: int, attempt: int, settings: ChildSettings, trained_attempt: int | None
+) -> dict[str, str]:
+    res = job.spec.resources
     env = {
         ENV_METRICS_PORT: str(settings.metrics_port),
         ENV_METRICS_ADDR: "0.0.0.0",
         ENV_ATTEMPT: str(attempt),
+        ENV_TERMINATION_GRACE: str(res.termination_grace_period_seconds),
         ENV_TRAINER_IMAGE: trainer_image(job, settings),
     }
+    if phase == PodPhase.EXPORT and trained_attempt is not None:
+        env[ENV_TRAINED_ATTEMPT] = str(trained_attempt)
     if phase == PodPhase.TRAIN:
-        res = job.spec.resources
-        master = f"{pod_name(job.meta.name, PodPhase.TRAIN, 0)}.{service_name(job.meta.name)}"
+        master = f"{pod_name(job.meta.name, PodPhase.TRAIN, 0, attempt)}.{service_name(job.meta.name)}"
         env.update(
             {
                 ENV_NNODES: str(res.nodes),

@@ -3,7 +3,8 @@
 Generated from crds/ by scripts/gen_operator_files.py (a test checks it is current): do not edit.
 
 An object is a dict of its fields; ``MAP`` is a map whose keys are free (``resources.requests``); a one-item list
-is a list of such items; ``None`` is a value.
+is a list of such items; ``None`` is a value. ``DEFAULTS`` holds the default the CRD gives each field that has one
+(dotted path under spec; objects and fields inside lists left out).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ SPEC: dict[str, Any] = {
         "logEverySteps": None,
         "checkpointEverySteps": None,
         "checkpointsToKeep": None,
+        "progressDeadlineSeconds": None,
         "deepspeed": {
             "stage": None,
             "offload": None,
@@ -106,6 +108,7 @@ SPEC: dict[str, Any] = {
         "schedulerName": None,
         "queueName": None,
         "serviceAccountName": None,
+        "terminationGracePeriodSeconds": None,
     },
     "output": {
         "uri": None,
@@ -122,7 +125,60 @@ SPEC: dict[str, Any] = {
     },
     "suspend": None,
     "backoffLimit": None,
+    "disruptionLimit": None,
+    "nodeLostGraceSeconds": None,
     "activeDeadlineSeconds": None,
     "startupDeadlineSeconds": None,
     "ttlSecondsAfterFinished": None,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "algorithm.beta": 0.1,
+    "algorithm.desirableWeight": 1.0,
+    "algorithm.labelSmoothing": 0,
+    "algorithm.simpoGamma": 0.5,
+    "algorithm.undesirableWeight": 1.0,
+    "backoffLimit": 3,
+    "dataset.maxLength": 1024,
+    "dataset.split": "train",
+    "dataset.truncationMode": "keep_start",
+    "disruptionLimit": 10,
+    "generation.maxNewTokens": 64,
+    "generation.temperature": 0.9,
+    "generation.topP": 1.0,
+    "model.attnImplementation": "auto",
+    "model.dtype": "auto",
+    "model.lora.alpha": 32,
+    "model.lora.dropout": 0.05,
+    "model.lora.r": 16,
+    "model.lora.targetModules": ["all-linear"],
+    "model.trustRemoteCode": False,
+    "nodeLostGraceSeconds": 20,
+    "output.merge": True,
+    "reference.batchSize": 8,
+    "reference.verifySamples": 8,
+    "reference.workers": 1,
+    "resources.gpusPerNode": 1,
+    "resources.nodes": 1,
+    "resources.terminationGracePeriodSeconds": 300,
+    "rewardModel.dtype": "auto",
+    "rewardModel.trustRemoteCode": False,
+    "startupDeadlineSeconds": 600,
+    "suspend": False,
+    "training.checkpointEverySteps": 500,
+    "training.checkpointsToKeep": 2,
+    "training.deepspeed.offload": "none",
+    "training.epochs": 1.0,
+    "training.gradientAccumulation": 1,
+    "training.gradientCheckpointing": False,
+    "training.learningRate": 1e-06,
+    "training.logEverySteps": 1,
+    "training.lrScheduler": "linear",
+    "training.maxGradNorm": 1.0,
+    "training.perDeviceBatchSize": 4,
+    "training.prefixSharing": True,
+    "training.progressDeadlineSeconds": 1800,
+    "training.seed": 42,
+    "training.warmupRatio": 0,
+    "training.weightDecay": 0,
 }

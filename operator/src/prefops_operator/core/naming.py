@@ -1,7 +1,9 @@
 """Deterministic names and labels of a job's children.
 
-Every child's name is a function of the job's name (and phase and replica index), so creating it twice is a
-409, never a duplicate, and a restarted operator finds what it made before. Names are DNS-1035 labels of at
+Every child's name is a function of the job's name (and, for pods, the phase, the attempt and the replica index),
+so creating it twice is a 409, never a duplicate, and a restarted operator finds what it made before. Each
+attempt's pods have names of their own: a pod that cannot go away (Terminating on a dead node) never holds a name
+the next attempt needs. Names are DNS-1035 labels of at
 most 63 characters (pod hostnames and Service names must be); a name that would be longer keeps a readable
 prefix of the job name and a hash of the whole job name.
 """
@@ -54,8 +56,9 @@ def network_policy_name(job: str) -> str:
     return child_name(job, "ingress")
 
 
-def pod_name(job: str, phase: PodPhase, index: int) -> str:
-    return child_name(job, phase.value, str(index))
+def pod_name(job: str, phase: PodPhase, index: int, attempt: int) -> str:
+    """``<job>-<phase>-a<attempt>-<index>``, e.g. ``qwen-train-a2-0``: replica ``index`` of ``attempt``."""
+    return child_name(job, phase.value, f"a{attempt}", str(index))
 
 
 def job_labels(job: str) -> dict[str, str]:

@@ -2,10 +2,13 @@
 from the same observation plans the same actions, and every action is safe to repeat.
 
 - A running phase wants its ConfigMap (and, for training, the Service) and one pod per replica of the current
-  attempt. Pods of an older attempt, or active pods of another phase, are deleted; a replica is created only
-  once no pod holds its name (a restarted group starts after the old one is gone, never beside it). A pod the job
-  does not control (``foreign``: labelled as the job's but without its owner reference, e.g. left by a deleted
-  job of the same name) is never touched; a name it holds is ``blocked`` until it goes.
+  attempt (each attempt's pods have names of their own). Pods of an older attempt, or active pods of another
+  phase, are deleted. The current group is created once the backoff after a failure has passed and, after a
+  graceful disruption or a resume, once the earlier group's pods have stopped (they save a checkpoint on SIGTERM)
+  or are abandoned on a lost node (:mod:`.restarts`); replicas it waits for are ``waiting``. Once the whole group
+  ran, a missing replica is never recreated alone: the state machine restarts the group. A pod the job does not
+  control (``foreign``: labelled as the job's but without its owner reference, e.g. left by a deleted job of the
+  same name) is never touched; a name it holds is ``blocked`` until it goes.
 - Suspended deletes the pods that are not done; Failed deletes the ones still running, keeping finished pods
   for their logs; Succeeded keeps everything.
 - A finished job past ``ttlSecondsAfterFinished`` is deleted (its children go with it).
@@ -13,17 +16,19 @@ from the same observation plans the same actions, and every action is safe to re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from .children import ChildSettings, config_map, network_policy, pod, training_service
-from .machine import group_size
+from .classify import group_size
 from .naming import PodPhase, pod_name
+from .nodes import NodeView
 from .pods import PodView
+from .restarts import blockers, not_before
 from .spec import Job
-from .status import Phase, Status
+from .status import PHASE_KEYS, Phase, Status
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Plan:
     create_pods: tuple[NewPod, ...] = ()
     delete_pods: tuple[str, ...] = ()
     delete_job: bool = False
-    waiting: tuple[str, ...] = field(default=())  # replicas whose name is still held by a pod being deleted
+    waiting: tuple[str, ...] = field(default=())  # replicas waiting for the backoff or the previous group
     blocked: tuple[str, ...] = field(default=())  # replicas whose name is held by a pod the job does not control
 
 
@@ -52,12 +57,14 @@ def plan(
     settings: ChildSettings,
     now: datetime,
     foreign: Sequence[PodView] = (),
+    nodes: Mapping[str, NodeView] | None = None,
 ) -> Plan:
     """What to do so the children of ``job`` (its own ``pods``) match ``status``."""
     phase = status.phase
     pod_phase = phase.pod_phase
     if pod_phase is not None:
-        return _plan_running(job, status, pod_phase, pods, settings, {p.name for p in foreign})
+        held = _held(job, status, pods, nodes or {}, now)
+        return _plan_running(job, status, pod_phase, pods, settings, {p.name for p in foreign}, held)
     if phase == Phase.SUSPENDED:
         return Plan(delete_pods=_names(p for p in pods if not p.succeeded and not p.terminating))
     if phase == Phase.FAILED:
@@ -70,26 +77,46 @@ def plan(
     return Plan()
 
 
+def _held(job: Job, status: Status, pods: Sequence[PodView], nodes: Mapping[str, NodeView], now: datetime) -> bool:
+    """Whether the current group waits: for the backoff after a failure, or for the previous group's pods."""
+    until = not_before(status)
+    if until is not None and now < until:
+        return True
+    return bool(blockers(status, pods, nodes, job.spec.node_lost_grace_seconds, now))
+
+
 def _plan_running(
-    job: Job, status: Status, pod_phase: PodPhase, pods: Sequence[PodView], settings: ChildSettings, taken: set[str]
+    job: Job,
+    status: Status,
+    pod_phase: PodPhase,
+    pods: Sequence[PodView],
+    settings: ChildSettings,
+    taken: set[str],
+    held: bool,
 ) -> Plan:
     attempt = status.attempt
+    current = [p for p in pods if p.phase == pod_phase and p.attempt == attempt]
     stale = [
         p
         for p in pods
         if not p.terminating
         and ((p.phase == pod_phase and p.attempt != attempt) or (p.phase != pod_phase and not p.finished_or_failed))
     ]
-    held = {p.name for p in pods}
+    present = {p.index for p in current}
+    trained = status.phases.get(PHASE_KEYS[Phase.TRAINING])
+    trained_attempt = trained.attempt if trained else None
     creates, waiting, blocked = [], [], []
     for index in range(group_size(job.spec, pod_phase)):
-        name = pod_name(job.meta.name, pod_phase, index)
+        name = pod_name(job.meta.name, pod_phase, index, attempt)
         if name in taken:
             blocked.append(name)
-        elif name not in held:
-            creates.append(NewPod(name, attempt, pod(job, pod_phase, index, attempt, settings)))
-        elif any(p.name == name and (p.terminating or p in stale) for p in pods):
+        elif index in present or status.group_running_time is not None:
+            continue  # there, or gone once the group ran: the state machine restarts the group
+        elif held:
             waiting.append(name)
+        else:
+            manifest = pod(job, pod_phase, index, attempt, settings, trained_attempt)
+            creates.append(NewPod(name, attempt, manifest))
     ensure = [config_map(job)]
     if settings.network_policy:
         ensure.append(network_policy(job, settings))

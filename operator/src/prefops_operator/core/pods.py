@@ -23,9 +23,17 @@ class PodView:
     """One child pod, as last observed.
 
     ``status`` is the pod's ``status.phase`` (Pending, Running, Succeeded, Failed, Unknown). ``terminating`` is
-    true once a deletion was requested: such a pod counts for nothing but still holds its name. ``owner`` is the uid
-    of the PreferenceTrainingJob its controller owner reference names (``None`` without one): labels say which job
-    a pod claims to belong to, anyone may set them; only a pod whose owner is the job's uid counts for the job.
+    true once a deletion was requested (``deleted`` is the pod's ``deletionTimestamp``: the request's time plus its
+    grace period, when the kubelet must have stopped it). ``owner`` is the uid of the PreferenceTrainingJob its
+    controller owner reference names (``None`` without one): labels say which job a pod claims to belong to, anyone
+    may set them; only a pod whose owner is the job's uid counts for the job.
+
+    ``node`` is the node it is bound to; ``not_ready_since`` when a running pod's ``Ready`` condition turned
+    ``False`` (the node lifecycle controller marks the pods of a node it lost so; trainer pods have no readiness
+    probe); ``disruption`` the reason of its ``DisruptionTarget`` condition (Kubernetes 1.26+: preemption, an
+    eviction, the taint manager, pod GC); ``pod_reason`` the pod's own ``status.reason`` (``Evicted`` by a kubelet
+    under node pressure, ``Preempting``, ``Terminated`` at a node shutdown) and ``pod_message`` its message, apart
+    from the container's.
     """
 
     name: str
@@ -44,6 +52,12 @@ class PodView:
     message: str | None = None
     finished: datetime | None = None
     owner: str | None = None
+    node: str | None = None
+    deleted: datetime | None = None
+    not_ready_since: datetime | None = None
+    disruption: str | None = None
+    pod_reason: str | None = None
+    pod_message: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -86,6 +100,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         status=str(status.get("phase") or "Pending"),
         created=parse_time(meta.get("creationTimestamp")),
         terminating=meta.get("deletionTimestamp") is not None,
+        deleted=parse_time(meta.get("deletionTimestamp")),
         ip=status.get("podIP"),
         waiting_reason=waiting.get("reason") or _unschedulable(status, "reason"),
         waiting_message=waiting.get("message") or _unschedulable(status, "message"),
@@ -94,6 +109,11 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         message=(terminated.get("message") or status.get("message") or "").strip() or None,
         finished=parse_time(terminated.get("finishedAt")),
         owner=_controller_uid(meta),
+        node=(pod.get("spec") or {}).get("nodeName") or None,
+        not_ready_since=_not_ready_since(status),
+        disruption=_condition(status, "DisruptionTarget", "True", "reason"),
+        pod_reason=status.get("reason") or None,
+        pod_message=status.get("message") or None,
     )
 
 
@@ -113,9 +133,20 @@ def _container_status(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(statuses[0]) if statuses else {}
 
 
-def _unschedulable(status: Mapping[str, Any], field: str) -> str | None:
+def _condition(status: Mapping[str, Any], type_: str, value: str, field: str) -> str | None:
+    """``field`` of the pod condition ``type_`` while its status is ``value``."""
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            value = cond.get(field)
-            return str(value) if value else None
+        if cond.get("type") == type_ and cond.get("status") == value:
+            found = cond.get(field)
+            return str(found) if found else None
     return None
+
+
+def _unschedulable(status: Mapping[str, Any], field: str) -> str | None:
+    return _condition(status, "PodScheduled", "False", field)
+
+
+def _not_ready_since(status: Mapping[str, Any]) -> datetime | None:
+    if status.get("phase") != "Running":
+        return None
+    return parse_time(_condition(status, "Ready", "False", "lastTransitionTime"))

@@ -19,6 +19,13 @@ API_VERSION = "prefops.dev/v1alpha1"
 KIND = "PreferenceTrainingJob"
 #: upper bounds the CRD sets too (tests/operator/test_crd_schema.py checks both agree)
 MAX_NODES, MAX_GPUS_PER_NODE, MAX_WORKERS = 512, 16, 256
+MAX_BACKOFF_LIMIT, MAX_DISRUPTION_LIMIT = 100, 1000
+MAX_GRACE_SECONDS = 86400
+#: defaults the CRD sets too
+DEFAULT_DISRUPTION_LIMIT = 10
+DEFAULT_NODE_LOST_GRACE_SECONDS = 20  # after the node lifecycle controller's own 40 s (node-monitor-grace-period)
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 1800
+DEFAULT_TERMINATION_GRACE_SECONDS = 300  # time to save a checkpoint at the next step and upload it
 
 
 class InvalidSpec(ValueError):
@@ -70,6 +77,7 @@ class Resources:
     scheduler_name: str | None
     queue_name: str | None
     service_account_name: str | None
+    termination_grace_period_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
 
     @property
     def nproc_per_node(self) -> int:
@@ -98,6 +106,9 @@ class JobSpec:
     raw: Mapping[str, Any]
     eval_split: str | None = None
     gate: Gate | None = None
+    disruption_limit: int = DEFAULT_DISRUPTION_LIMIT
+    node_lost_grace_seconds: int = DEFAULT_NODE_LOST_GRACE_SECONDS
+    progress_deadline_seconds: int = DEFAULT_PROGRESS_DEADLINE_SECONDS
 
     @property
     def has_reward_model(self) -> bool:
@@ -229,7 +240,7 @@ def parse_meta(meta: Mapping[str, Any]) -> JobMeta:
 def parse_spec(spec: Any) -> JobSpec:
     f = _Fields(spec, "spec")
     model, dataset, algo = f.obj("model", required=True), f.obj("dataset", required=True), f.obj("algorithm", True)
-    ref, res = f.obj("reference"), f.obj("resources")
+    ref, res, training = f.obj("reference"), f.obj("resources"), f.obj("training")
     output, storage = f.obj("output", required=True), f.obj("storage", required=True)
     weights = algo.list_("lossWeights", (int, float))
     return JobSpec(
@@ -250,7 +261,7 @@ def parse_spec(spec: Any) -> JobSpec:
         storage_uri=storage.str_("uri", required=True),
         credentials_secret=storage.str_("credentialsSecret"),
         suspend=f.bool_("suspend", False),
-        backoff_limit=f.int_("backoffLimit", 3, minimum=0),
+        backoff_limit=f.int_("backoffLimit", 3, minimum=0, maximum=MAX_BACKOFF_LIMIT),
         active_deadline_seconds=f.int_("activeDeadlineSeconds", None, minimum=1),
         startup_deadline_seconds=f.int_("startupDeadlineSeconds", 600, minimum=1),
         ttl_seconds_after_finished=f.int_("ttlSecondsAfterFinished", None, minimum=0),
@@ -260,6 +271,13 @@ def parse_spec(spec: Any) -> JobSpec:
         raw=dict(spec),
         eval_split=dataset.str_("evalSplit"),
         gate=_parse_gate(output),
+        disruption_limit=f.int_("disruptionLimit", DEFAULT_DISRUPTION_LIMIT, minimum=0, maximum=MAX_DISRUPTION_LIMIT),
+        node_lost_grace_seconds=f.int_(
+            "nodeLostGraceSeconds", DEFAULT_NODE_LOST_GRACE_SECONDS, minimum=0, maximum=MAX_GRACE_SECONDS
+        ),
+        progress_deadline_seconds=training.int_(
+            "progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE_SECONDS, minimum=1
+        ),
     )
 
 
@@ -293,4 +311,7 @@ def _parse_resources(res: _Fields) -> Resources:
         scheduler_name=res.str_("schedulerName"),
         queue_name=res.str_("queueName"),
         service_account_name=res.str_("serviceAccountName"),
+        termination_grace_period_seconds=res.int_(
+            "terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_SECONDS, minimum=1, maximum=MAX_GRACE_SECONDS
+        ),
     )

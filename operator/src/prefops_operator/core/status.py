@@ -76,9 +76,13 @@ class Condition:
 
 @dataclass(frozen=True)
 class PhaseTimes:
+    """When a phase started and finished; ``attempt`` is the attempt whose pod group finished it (export reads the
+    trained weights of the training attempt that succeeded: ``PREFOPS_TRAINED_ATTEMPT``)."""
+
     start_time: datetime | None = None
     completion_time: datetime | None = None
     cache_hit: bool | None = None
+    attempt: int | None = None
     #: the train phase: "on", or "off: <reason>" (docs/contract.md §7)
     prefix_sharing: str | None = None
 
@@ -88,6 +92,7 @@ class PhaseTimes:
                 "startTime": format_time(self.start_time),
                 "completionTime": format_time(self.completion_time),
                 "cacheHit": self.cache_hit,
+                "attempt": self.attempt,
                 "prefixSharing": self.prefix_sharing,
             }
         )
@@ -99,6 +104,7 @@ class PhaseTimes:
             parse_time(d.get("startTime")),
             parse_time(d.get("completionTime")),
             hit if isinstance(hit, bool) else None,
+            _int(d.get("attempt")),
             shared if isinstance(shared, str) else None,
         )
 
@@ -115,6 +121,7 @@ class Progress:
     pairs_done: int | None = None
     pairs_total: int | None = None
     last_scrape_time: datetime | None = None
+    last_step_time: datetime | None = None  # when ``step`` was last seen to change: the progress deadline's clock
 
     @property
     def display(self) -> str | None:
@@ -136,6 +143,7 @@ class Progress:
                 "pairsDone": self.pairs_done,
                 "pairsTotal": self.pairs_total,
                 "lastScrapeTime": format_time(self.last_scrape_time),
+                "lastStepTime": format_time(self.last_step_time),
             }
         )
 
@@ -150,6 +158,7 @@ class Progress:
             _int(d.get("pairsDone")),
             _int(d.get("pairsTotal")),
             parse_time(d.get("lastScrapeTime")),
+            parse_time(d.get("lastStepTime")),
         )
 
     def merged(self, newer: Progress) -> Progress:
@@ -197,6 +206,61 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Restart:
+    """One recreation of a phase's pod group: its ``kind`` (``Failure``, charged to ``backoffLimit``, or
+    ``Disruption``, charged to ``disruptionLimit``), ``reason`` (``NodeLost``, ``OOMKilled``, ...), the pod and node
+    that caused it, the ``attempt`` it started, when (``time``), the earliest time the new group is created
+    (``not_before``: the backoff after a failure) and when every pod of the new group was first seen running
+    (``resumed_time``)."""
+
+    kind: str
+    reason: str
+    attempt: int
+    pod: str
+    node: str | None
+    message: str
+    time: datetime | None
+    not_before: datetime | None = None
+    resumed_time: datetime | None = None
+
+    @property
+    def resume_seconds(self) -> float | None:
+        if self.time is None or self.resumed_time is None:
+            return None
+        return (self.resumed_time - self.time).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "kind": self.kind,
+                "reason": self.reason,
+                "attempt": self.attempt,
+                "pod": self.pod,
+                "node": self.node,
+                "message": self.message,
+                "time": format_time(self.time),
+                "notBefore": format_time(self.not_before),
+                "resumedTime": format_time(self.resumed_time),
+                "resumeSeconds": None if self.resume_seconds is None else int(self.resume_seconds),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Restart:
+        return cls(
+            kind=str(d.get("kind") or ""),
+            reason=str(d.get("reason") or ""),
+            attempt=_int(d.get("attempt")) or 0,
+            pod=str(d.get("pod") or ""),
+            node=d.get("node") or None,
+            message=str(d.get("message") or ""),
+            time=parse_time(d.get("time")),
+            not_before=parse_time(d.get("notBefore")),
+            resumed_time=parse_time(d.get("resumedTime")),
+        )
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase = Phase.PENDING
     shape: str | None = None
@@ -210,11 +274,13 @@ class Status:
     observed_generation: int | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
-
-    @property
-    def attempt(self) -> int:
-        """The attempt number of the current pod group (restarts + 1); the ``PREFOPS_ATTEMPT`` of its pods."""
-        return self.restarts + 1
+    #: the current pod group's attempt: the ``PREFOPS_ATTEMPT`` of its pods and part of their names; one more at
+    #: every restart and at every resume from suspension, never less
+    attempt: int = 1
+    failures: int = 0  # restarts charged to backoffLimit
+    disruptions: int = 0  # restarts charged to disruptionLimit
+    last_restart: Restart | None = None
+    group_running_time: datetime | None = None  # when every pod of the current attempt was first seen running
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -237,6 +303,11 @@ class Status:
                 "observedGeneration": self.observed_generation,
                 "startTime": format_time(self.start_time),
                 "completionTime": format_time(self.completion_time),
+                "attempt": self.attempt,
+                "failures": self.failures,
+                "disruptions": self.disruptions,
+                "lastRestart": self.last_restart.to_dict() if self.last_restart else None,
+                "groupRunningTime": format_time(self.group_running_time),
             }
         )
 
@@ -260,7 +331,23 @@ class Status:
             observed_generation=_int(d.get("observedGeneration")),
             start_time=parse_time(d.get("startTime")),
             completion_time=parse_time(d.get("completionTime")),
+            **_counts(d),
+            last_restart=Restart.from_dict(d["lastRestart"]) if isinstance(d.get("lastRestart"), Mapping) else None,
+            group_running_time=parse_time(d.get("groupRunningTime")),
         )
+
+
+def _counts(d: Mapping[str, Any]) -> dict[str, int]:
+    """attempt, failures and disruptions; a status written before they existed counted every restart a failure,
+    and its attempt was restarts + 1."""
+    restarts = _int(d.get("restarts")) or 0
+    disruptions = _int(d.get("disruptions")) or 0
+    failures = _int(d.get("failures"))
+    return {
+        "attempt": _int(d.get("attempt")) or restarts + 1,
+        "failures": restarts - disruptions if failures is None else failures,
+        "disruptions": disruptions,
+    }
 
 
 def _phases(d: Any) -> dict[str, PhaseTimes]:

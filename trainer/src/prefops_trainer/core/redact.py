@@ -34,6 +34,8 @@ WITHHELD: tuple[str, ...] = (
     "resources",
     "suspend",
     "backoffLimit",
+    "disruptionLimit",
+    "nodeLostGraceSeconds",
     "activeDeadlineSeconds",
     "startupDeadlineSeconds",
     "ttlSecondsAfterFinished",

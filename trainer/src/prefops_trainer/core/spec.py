@@ -178,6 +178,9 @@ class TrainingSpec(_Spec):
     log_every_steps: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     checkpoints_to_keep: int = Field(2, ge=1)
+    progress_deadline_seconds: int = Field(
+        1800, ge=1, description="The operator restarts a training group that shows no new step for this long."
+    )
     deepspeed: DeepSpeedSpec | None = None
 
 
@@ -207,6 +210,9 @@ class ResourcesSpec(_Spec):
     scheduler_name: str | None = None
     queue_name: str | None = None
     service_account_name: str | None = None
+    termination_grace_period_seconds: int = Field(
+        300, ge=1, le=86400, description="The pods' grace period on SIGTERM (PREFOPS_TERMINATION_GRACE_SECONDS)."
+    )
 
     @property
     def nproc_per_node(self) -> int:
@@ -254,7 +260,9 @@ class JobSpec(_Spec):
     output: OutputSpec
     storage: StorageSpec
     suspend: bool = False
-    backoff_limit: int = Field(3, ge=0)
+    backoff_limit: int = Field(3, ge=0, le=100)
+    disruption_limit: int = Field(10, ge=0, le=1000)
+    node_lost_grace_seconds: int = Field(20, ge=0, le=86400)
     active_deadline_seconds: int | None = Field(None, ge=1)
     startup_deadline_seconds: int = Field(600, ge=1)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
