@@ -293,12 +293,13 @@ def report(args, res: dict) -> None:
               f"{r['idle_rss_mb']:.0f} / {r['rss_start_mb']:.0f} / {r['rss_end_mb']:.0f} | "
               f"{r['rss_slope_mb_per_min']:.2f} | {r['scrapes_per_s']:.2f} | {r['scraped_mb']:.1f} | "
               f"{r['progress_age_p50']:.0f} / {r['progress_age_max']:.0f} |")  # fmt: skip
-    fits = {key: slope([float(c) for c in sizes], [r[key] for r in paced]) * 1000
-            for key in ("writes_per_s", "cpu_cores", "rss_end_mb")}  # fmt: skip
-    print(
-        f"\nfitted slopes per 1,000 jobs: writes/s {fits['writes_per_s']:.2f}, CPU {fits['cpu_cores']:.3f} cores, "
-        f"RSS {fits['rss_end_mb']:.1f} MB"
-    )
+    if len(sizes) >= 3:
+        fits = {key: slope([float(c) for c in sizes], [r[key] for r in paced]) * 1000
+                for key in ("writes_per_s", "cpu_cores", "rss_end_mb")}  # fmt: skip
+        print(f"\nfitted slopes per 1,000 jobs: writes/s {fits['writes_per_s']:.2f}, CPU {fits['cpu_cores']:.3f} "
+              f"cores, RSS {fits['rss_end_mb']:.1f} MB")  # fmt: skip
+    else:
+        print("\nno fitted slopes: fewer than 3 sizes")
     if args.compare_unpaced:
         rows = [Row(f"apiserver writes/s, {c} jobs", [res[c, "10"]["writes_per_s"]],
                     [res[c, UNPACED]["writes_per_s"]], "/s", None, "scrapes unpaced") for c in sizes]  # fmt: skip
