@@ -47,6 +47,15 @@ def test_the_operator_sets_exactly_the_environment_variables_of_the_contract():
     assert set_by_operator == contract_env_names()
 
 
+def test_exit_code_75_means_interrupted_resume_me_on_both_sides():
+    from prefops_operator.core.restarts import INTERRUPTED_EXIT_CODE
+    from prefops_trainer.core.errors import Interrupted
+
+    assert Interrupted.exit_code == INTERRUPTED_EXIT_CODE == 75
+    section = (ROOT / "docs" / "contract.md").read_text().split("## 4.")[1].split("\n## ")[0]
+    assert f"| {Interrupted.exit_code} | interrupted, resume me:" in section
+
+
 def test_exit_code_2_means_the_same_on_both_sides():
     assert UserError.exit_code == PERMANENT_EXIT_CODE == 2
 

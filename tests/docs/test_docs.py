@@ -103,17 +103,18 @@ def test_the_contract_storage_layout_is_the_one_the_trainer_builds():
                      "spec": {"model": {"source": "hf://o/m"}, "dataset": {"source": "s3://d/p"},
                               "algorithm": {"name": "dpo"}, "output": {"uri": "s3://o/model"},
                               "storage": {"uri": "s3://w/work"}}})  # fmt: skip
-    ws, key = Workspace.for_job(job, Path("/cache")), "0" * 32
+    ws, key = Workspace.for_job(job, Path("/cache"), attempt=3), "0" * 32
     built = {
         str(ws.refcache(key).join("manifest.json")),
         str(ws.refcache(key).join(shard_name(0, 4))),
         str(ws.checkpoints.join("checkpoint-10", MARKER)),
         str(ws.trained_marker),
         str(ws.report("train")),
+        str(ws.report("export")),
         str(job.spec.output.uri.join(MANIFEST)),
     }
     values = {"<storage.uri>": "s3://w/work", "<output.uri>": "s3://o/model", "<namespace>": "team", "<name>": "qwen",
-              "<run>": "3f2a", "<key>": key, "<step>": "10", "<phase>": "train"}  # fmt: skip
+              "<run>": "3f2a", "<attempt>": "3", "<key>": key, "<step>": "10", "<phase>": "export"}  # fmt: skip
     section = (ROOT / "docs" / "contract.md").read_text().split("## 6.")[1]
     documented = set()
     for line in section.split("```")[1].strip().splitlines():
@@ -155,3 +156,39 @@ def test_the_trainer_guide_lists_every_trainer_module():
     train = re.search(r"^\| `phases/train/` \| (.+) \|$", text, re.M)[1]
     listed |= {f"phases/train/{name}.py" for name in re.findall(r"`(\w+)` \(", train)}
     assert listed == modules
+
+
+def _planner_keys(doc: object, prefix: str = "") -> set[str]:
+    """The document's keys as docs/planner.md names them: phases by ``<phase>``, list items by ``[]``, components
+    and a suggestion's fields as one key each."""
+    if isinstance(doc, list):
+        return set().union(*(_planner_keys(item, f"{prefix}[]") for item in doc)) if doc else {prefix}
+    if not isinstance(doc, dict) or prefix.endswith(("components", "fields")):
+        return {prefix}
+    keys: set[str] = set()
+    for key, value in doc.items():
+        name = "<phase>" if prefix == "phases" else key
+        path = f"{prefix}.{name}" if prefix else name
+        keys |= {path} if prefix == "phases" else set()
+        keys |= _planner_keys(value, path)
+    return keys
+
+
+def test_the_planner_guide_lists_every_key_of_the_plan_document_and_every_component():
+    import json
+
+    import yaml
+
+    from prefops_trainer.core import planner
+    from prefops_trainer.core.planner.phases import COMPONENTS
+    from prefops_trainer.core.planner.render import to_document
+
+    config = json.loads((ROOT / "tests" / "fixtures" / "model-configs" / "Qwen--Qwen2.5-7B-Instruct.json").read_text())
+    spec = yaml.safe_load((ROOT / "examples" / "dpo-lora-s3.yaml").read_text())["spec"]
+    doc = to_document(planner.plan(spec, config, gpu_memory=20 * 2**30))  # does not fit: suggestions too
+    assert doc["suggestions"] and doc["notes"] is not None
+    text = (ROOT / "docs" / "planner.md").read_text()
+    listed = set(re.findall(r"^\| `([\w.<>\[\]]+)` \|", text, re.M))
+    assert listed == _planner_keys(doc) - {"suggestions"}
+    components = re.search(r"^Components: (.+?)\.\n\n", text, re.M | re.S)[1]
+    assert re.findall(r"`(\w+)`", components) == list(COMPONENTS)

@@ -17,6 +17,9 @@ scheduler, kube-proxy and cluster DNS, built from Debian's source) running the p
 5. A job whose image does not exist fails at its startup deadline, naming the image.
 6. A 2-point beta sweep with an eval split: the second trial hits the first's reference cache, and the sweep names
    the trial with the best held-out reward accuracy.
+7. Admission (the memory plan from a ConfigMap holding the model's config.json): the job of 2. has its pods sized by
+   the plan of their own phase; a job that cannot fit its GPUs ends WontFit with no pod ever created, and
+   ``kubectl describe ptj`` shows its plan.
 
 The tests run in order and share one node, operator, namespace, S3 bucket and Prometheus. The process-based
 kubelet stand-in of earlier versions is gone; ``support.kubelet`` still sets pod status by hand for the operator's
@@ -255,10 +258,33 @@ def test_a_job_applied_with_kubectl_walks_every_phase_to_a_model_in_s3(loop):
     assert loop.prom.query("prefops_operator_phase_transitions_total")
 
 
+def config_map(loop: Loop, name: str, config: Path) -> None:
+    """A ConfigMap holding a model's config.json, for the operator's plan (spec.model.configMap)."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"config.json": config.read_text()},
+    }
+    loop.node.apply([doc], namespace=loop.namespace)
+
+
 def test_a_second_job_with_another_beta_hits_the_reference_cache(loop):
-    loop.apply("tiny-dpo-beta", **{"algorithm.beta": 0.3})
+    config_map(loop, "tiny-config", ROOT / "examples" / "tiny" / "model" / "config.json")
+    loop.apply("tiny-dpo-beta", **{"algorithm.beta": 0.3, "model.configMap": "tiny-config"})
     phases = loop.follow("tiny-dpo-beta")
     assert phases[-1] == "Succeeded", loop.diagnose("tiny-dpo-beta")
+    planned = loop.job("tiny-dpo-beta")["status"]["plan"]["phases"]
+    for pod in (
+        loop.node.core().list_namespaced_pod(loop.namespace, label_selector="prefops.dev/job-name=tiny-dpo-beta").items
+    ):
+        phase = pod.metadata.labels["prefops.dev/phase"]
+        requests = pod.spec.containers[0].resources.requests
+        assert (requests["memory"], requests["cpu"]) == (planned[phase]["memory"], planned[phase]["cpu"]), (
+            pod.metadata.name
+        )
+        cache = next(v for v in pod.spec.volumes if v.name == "cache")
+        assert cache.empty_dir.size_limit == planned[phase]["cache"], pod.metadata.name
     assert loop.job("tiny-dpo-beta")["status"]["phases"]["precompute"]["cacheHit"] is True
     manifest = loop.manifest("tiny-dpo-beta")
     assert manifest["phases"]["precompute"]["cacheHit"] is True
@@ -383,3 +409,23 @@ def test_a_two_point_beta_sweep_with_an_eval_split_finishes_and_names_its_best_t
     columns = loop.kubectl("get", "ptsweep", name, "--no-headers").split()
     # NAME TRIALS RUNNING SUCCEEDED FAILED BEST ...
     assert columns[1:5] == ["2", "0", "2", "0"] and columns[5] == best, columns
+
+
+def test_a_job_that_cannot_fit_ends_wont_fit_before_any_pod_and_describe_shows_its_plan(loop):
+    """A 7B model's full fine-tuning on one 16Gi GPU: the operator plans it from the config.json in a ConfigMap and
+    fails it before a pod exists; a node without GPUs never sees it."""
+    config_map(loop, "qwen7b-config", ROOT / "tests" / "fixtures" / "model-configs" / "Qwen--Qwen2.5-7B-Instruct.json")
+    name = "too-big"
+    spec = {"model.configMap": "qwen7b-config", "resources.gpusPerNode": 1, "resources.gpuMemory": "16Gi",
+            "resources.nodes": 1}  # fmt: skip
+    loop.apply(name, **spec)
+    phases = loop.follow(name)
+    assert phases[-1] == "Failed"
+    status = loop.job(name)["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "WontFit" and "To make it fit: " in failed["message"]
+    assert loop.pods.names(name) == [], "no pod was ever created"
+    described = loop.kubectl("describe", "ptj", name)
+    assert "Plan:" in described and "Per Device:" in described and status["plan"]["perDevice"] in described
+    row = loop.kubectl("get", "ptj", name, "--no-headers")
+    assert status["plan"]["perDevice"] in row.split(), f"kubectl get ptj shows the planned memory per GPU: {row}"

@@ -141,7 +141,12 @@ def test_absent_blocks_get_the_trainer_defaults_and_unknown_fields_are_kept_for_
     spec = jobs.create(manifest)["spec"]
     assert spec["training"]["epochz"] == 3 and spec["extra"] == {"x": 1}  # not pruned: the operator names them
     assert spec["training"]["epochs"] == 1
-    assert spec["resources"] == {"nodes": 1, "gpusPerNode": 1, "terminationGracePeriodSeconds": 300}
+    assert spec["resources"] == {
+        "nodes": 1,
+        "gpusPerNode": 1,
+        "terminationGracePeriodSeconds": 300,
+        "fitCheck": "enforce",
+    }
     assert spec["reference"] == {"batchSize": 8, "workers": 1, "verifySamples": 8}
     assert (spec["suspend"], spec["backoffLimit"], spec["startupDeadlineSeconds"]) == (False, 3, 600)
     assert (spec["disruptionLimit"], spec["nodeLostGraceSeconds"]) == (10, 20)

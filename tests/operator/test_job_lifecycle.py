@@ -58,6 +58,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
             "Phase": "Training",
             "Algorithm": "dpo",
             "Nodes×GPUs": "2x8",
+            "Mem/GPU": None,  # no plan: hf:// and no Hub here (test_admission_lifecycle plans)
             "Progress": "120/1000",
             "Loss": 0.42,
             "RewardAcc": 0.81,
@@ -77,6 +78,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
     assert set(status["phases"]) == {"precompute", "train", "export"}
     assert all("completionTime" in times for times in status["phases"].values())
     assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]} == {
+        "Feasible": ("Unknown", "PlanSkipped"),
         "Running": ("False", "Succeeded"),
         "Succeeded": ("True", "Exported"),
     }

@@ -5,7 +5,8 @@
 - the server goes away (:meth:`FaultProxy.go_away`, or at the first request for a key, ``away_at``): open
   connections are cut and new ones reset until :meth:`FaultProxy.come_back`;
 - every request after the first N writes under a prefix is held unanswered (a client frozen at that exact point,
-  to be killed there).
+  to be killed there);
+- every GET whose first line holds a pattern is delayed (a slow link, or a large object, fetched).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class FaultProxy:
     held: list[bytes] = field(default_factory=list)  # first line of every request held unanswered
     away_at: bytes | None = None  # go away (see go_away) on the first request whose first line holds this
     went_away_at: float | None = None  # time.monotonic() when away_at struck
+    delay_gets: bytes | None = None  # GETs whose first line holds this are forwarded only after delay_s
+    delay_s: float = 0.0
+    delayed: list[bytes] = field(default_factory=list)  # first line of every GET delayed
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -114,6 +118,9 @@ class FaultProxy:
         try:
             while data := src.recv(65536):
                 verdict = self._note(data) if count else "forward"
+                if verdict == "delay":
+                    time.sleep(self.delay_s)  # the fault: this GET reaches the server delay_s late
+                    verdict = "forward"
                 if verdict == "hold":
                     self._release.wait()  # never answered: the client waits until it is killed
                 if verdict != "forward":
@@ -147,7 +154,16 @@ class FaultProxy:
         if trigger:
             self.go_away()
             return "cut"
+        if not hold and line is not None and self._delays(line):
+            return "delay"
         return "hold" if hold else "cut" if self.cut else "forward"
+
+    def _delays(self, line: bytes) -> bool:
+        if self.delay_gets is None or not line.startswith(b"GET ") or self.delay_gets not in line:
+            return False
+        with self._lock:
+            self.delayed.append(line)
+        return True
 
 
 def _reset(s: socket.socket) -> None:

@@ -59,6 +59,7 @@ class OperatorProcess:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREFOPS_OPERATOR_"))}
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PREFOPS_OPERATOR_HUB_ENDPOINT"] = ""  # no Hub is reachable here: a test that wants one serves it
         env.update(self.env)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

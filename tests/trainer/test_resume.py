@@ -75,7 +75,7 @@ def trained_with_checkpoints(tmp_path, tmp_job, name: str = "t", **training):
     job = tmp_job(name, training={"maxSteps": 4, "checkpointEverySteps": 2, "perDeviceBatchSize": 4, **training})
     assert run_cli("precompute", job).returncode == 0
     assert run_cli("train", job).returncode == 0
-    return job, next((tmp_path / "work").rglob(f"jobs/default/{name}/*/checkpoints/checkpoint-4"))
+    return job, next((tmp_path / "work").rglob(f"jobs/default/{name}/*/attempts/0/checkpoints/checkpoint-4"))
 
 
 def test_the_completion_marker_records_the_sha256_of_every_file_of_the_checkpoint(tmp_path, tmp_job):
@@ -86,7 +86,7 @@ def test_the_completion_marker_records_the_sha256_of_every_file_of_the_checkpoin
     files = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
     assert sorted(marker["files"]) == [f for f in files if f != "prefops-complete.json"]
     assert all(hashlib.sha256((ckpt / f).read_bytes()).hexdigest() == marker["files"][f] for f in marker["files"])
-    assert (marker["step"], marker["run"]) == (4, ckpt.parents[1].name)
+    assert (marker["step"], marker["run"], marker["attempt"]) == (4, ckpt.parents[3].name, 0)
 
 
 @pytest.mark.parametrize("tamper", ["a file altered", "a file added"])
@@ -113,10 +113,11 @@ def test_a_checkpoint_of_another_run_copied_into_the_jobs_prefix_is_refused(tmp_
 
     _, theirs = trained_with_checkpoints(tmp_path, tmp_job, "a")
     job, _ = trained_with_checkpoints(tmp_path, tmp_job, "b", learningRate=0.004)
-    ours = next((tmp_path / "work").rglob("jobs/default/b/*/checkpoints"))
+    ours = next((tmp_path / "work").rglob("jobs/default/b/*/attempts/0/checkpoints"))
     shutil.copytree(theirs, ours / "checkpoint-8")
     error = error_of(run_cli("train", job))
-    assert f"{ours / 'checkpoint-8'}: its completion marker says step 4 of run {theirs.parents[1].name!r}" in error
+    said = f"says step 4 of run {theirs.parents[3].name!r}, attempt 0, not step 8 of this run ({ours.parents[2].name})"
+    assert f"{ours / 'checkpoint-8'}: its completion marker {said}" in error
     assert "a checkpoint is resumed only from the job's own prefix" in error
 
 
@@ -125,5 +126,5 @@ def test_a_checkpoint_whose_marker_records_no_checksums_is_passed_over(tmp_path,
     (ckpt / "prefops-complete.json").write_text(json.dumps({"step": 4}))  # as prefops wrote it before checksums
     result = run_cli("train", job)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "has a marker without checksums (an older prefops wrote it); not resuming from it" in result.stderr
+    assert "has a marker of an older format (an older prefops wrote it); not resuming from it" in result.stderr
     assert "resuming from checkpoint-2" in result.stderr

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,49 @@ def s3_job(tmp_path: Path, bucket: str, name: str = "t", **spec: Any) -> Path:
         "storage": {"uri": f"s3://{bucket}/work"},
     }
     return write_job(tmp_path, name, **{**base, **spec})
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Launched:
+    """``prefops-trainer <command> <job>`` in a child process, its log read as it comes (steps noted)."""
+
+    def __init__(self, command: str, job: Path, env: dict | None = None) -> None:
+        full_env = {**os.environ, "PREFOPS_METRICS_PORT": "off", **(env or {})}
+        self.proc = subprocess.Popen([*CLI, command, str(job)], env=full_env, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.steps: list[int] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            found = re.search(r"\bstep (\d+)/\d+ loss=", line)
+            if found:
+                self.steps.append(int(found.group(1)))
+
+    def wait_for_step(self, step: int, timeout: float = 600) -> int:
+        """The last step logged, once it is at least ``step``."""
+        wait_for(lambda: (self.steps and self.steps[-1] >= step) or self.proc.poll() is not None, timeout, "a step")
+        assert self.proc.poll() is None, self.log[-3000:]
+        return self.steps[-1]
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=30)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)

@@ -58,6 +58,23 @@ class OperatorConfig:
         2.0, "seconds a progress scrape may take", "--scrape-timeout", "SCRAPE_TIMEOUT",
         rule=lambda s: s > 0, rule_text="> 0",
     )  # fmt: skip
+    hub_endpoint: str = setting(
+        "https://huggingface.co",
+        "the Hugging Face Hub the admission plan reads an hf:// model's config.json from (one HTTPS GET: no "
+        "redirects, no credentials, at most 1 MiB, JSON only); empty: never (such jobs are planned only from "
+        "spec.model.configMap)",
+        "--hub-endpoint",
+        "HUB_ENDPOINT",
+        rule=lambda url: url == "" or url.startswith(("https://", "http://")),
+        rule_text="an http(s):// URL or empty",
+    )
+    gpu_memory_label: str = setting(
+        "nvidia.com/gpu.memory",
+        "node label (MiB, set by GPU feature discovery) the admission plan takes each GPU's memory from when a job "
+        "sets no spec.resources.gpuMemory: the smallest among the nodes its pods may run on; empty: never list nodes",
+        "--gpu-memory-label",
+        "GPU_MEMORY_LABEL",
+    )
     verbose: bool = setting(False, "debug logging", "--verbose", "VERBOSE")  # the environment says 1
 
     @classmethod

@@ -32,8 +32,10 @@ from typing import Any
 
 from .adapters.kube import Conflict, Forbidden, Gone, KubeApi, Rejected, TemporaryError
 from .adapters.metrics import OperatorMetrics
+from .adapters.plan_sources import SourceReader
 from .adapters.scrape import Scraper
 from .config import OperatorConfig
+from .core.admission import Admission, admit
 from .core.algorithms import ALGORITHMS
 from .core.evaluation import Evaluation, evaluation_from_metrics
 from .core.frozen import effective_spec, spec_changes
@@ -69,6 +71,7 @@ class _Memory(WrittenStatus):
     shard_metrics: dict[str, str] = field(default_factory=dict)
     started: dict[str, Any] | None = None  # the spec the job started with (its ConfigMap's)
     started_read: bool = False
+    admission: tuple[int, Admission] | None = None  # (generation, the plan made for it) while Pending
 
 
 class Reconciler:
@@ -82,6 +85,7 @@ class Reconciler:
     ) -> None:
         self.api, self.config, self.clock = api, config, clock
         self.scraper = scraper or Scraper(config.scrape_timeout)
+        self.sources = SourceReader(api, config.hub_endpoint, config.gpu_memory_label)
         self.metrics = metrics or OperatorMetrics(self.phases)
         self._memory: dict[Key, _Memory] = {}
         self._phases: dict[Key, Phase] = {}
@@ -142,8 +146,9 @@ class Reconciler:
         previous = Status.from_dict(body.get("status"))
         job, changes = await self._frozen(mem, job, previous)
         progress, evaluation = await self._scrape(mem, job, previous, owned, now) if job else (None, None)
+        admission = await self._admit(mem, job) if job and previous.phase == Phase.PENDING else None
         observed = Observed(
-            job, owned, spec_error, mem.refusal, progress, evaluation, nodes, self.config.restarts, changes
+            job, owned, spec_error, mem.refusal, progress, evaluation, nodes, self.config.restarts, changes, admission
         )
         decision = decide(previous, observed, now)
         events = await self._write(mem, job, body, decision, now) if decision.status != previous else None
@@ -156,6 +161,14 @@ class Reconciler:
         acting = self._act(job, mem, actions, owned)
         refusal = (await asyncio.gather(acting, events))[0] if events else await acting  # Events beside the pods
         return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
+
+    async def _admit(self, mem: _Memory, job: Job) -> Admission:
+        """The memory plan of a Pending job (made once per generation): the model's config and the GPUs' memory
+        read (:mod:`.adapters.plan_sources`), then planned (:mod:`.core.admission`)."""
+        generation = job.meta.generation
+        if mem.admission is None or mem.admission[0] != generation:
+            mem.admission = (generation, admit(job.spec.raw, await self.sources.gather(job)))
+        return mem.admission[1]
 
     async def _frozen(self, mem: _Memory, job: Job | None, status: Status) -> tuple[Job | None, tuple[str, ...]]:
         """The job with the spec it started with (its ConfigMap's), but for the fields that may change, and the

@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, transformers, TRL) are imported only inside the commands, so ``--help`` is instant.
 Exit codes: 0 done; 2 the job's input is wrong (spec, data, paths, a stale cache, data in storage that fails an
-integrity check) and a retry cannot help; 3 the model missed ``spec.output.gate`` and was not published; 1 with one
+integrity check) and a retry cannot help; 3 the model missed ``spec.output.gate`` and was not published; 75 the phase
+stopped cleanly on SIGTERM (training after saving a checkpoint at the next step boundary): resume it; 1 with one
 paragraph: an outage of storage or the Hub outlasted the retries; anything else is a crash a retry may cure. The
 reason also goes to ``/dev/termination-log`` when it exists, where Kubernetes shows it in the pod's status; a
 successful ``precompute`` leaves its cache hit there, a successful ``train`` its final evaluation, an ``export`` that
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import GateNotMet, TransientError, UserError
+from .core.errors import GateNotMet, Interrupted, TransientError, UserError
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefops_trainer")
 
 TERMINATION_LOG = "/dev/termination-log"
+PLAN_WONT_FIT = 4  # ``plan``: the job does not fit the device memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prefops-trainer",
         description="Preference-optimization training (DPO, CPO, SimPO, ORPO...) from a PreferenceTrainingJob spec.",
         epilog="Exit codes: 0 done, 2 invalid input (do not retry), 3 the model missed spec.output.gate (not "
-        "published), other: failure (retry may help).",
+        "published), 75 stopped on SIGTERM (resume it), other: failure (retry may help).",
     )
     p.add_argument("--log-level", default=os.environ.get("PREFOPS_LOG_LEVEL", "INFO"), help="default: INFO")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
     cmd("validate", "check the job spec and print it with every default filled in")
+    plan = cmd(
+        "plan",
+        "will it fit? per-device memory by component for each phase, host RAM and disk per pod, from the spec and the "
+        "model's config.json (no weights are downloaded); a sweep's every trial; exit 4 when it does not fit",
+    )
+    plan.add_argument("--gpu-memory", metavar="QUANTITY", help="each GPU's memory, e.g. 80Gi (default: "
+                      "spec.resources.gpuMemory)")  # fmt: skip
+    plan.add_argument("--output", choices=("table", "json"), default="table", help="default: table")
+    plan.add_argument("--model-config", type=Path, metavar="config.json", help="the model's config.json (default: "
+                      "read from spec.model.source)")  # fmt: skip
+    plan.add_argument("--reward-model-config", type=Path, metavar="config.json", help="Online DPO: the reward "
+                      "model's config.json (default: read from spec.rewardModel.source)")  # fmt: skip
     sweep = sub.add_parser(
         "sweep",
         help="run a PreferenceTrainingSweep's trials here, one after another, and name the best",
@@ -67,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    from .adapters import interrupt
+
+    interrupt.install()
     try:
         if args.command == "sweep":
             from . import local_sweep
 
             sys.exit(local_sweep.run(args.sweep))
+        if args.command == "plan":
+            sys.exit(cmd_plan(args))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
@@ -86,6 +105,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(str(e), GateNotMet.exit_code, json.dumps(e.termination))
     except TransientError as e:
         _fail(str(e), TransientError.exit_code)
+    except Interrupted as e:
+        _fail(str(e), Interrupted.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:
@@ -107,8 +128,9 @@ def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
     _ended("failed")
     log.error("%s", message)
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")
-    if error_dir and code == UserError.exit_code:
-        Path(error_dir, f"rank-{os.environ.get('RANK', '0')}").write_text(message)
+    word = {UserError.exit_code: "rank", Interrupted.exit_code: "interrupted-rank"}.get(code)
+    if error_dir and word:  # for the launcher (launch.RankWords)
+        Path(error_dir, f"{word}-{os.environ.get('RANK', '0')}").write_text(message)
     _termination_message(termination or message)
     sys.exit(code)
 
@@ -154,6 +176,16 @@ def cmd_validate(job: Job, args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan of a job, or of every trial of a sweep (table or JSON); exit 0 when it fits or cannot be
+    judged, 4 when it does not fit."""
+    from .planning import plan_file, render
+
+    plans = plan_file(args.job, args.gpu_memory, args.model_config, args.reward_model_config)
+    print(render(plans, args.output))  # noqa: T201
+    return PLAN_WONT_FIT if any(p.fits is False for p in plans.values()) else 0
 
 
 def cmd_precompute(job: Job, args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ spec → inputs → phases."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,7 +30,7 @@ from .core.errors import SpecError
 from .core.prefix_families import verdict
 from .core.spec import Job, JobSpec
 from .core.trlconfig import trl_trainer
-from .core.workspace import Workspace
+from .core.workspace import Workspace, attempt_of
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -115,7 +116,7 @@ class Inputs:
 
 
 def load_inputs(job: Job) -> Inputs:
-    ws = Workspace.for_job(job, cache_dir())
+    ws = Workspace.for_job(job, cache_dir(), attempt_of(os.environ))
     path = model_dir(job.spec.model)
     check_fits(job.spec, path)
     tok = load_tokenizer(path, job.spec.model.trust_remote_code)

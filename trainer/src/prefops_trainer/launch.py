@@ -4,6 +4,13 @@ The rendezvous comes from the environment the operator sets (docs/contract.md): 
 ``PREFOPS_NODE_RANK``, ``PREFOPS_NPROC_PER_NODE``, ``PREFOPS_MASTER_ADDR``, ``PREFOPS_MASTER_PORT``. Locally
 they default to one node with ``spec.resources`` processes and a free port. Without CUDA the ranks use gloo
 and DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``); with CUDA, NCCL.
+
+Timeouts: the rendezvous waits ``spec.startupDeadlineSeconds`` for every node (as long as the operator waits for a pod
+to start); on SIGTERM, passed on to torchrun, torchrun waits for its ranks to save a checkpoint and stop for
+``PREFOPS_TERMINATION_GRACE_SECONDS`` (the pod's grace period; locally ``spec.resources.terminationGracePeriodSeconds``)
+less :data:`LAUNCHER_MARGIN_SECONDS`, then kills them.
+The ranks leave a word for this process in a scratch folder (``PREFOPS_ERROR_DIR``): ``rank-<r>``, a user error;
+``interrupted-rank-<r>``, a clean stop on SIGTERM (exit 75); ``resume.json``, the checkpoint the node resumes from.
 """
 
 from __future__ import annotations
@@ -18,10 +25,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.errors import UserError
+from .adapters import interrupt
+from .core.errors import Interrupted, SpecError, UserError
 from .core.spec import Job
 
 log = logging.getLogger(__name__)
+
+#: The pod's grace period after SIGTERM, set by the operator (``spec.resources.terminationGracePeriodSeconds``).
+GRACE_ENV = "PREFOPS_TERMINATION_GRACE_SECONDS"
+#: Seconds of the grace kept for the launcher: torchrun kills ranks still saving this long before the kubelet would
+#: kill the pod, so the launcher still exits with its reason.
+LAUNCHER_MARGIN_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun_command(topo: Topology, job_path: Path) -> list[str]:
+def grace_seconds(job: Job, env: Mapping[str, str]) -> int:
+    """``PREFOPS_TERMINATION_GRACE_SECONDS``, else (local mode) ``spec.resources.terminationGracePeriodSeconds``;
+    :class:`SpecError` naming the variable when it is not a whole number >= 1."""
+    value = env.get(GRACE_ENV, "")
+    if not value:
+        return job.spec.resources.termination_grace_period_seconds
+    if not value.isdigit() or int(value) < 1:
+        raise SpecError(f"{GRACE_ENV}: must be a whole number of seconds >= 1, got {value!r}")
+    return int(value)
+
+
+def shutdown_timeout(grace: int) -> int:
+    """How long torchrun waits for its ranks after passing them SIGTERM: the grace less the launcher's margin."""
+    return max(1, grace - LAUNCHER_MARGIN_SECONDS)
+
+
+def torchrun_command(topo: Topology, job_path: Path, job: Job, grace: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -71,6 +101,8 @@ def torchrun_command(topo: Topology, job_path: Path) -> list[str]:
         f"--nproc-per-node={topo.nproc_per_node}",
         f"--master-addr={topo.master_addr}",
         f"--master-port={topo.master_port or 29500}",
+        f"--rdzv-conf=timeout={job.spec.startup_deadline_seconds}",
+        f"--shutdown-timeout={shutdown_timeout(grace)}",
         "--module",
         "prefops_trainer",
         "train",
@@ -88,13 +120,15 @@ def torchrun_env(cuda: bool, error_dir: str) -> dict[str, str]:
 
 
 def torchrun_train(job: Job, job_path: Path) -> int:
-    """Run ``train`` on every local rank; a rank's user error comes back as exit code 2 with its message."""
+    """Run ``train`` on every local rank, passing SIGTERM on to them. A rank's user error comes back as
+    :class:`UserError` (exit 2) with its message; a stop on SIGTERM (this pod's, or another node's that the ranks
+    agreed on) as :class:`Interrupted` (exit 75)."""
     import torch
 
     topo = topology(job)
     if topo.master_port == 0 and topo.nnodes == 1:
         topo = Topology(topo.nnodes, topo.node_rank, topo.nproc_per_node, topo.master_addr, _free_port())
-    cmd = torchrun_command(topo, job_path)
+    cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ))
     log.info(
         "starting %d processes on this node (%d nodes, node rank %d): %s",
         topo.nproc_per_node,
@@ -102,9 +136,36 @@ def torchrun_train(job: Job, job_path: Path) -> int:
         topo.node_rank,
         " ".join(cmd[2:]),
     )
-    with tempfile.TemporaryDirectory(prefix="prefops-ranks-") as errors:
-        code = subprocess.call(cmd, env=torchrun_env(torch.cuda.is_available(), errors))
-        messages = [p.read_text() for p in sorted(Path(errors).iterdir())]
-    if code and messages:
-        raise UserError(messages[0])
+    with tempfile.TemporaryDirectory(prefix="prefops-ranks-") as scratch, interrupt.forwarding() as child:
+        code = child.started(subprocess.Popen(cmd, env=torchrun_env(torch.cuda.is_available(), scratch))).wait()
+        words = RankWords.read(Path(scratch))
+    return outcome(code, words, topo.nproc_per_node, interrupt.requested())
+
+
+@dataclass(frozen=True)
+class RankWords:
+    """What the ranks of this node left in the scratch folder: user errors and clean stops on SIGTERM, in rank order."""
+
+    errors: tuple[str, ...]
+    interrupted: tuple[str, ...]
+
+    @classmethod
+    def read(cls, folder: Path) -> RankWords:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        return cls(
+            tuple(p.read_text() for p in files if p.name.startswith("rank-")),
+            tuple(p.read_text() for p in files if p.name.startswith("interrupted-rank-")),
+        )
+
+
+def outcome(code: int, words: RankWords, local_ranks: int, signalled: bool) -> int:
+    """torchrun's exit code as the pod's: 0; a rank's user error raised; :class:`Interrupted` when this pod got
+    SIGTERM or every local rank stopped on one (another node's, agreed at a step boundary); else ``code``. Pure."""
+    if code == 0:
+        return 0
+    if words.errors:
+        raise UserError(words.errors[0])
+    if signalled or len(words.interrupted) == local_ranks:
+        said = words.interrupted[0] if words.interrupted else "stopped on SIGTERM before the ranks saved anything"
+        raise Interrupted(said)
     return code

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from .adapters import storage
+from .adapters import interrupt, storage
 from .adapters.plots import plot_sweep
 from .adapters.sources import cache_dir
-from .core.errors import SpecError
+from .core.errors import Interrupted, SpecError
 from .core.spec import Job
 from .core.sweep import Sweep, Trial, best, parse_sweep_manifests, problems, trial_job, trial_manifest
 from .core.uris import Uri, parse_uri
@@ -102,7 +102,12 @@ def _run_trial(sweep: Sweep, trial: Trial, tmp: Path) -> Outcome:
     manifest.write_text(yaml.safe_dump(trial_manifest(sweep, trial), sort_keys=False))
     term.write_text("")
     env = {**os.environ, "PREFOPS_TERMINATION_LOG": str(term)}
-    code = subprocess.call([sys.executable, "-m", "prefops_trainer", "run", str(manifest)], env=env)
+    with interrupt.forwarding() as child:  # a SIGTERM stops the trial (resumable) and then the sweep
+        code = child.started(
+            subprocess.Popen([sys.executable, "-m", "prefops_trainer", "run", str(manifest)], env=env)
+        ).wait()
+    if interrupt.requested():
+        raise Interrupted(f"stopped on SIGTERM during trial {trial.name}; run the sweep again to resume")
     return _outcome(sweep, trial, job, code, term.read_text())
 
 

@@ -203,6 +203,25 @@ class KubeApi:
         refs = (found.get("metadata") or {}).get("ownerReferences") or []
         return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
+    async def config_map_data(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """A ConfigMap's ``data`` (``None`` when it does not exist): the model config a job names for its plan."""
+        try:
+            found = await self._call("GET", f"{_collection('ConfigMap', namespace)}/{name}", f"get configmap {name}")
+        except Gone:
+            return None
+        data = found.get("data") if isinstance(found, Mapping) else None
+        return data if isinstance(data, Mapping) else {}
+
+    async def node_labels(self) -> list[tuple[str, Mapping[str, str]]]:
+        """(name, labels) of every node: where the plan reads the GPUs' memory (raises Forbidden without RBAC)."""
+        found = await self._call("GET", "/api/v1/nodes", "list nodes")
+        items = found.get("items") if isinstance(found, Mapping) else None
+        out: list[tuple[str, Mapping[str, str]]] = []
+        for item in items or []:
+            meta = item.get("metadata") or {}
+            out.append((str(meta.get("name") or ""), dict(meta.get("labels") or {})))
+        return out
+
     async def config_spec(self, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
         """The spec in the trainer config of ConfigMap ``name`` (docs/contract.md §2): the spec the job of ``uid``
         started with. ``None`` when the ConfigMap is absent, is not that job's, or holds no spec."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .admission import PodSizing
 from .classify import group_size
 from .naming import (
     PodPhase,
@@ -211,9 +212,11 @@ def pod(
     attempt: int,
     settings: ChildSettings,
     trained_attempt: int | None = None,
+    sizing: PodSizing | None = None,
 ) -> dict[str, Any]:
     """Replica ``index`` of ``phase``'s pod group, attempt ``attempt``; an export pod publishes the weights of
-    training attempt ``trained_attempt``."""
+    training attempt ``trained_attempt``; ``sizing``: the plan's requests and /cache size for the phase
+    (:func:`.admission.pod_sizing`)."""
     name = pod_name(job.meta.name, phase, index, attempt)
     res = job.spec.resources
     meta = _metadata(job, name, pod_labels(job.meta.name, phase, index, attempt))
@@ -231,14 +234,14 @@ def pod(
             "fsGroup": settings.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(job, phase, index, env, settings)],
+        "containers": [_container(job, phase, index, env, settings, sizing)],
         "volumes": [
             {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
             {"name": "config", "configMap": {"name": config_map_name(job.meta.name)}},
             # NCCL and dataloaders need more than 64 MiB
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}},
             # the trainer image's HF_HOME / PREFOPS_CACHE_DIR live under /cache
-            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
+            {"name": "cache", "emptyDir": {"sizeLimit": (sizing and sizing.cache) or settings.cache_size_limit}},
         ],
     }
     if phase == PodPhase.TRAIN:
@@ -263,7 +266,9 @@ def _add_queue(meta: dict[str, Any], job: Job, phase: PodPhase) -> None:
     meta["annotations"] = {KUEUE_GROUP_COUNT: str(group_size(job.spec, phase)), VOLCANO_QUEUE: queue}
 
 
-def _container(job: Job, phase: PodPhase, index: int, env: dict[str, str], settings: ChildSettings) -> dict[str, Any]:
+def _container(
+    job: Job, phase: PodPhase, index: int, env: dict[str, str], settings: ChildSettings, sizing: PodSizing | None
+) -> dict[str, Any]:
     spec = job.spec
     args = [phase.value, f"{CONFIG_DIR}/{CONFIG_FILE}"]
     if phase == PodPhase.PRECOMPUTE:
@@ -279,7 +284,7 @@ def _container(job: Job, phase: PodPhase, index: int, env: dict[str, str], setti
         "args": args,
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "ports": ports,
-        "resources": _resources(job, phase),
+        "resources": _resources(job, phase, sizing),
         "volumeMounts": [
             {"name": "tmp", "mountPath": TMP_DIR},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -330,12 +335,16 @@ def _env(
     return env
 
 
-def _resources(job: Job, phase: PodPhase) -> dict[str, dict[str, str]]:
+def _resources(job: Job, phase: PodPhase, sizing: PodSizing | None) -> dict[str, dict[str, str]]:
     """The job's requests and limits, plus GPUs: every pod of a phase is shaped like one training node, except
-    export, which needs one GPU at most (merging LoRA is one process)."""
+    export, which needs one GPU at most (merging LoRA is one process). CPU and memory the spec sets neither a
+    request nor a limit for come from the plan (``sizing``), so no pod runs as BestEffort."""
     res = job.spec.resources
     gpus = min(res.gpus_per_node, 1) if phase == PodPhase.EXPORT else res.gpus_per_node
     requests, limits = dict(res.requests), dict(res.limits)
+    for key, value in (sizing.requests if sizing else {}).items():
+        if key not in requests and key not in limits:
+            requests[key] = value
     if gpus:
         requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpus)
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}

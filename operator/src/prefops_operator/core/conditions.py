@@ -23,6 +23,7 @@ class _Name(str, Enum):
 class ConditionType(_Name):
     """``status.conditions[].type``."""
 
+    FEASIBLE = "Feasible"  # the admission's memory plan (core.admission): True fits, False does not, Unknown none
     RUNNING = "Running"  # a phase's pods are (being) run
     SUSPENDED = "Suspended"  # spec.suspend is true
     SUCCEEDED = "Succeeded"  # the model is written
@@ -67,6 +68,10 @@ class Reason(_Name):
     # why a job failed
     INVALID_SPEC = "InvalidSpec"  # the user's spec is wrong (the operator's checks, or a manifest the API refuses)
     INVALID_INPUT = "InvalidInput"  # the trainer exited 2: the input data or model is wrong
+    WONT_FIT = "WontFit"  # the memory plan does not fit the GPUs (spec.resources.fitCheck: enforce); Feasible False
+    # the Feasible condition's other reasons
+    FITS = "Fits"
+    PLAN_SKIPPED = "PlanSkipped"  # no plan or no verdict: the model's config.json or the GPUs' memory is unknown
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DISRUPTION_LIMIT_EXCEEDED = "DisruptionLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"

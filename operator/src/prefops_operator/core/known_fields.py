@@ -20,6 +20,7 @@ SPEC: dict[str, Any] = {
         "dtype": None,
         "attnImplementation": None,
         "trustRemoteCode": None,
+        "configMap": None,
         "lora": {
             "r": None,
             "alpha": None,
@@ -52,6 +53,7 @@ SPEC: dict[str, Any] = {
         "revision": None,
         "dtype": None,
         "trustRemoteCode": None,
+        "configMap": None,
     },
     "generation": {
         "maxNewTokens": None,
@@ -74,6 +76,7 @@ SPEC: dict[str, Any] = {
         "logEverySteps": None,
         "checkpointEverySteps": None,
         "checkpointsToKeep": None,
+        "collectiveTimeoutSeconds": None,
         "progressDeadlineSeconds": None,
         "deepspeed": {
             "stage": None,
@@ -92,6 +95,8 @@ SPEC: dict[str, Any] = {
         "nodes": None,
         "gpusPerNode": None,
         "processesPerNode": None,
+        "gpuMemory": None,
+        "fitCheck": None,
         "requests": MAP,
         "limits": MAP,
         "nodeSelector": MAP,
@@ -158,6 +163,7 @@ DEFAULTS: dict[str, Any] = {
     "reference.batchSize": 8,
     "reference.verifySamples": 8,
     "reference.workers": 1,
+    "resources.fitCheck": "enforce",
     "resources.gpusPerNode": 1,
     "resources.nodes": 1,
     "resources.terminationGracePeriodSeconds": 300,
@@ -167,6 +173,7 @@ DEFAULTS: dict[str, Any] = {
     "suspend": False,
     "training.checkpointEverySteps": 500,
     "training.checkpointsToKeep": 2,
+    "training.collectiveTimeoutSeconds": 1800,
     "training.deepspeed.offload": "none",
     "training.epochs": 1.0,
     "training.gradientAccumulation": 1,

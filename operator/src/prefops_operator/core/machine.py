@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
+from .admission import Admission
 from .classify import Judging, Scene, Verdict, group_size, judge, progress_deadline
 from .conditions import ConditionType, Reason, RestartKind, set_conditions
 from .evaluation import GATE_NOT_MET_EXIT_CODE, gate_message
@@ -71,6 +72,7 @@ def _running(happening: Happening, target: Target) -> dict[tuple[Phase, Happenin
 #: (phase, what happened) -> where the job goes. Pairs not in the table change nothing.
 TRANSITIONS: Mapping[tuple[Phase, Happening], Target] = {
     (Phase.PENDING, Happening.INVALID_SPEC): Target.FAILED,
+    (Phase.PENDING, Happening.WONT_FIT): Target.FAILED,
     (Phase.PENDING, Happening.SUSPEND): Target.SUSPENDED,
     (Phase.PENDING, Happening.START): Target.NEXT,
     **_running(Happening.GROUP_SUCCEEDED, Target.NEXT),
@@ -117,7 +119,7 @@ class Decision:
 def decide(previous: Status, observed: Observed, now: datetime) -> Decision:
     """The job's next status given its previous status and what was observed at ``now``."""
     decision = _decide(previous, observed, now)
-    notices = _notices(previous, decision.status)
+    notices = _notices(previous, decision.status) + _fit_warning(previous, observed.admission)
     if decision.recovered is not None:
         notices += (_recovered(decision.status, decision.recovered),)
     return replace(decision, notices=notices) if notices else decision
@@ -132,7 +134,7 @@ def _decide(previous: Status, observed: Observed, now: datetime) -> Decision:
         return Decision(previous)
     scene = observed.scene(spec)
     verdict = judge(previous, scene, now) if previous.phase in RUNNING_PHASES else Verdict()
-    finding = _classify(previous, spec, verdict, observed.refusal, now)
+    finding = _classify(previous, spec, verdict, observed.refusal, now, observed.admission)
     target = TRANSITIONS.get((previous.phase, finding.happening)) if finding else None
     if finding is not None and target is None:  # not a transition from this phase: nothing changes
         return Decision(previous)
@@ -150,13 +152,20 @@ def _decide(previous: Status, observed: Observed, now: datetime) -> Decision:
 
 
 def _classify(
-    previous: Status, spec: JobSpec, verdict: Verdict, refusal: Refusal | None, now: datetime
+    previous: Status,
+    spec: JobSpec,
+    verdict: Verdict,
+    refusal: Refusal | None,
+    now: datetime,
+    admission: Admission | None = None,
 ) -> Finding | None:
     phase = previous.phase
     if phase == Phase.PENDING:
         problems = semantic_problems(spec)
         if problems:
             return Finding(Happening.INVALID_SPEC, "; ".join(problems))
+        if admission is not None and admission.wont_fit and admission.enforce:
+            return Finding(Happening.WONT_FIT, admission.message)
         return Finding(Happening.SUSPEND if spec.suspend else Happening.START)
     if phase == Phase.SUSPENDED:
         return None if spec.suspend else Finding(Happening.RESUME)
@@ -242,6 +251,13 @@ def _notices(previous: Status, status: Status) -> tuple[Notice, ...]:
     if new is not None and new.reason in WAITING_NOTICED and (old is None or old.reason != new.reason):
         out.append(Notice(Reason(new.reason), new.message))
     return tuple(out)
+
+
+def _fit_warning(previous: Status, admission: Admission | None) -> tuple[Notice, ...]:
+    """``fitCheck: warn``: a job whose plan does not fit starts anyway, with a Warning Event saying so."""
+    if admission is None or not admission.wont_fit or admission.enforce or previous.phase != Phase.PENDING:
+        return ()
+    return (Notice(Reason.WONT_FIT, f"{admission.message} (fitCheck: warn)"),)
 
 
 def _recovered(status: Status, restart: Restart) -> Notice:

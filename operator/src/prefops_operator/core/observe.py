@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .admission import Admission
 from .classify import Scene, attempt_pods, group_size
 from .conditions import ConditionType, Reason, set_conditions
 from .evaluation import Evaluation
@@ -27,7 +28,8 @@ class Observed:
     refused the last child built from the spec (an invalid toleration, a quota, a missing ServiceAccount, ...) or
     why a name is taken. ``progress`` and ``evaluation`` are the latest sample of the trainer's metrics, if one was
     taken. ``spec_changes`` names the fields changed since the job started that cannot change (the job goes on
-    with the spec it started with: ``job`` is that one).
+    with the spec it started with: ``job`` is that one). ``admission`` is the memory plan's verdict, made while the
+    job is Pending (:mod:`.admission`).
     """
 
     job: Job | None
@@ -39,6 +41,7 @@ class Observed:
     nodes: Mapping[str, NodeView] = field(default_factory=dict)
     settings: RestartSettings = field(default_factory=RestartSettings)
     spec_changes: tuple[str, ...] = ()
+    admission: Admission | None = None
 
     @property
     def spec(self) -> JobSpec | None:
@@ -60,7 +63,8 @@ def observe(previous: Status, observed: Observed, spec: JobSpec, now: datetime) 
         progress=_progress(previous, observed.progress, now),
         evaluation=_evaluation(previous, observed.evaluation),
         observed_generation=meta.generation if meta else previous.observed_generation,
-        conditions=set_conditions(previous.conditions, now, _refusals(previous, observed)),
+        conditions=set_conditions(previous.conditions, now, _refusals(previous, observed) | _feasible(observed)),
+        plan=dict(observed.admission.summary) if observed.admission else previous.plan,
     )
     return _group_running(status, observed, spec, now)
 
@@ -102,6 +106,14 @@ def _refusals(previous: Status, observed: Observed) -> dict[ConditionType, tuple
         fields = ", ".join(observed.spec_changes)
         changed = ("True", str(Reason.FIELD_IMMUTABLE), _refused_message(fields))
     return {ConditionType.REPLICA_FAILURE: failure, ConditionType.SPEC_CHANGE_REFUSED: changed}
+
+
+def _feasible(observed: Observed) -> dict[ConditionType, tuple[str, str, str] | None]:
+    """The Feasible condition, when the admission's plan was just made (it stays as it was afterwards)."""
+    admission = observed.admission
+    if admission is None:
+        return {}
+    return {ConditionType.FEASIBLE: (admission.status, admission.reason, admission.message)}
 
 
 def _refused_message(fields: str) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .admission import pod_sizing
 from .children import ChildSettings, config_map, network_policy, pod, training_service
 from .classify import group_size
 from .naming import PodPhase, pod_name
@@ -115,7 +116,9 @@ def _plan_running(
         elif held:
             waiting.append(name)
         else:
-            manifest = pod(job, pod_phase, index, attempt, settings, trained_attempt)
+            manifest = pod(
+                job, pod_phase, index, attempt, settings, trained_attempt, pod_sizing(status.plan, pod_phase.value)
+            )
             creates.append(NewPod(name, attempt, manifest))
     ensure = [config_map(job)]
     if settings.network_policy:

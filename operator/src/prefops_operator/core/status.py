@@ -281,6 +281,7 @@ class Status:
     disruptions: int = 0  # restarts charged to disruptionLimit
     last_restart: Restart | None = None
     group_running_time: datetime | None = None  # when every pod of the current attempt was first seen running
+    plan: Mapping[str, Any] | None = None  # the admission's memory plan (core.admission.summary)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -308,6 +309,7 @@ class Status:
                 "disruptions": self.disruptions,
                 "lastRestart": self.last_restart.to_dict() if self.last_restart else None,
                 "groupRunningTime": format_time(self.group_running_time),
+                "plan": dict(self.plan) if self.plan else None,
             }
         )
 
@@ -334,6 +336,7 @@ class Status:
             **_counts(d),
             last_restart=Restart.from_dict(d["lastRestart"]) if isinstance(d.get("lastRestart"), Mapping) else None,
             group_running_time=parse_time(d.get("groupRunningTime")),
+            plan=dict(d["plan"]) if isinstance(d.get("plan"), Mapping) else None,
         )
 
 

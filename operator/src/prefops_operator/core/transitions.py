@@ -36,6 +36,7 @@ class Happening(str, Enum):
     SUSPEND = "Suspend"
     RESUME = "Resume"
     CREATE_REFUSED = "CreateRefused"  # the apiserver refused a child, and retrying cannot help
+    WONT_FIT = "WontFit"  # the admission's memory plan does not fit the GPUs (spec.resources.fitCheck: enforce)
 
 
 #: the Failed condition's reason for each happening that fails a job
@@ -46,6 +47,7 @@ FAILURE_REASONS: Mapping[Happening, Reason] = {
     Happening.DISRUPTIONS_EXHAUSTED: Reason.DISRUPTION_LIMIT_EXCEEDED,
     Happening.DEADLINE_EXCEEDED: Reason.DEADLINE_EXCEEDED,
     Happening.GATE_NOT_MET: Reason.GATE_NOT_MET,
+    Happening.WONT_FIT: Reason.WONT_FIT,
 }
 
 

@@ -80,3 +80,52 @@ def local_dataset(uri: Uri, field: str = "spec.dataset.source") -> Uri:
     if not path.exists():
         raise SourceError(f"{field}: dataset path {uri.as_written!r} does not exist")
     return Uri("file", str(path), uri.written)
+
+
+#: the most a model's config.json may weigh: planning reads it, and only it, from storage the job does not control
+CONFIG_MAX_BYTES = 1 << 20
+
+
+def model_config(uri: Uri, revision: str | None = None, field: str = "spec.model.source") -> dict[str, object]:
+    """The model's ``config.json`` at ``uri``, parsed, without fetching its weights: a local file, one S3 object, or
+    one file from the Hub (``huggingface_hub``'s cache first, so ``HF_HUB_OFFLINE=1`` works once it is cached)."""
+    import json
+
+    if uri.scheme == "hf":
+        text = _hub_file(uri.path, "config.json", revision, field)
+    else:
+        target = uri.join("config.json")
+        try:
+            text = storage.read_bytes(target) if uri.scheme == "s3" else Path(target.path).read_bytes()
+        except FileNotFoundError:
+            raise SourceError(f"{field}: no config.json at {uri.as_written!r}") from None
+        except PermissionError as e:
+            raise SourceError(f"{field}: not allowed to read {target} ({e})") from e
+    if len(text) > CONFIG_MAX_BYTES:
+        raise SourceError(f"{field}: config.json is {len(text)} bytes, more than a model config ({CONFIG_MAX_BYTES})")
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise SourceError(f"{field}: config.json is not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise SourceError(f"{field}: config.json is not a JSON object")
+    return doc
+
+
+def _hub_file(repo: str, filename: str, revision: str | None, field: str) -> bytes:
+    from huggingface_hub import hf_hub_download
+
+    name, _, at_rev = repo.partition("@")
+
+    def fetch() -> str:
+        return str(hf_hub_download(name, filename, revision=revision or at_rev or None))
+
+    try:
+        return Path(retrying(f"{field}: fetching {filename} of hf://{repo}", fetch)).read_bytes()
+    except TransientError:
+        raise
+    except Exception as e:
+        raise SourceError(
+            f"{field}: cannot fetch {filename} of hf://{repo} from the Hugging Face Hub ({type(e).__name__}: {e}); "
+            "pass it with --model-config, or copy the model to s3:// or a local path"
+        ) from e

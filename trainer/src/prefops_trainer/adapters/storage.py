@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,9 +34,12 @@ from .retry import retrying
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Part size of multipart uploads (files of two parts or more go up in parts); S3's minimum is 5 MiB.
 PART_SIZE = max(5 * 2**20, int(os.environ.get("PREFOPS_S3_PART_SIZE", 16 * 2**20)))
+#: Files a checkpoint's or the trained weights' transfer fetches, hashes or uploads at once (:func:`each`).
+TRANSFER_THREADS = max(1, int(os.environ.get("PREFOPS_TRANSFER_THREADS", 8)))
 
 
 @cache
@@ -110,8 +114,21 @@ def _umask() -> int:
     return mask
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as :func:`write_json` writes it."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def json_loads(data: bytes, where: str) -> Any:
+    """``data`` parsed; :class:`IntegrityError` naming ``where`` when it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise IntegrityError(f"{where}: not JSON ({e}); it is not used") from e
+
+
 def write_json(uri: Uri, obj: Any) -> None:
-    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_bytes(uri, json_bytes(obj))
 
 
 def list_names(uri: Uri) -> list[str]:
@@ -336,6 +353,20 @@ def abort_incomplete_uploads(uri: Uri) -> int:
     if pending:
         log.info("aborted %d unfinished multipart uploads under %s", len(pending), uri)
     return len(pending)
+
+
+def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` of every item, in order, on up to :data:`TRANSFER_THREADS` threads (downloads, uploads and sha256 all
+    release the interpreter while they wait or hash). The first error is raised once the items already started have
+    ended; the rest are not started."""
+    todo = list(items)
+    if len(todo) < 2 or TRANSFER_THREADS == 1:
+        return [fn(item) for item in todo]
+    pool = ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(todo)), thread_name_prefix="prefops-transfer")
+    try:
+        return [f.result() for f in [pool.submit(fn, item) for item in todo]]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def local_dir(path: Path) -> Path:

@@ -171,7 +171,7 @@ def check(relies_on: tuple[Reliance, ...] = RELIES_ON) -> None:
 
 check()
 
-from trl.kernels.chunked_logprob import ChunkedLogProbFunction  # noqa: E402 - after the check
+from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE, ChunkedLogProbFunction  # noqa: E402 - after the check
 from trl.trainer import utils as _trl_utils  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402
 from trl.trainer.kto_trainer import KTOTrainer  # noqa: E402
@@ -321,6 +321,29 @@ def masks_by_layer_type_problem(backbone: Any) -> str | None:
         f"transformers {_transformers_version()}: {type(backbone).__name__}.forward does not take "
         "{layer type: mask} as its attention mask"
     )
+
+
+def head_kernel(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...] = ("log_probs",)
+) -> tuple[torch.Tensor | None, ...]:
+    """TRL's LM-head kernel alone: the per-token :data:`HEAD_FIELDS` of ``hidden`` [N, H] projected by ``weight``
+    [V, H] at ``targets`` [N], with TRL's tile width (no bias, temperature 1, no softcap)."""
+    values: tuple[torch.Tensor | None, ...] = ChunkedLogProbFunction.apply(  # type: ignore[no-untyped-call]
+        hidden, weight, None, targets, 1.0, _CHUNK, None, 1.0, outputs
+    )
+    return values
+
+
+def head_kernel_function() -> Any:
+    """TRL's LM-head kernel itself (an autograd Function), for tools that instrument it (``bench/planner.py``)."""
+    return ChunkedLogProbFunction
+
+
+def head_tile() -> tuple[int, int]:
+    """(positions, vocabulary entries) of one tile of TRL's LM-head kernel: what the memory planner sizes the
+    head's working set by (``core.planner.terms``; a test holds them equal)."""
+    assert isinstance(_CHUNK, int), "checked at import"
+    return TOKEN_CHUNK_SIZE, _CHUNK
 
 
 def dpo_policy_outputs(trainer: Any) -> tuple[str, ...]:

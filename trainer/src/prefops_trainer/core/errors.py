@@ -2,7 +2,8 @@
 an integrity check): the CLI prints its one-paragraph message and exits 2 with no traceback, and the operator does
 not retry. A :class:`TransientError` is an outage that outlasted the retries: one paragraph, exit 1, and the
 operator's restart policy applies. A :class:`GateNotMet` is neither: the job ran, and its model missed the quality
-gate (exit 3). Everything else is a bug or a crash and keeps its traceback (exit 1)."""
+gate (exit 3). An :class:`Interrupted` phase stopped cleanly on SIGTERM and asks to be resumed (exit 75). Everything
+else is a bug or a crash and keeps its traceback (exit 1)."""
 
 from typing import Any
 
@@ -55,3 +56,13 @@ class TransientError(Exception):
     fault, so the phase exits 1 and a restart may succeed."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """The phase stopped on SIGTERM (preemption, a drain, a deleted pod) and left nothing half-written: training saved a
+    checkpoint at a step boundary first. Exit 75, "interrupted, resume me" (docs/contract.md §4): the operator counts a
+    disruption, not a failure, and a restart goes on from where this one stopped. Raised from a signal handler at any
+    point, so, like ``KeyboardInterrupt``, it is no ``Exception`` that a library's ``except Exception`` would swallow
+    (a retry loop, a cleanup that logs and goes on)."""
+
+    exit_code = 75

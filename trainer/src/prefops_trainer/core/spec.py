@@ -79,6 +79,12 @@ class ModelSpec(_Spec):
         "sharing's packed pairs with a block-sparse kernel on GPUs.",
     )
     trust_remote_code: bool = False
+    config_map: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="A ConfigMap holding the model's config.json, for the operator's plan.",
+    )
     lora: LoraSpec | None = Field(None, description="LoRA settings; absent means full fine-tuning.")
 
 
@@ -139,6 +145,7 @@ class RewardModelSpec(_Spec):
     trust_remote_code: bool = Field(
         False, description="Run the reward model repository's own code; never inherited from spec.model."
     )
+    config_map: str | None = Field(None, min_length=1, max_length=253, description="As spec.model.configMap.")
 
 
 class GenerationSpec(_Spec):
@@ -178,6 +185,12 @@ class TrainingSpec(_Spec):
     log_every_steps: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     checkpoints_to_keep: int = Field(2, ge=1)
+    collective_timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description="How long a rank waits in a torch.distributed or DeepSpeed collective before it fails the group.",
+    )
     progress_deadline_seconds: int = Field(
         1800, ge=1, description="The operator restarts a training group that shows no new step for this long."
     )
@@ -202,6 +215,14 @@ class ResourcesSpec(_Spec):
     nodes: int = Field(1, ge=1, le=512)
     gpus_per_node: int = Field(1, ge=0, le=16)
     processes_per_node: int | None = Field(None, ge=1)
+    gpu_memory: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+        description="Each GPU's memory (e.g. 80Gi): what `prefops-trainer plan` and the operator judge plans against.",
+    )
+    fit_check: Literal["enforce", "warn"] = Field(
+        "enforce", description="enforce: a job whose plan does not fit fails (WontFit); warn: it runs anyway."
+    )
     requests: dict[str, str | int] | None = None
     limits: dict[str, str | int] | None = None
     node_selector: dict[str, str] | None = None

@@ -91,6 +91,8 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
         "fp16": rt.dtype == "float16",
         "use_cpu": not rt.cuda,
         "ddp_backend": ("nccl" if rt.cuda else "gloo") if rt.world_size > 1 else None,
+        # the trainer starts the process group itself with this timeout (phases.train.distributed.init_group)
+        "ddp_timeout": t.collective_timeout_seconds,
         "deepspeed": deepspeed_config(t.deepspeed) if t.deepspeed else None,
         "dataloader_num_workers": 0,
         "max_length": spec.dataset.max_length,

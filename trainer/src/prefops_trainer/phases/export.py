@@ -6,26 +6,33 @@ re-run, whatever moment the first run died at (even SIGKILL between two files), 
 arrived whole; an earlier ``prefops.json`` at the destination is removed before anything is overwritten, so a
 reader never sees a manifest beside files it does not describe.
 
-With ``spec.output.gate`` the final evaluation (handed over with the trained weights) is compared with the bound
-first: a model that misses it is not written at all (:class:`GateNotMet`, exit 3; the trained weights stay in the
-work storage), one that meets it records the verdict in ``prefops.json``. The manifest and the card carry the
-model's lineage (``lineage``) and only the published part of the spec (``core.redact``).
+The trained weights are those of the attempt the operator names (``PREFOPS_TRAINED_ATTEMPT``; in local mode the
+run's own), taken only when their marker checks out and every file has the sha256 it records (``adapters.trained``),
+so an older attempt still running never gets its weights published, and a file changed after training is refused
+(exit 2, naming it).
+
+With ``spec.output.gate`` the final evaluation (handed over with the trained weights, from the checked marker) is
+compared with the bound first: a model that misses it is not written at all (:class:`GateNotMet`, exit 3; the
+trained weights stay in the work storage), one that meets it records the verdict in ``prefops.json``. The manifest and
+the card carry the model's lineage (``lineage``) and only the published part of the spec (``core.redact``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..adapters import metrics, storage
+from ..adapters import metrics, storage, trained
 from ..core.errors import GateNotMet
 from ..core.evaluation import Evaluation, judge
 from ..core.uris import Uri
-from ..core.workspace import TRAINED_MARKER
+from ..core.workspace import TRAINED_ATTEMPT_ENV, TRAINED_MARKER, Workspace, trained_attempt_of
 from ..inputs import Inputs
 from . import reports
 from .card import MANIFEST, model_card
@@ -53,22 +60,35 @@ def file_table(root: Path) -> list[dict[str, Any]]:
     ]
 
 
+def trained_workspace(inputs: Inputs) -> Workspace:
+    """The run as the attempt whose trained weights are published sees it (``PREFOPS_TRAINED_ATTEMPT``)."""
+    return _trained_workspace(inputs.ws, trained_attempt_of(os.environ))
+
+
+@functools.cache
+def _trained_workspace(ws: Workspace, named: int | None) -> Workspace:
+    if named is not None:
+        return ws.at(named)
+    newest = trained.newest_attempt(ws)
+    log.warning(
+        "%s is not set (the operator predates it): exporting the newest attempt with complete trained weights, %s",
+        TRAINED_ATTEMPT_ENV,
+        newest,
+    )
+    return ws.at(ws.attempt if newest is None else newest)
+
+
 def trained_result(inputs: Inputs) -> dict[str, Any]:
-    """What the train phase handed over with the weights (steps, metrics, the final evaluation); error if it did not
-    finish."""
-    found: dict[str, Any] | None = storage.read_json_if_exists(inputs.ws.trained_marker)
-    if found is None:
-        raise RuntimeError(f"no finished training result at {inputs.ws.trained}: run the train phase first")
-    return found
+    """What the train phase handed over with the weights (steps, metrics, the final evaluation), from a checked marker;
+    error if it did not finish."""
+    return trained.result(trained_workspace(inputs)).handed
 
 
 def trained_dir(inputs: Inputs) -> Path:
-    """The trained weights as a local folder (downloaded from storage when remote); error if train did not finish."""
-    target = inputs.ws.trained
-    trained_result(inputs)
-    if target.is_local:
-        return Path(target.path)
-    return storage.download_dir(target, storage.local_dir(inputs.ws.local("trained")))
+    """The trained weights as a local folder (downloaded from storage when remote), every file checked against the
+    marker; error if train did not finish."""
+    ws = trained_workspace(inputs)
+    return trained.fetch(ws, trained.result(ws))
 
 
 def build_local(inputs: Inputs, out: Path) -> bool:
@@ -99,7 +119,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
         out = Path(tmp) / "model"
         out.mkdir()
         lora = build_local(inputs, out)
-        phases = reports.gathered(inputs.ws, inputs.spec.precompute)
+        phases = reports.gathered(trained_workspace(inputs), inputs.spec.precompute)
         described = _described(inputs, lora, evaluation, gate)
         files = file_table(out)  # the card's checksum count is of the weights/tokenizer files
         (out / "README.md").write_text(model_card(inputs, len(files), phases, lora, described))
@@ -121,8 +141,8 @@ def check_gate(inputs: Inputs, evaluation: dict[str, Any] | None) -> dict[str, A
         return None
     verdict = judge(gate, Evaluation.from_json(evaluation) if evaluation else None)
     if not verdict.passed:
-        trained = str(inputs.ws.trained)
-        raise GateNotMet(verdict.explanation(inputs.spec.output.uri.as_written, trained), verdict.termination(trained))
+        where = str(trained_workspace(inputs).trained)
+        raise GateNotMet(verdict.explanation(inputs.spec.output.uri.as_written, where), verdict.termination(where))
     log.info("spec.output.gate met: eval %s is %g (%s %g)", verdict.metric, verdict.value, verdict.kind, verdict.bound)
     return verdict.record()
 
@@ -163,7 +183,7 @@ def _extra_artifacts(inputs: Inputs, out: Path) -> None:
     """Training curves beside the model, from the train phase's log history."""
     from ..adapters.plots import plot_training
 
-    train = reports.read(inputs.ws, "train") or {}
+    train = reports.read(trained_workspace(inputs), "train") or {}
     spec = inputs.spec
     title = f"{inputs.job.name}: {spec.algorithm.name} ({', '.join(spec.algorithm.losses)}), beta {spec.algorithm.beta}"
     plot_training(train.get("logHistory", []), out / "training-curves.png", title, train.get("evalHistory", []))

@@ -29,9 +29,20 @@ def write(ws: Workspace, name: str, report: Report) -> None:
 @contextmanager
 def timed(report: Report) -> Iterator[Report]:
     """Fill ``startTime``, ``completionTime`` and ``seconds`` of a phase report around a block."""
+    start = started(report)
+    yield report
+    finished(report, start)
+
+
+def started(report: Report) -> float:
+    """Fill the report's ``startTime``: the phase starts now; returns the time for :func:`finished`."""
     start = time.time()
     report["startTime"] = _iso(start)
-    yield report
+    return start
+
+
+def finished(report: Report, start: float) -> None:
+    """Fill ``completionTime`` and ``seconds`` of a report :func:`started` began at ``start``."""
     end = time.time()
     report["completionTime"] = _iso(end)
     report["seconds"] = round(end - start, 3)

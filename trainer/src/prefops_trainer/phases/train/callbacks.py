@@ -1,6 +1,6 @@
 """What happens while TRL trains: metrics for Prometheus, a log line per logged step when there is no progress
-bar, and every checkpoint synced to storage and marked complete, with its files' sha256, once all ranks have saved
-it."""
+bar, every checkpoint synced to storage and marked complete, with its files' sha256, once all ranks have saved it,
+and the stop on SIGTERM at a step boundary that every rank agrees on."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ...adapters import checkpoints, metrics
+from ...adapters import checkpoints, interrupt, metrics
 from ...adapters.progress import is_tty
-from ...core.uris import Uri
-from .distributed import barrier, gather, local_share
+from ...core.workspace import Workspace
+from .distributed import any_rank, barrier, gather, local_share
 from .summary import log_line
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ class Observe(TrainerCallback):
         trainer: set once the trainer exists; its ``prefops_tokens`` feed the throughput gauge.
     """
 
-    def __init__(self, local: Path, remote: Uri, keep: int, run: str) -> None:
-        self.local, self.remote, self.keep, self.run = local, remote, keep, run
+    def __init__(self, ws: Workspace, local: Path, keep: int, collective_timeout: int) -> None:
+        self.ws, self.local, self.keep, self.collective_timeout = ws, local, keep, collective_timeout
         self.trainer: Any = None
         self.last = (time.perf_counter(), 0)
 
@@ -62,10 +62,41 @@ class Observe(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         """Once every rank has saved: each hashes (and uploads) its share of the node's files; rank 0 writes the
-        marker with every file's sha256, last."""
+        marker with every file's sha256, last. The other ranks wait for this in their next collective, so a save that
+        takes over half of ``collectiveTimeoutSeconds`` is named in a warning."""
+        start = time.monotonic()
         path = self.local / f"checkpoint-{state.global_step}"
         barrier()
-        files = checkpoints.merge(gather(checkpoints.sync_share(path, self.remote, local_share())))
+        files = checkpoints.merge(gather(checkpoints.sync_share(path, self.ws.checkpoints, local_share())))
         if state.is_world_process_zero:
-            checkpoints.mark_complete(path, self.remote, state.global_step, self.run, files)
-            checkpoints.prune(self.local, self.remote, self.keep)
+            checkpoints.mark_complete(self.ws, path, state.global_step, files)
+            checkpoints.prune(self.ws, self.keep)
+        took = time.monotonic() - start
+        if took > self.collective_timeout / 2:
+            log.warning(
+                "%s took %.0f s to sync, over half of spec.training.collectiveTimeoutSeconds (%d s) that the other "
+                "ranks wait for it: raise it, or a slower upload fails the group",
+                path.name,
+                took,
+                self.collective_timeout,
+            )
+
+
+class StopOnSignal(TrainerCallback):
+    """At every step boundary the ranks agree whether any of them got SIGTERM (one all-reduce of a flag); if one did,
+    every rank saves a checkpoint of that step and stops training.
+
+    Attributes:
+        step: the step training stopped at, or None.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if any_rank(interrupt.requested()):
+            self.step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                log.warning("SIGTERM: saving checkpoint-%d, then stopping", state.global_step)

@@ -7,13 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...adapters import checkpoints, metrics, storage
+from ...adapters import checkpoints, interrupt, metrics, storage, trained
 from ...adapters.refcache import RefTable
+from ...core.errors import Interrupted
 from ...core.trlconfig import trl_kwargs
-from ...core.workspace import TRAINED_MARKER
 from ...inputs import Inputs
 from .. import reports
 from . import distributed, evaluation, trainers
+from .callbacks import StopOnSignal
 from .reference import load_reference, verify_sample
 from .summary import summarize
 
@@ -21,25 +22,31 @@ log = logging.getLogger(__name__)
 
 
 def run(inputs: Inputs) -> reports.Report:
-    """Train, resuming from the newest complete checkpoint; hand the weights to export. Returns the report."""
+    """Train, resuming from the newest complete checkpoint; hand the weights to export. Returns the report;
+    :class:`Interrupted` once every rank saved a checkpoint and stopped on SIGTERM."""
     metrics.enter("train")
     spec = inputs.spec
     rt = distributed.runtime(inputs.dtype)
     config_cls, base = trainers.classes(spec)
     reference = load_reference(inputs) if spec.precompute else None
+    resume = _resume_point(inputs)  # before the process group: a slow download waits in no collective
+    distributed.init_group(spec, rt)
     local_ckpt = storage.local_dir(inputs.ws.local("checkpoints"))
-    distributed.init_deepspeed(spec, rt)
     args = config_cls(**trl_kwargs(spec, rt, str(local_ckpt), precompute=reference is not None))
     report: reports.Report = {"worldSize": rt.world_size, "algorithm": spec.algorithm.name}
-    with reports.timed(report):
-        trainer = _trainer(inputs, args, base, reference, local_ckpt, report)
-        _train(inputs, trainer, local_ckpt, report)
-        _save_trained(inputs, trainer)
-    if distributed.rank() == 0:
-        handed = {k: report[k] for k in ("steps", "metrics", "evaluation") if k in report}
-        storage.write_json(inputs.ws.trained_marker, handed)
-        reports.write(inputs.ws, "train", report)
-    distributed.leave_process_group()
+    report["attempt"] = inputs.ws.attempt
+    start = reports.started(report)
+    trainer, stop = _trainer(inputs, args, base, reference, local_ckpt, report)
+    with interrupt.deferred():  # from here SIGTERM stops the ranks at a step boundary, or lets them finish
+        _train(inputs, trainer, resume, report)
+        if stop.step is not None:
+            distributed.leave_process_group()
+            raise Interrupted(f"training stopped on SIGTERM at step {stop.step}; checkpoint-{stop.step} is saved")
+        local = _save_trained(inputs, trainer)
+        distributed.leave_process_group()  # the upload below waits in no collective
+        reports.finished(report, start)
+        if distributed.rank() == 0:
+            trained.hand_over(inputs.ws, local, report)
     return report
 
 
@@ -50,8 +57,8 @@ def _trainer(
     reference: dict[str, RefTable] | None,
     local_ckpt: Path,
     report: reports.Report,
-) -> Any:
-    """The model loaded, the cache checked against it (under ZeRO-3 too), the trainer."""
+) -> tuple[Any, StopOnSignal]:
+    """The model loaded, the cache checked against it (under ZeRO-3 too), the trainer, and its stop on SIGTERM."""
     model = inputs.load_model()
     if reference is not None:
         report["verifiedRows"] = verify_sample(inputs, model, reference["train"])
@@ -60,11 +67,16 @@ def _trainer(
     if shared is not None:
         report["prefixSharing"] = shared
     evaluation.attach(inputs.spec, trainer)
-    return trainer
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    return trainer, stop
 
 
-def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Report) -> None:
-    resume = _resume_point(inputs, local_ckpt)
+def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: reports.Report) -> None:
+    """Train (from ``resume``, which every rank must have chosen) and fill the report; after a stop on SIGTERM the
+    report is not used."""
+    chosen = resume.relative_to(inputs.ws.local_root).as_posix() if resume else None  # attempts/<a>/checkpoints/<n>
+    distributed.agree(chosen, "the checkpoint to resume from")
     if resume:
         log.info("resuming from %s", resume.name)
         report["resumedFrom"] = resume.name
@@ -76,26 +88,34 @@ def _train(inputs: Inputs, trainer: Any, local_ckpt: Path, report: reports.Repor
     report |= evaluation.final(inputs.spec, trainer)
 
 
-def _resume_point(inputs: Inputs, local_ckpt: Path) -> Path | None:
-    """The newest complete checkpoint (rank 0 picks it), fetched and checked against its marker by one process per
-    node before any rank loads it."""
-    remote = inputs.ws.checkpoints
-    found = distributed.from_rank_zero(
-        checkpoints.newest(local_ckpt, remote, inputs.ws.run) if distributed.rank() == 0 else None
-    )
-    if found and distributed.local_share()[0] == 0:
-        checkpoints.fetch_verified(local_ckpt, remote, *found)
-    distributed.barrier()
-    return local_ckpt / found[0] if found else None
+def _resume_point(inputs: Inputs) -> Path | None:
+    """The newest complete checkpoint of the newest attempt that has one, fetched and checked against its marker by
+    one process per node (the others wait on its word, :func:`distributed.node_leader`), before any process group
+    exists. A checkpoint pruned while it was fetched (by an older attempt still running) is passed over."""
+
+    def fetch() -> str | None:
+        for _ in range(3):
+            found = checkpoints.newest(inputs.ws)
+            if found is None:
+                return None
+            try:
+                return str(checkpoints.fetch_verified(inputs.ws, found))
+            except checkpoints.Vanished as e:
+                log.warning("%s; looking again", e)
+        raise RuntimeError("every checkpoint chosen to resume from was removed while it was fetched")
+
+    found = distributed.node_leader("resume", fetch)
+    return Path(found) if found else None
 
 
-def _save_trained(inputs: Inputs, trainer: Any) -> None:
-    """Save the final weights (adapter, or full model) for export; the caller writes the marker last."""
+def _save_trained(inputs: Inputs, trainer: Any) -> Path:
+    """Save the final weights (adapter, or full model) for export into a local folder, and return it; the caller
+    (rank 0) hands it over (:func:`trained.hand_over`)."""
     target = inputs.ws.trained
     local = Path(target.path) if target.is_local else storage.local_dir(inputs.ws.local("trained"))
+    if distributed.rank() == 0:  # the one rank that writes files
+        trained.withdraw(inputs.ws)
     trainer.save_model(str(local))  # every rank: ZeRO-3 gathers the weights here
-    if distributed.rank() != 0:
-        return
-    inputs.tokenizer.save_pretrained(str(local))
-    if not target.is_local:
-        storage.upload_dir(local, target, skip=frozenset({TRAINED_MARKER}))
+    if distributed.rank() == 0:
+        inputs.tokenizer.save_pretrained(str(local))
+    return local

@@ -45,7 +45,8 @@ def build(
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
     if spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer":
         kwargs["policy"] = prefix_sharing.enable
-    observer = Observe(local_ckpt, inputs.ws.checkpoints, spec.training.checkpoints_to_keep, inputs.ws.run)
+    t = spec.training
+    observer = Observe(inputs.ws, local_ckpt, t.checkpoints_to_keep, t.collective_timeout_seconds)
     trainer = trl_bridge.trainer_class(base, columns)(
         model=model,
         args=args,
