@@ -37,9 +37,17 @@ QUIET_ENV = {
 }
 
 
+#: The prompt/completion length ratios every trainer benchmark row is measured at: prefix sharing saves the prompt's
+#: second pass, so its gain grows with the ratio (issue 21).
+RATIOS = (0.3, 1.0, 2.0, 3.0)
+#: Mean prompt + completion tokens of one side of a pair, whatever the ratio.
+PAIR_TOKENS = 288
+
+
 @dataclass(frozen=True)
 class Shape:
-    """The benchmark's model and data. Lengths are in tokens (one word per token)."""
+    """The benchmark's model and data. Lengths are in tokens (one word per token). ``gradient_checkpointing`` is
+    set explicitly on both sides (TRL 1.16 turns it on by default, prefops leaves it off by default)."""
 
     hidden: int = 256
     layers: int = 4
@@ -50,11 +58,19 @@ class Shape:
     max_length: int = 512
     batch: int = 4
     reference_batch: int = 8
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def at_ratio(cls, ratio: float, **kw) -> Shape:
+        """Prompts and completions whose mean lengths stand at ``ratio``, :data:`PAIR_TOKENS` together."""
+        prompt = round(PAIR_TOKENS * ratio / (1 + ratio))
+        return cls(prompt_mean=prompt, completion_mean=PAIR_TOKENS - prompt, **kw)
 
     def describe(self) -> str:
+        checkpointing = "on" if self.gradient_checkpointing else "off"
         return (
             f"Llama {self.hidden} hidden x {self.layers} layers (GQA), vocab {self.vocab}, float32 on CPU; "
-            f"maxLength {self.max_length}, batch {self.batch}, reference batch {self.reference_batch}"
+            f"maxLength {self.max_length}, batch {self.batch}; gradient checkpointing {checkpointing} on both sides"
         )
 
 
@@ -93,7 +109,7 @@ def build_assets(root: Path, shape: Shape, seed: int = 0, larger: dict[str, int]
     files = {"pairs.jsonl": shape.pairs, **(larger or {})}
     rows, prompts, completions = [], [], []
     for i in range(max(files.values())):
-        p = _length(rng, shape.prompt_mean, shape.max_length // 2)
+        p = _length(rng, shape.prompt_mean, 3 * shape.max_length // 4)
         c, r = (_length(rng, shape.completion_mean, shape.max_length) for _ in range(2))
         rows.append({"prompt": _text(rng, words, p), "chosen": " " + _text(rng, words, c),
                      "rejected": " " + _text(rng, words, r)})  # fmt: skip
@@ -122,6 +138,7 @@ def prefops_job(root: Path, shape: Shape, name: str, storage: Path, **spec) -> d
             "checkpointEverySteps": 10**6,
             "logEverySteps": 1,
             "seed": 42,
+            "gradientCheckpointing": shape.gradient_checkpointing,
         },
         "reference": {"batchSize": shape.reference_batch},
         "resources": {"gpusPerNode": 0},
@@ -227,6 +244,34 @@ class Row:
         op, bound = self.target.split()
         ratio = statistics.median(self.ratios)
         return ratio >= float(bound) if op == ">=" else ratio <= float(bound)
+
+
+def best_of(variants: dict[str, list[float]], higher_is_better: bool) -> tuple[str, list[float]]:
+    """The variant with the best median (a peer at its best configuration), and its values."""
+    pick = max if higher_is_better else min
+    name = pick(variants, key=lambda k: statistics.median(variants[k]))
+    return name, variants[name]
+
+
+def ratio_label(ratio: float) -> str:
+    return f"{ratio:g}"
+
+
+def print_ratio_summary(title: str, tables: dict[float, list[Row]], measured: dict[float, float]) -> None:
+    """One line per row, one column per prompt/completion ratio: the median ratio ours / baseline and its verdict."""
+    ratios = sorted(tables)
+    print(f"\n### {title}\n")
+    head = " | ".join(f"ratio {ratio_label(r)} (measured {measured[r]:.2f})" for r in ratios)
+    print(f"| row | {head} | target |")
+    print("|---|" + "---|" * len(ratios) + "---|")
+    for i, row in enumerate(tables[ratios[0]]):
+        cells = []
+        for r in ratios:
+            x = tables[r][i]
+            mark = {True: "met", False: "**missed**", None: ""}[x.met]
+            cells.append(f"{statistics.median(x.ratios):.2f}x {mark}".strip())
+        print(f"| {row.name} | {' | '.join(cells)} | {row.target + 'x' if row.target else '-'} |")
+    sys.stdout.flush()
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:

@@ -15,6 +15,12 @@ def test_spec_reference_is_generated_from_the_current_crd():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_prefix_sharing_family_table_is_generated_from_the_registry():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_prefix_sharing_table.py"), "--check"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_readme_opens_with_the_demo_and_test_commands():
     head = (ROOT / "README.md").read_text().splitlines()[:8]
     assert any(line.startswith("make demo") for line in head)

@@ -259,6 +259,25 @@ def test_a_precompute_cache_hit_reported_by_replica_0_is_recorded():
     assert step(job, status, done, at(2)).status.phases["precompute"].cache_hit is True
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"prefixSharing": "off: Mamba: state-space layers mix tokens outside attention"}',
+         "off: Mamba: state-space layers mix tokens outside attention"),
+        ('{"evaluation": {"step": 4, "metrics": {"loss": 0.5}}, "prefixSharing": "on"}', "on"),
+        ('{"prefixSharing": 1}', None),
+        ("not json", None),
+    ],
+)  # fmt: skip
+def test_whether_prefix_sharing_ran_is_recorded_from_training_replica_0_and_survives_a_round_trip(message, expected):
+    job = make_job()
+    status = run_to(job, Phase.TRAINING)
+    done = [pod(job, TRAIN, 0, "Succeeded", status.attempt, message=message)]
+    after = step(job, status, done, at(5)).status
+    assert after.phases["train"].prefix_sharing == expected
+    assert Status.from_dict(after.to_dict()) == after
+
+
 def test_finished_jobs_wake_up_when_their_ttl_expires():
     job = make_job(spec={"ttlSecondsAfterFinished": 60})
     status = run_to(job, Phase.SUCCEEDED)

@@ -87,4 +87,6 @@ def test_under_torchrun_the_launcher_reports_the_final_evaluation_rank_0_left(tm
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
     assert report["worldSize"] == 2 and report["evaluation"]["step"] == 2
-    assert json.loads(term.read_text()) == {"evaluation": {"step": 2, "metrics": report["evaluation"]["metrics"]}}
+    evaluation = {"step": 2, "metrics": report["evaluation"]["metrics"]}
+    assert json.loads(term.read_text()) == {"evaluation": evaluation, "prefixSharing": report["prefixSharing"]}
+    assert report["prefixSharing"] == "on"

@@ -155,7 +155,8 @@ def test_the_train_command_leaves_its_final_evaluation_as_its_termination_messag
     final = reports.read(inputs.ws, "train")["evaluation"]
     message = term.read_text()
     assert "\n" not in message
-    assert json.loads(message) == {"evaluation": {"step": final["step"], "metrics": final["metrics"]}}
+    evaluation = {"step": final["step"], "metrics": final["metrics"]}
+    assert json.loads(message) == {"evaluation": evaluation, "prefixSharing": "on"}, "the tiny Llama runs packed"
     operator_reads = final_evaluation(message, ALGORITHMS["dpo"].eval_metrics)
     assert (operator_reads.step, operator_reads.final) == (final["step"], True)
     assert operator_reads.metrics == {k: round(v, 6) for k, v in final["metrics"].items()}

@@ -49,6 +49,11 @@ class OperatorConfig:
         15.0, "seconds between scrapes of a running job's rank-0 /metrics", "--progress-interval",
         "PROGRESS_INTERVAL", rule=lambda s: s > 0, rule_text="> 0",
     )  # fmt: skip
+    progress_writes_per_second: float = setting(
+        10.0, "scrapes of running jobs (each may write a job's status.progress) per second, all jobs together: "
+        "beyond progressInterval x this many running jobs, each is scraped less often, evenly spread",
+        "--progress-writes-per-second", "PROGRESS_WRITES_PER_SECOND", rule=lambda s: s > 0, rule_text="> 0",
+    )  # fmt: skip
     scrape_timeout: float = setting(
         2.0, "seconds a progress scrape may take", "--scrape-timeout", "SCRAPE_TIMEOUT",
         rule=lambda s: s > 0, rule_text="> 0",

@@ -7,8 +7,12 @@ The only memory kept between reconciles is an optimization and a guard, never a 
 - the status last written (until the watch delivers it, a stale snapshot must not drive actions),
 - children recently created or deleted but not yet observed (so a lagging index does not repeat the call),
 - why the apiserver refused the last create (shown in the status, retried with backoff),
-- the last progress scrape (its time, and the last sample of each precompute shard),
+- the last progress scrape (its time, and the last sample of each precompute shard), and its next scrape's slot,
 - the spec the job started with, as its ConfigMap holds it (read back after an operator restart).
+
+Progress scrapes (each may write the job's status) are paced for all jobs together: a job is scraped at most every
+``progressInterval`` seconds, and in a slot of its own, ``1 / progressWritesPerSecond`` after the previous job's,
+so a thousand running jobs write their progress evenly, a bounded number of times a second, never in bursts.
 
 Only pods whose controller owner reference carries the job's uid count for it: a job deleted and created again
 under the same name, or a pod someone else labelled as the job's, can neither lend it progress nor skip a phase.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,11 +44,11 @@ from .core.memory import WrittenStatus, remember
 from .core.naming import PodPhase, config_map_name
 from .core.nodes import NodeView
 from .core.patch import merge_patch
-from .core.plan import Plan, plan
+from .core.plan import NewPod, Plan, plan
 from .core.pods import PodView
 from .core.progress import parse_exposition, precompute_progress, training_progress
 from .core.refusals import Refusal, backoff, classify_refusal, name_taken
-from .core.spec import InvalidSpec, Job, parse_job, parse_meta, parse_spec
+from .core.spec import InvalidSpec, Job, JobMeta, parse_job, parse_meta, parse_spec
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
 from .core.timefmt import utcnow
 
@@ -63,6 +67,7 @@ class _Memory(WrittenStatus):
     refusal: Refusal | None = None
     refused: int = 0  # creates refused in a row
     last_scrape: float = float("-inf")
+    scrape_slot: float | None = None  # when this job's next scrape may run (monotonic), once it has one
     shard_metrics: dict[str, str] = field(default_factory=dict)
     started: dict[str, Any] | None = None  # the spec the job started with (its ConfigMap's)
     started_read: bool = False
@@ -84,6 +89,7 @@ class Reconciler:
         self.metrics = metrics or OperatorMetrics(self.phases)
         self._memory: dict[Key, _Memory] = {}
         self._phases: dict[Key, Phase] = {}
+        self._next_slot = float("-inf")  # the first free progress-scrape slot (monotonic)
 
     def phases(self) -> dict[Key, Phase]:
         """Phase of every job seen, for the jobs-by-phase gauge (a copy: safe from another thread)."""
@@ -145,14 +151,15 @@ class Reconciler:
             job, owned, spec_error, mem.refusal, progress, evaluation, nodes, self.config.restarts, changes, admission
         )
         decision = decide(previous, observed, now)
-        if decision.status != previous:
-            await self._write(mem, job, body, decision, now)
+        events = await self._write(mem, job, body, decision, now) if decision.status != previous else None
         self._phases[key] = decision.status.phase
         if job is None:
+            await (events or asyncio.sleep(0))
             return None
         foreign = [p for p in pods if p.owner != mem.uid]
         actions = plan(job, decision.status, owned, self.config.children, now, foreign, nodes)
-        refusal = await self._act(job, mem, actions, owned)
+        acting = self._act(job, mem, actions, owned)
+        refusal = (await asyncio.gather(acting, events))[0] if events else await acting  # Events beside the pods
         return self._after_refusal(mem, refusal) or self._requeue_after(decision, mem, now)
 
     async def _admit(self, mem: _Memory, job: Job) -> Admission:
@@ -194,11 +201,14 @@ class Reconciler:
 
     async def _write(
         self, mem: _Memory, job: Job | None, body: Mapping[str, Any], decision: Decision, now: datetime
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Write the status; return the posting of its Events (in order), which the caller runs beside the
+        children's creation: they are a record, not a step the pods wait for."""
         meta = job.meta if job else parse_meta(body["metadata"])
         new = decision.status.to_dict()
         await self.api.patch_status(meta, merge_patch(body.get("status") or {}, new))
         mem.wrote(new, time.monotonic())
+        events = []
         for t in decision.transitions:
             log.info(
                 "%s/%s: %s -> %s (%s) %s",
@@ -209,7 +219,7 @@ class Reconciler:
                 t.reason,
                 t.message,
             )
-            await self.api.post_event(meta, t.reason, t.message, t.warning, now)
+            events.append((t.reason, t.message, t.warning))
             self.metrics.transitions.labels(t.source.value, t.target.value).inc()
             if t.restart is not None:
                 r = t.restart
@@ -223,7 +233,12 @@ class Reconciler:
             self.metrics.recovery.labels(phase, recovered.kind).observe(recovered.resume_seconds)
         for n in decision.notices:
             log.warning("%s/%s: %s: %s", meta.namespace, meta.name, n.reason, n.message)
-            await self.api.post_event(meta, n.reason, n.message, n.warning, now)
+            events.append((n.reason, n.message, n.warning))
+        return self._post_events(meta, events, now)
+
+    async def _post_events(self, meta: JobMeta, events: Sequence[tuple[str, str, bool]], now: datetime) -> None:
+        for reason, message, warning in events:
+            await self.api.post_event(meta, reason, message, warning, now)
 
     async def _act(self, job: Job, mem: _Memory, actions: Plan, pods: Sequence[PodView]) -> Refusal | None:
         """Carry the plan out; why children could not be created, if they could not."""
@@ -238,10 +253,7 @@ class Reconciler:
                 mem.deleted[name] = clock + EXPECTATION_TTL
         try:
             taken = [*await self._ensure(job, mem, actions), *(f"pod {n}" for n in actions.blocked)]
-            for new in actions.create_pods:
-                if (new.name, new.attempt) not in mem.created:
-                    await self.api.create(new.manifest)
-                    mem.created[new.name, new.attempt] = clock + EXPECTATION_TTL
+            await self._create_pods(mem, [n for n in actions.create_pods if (n.name, n.attempt) not in mem.created])
         except Rejected as e:
             self.metrics.api_errors.labels("rejected").inc()
             return classify_refusal(e.status, str(e), job.spec)
@@ -252,6 +264,18 @@ class Reconciler:
             log.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", job.meta.namespace, job.meta.name)
             await self.api.delete_job(job.meta)
         return name_taken(taken) if taken else None
+
+    async def _create_pods(self, mem: _Memory, pods: Sequence[NewPod]) -> None:
+        """Create a group's pods at once (one round trip for the group, not one per pod); each created one is
+        remembered, then the first refusal, if any, is raised."""
+        results = await asyncio.gather(*(self.api.create(p.manifest) for p in pods), return_exceptions=True)
+        expires = time.monotonic() + EXPECTATION_TTL
+        for new, result in zip(pods, results, strict=True):
+            if not isinstance(result, BaseException):
+                mem.created[new.name, new.attempt] = expires
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _ensure(self, job: Job, mem: _Memory, actions: Plan) -> list[str]:
         """Create the ConfigMap and Service unless made before; the ones whose name another object holds."""
@@ -275,7 +299,7 @@ class Reconciler:
         if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
             return None, None
         group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
-        if not group:
+        if not group or not self._slot_reached(mem):
             return None, None
         mem.last_scrape = time.monotonic()
         port = self.config.children.metrics_port
@@ -292,12 +316,34 @@ class Reconciler:
         evaluation = evaluation_from_metrics(parse_exposition(text), rule.eval_metrics if rule else ())
         return training_progress(text, now), evaluation
 
+    def _slot_reached(self, mem: _Memory) -> bool:
+        """Whether the job's scrape slot has come: the first call reserves the next free slot; once it has come,
+        the slot is used up."""
+        clock = time.monotonic()
+        if mem.scrape_slot is None:
+            mem.scrape_slot = max(clock, self._next_slot)
+            self._next_slot = mem.scrape_slot + 1.0 / self.config.progress_writes_per_second
+        if mem.scrape_slot > clock:
+            return False
+        mem.scrape_slot = None
+        return True
+
+    def _next_scrape_in(self, mem: _Memory) -> float:
+        """Seconds until the job may be scraped next: its reserved slot, else ``progressInterval`` after its last
+        scrape (``progressInterval`` when it has neither: its pods' events wake it when they run)."""
+        interval, clock = self.config.progress_interval, time.monotonic()
+        if mem.scrape_slot is not None:
+            return max(mem.scrape_slot - clock, 0.05)
+        if mem.last_scrape == float("-inf"):
+            return interval
+        return max(mem.last_scrape + interval - clock, 0.05)
+
     def _requeue_after(self, decision: Decision, mem: _Memory, now: datetime) -> float | None:
         delays = []
         if decision.wake_at is not None:
             delays.append((decision.wake_at - now).total_seconds() + 0.5)
         if decision.status.phase in RUNNING_PHASES:
-            delays.append(self.config.progress_interval)
+            delays.append(self._next_scrape_in(mem))
         pending = [*mem.created.values(), *mem.deleted.values()]
         if pending:
             delays.append(min(pending) - time.monotonic() + 0.1)

@@ -207,23 +207,27 @@ def cmd_train(job: Job, args: argparse.Namespace) -> int:
 
         inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
         code = launch.torchrun_train(job, args.job)
-        if code == 0:  # the launcher reports the final evaluation rank 0 left in the phase's report
-            _report_evaluation(reports.read(inputs.ws, "train") or {})
+        if code == 0:  # the launcher reports what rank 0 left in the phase's report
+            _report_train(reports.read(inputs.ws, "train") or {})
         return code
     from .phases import train
 
     _serve_metrics(job)
-    _report_evaluation(train.run(load_inputs(job)))
+    _report_train(train.run(load_inputs(job)))
     return 0
 
 
-def _report_evaluation(report: dict[str, Any]) -> None:
-    """The train phase's termination message (docs/contract.md §7): ``{"evaluation": {"step", "metrics"}}``; under
-    torchrun the launcher writes it, not the ranks."""
-    evaluation = report.get("evaluation")
-    if evaluation and "LOCAL_RANK" not in os.environ:
-        doc = {"step": evaluation["step"], "metrics": evaluation["metrics"]}
-        _termination_message(json.dumps({"evaluation": doc}, separators=(",", ":")))
+def _report_train(report: dict[str, Any]) -> None:
+    """The train phase's termination message (docs/contract.md §7): ``{"evaluation": {"step", "metrics"},
+    "prefixSharing": "on" | "off: <reason>"}``, each when the phase has it; under torchrun the launcher writes it,
+    not the ranks."""
+    doc: dict[str, Any] = {}
+    if evaluation := report.get("evaluation"):
+        doc["evaluation"] = {"step": evaluation["step"], "metrics": evaluation["metrics"]}
+    if "prefixSharing" in report:
+        doc["prefixSharing"] = report["prefixSharing"]
+    if doc and "LOCAL_RANK" not in os.environ:
+        _termination_message(json.dumps(doc, separators=(",", ":")))
 
 
 def cmd_export(job: Job, args: argparse.Namespace) -> int:
@@ -240,7 +244,7 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
     from . import launch
     from .adapters import metrics
     from .inputs import load_inputs
-    from .phases import export, precompute, train
+    from .phases import export, precompute, reports, train
 
     _serve_metrics(job)
     inputs = load_inputs(job)
@@ -254,19 +258,22 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
             code = launch.torchrun_train(job, args.job)
         if code:
             return code
+        trained = reports.read(inputs.ws, "train") or {}
     else:
-        train.run(inputs)
+        trained = train.run(inputs)
     manifest = export.run(inputs)
-    _print_summary(job, manifest, cache_hit)
+    _print_summary(job, manifest, cache_hit, trained.get("prefixSharing"))
     return 0
 
 
-def _print_summary(job: Job, manifest: dict[str, Any], cache_hit: bool | None) -> None:
+def _print_summary(job: Job, manifest: dict[str, Any], cache_hit: bool | None, shared: str | None) -> None:
     metrics = manifest.get("metrics", {})
     lines = [f"prefops: job {job.name} done"]
     if cache_hit is not None:
         state = "hit (precompute skipped)" if cache_hit else "miss (computed)"
         lines.append(f"  reference cache: {state}  cacheHit={str(cache_hit).lower()}")
+    if shared is not None:
+        lines.append(f"  prefix sharing: {shared}")
     evaluation = manifest.get("evaluation") or {"metrics": {}}
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in metrics:

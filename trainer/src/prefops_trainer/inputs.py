@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapters.data import LoadedDataset, fingerprint, load_split
-from .adapters.modelio import check_fits, hash_files, load_model, load_tokenizer, model_dir, resolve_dtype
+from .adapters.modelio import (
+    check_fits,
+    config_json,
+    hash_files,
+    load_model,
+    load_tokenizer,
+    model_dir,
+    resolve_dtype,
+)
 from .adapters.refcache import RefCache
 from .adapters.sources import cache_dir
 from .compute.tokenize import tokenize_pairs, tokenize_unpaired
 from .core.cachekey import cache_key
 from .core.errors import SpecError
+from .core.prefix_families import verdict
 from .core.spec import Job, JobSpec
+from .core.trlconfig import trl_trainer
 from .core.workspace import Workspace, attempt_of
 
 if TYPE_CHECKING:
@@ -91,8 +101,16 @@ class Inputs:
         key = cache_key(self.model_files, data, d.max_length, d.truncation_mode, self.dtype, extra)
         return RefCache(self.ws.refcache(key), key)
 
+    @property
+    def packs_pairs(self) -> bool:
+        """Training packs pairs: prefix sharing asked, a DPO trainer, a model family it packs (by config.json)."""
+        spec = self.spec
+        if not (spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer"):
+            return False
+        return verdict(config_json(self.model_path)).packed
+
     def load_model(self) -> PreTrainedModel:
-        model = load_model(self.spec.model, self.model_path)
+        model = load_model(self.spec.model, self.model_path, self.packs_pairs)
         check_lora_targets(self.job, model)
         return model
 

@@ -83,6 +83,8 @@ class PhaseTimes:
     completion_time: datetime | None = None
     cache_hit: bool | None = None
     attempt: int | None = None
+    #: the train phase: "on", or "off: <reason>" (docs/contract.md §7)
+    prefix_sharing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _compact(
@@ -91,17 +93,19 @@ class PhaseTimes:
                 "completionTime": format_time(self.completion_time),
                 "cacheHit": self.cache_hit,
                 "attempt": self.attempt,
+                "prefixSharing": self.prefix_sharing,
             }
         )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PhaseTimes:
-        hit = d.get("cacheHit")
+        hit, shared = d.get("cacheHit"), d.get("prefixSharing")
         return cls(
             parse_time(d.get("startTime")),
             parse_time(d.get("completionTime")),
             hit if isinstance(hit, bool) else None,
             _int(d.get("attempt")),
+            shared if isinstance(shared, str) else None,
         )
 
 

@@ -96,6 +96,7 @@ def advance(
         if base.phase == Phase.PRECOMPUTING:
             done = replace(done, cache_hit=_cache_hit(current_group(base, observed.pods)))
         if base.phase == Phase.TRAINING:
+            done = replace(done, prefix_sharing=_prefix_sharing(current_group(base, observed.pods)))
             base = replace(base, evaluation=_final_evaluation(base, observed, spec))
         phases[key] = done
     nxt = next(
@@ -222,18 +223,34 @@ def _running_message(phase: Phase, spec: JobSpec) -> str:
     return f"merging and exporting to {spec.output_uri}"
 
 
-def _cache_hit(group: Sequence[PodView]) -> bool | None:
-    """Replica 0 of a finished precompute group reports a cache hit in its termination message, as JSON
-    ``{"cacheHit": true}`` (docs/contract.md §4)."""
+def _first_message(group: Sequence[PodView]) -> dict[str, Any]:
+    """Replica 0's termination message, when it is a JSON object (else empty)."""
     first = next((p for p in group if p.index == 0), None)
     if first is None or not first.message:
-        return None
+        return {}
     try:
         doc: Any = json.loads(first.message)
     except ValueError:
-        return None
-    hit = doc.get("cacheHit") if isinstance(doc, dict) else None
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _cache_hit(group: Sequence[PodView]) -> bool | None:
+    """Replica 0 of a finished precompute group reports a cache hit in its termination message, as JSON
+    ``{"cacheHit": true}`` (docs/contract.md §4)."""
+    hit = _first_message(group).get("cacheHit")
     return hit if isinstance(hit, bool) else None
+
+
+#: The longest prefix-sharing verdict kept in status (the trainer's are one line, well under it).
+PREFIX_SHARING_MAX = 300
+
+
+def _prefix_sharing(group: Sequence[PodView]) -> str | None:
+    """Replica 0 of a finished training group reports whether prefix sharing ran in its termination message:
+    ``{"prefixSharing": "on" | "off: <reason>"}`` (docs/contract.md §7)."""
+    shared = _first_message(group).get("prefixSharing")
+    return shared[:PREFIX_SHARING_MAX] if isinstance(shared, str) and shared else None
 
 
 def _final_evaluation(status: Status, observed: Observed, spec: JobSpec) -> Evaluation | None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import SpecError
-from ..core.hardware import Machine, problems
+from ..core.hardware import Machine, auto_attention, problems
 from ..core.spec import JobSpec, ModelSpec, RewardModelSpec
 from .sources import local_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 #: Files that describe a model but do not change its numbers.
 IGNORED_FILES = {"README.md", ".gitattributes", "prefops.json", "training_args.bin"}
@@ -62,13 +66,21 @@ def resolve_dtype(spec: ModelSpec | RewardModelSpec) -> str:
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
-def resolve_attn(spec: ModelSpec) -> str:
-    """``auto`` is flash_attention_2 when the ``flash_attn`` package is installed and CUDA is present, else sdpa."""
+def resolve_attn(spec: ModelSpec, packs_pairs: bool = False) -> str | None:
+    """``auto``: the kernel :func:`~prefops_trainer.core.hardware.auto_attention` picks on this machine (with
+    ``packs_pairs``: training packs pairs, so a kernel that takes the packed mask); None: transformers' default."""
     if spec.attn_implementation != "auto":
         return spec.attn_implementation
-    if cuda_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    return auto_attention(this_machine(), packs_pairs)
+
+
+def config_json(path: Path) -> SimpleNamespace:
+    """The model's ``config.json`` as attributes (no model code runs), for the family checks."""
+    try:
+        doc = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        doc = {}
+    return SimpleNamespace(**doc) if isinstance(doc, dict) else SimpleNamespace()
 
 
 def model_dir(spec: ModelSpec | RewardModelSpec, field: str = "spec.model.source") -> Path:
@@ -76,23 +88,33 @@ def model_dir(spec: ModelSpec | RewardModelSpec, field: str = "spec.model.source
     return local_model(spec.source, spec.revision, field)
 
 
-def model_init_kwargs(policy: ModelSpec, weights: ModelSpec | RewardModelSpec | None = None) -> dict[str, Any]:
+def model_init_kwargs(
+    policy: ModelSpec, weights: ModelSpec | RewardModelSpec | None = None, packs_pairs: bool = False
+) -> dict[str, Any]:
     """``from_pretrained`` arguments for ``weights`` (default: the policy model itself): its own dtype and its own
-    ``trustRemoteCode`` (trusting the policy's code never trusts a reward model's), the policy's attention kernel."""
+    ``trustRemoteCode`` (trusting the policy's code never trusts a reward model's), the policy's attention kernel
+    (``packs_pairs``: see :func:`resolve_attn`)."""
     import torch
 
     own = weights or policy
     return {
         "dtype": getattr(torch, resolve_dtype(own)),
-        "attn_implementation": resolve_attn(policy),
+        "attn_implementation": resolve_attn(policy, packs_pairs),
         "trust_remote_code": own.trust_remote_code,
     }
 
 
-def load_model(spec: ModelSpec, path: Path) -> PreTrainedModel:
+def load_model(spec: ModelSpec, path: Path, packs_pairs: bool = False) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, **model_init_kwargs(spec))
+    kwargs = model_init_kwargs(spec, packs_pairs=packs_pairs)
+    try:
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as e:  # the kernel auto picked is one this model family lacks
+        if spec.attn_implementation != "auto" or kwargs["attn_implementation"] is None:
+            raise
+        log.warning("model.attnImplementation auto: %s; the model's default kernel instead", e)
+        model = AutoModelForCausalLM.from_pretrained(path, **(kwargs | {"attn_implementation": None}))
     return model
 
 

@@ -57,6 +57,7 @@ _DPO, _KTO = "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer"
 _KERNEL = "trl.kernels.chunked_logprob"
 _ONLINE = "trl.experimental.online_dpo.online_dpo_trainer"
 _UTILS = "trl.trainer.utils"
+_MASKS = "transformers.masking_utils"
 _PREPARE = ("self", "dataset", "processing_class", "args", "dataset_name")
 _PRECOMPUTE = ("self", "dataset", "name", "batch_size")
 _KERNEL_PARAMS = ("ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size")
@@ -108,6 +109,19 @@ RELIES_ON: tuple[Reliance, ...] = (
     ),
     Reliance(_UTILS, "maybe_gather_lm_head_ctx", ("params",), "gather a ZeRO-3-partitioned LM head for that kernel"),
     Reliance(
+        _MASKS,
+        "_preprocess_mask_arguments",
+        ("config", "inputs_embeds", "attention_mask"),
+        "prefix sharing: a prepared 4D mask (our packed one) is used as given, by every layer that reads it",
+    ),
+    Reliance(
+        _MASKS,
+        "sliding_window_overlay",
+        ("sliding_window",),
+        "prefix sharing: the window rule a sliding-window layer applies in TRL's layout (a query sees keys fewer "
+        "than sliding_window positions back), which the packed mask of such a layer copies",
+    ),
+    Reliance(
         _DPO,
         "DPOTrainer._compute_loss",
         ("self", "model", "inputs", "return_outputs"),
@@ -134,10 +148,18 @@ def _problem(reliance: Reliance) -> str | None:
 
 
 def _error(what: str) -> TrlBoundaryError:
+    if what.startswith("transformers."):
+        what = f"transformers {_transformers_version()}: {what}"
     return TrlBoundaryError(
         f"TRL {trl.__version__}: {what}. prefops_trainer.adapters.trl_bridge was written against TRL {TESTED_WITH} "
         "(constraints.txt); install that version, or adapt the bridge to this one"
     )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
 
 
 def check(relies_on: tuple[Reliance, ...] = RELIES_ON) -> None:
@@ -162,6 +184,9 @@ if _POLICY_CALL not in inspect.getsource(DPOTrainer._compute_loss):
     raise _error(f"DPOTrainer._compute_loss no longer makes the policy call {_POLICY_CALL}")
 if tuple(inspect.signature(ChunkedLogProbFunction.forward).parameters)[: len(_KERNEL_PARAMS)] != _KERNEL_PARAMS:
     raise _error(f"ChunkedLogProbFunction.forward no longer takes ({', '.join(_KERNEL_PARAMS)}, ...)")
+_WINDOW_RULE = "kv_idx > q_idx - sliding_window"
+if _WINDOW_RULE not in inspect.getsource(importlib.import_module(_MASKS).sliding_window_overlay):
+    raise _error(f"{_MASKS}.sliding_window_overlay no longer has the rule {_WINDOW_RULE}")
 _CHUNK = getattr(_trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
 if not isinstance(_CHUNK, int):
     raise _error("trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE (the LM-head kernel's tile width) is gone")
@@ -275,6 +300,27 @@ def lm_head(
         return dict(zip(HEAD_FIELDS, values, strict=True))
 
     return head
+
+
+#: How a transformers model whose layers differ (sliding and full attention) takes prepared masks: its backbone's
+#: forward uses a dict passed as ``attention_mask`` as its {layer type: mask} mapping, as given.
+_MASK_MAPPING = "isinstance(causal_mask_mapping := attention_mask, dict)"
+
+
+def masks_by_layer_type_problem(backbone: Any) -> str | None:
+    """None when ``backbone`` (a transformers base model) takes ``attention_mask={layer type: mask}`` as its mask
+    mapping (read in its forward's source); else what is wrong, naming transformers' version and the class."""
+    forward = type(backbone).forward
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        source = ""
+    if _MASK_MAPPING in source:
+        return None
+    return (
+        f"transformers {_transformers_version()}: {type(backbone).__name__}.forward does not take "
+        "{layer type: mask} as its attention mask"
+    )
 
 
 def head_kernel(

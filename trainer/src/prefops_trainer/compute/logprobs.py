@@ -6,8 +6,9 @@ throughput. With ``keep_start`` truncation (the default) each pair runs as one p
 reach the LM head (TRL's own kernel, through the TRL bridge). Batches are sized by a token budget over pairs
 sorted by length, so there is little padding, no per-batch cross-process gather, and the batch size is the
 reference pass's own (``spec.reference``), not the training one. A model whose attention kernel takes no custom
-mask (flash-attention 2) shares the prompt through a KV cache instead; ``keep_end`` truncation (which can cut a
-pair's two prompts differently) takes TRL's layout with TRL's fused LM head.
+mask (flash-attention 2) shares the prompt through a KV cache instead; a model family prefix sharing does not pack
+(:mod:`..core.prefix_families`) and ``keep_end`` truncation (which can cut a pair's two prompts differently) take
+TRL's layout with TRL's fused LM head.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..adapters import trl_bridge
-from . import packing
+from ..core.prefix_families import MaskPlan, verdict
+from . import packing, prefix_sharing
 
 if TYPE_CHECKING:
     import torch
@@ -79,10 +81,11 @@ def compute(
     device = next(model.parameters()).device
     cols = rows.select_columns(["index", "prompt_ids", "chosen_ids", "rejected_ids"])
     examples = cols.to_list()
-    shared = truncation_mode == "keep_start"
-    if shared and packing.supported(model.config._attn_implementation):
+    decision = prefix_sharing.decide(model)
+    shared = truncation_mode == "keep_start" and verdict(model.config).packed
+    if shared and decision.plan is not None:
         budget = tokens_per_batch or batch_size * (max_length or max(map(packed_length, examples)))
-        return _packed(model, examples, max_length, budget, on_progress)
+        return _packed(model, examples, max_length, budget, on_progress, decision.plan)
     batches = length_grouped_batches([pair_length(r) for r in examples], batch_size)
     chosen: dict[int, float] = {}
     rejected: dict[int, float] = {}
@@ -112,8 +115,9 @@ def _packed(
     max_length: int | None,
     tokens_per_batch: int,
     on_progress: Callable[[int], None],
+    plan: MaskPlan,
 ) -> RefLogps:
-    """Every pair as one packed sequence, in batches of at most ``tokens_per_batch`` tokens."""
+    """Every pair as one packed sequence, in batches of at most ``tokens_per_batch`` tokens, masked by ``plan``."""
     import torch
 
     pairs = [packing.keep_start((x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]), max_length) for x in examples]
@@ -121,7 +125,7 @@ def _packed(
     chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
     with torch.inference_mode():
         for batch in packing.token_batches([sum(map(len, p)) for p in pairs], tokens_per_batch):
-            c, r = packing.pair_logps(model.base_model, [pairs[i] for i in batch], head, device)
+            c, r = packing.pair_logps(model.base_model, [pairs[i] for i in batch], head, device, plan)
             for i, cv, rv in zip(batch, c.tolist(), r.tolist(), strict=True):
                 chosen[i], rejected[i] = cv, rv
             on_progress(len(batch))

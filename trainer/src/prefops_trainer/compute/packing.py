@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..core.prefix_families import MaskPlan
+
 #: Segment codes of a packed row.
 PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3
 
@@ -33,6 +35,9 @@ PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3
 Head = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor | None]]
 
 Pair = tuple[Sequence[int], Sequence[int], Sequence[int]]
+
+#: One causal mask for every layer, no window (Llama's plan).
+ONE_MASK = MaskPlan(False, {"": None})
 
 
 @dataclass(frozen=True)
@@ -146,28 +151,39 @@ def unpack_concatenated(
     return pairs
 
 
-def allowed(packed: Packed) -> torch.Tensor:
+def allowed(packed: Packed, window: int | None = None) -> torch.Tensor:
     """``[rows, 1, T, T]`` bool, True where a query (dim 2) may attend to a key (dim 3).
 
-    Causal, within a pair, never onto padding, and never from a rejected token onto a chosen one. Every
-    position sees itself, so padding rows stay finite (their outputs are never scored).
+    Causal, within a pair, never onto padding, and never from a rejected token onto a chosen one; with ``window``
+    (a sliding-window layer's), only onto keys fewer than ``window`` positions back, as transformers' window rule
+    (checked by the TRL bridge) has it in TRL's layout. Every position sees itself, so padding rows stay finite
+    (their outputs are never scored).
     """
-    seg, doc = packed.segment, packed.document
+    seg, doc, pos = packed.segment, packed.document, packed.position_ids
     t = seg.size(1)
     causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
     same_pair = doc[:, :, None] == doc[:, None, :]
     rejected_onto_chosen = (seg[:, :, None] == REJECTED) & (seg[:, None, :] == CHOSEN)
     ok = causal & same_pair & (seg[:, None, :] != PAD) & ~rejected_onto_chosen
+    if window is not None:
+        ok &= pos[:, :, None] - pos[:, None, :] < window
     return (ok | torch.eye(t, dtype=torch.bool, device=seg.device))[:, None]
 
 
-def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype) -> Any:
-    """The mask in the form the model's attention kernel takes: bool for ``sdpa``, additive (0 / dtype's
-    minimum) for ``eager``, a ``BlockMask`` for ``flex_attention`` (whose kernel skips the masked blocks:
-    the CUDA path). Other kernels (flash-attention 2 reads only padding, never a custom mask) cannot run it."""
+def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype, plan: MaskPlan | None = None) -> Any:
+    """The masks the model takes under ``plan`` (default: one causal mask for every layer): one mask, or
+    ``{layer type: mask}``. Each is in the form the attention kernel takes: bool for ``sdpa``, additive (0 / dtype's
+    minimum) for ``eager``, a ``BlockMask`` for ``flex_attention`` (whose kernel skips the masked blocks: the CUDA
+    path). Other kernels (flash-attention 2 reads only padding, never a custom mask) cannot run it."""
+    plan = plan or ONE_MASK
+    masks = {key: _mask(packed, attn_implementation, dtype, window) for key, window in plan.layers.items()}
+    return masks if plan.by_layer_type else masks[""]
+
+
+def _mask(packed: Packed, attn_implementation: str, dtype: torch.dtype, window: int | None) -> Any:
     if attn_implementation == "flex_attention":
-        return block_mask(packed)
-    ok = allowed(packed)
+        return block_mask(packed, window)
+    ok = allowed(packed, window)
     if attn_implementation == "sdpa":
         return ok
     if attn_implementation == "eager":
@@ -175,16 +191,17 @@ def attention_mask(packed: Packed, attn_implementation: str, dtype: torch.dtype)
     raise ValueError(f"prefix sharing needs an attention kernel that takes a custom mask, not {attn_implementation!r}")
 
 
-def block_mask(packed: Packed) -> Any:
+def block_mask(packed: Packed, window: int | None = None) -> Any:
     """A flex-attention ``BlockMask`` with the rule of :func:`allowed`; fully masked blocks are skipped."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    seg, doc = packed.segment, packed.document
+    seg, doc, pos = packed.segment, packed.document, packed.position_ids
+    reach = window if window is not None else seg.size(1) + 1
 
     def rule(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         hidden = (seg[b, q] == REJECTED) & (seg[b, k] == CHOSEN)
         visible = (k <= q) & (doc[b, q] == doc[b, k]) & (seg[b, k] != PAD) & ~hidden
-        return visible | (q == k)
+        return (visible & (pos[b, q] - pos[b, k] < reach)) | (q == k)
 
     rows, t = seg.shape
     return create_block_mask(rule, rows, None, t, t, device=seg.device)
@@ -203,13 +220,13 @@ def forward(backbone: Any, packed: Packed, mask: Any, head: Head) -> dict[str, t
 
 
 def pair_logps(
-    backbone: Any, pairs: Sequence[Pair], head: Head, device: torch.device | str
+    backbone: Any, pairs: Sequence[Pair], head: Head, device: torch.device | str, plan: MaskPlan | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (chosen [pairs], rejected [pairs], float32 on the CPU) of ``pairs``, one packed
-    row each, through ``backbone`` (the model without its LM head) and ``head``."""
+    row each, through ``backbone`` (the model without its LM head) and ``head``, with the masks of ``plan``."""
     packed = pack(pairs, pad_token_id=0).to(device)
     param = next(backbone.parameters())
-    mask = attention_mask(packed, backbone.config._attn_implementation, param.dtype)
+    mask = attention_mask(packed, backbone.config._attn_implementation, param.dtype, plan)
     log_probs = forward(backbone, packed, mask, head)["log_probs"]
     assert log_probs is not None, "the head always computes log_probs"
     chosen, rejected = sums(log_probs, packed)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..adapters import trl_bridge
+from ..core.prefix_families import MaskPlan, Verdict, verdict
 from . import packing
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ class PackedCall:
     """Stands in for the model inside ``DPOTrainer``'s loss: the policy call on the concatenated batch runs as one
     packed forward; every other call (and a batch whose pairs do not share a prompt) goes to the model."""
 
-    def __init__(self, model: Any, attn_implementation: str, dtype: torch.dtype) -> None:
-        self.model, self.attn, self.dtype = model, attn_implementation, dtype
+    def __init__(self, model: Any, attn_implementation: str, dtype: torch.dtype, plan: MaskPlan | None = None) -> None:
+        self.model, self.attn, self.dtype, self.plan = model, attn_implementation, dtype, plan
         self.packed_calls = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -61,20 +62,40 @@ class PackedCall:
             return self.model(*args, **kwargs)
         input_ids = call[0]
         packed = packing.pack(pairs, pad_token_id=0).to(input_ids.device)
-        fields = self.model(prefops_packed=(packed, packing.attention_mask(packed, self.attn, self.dtype)))
+        mask = packing.attention_mask(packed, self.attn, self.dtype, self.plan)
+        fields = self.model(prefops_packed=(packed, mask))
         self.packed_calls += 1
         width = input_ids.size(1) - 1
         return trl_bridge.fused_output({k: packing.to_concatenated(v, packed, width) for k, v in fields.items()})
 
 
+def decide(model: PreTrainedModel) -> Verdict:
+    """Whether ``model`` (the causal LM; under PEFT, its base model) runs packed: its family (and config) by
+    :func:`~prefops_trainer.core.prefix_families.verdict`, and an attention kernel that takes a custom mask."""
+    family = verdict(model.config)
+    attn = model.config._attn_implementation
+    if family.plan is None:
+        return family
+    if not packing.supported(attn):
+        return Verdict(None, f"attention kernel {attn} takes no custom mask (use sdpa, eager or flex_attention)")
+    problem = trl_bridge.masks_by_layer_type_problem(model.base_model) if family.plan.by_layer_type else None
+    return family if problem is None else Verdict(None, problem)
+
+
+def base_model(model: Any) -> PreTrainedModel:
+    """The causal LM inside a PEFT model (or the model itself)."""
+    base: PreTrainedModel = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base
+
+
 def enable(trainer: Any) -> Callable[[Any], PackedCall] | None:
     """Install the packed forward on a ``DPOTrainer``'s model; return the wrapper for its loss's model calls, or
-    None (and why, in the log) when the model's attention kernel takes no custom mask."""
-    model = trainer.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    attn = base.config._attn_implementation
-    if not packing.supported(attn):
-        log.info("prefix sharing off: attention kernel %s takes no custom mask (use sdpa or flex_attention)", attn)
+    None (and why, in the log) when :func:`decide` keeps the pairs in TRL's layout."""
+    base = base_model(trainer.model)
+    decision = decide(base)
+    log.info("prefix sharing %s", decision.status)
+    if decision.plan is None:
         return None
     install(base, trl_bridge.dpo_policy_outputs(trainer))
-    return lambda wrapped: PackedCall(wrapped, attn, base.dtype)
+    attn, plan = base.config._attn_implementation, decision.plan
+    return lambda wrapped: PackedCall(wrapped, attn, base.dtype, plan)

@@ -32,6 +32,18 @@ class Machine:
         return "this GPU" if self.cuda else "this machine (no GPU)"
 
 
+def auto_attention(machine: Machine, packs_pairs: bool) -> str | None:
+    """The kernel ``model.attnImplementation: auto`` means here. On CUDA, when training packs pairs (prefix sharing
+    on a model family it packs), flex_attention: its block mask takes the packed layout natively and skips the fully
+    masked blocks (flash-attention 2 takes no custom mask, so it would turn prefix sharing off; sdpa with a custom
+    mask leaves flash kernels for a masked one). Otherwise flash_attention_2 where the package is installed, and
+    elsewhere None: transformers' own default, sdpa where the family has it, else eager (flex attention has no CPU
+    backward)."""
+    if machine.cuda and packs_pairs:
+        return "flex_attention"
+    return "flash_attention_2" if machine.cuda and machine.flash_attn else None
+
+
 def problems(spec: JobSpec, machine: Machine, context: int | None, config: str) -> list[str]:
     """One paragraph per mistake, naming the field. ``context``: the model's ``max_position_embeddings`` (None when
     its config does not say), read from ``config``."""

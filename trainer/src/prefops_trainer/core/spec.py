@@ -74,8 +74,9 @@ class ModelSpec(_Spec):
     )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
         "auto",
-        description="Attention kernel; auto = flash_attention_2 when installed on CUDA, else sdpa. flex_attention "
-        "runs prefix sharing's packed pairs with a block-sparse kernel on GPUs.",
+        description="Attention kernel; auto = on CUDA, flex_attention when training packs pairs (prefix sharing on a "
+        "model family it packs), else flash_attention_2 when installed; sdpa elsewhere. flex_attention runs prefix "
+        "sharing's packed pairs with a block-sparse kernel on GPUs.",
     )
     trust_remote_code: bool = False
     config_map: str | None = Field(
@@ -176,7 +177,9 @@ class TrainingSpec(_Spec):
         description="DPO: each pair as one sequence [prompt, chosen, rejected] (rejected tokens masked from the "
         "chosen ones, positions restarting after the prompt), so the prompt runs forward and backward once, and the "
         "LM head only at completion positions. Same losses as TRL's concatenated forward; needs attnImplementation "
-        "sdpa, eager or flex_attention (flash_attention_2 takes TRL's layout).",
+        "sdpa, eager or flex_attention (flash_attention_2 takes TRL's layout) and a model family it packs "
+        "(docs/prefix-sharing.md: sliding windows are built into the mask; ALiBi, state-space and unlisted families "
+        "take TRL's layout, the reason in the log and status.phases.train.prefixSharing).",
     )
     seed: int = 42
     log_every_steps: int = Field(1, ge=1)

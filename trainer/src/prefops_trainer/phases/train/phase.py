@@ -63,6 +63,9 @@ def _trainer(
     if reference is not None:
         report["verifiedRows"] = verify_sample(inputs, model, reference["train"])
     trainer = trainers.build(inputs, model, args, base, reference, local_ckpt)
+    shared = trainers.prefix_sharing_status(inputs.spec, trainer)
+    if shared is not None:
+        report["prefixSharing"] = shared
     evaluation.attach(inputs.spec, trainer)
     stop = StopOnSignal()
     trainer.add_callback(stop)

@@ -64,6 +64,13 @@ def build(
     return trainer
 
 
+def prefix_sharing_status(spec: JobSpec, trainer: Any) -> str | None:
+    """``on``, or ``off: <reason>``, for a DPO job that asks for prefix sharing; None for any other job."""
+    if not (spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer"):
+        return None
+    return prefix_sharing.decide(prefix_sharing.base_model(trainer.model)).status
+
+
 def _peft_config(spec: JobSpec) -> Any:
     lk = lora_kwargs(spec)
     if lk is None:
