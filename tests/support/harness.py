@@ -50,7 +50,9 @@ class Harness:
     ) -> None:
         self.cluster, self.namespace = cluster, namespace
         self.clock = ManualClock()
-        base = OperatorConfig(progress_interval=0.001)
+        # Scrape on every reconcile: the operator paces scrapes in real seconds (progressWritesPerSecond), the
+        # harness moves a manual clock, so pacing would make a step the test shows miss a settle it meant to see.
+        base = OperatorConfig(progress_interval=0.001, progress_writes_per_second=1e6)
         config = dataclasses.replace(
             base,
             restarts=restarts or RestartSettings(),
