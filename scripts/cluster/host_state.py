@@ -195,14 +195,23 @@ def snapshot(state: str) -> dict[str, object]:
     }
 
 
+#: The service chains a kube-proxy rewrites whole at every sync (iptables-restore): rules another cluster's
+#: kube-proxy left there before ``up`` are replaced by ours as any kube-proxy would, so their going is no change of
+#: ``down``'s.
+PROXY_SERVICE_RULE = re.compile(r"^(nat|filter) (:|-A )KUBE-(SERVICES|NODEPORTS|EXTERNAL-SERVICES|SVC-|SEP-|FW-|XLB-)")
+
+
 def differences(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """What changed from ``before`` to ``after``, one line each, except the going of stale service rules (above)."""
     found = []
     for key in before.keys() | after.keys():
         a, b = before.get(key), after.get(key)
         if a == b:
             continue
         if isinstance(a, list) and isinstance(b, list):
-            found += [f"{key}: gone: {x}" for x in a if x not in b] + [f"{key}: new: {x}" for x in b if x not in a]
+            stale = key in ("iptables", "ip6tables")
+            gone = [x for x in a if x not in b and not (stale and PROXY_SERVICE_RULE.match(str(x)))]
+            found += [f"{key}: gone: {x}" for x in gone] + [f"{key}: new: {x}" for x in b if x not in a]
         elif isinstance(a, dict) and isinstance(b, dict):
             changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             found += [f"{key}: {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed]
