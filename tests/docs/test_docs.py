@@ -206,3 +206,20 @@ def test_the_planner_guide_lists_every_key_of_the_plan_document_and_every_compon
     assert listed == _planner_keys(doc) - {"suggestions"}
     components = re.search(r"^Components: (.+?)\.\n\n", text, re.M | re.S)[1]
     assert re.findall(r"`(\w+)`", components) == list(COMPONENTS)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_between_the_readme_and_the_docs_reaches_its_file_and_heading():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([\w./-]*?\.md|)(?:#([\w-]+))?\)", page.read_text()):
+            linked = (page.parent / target) if target else page
+            if not linked.is_file() or (anchor and anchor not in _anchors(linked.read_text())):
+                broken.append(f"{page.relative_to(ROOT)} -> {target}#{anchor}")
+    assert not broken, "links to no file or heading:\n" + "\n".join(broken)
