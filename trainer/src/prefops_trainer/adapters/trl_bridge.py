@@ -194,6 +194,15 @@ if not isinstance(_CHUNK, int):
 # -- tokenization as the trainers do it ---------------------------------------------------------------------------
 
 
+def trainer_classes(module: str, config: str, trainer: str) -> tuple[type[Any], type[Any]]:
+    """(config class, trainer class) of a TRL module the algorithm table names (``core.trlconfig``): imported here,
+    where the import contracts see every use of TRL, and only from TRL itself."""
+    if module != "trl" and not module.startswith("trl."):
+        raise ValueError(f"the algorithm table names {module!r}, which is not a TRL module")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, config), getattr(loaded, trainer)
+
+
 def call_with_stand_in(method: Callable[..., Any], stand_in: SimpleNamespace, *call_args: Any) -> Any:
     """``method(stand_in, *call_args)``: a private trainer method called on a stand-in ``self`` (and, among
     ``call_args``, stand-in ``args``) holding only what it reads; a read of anything else fails naming TRL's version

@@ -3,7 +3,6 @@ the TRL bridge), with LoRA, the reward model Online DPO needs, and our callbacks
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,7 @@ if TYPE_CHECKING:
 def classes(spec: JobSpec) -> tuple[type[Any], type[Any]]:
     """(config class, trainer class) of the TRL trainer that runs the job's algorithm."""
     t = trl_trainer(spec)
-    module = importlib.import_module(t.module)
-    return getattr(module, t.config), getattr(module, t.trainer)
+    return trl_bridge.trainer_classes(t.module, t.config, t.trainer)
 
 
 def build(
