@@ -428,7 +428,8 @@ class KubeCluster:
                 "--port=0",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota",
+                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota,"
+                "clusterrole-aggregation",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--concurrent-gc-syncs=5",
