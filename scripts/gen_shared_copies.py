@@ -36,6 +36,7 @@ class Copy:
 
 COPIES: tuple[Copy, ...] = (
     Copy("trainer/src/prefops_trainer/core/planner", "operator/src/prefops_operator/core/planner"),
+    Copy("trainer/src/prefops_trainer/core/userinfo", "operator/src/prefops_operator/core/userinfo"),
 )
 
 

@@ -12,7 +12,17 @@ import re
 import shutil
 from pathlib import Path
 
-from layout import API_PORT, CLUSTER_CIDR, ETCD_PEER_PORT, ETCD_PORT, KUBELET_PORT, SERVICE_CIDR, Layout, NodeLayout
+from layout import (
+    ADMISSION_PLUGINS,
+    API_PORT,
+    CLUSTER_CIDR,
+    ETCD_PEER_PORT,
+    ETCD_PORT,
+    KUBELET_PORT,
+    SERVICE_CIDR,
+    Layout,
+    NodeLayout,
+)
 from pki import kubeconfig_path
 
 CONF = Path(__file__).resolve().parent
@@ -87,7 +97,7 @@ def kube_apiserver(layout: Layout) -> list[str]:
         f"--client-ca-file={pki / 'ca.crt'}", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
         f"--kubelet-client-key={pki / 'kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP",
         f"--token-auth-file={layout.state / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
-        "--enable-admission-plugins=NodeRestriction", f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}", f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--service-node-port-range=36000-36099", "--service-account-issuer=https://kubernetes.default.svc",
         f"--service-account-key-file={pki / 'sa.key'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--cert-dir={layout.state / 'apiserver'}", "--enable-priority-and-fairness=false", "--v=1",

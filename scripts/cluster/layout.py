@@ -29,6 +29,11 @@ SERVICE_CIDR = "10.97.0.0/16"
 API_PORT, ETCD_PORT, ETCD_PEER_PORT = 36443, 32379, 32380
 KUBELET_PORT = 30250  # on each node's own address
 MAX_NODES = 9
+#: The apiserver's admission plugins beyond its defaults, here and on the operator tests' apiserver
+#: (tests/support/kube.py): NodeRestriction (a kubelet edits only its own node and pods), and
+#: OwnerReferencesPermissionEnforcement (setting blockOwnerDeletion on an owner reference needs update on the owner's
+#: finalizers; the operator sets it on every child, so its RBAC grants that).
+ADMISSION_PLUGINS = ("NodeRestriction", "OwnerReferencesPermissionEnforcement")
 FIREWALL = "PREFOPS-NODE"
 #: Where every Kubernetes component's pod-facing addresses come from: the first node's bridge is the control
 #: plane's address (apiserver, DNS); servers the tests start for pods (S3, Prometheus) bind it too.

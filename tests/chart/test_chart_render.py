@@ -424,3 +424,14 @@ def test_with_network_policies_each_job_gets_one_from_the_operator_which_may_cre
     )
     granted = rules(render(values).one("ClusterRole"))
     assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get"]} in granted
+
+
+def test_user_roles_are_opt_in_and_grant_what_the_manual_user_roles_grant():
+    assert len(render().all("ClusterRole")) == 1  # the operator's own
+    rendered = {r["metadata"]["name"]: r for r in render({"rbac": {"userRoles": True}}).all("ClusterRole")}
+    docs = yaml.safe_load_all((ROOT / "operator" / "rbac" / "users" / "roles.yaml").read_text())
+    for manual in (d for d in docs if d):
+        role = rendered[manual["metadata"]["name"]]
+        assert rules(role) == rules(manual)
+        aggregate = {k: v for k, v in role["metadata"]["labels"].items() if k.startswith("rbac.authorization.k8s.io/")}
+        assert aggregate == manual["metadata"]["labels"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from support.operator_core import at
 
-from prefops_operator.core.progress import parse_exposition, precompute_progress, training_progress
+from prefops_operator.core.progress import parse_exposition, precompute_progress, shard_counts, training_progress
 
 TRAIN_TEXT = """\
 # HELP prefops_trainer_step Optimizer steps done.
@@ -20,7 +20,7 @@ prefops_trainer_phase{job="j",namespace="ns",prefops_trainer_phase="train"} 1.0
 
 
 def test_training_progress_comes_from_the_rank_0_gauges():
-    progress = training_progress(TRAIN_TEXT, at(5))
+    progress = training_progress(parse_exposition(TRAIN_TEXT), at(5))
     assert (progress.step, progress.total_steps, progress.epoch) == (120, 1000, 0.36)
     assert (progress.loss, progress.reward_accuracy) == (0.4213, 0.8125)
     assert progress.display == "120/1000"
@@ -32,13 +32,15 @@ def test_precompute_progress_sums_the_shards():
         'prefops_trainer_precompute_pairs_done{{phase="precompute"}} {}\n'
         'prefops_trainer_precompute_pairs_total{{phase="precompute"}} 500\n'
     )
-    progress = precompute_progress([shard.format(100), shard.format(250)], at(1))
+    shards = [shard_counts(parse_exposition(shard.format(done))) for done in (100, 250)]
+    assert shards[0] == {"pairs_done": 100, "pairs_total": 500}  # numbers kept between scrapes, not the text
+    progress = precompute_progress(shards, at(1))
     assert (progress.pairs_done, progress.pairs_total) == (350, 1000)
     assert progress.display == "350/1000 pairs"
 
 
 def test_an_endpoint_without_trainer_metrics_yet_gives_no_progress():
-    assert training_progress("# nothing yet\npython_gc_objects_collected_total 12\n", at(0)) is None
+    assert training_progress(parse_exposition("# nothing yet\npython_gc_objects_collected_total 12\n"), at(0)) is None
     assert precompute_progress([], at(0)) is None
 
 

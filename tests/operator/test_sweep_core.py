@@ -418,3 +418,41 @@ def test_a_trial_view_reads_the_jobs_status_evaluation_cache_hit_and_failure():
     }  # fmt: skip
     assert trial_view(body) == TrialView("beta-1", UID, "Failed", True, True, True, Evaluation(5, {"loss": 0.5}, True),
                                          "too low", False, 1)  # fmt: skip
+
+
+# -- credentials in an override ----------------------------------------------------------------------------------
+
+SECRET = "wJalrXUtnFEMIEXAMPLESECRET"
+CREDENTIAL_URIS = [  # as written, and mistyped past a strict URI pattern
+    f"s3://AKIAEXAMPLEKEY:{SECRET}@bucket/m",
+    f"s3:///AKIAEXAMPLEKEY:{SECRET}@bucket/m",
+    f"s3:/AKIAEXAMPLEKEY:{SECRET}@bucket/m",
+    f"s3://AKIAEXAMPLEKEY:{SECRET[:8]}/{SECRET[8:]}@bucket/m",  # an AWS secret key may hold '/'
+]
+
+
+def test_a_credential_in_an_override_is_refused_naming_its_place_and_never_repeated():
+    sweep = make_sweep(spec={"parameters": [{"path": "model.source", "values": CREDENTIAL_URIS}]})
+    d = step(sweep, SweepStatus())
+    message = d.status.condition("Failed").message
+    for i in range(len(CREDENTIAL_URIS)):
+        assert f"spec.parameters[0].values[{i}] (model.source=" in message
+    assert "spec.model.source: must not carry credentials" in message
+    for text in (message, *(e.message for e in d.events)):
+        assert SECRET[8:] not in text and "AKIAEXAMPLEKEY" not in text
+
+
+def test_a_trials_parameters_a_pruned_override_and_the_apiservers_refusal_never_repeat_a_credential():
+    sweep = make_sweep(spec={"parameters": None, "trials": [{"model.lora": {"uri": CREDENTIAL_URIS[2]}}]})
+    (trial,) = expand(sweep)
+    served = trial_manifest(sweep, trial, False)["spec"]
+    served["model"]["lora"] = {}
+    shown = [trial.describe(), *dropped_overrides(trial, served)]
+    assert shown[0] == 'model.lora={"uri":"s3:/***@bucket/m"}'
+    plain = make_sweep()
+    refusal = f'spec.model.source: Invalid value: "{CREDENTIAL_URIS[0]}"'
+    d = step(plain, running(plain).status, (), 1, refused={"beta-0": refusal})
+    shown += [d.status.trials[0].message, *(e.message for e in d.events)]
+    assert 'Invalid value: "s3://***@bucket/m"' in d.status.trials[0].message
+    for text in shown:
+        assert SECRET[8:] not in text and "AKIAEXAMPLEKEY" not in text

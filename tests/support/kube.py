@@ -18,15 +18,18 @@ on PATH). A server that does not start raises :class:`ClusterError` (tests fail,
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
@@ -39,6 +42,23 @@ CONTROLLER_MANAGER = Path(os.environ.get("PREFOPS_KUBE_CONTROLLER_MANAGER", KUBE
 ADMIN_TOKEN = "prefops-test-admin-token"
 SERVICE_CIDR = "10.96.0.0/16"
 T = TypeVar("T")
+
+
+def cluster_script(name: str) -> ModuleType:
+    """A stdlib-only module of scripts/cluster/, loaded by path (registered: dataclasses look their module up)."""
+    qualified = f"prefops_cluster_{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    spec = importlib.util.spec_from_file_location(qualified, ROOT / "scripts" / "cluster" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: the node cluster's admission plugins (scripts/cluster/layout.py): the operator tests meet the same checks
+ADMISSION_PLUGINS: tuple[str, ...] = cluster_script("layout").ADMISSION_PLUGINS
 
 
 class ClusterError(RuntimeError):
@@ -313,6 +333,7 @@ class KubeCluster:
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
+                f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={pki / 'sa.key'}",
@@ -407,7 +428,8 @@ class KubeCluster:
                 "--port=0",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota",
+                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota,"
+                "clusterrole-aggregation",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--concurrent-gc-syncs=5",

@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
-from .kube import ROOT, wait_for
+from .kube import ROOT, cluster_script, wait_for
 
 CLUSTER_SH = ROOT / "scripts" / "cluster" / "cluster.sh"
 E2E_NODES = int(os.environ.get("PREFOPS_E2E_NODES") or 2)
@@ -49,20 +46,7 @@ class NodeError(RuntimeError):
     """The cluster could not be brought up, or a node not killed or restored (tests fail, never skip)."""
 
 
-def _script(name: str) -> ModuleType:
-    """A stdlib-only module of scripts/cluster/, loaded by path (registered: dataclasses look their module up)."""
-    qualified = f"prefops_cluster_{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, ROOT / "scripts" / "cluster" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-layout = _script("layout")
+layout = cluster_script("layout")
 STATE = layout.default_state(ROOT)
 #: the control plane's address, the first node's bridge: servers the pods talk to (S3, Prometheus) bind it
 NODE_IP = layout.Layout(STATE, 1).control_ip
@@ -81,7 +65,7 @@ def node_cluster(workdir: Path, nodes: int = E2E_NODES) -> Iterator[Cluster]:
     """The cluster, up with ``nodes`` Ready nodes and the current images; taken down afterwards only when started
     here, and then the host must be as it was, foreign look-alikes of the cluster's objects included."""
     started_here = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode != 0
-    host_state = _script("host_state")
+    host_state = cluster_script("host_state")
     planted = host_state.plant_foreign() if started_here else []
     before = host_state.snapshot(str(STATE)) if started_here else None
     try:

@@ -228,6 +228,23 @@ def test_credentials_in_a_uri_are_refused_naming_the_field_without_repeating_the
     assert user not in message and password not in message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "s3:///AKIAEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/work",
+        "s3:/AKIAEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/work",
+        "s3://AKIAEXAMPLEKEY:wJalrXUt/nFEMIEXAMPLESECRET@bucket/work",
+    ],
+    ids=["three-slashes", "one-slash", "slash-in-secret"],
+)
+def test_a_mistyped_uri_with_credentials_is_refused_as_one_without_repeating_them(tmp_path, value):
+    with pytest.raises(SpecError) as err:
+        parse(tmp_path, storage={"uri": value})
+    message = str(err.value)
+    assert "spec.storage.uri: credentials must not be written into a URI" in message
+    assert "AKIAEXAMPLEKEY" not in message and "EXAMPLESECRET" not in message
+
+
 def test_a_gate_parses_with_its_bound_and_needs_an_eval_split_and_an_evaluation_metric(tmp_path):
     split = {"source": "d/", "evalSplit": "test"}
     job = parse(tmp_path, dataset=split, output={"uri": "o", "gate": {"metric": "rewards/accuracies", "min": 0.6}})

@@ -66,3 +66,20 @@ def test_an_invalid_sweep_is_refused_naming_the_field_before_any_trial_runs(tmp_
         "(spec.objective.metric)" in result.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_with_credentials_in_an_override_is_refused_without_repeating_them(tmp_path):
+    doc = yaml.safe_load((ROOT / "examples" / "local-tiny-sweep.yaml").read_text())
+    secret = "wJalrXUtnFEMIEXAMPLESECRET"
+    values = [f"s3://AKIAEXAMPLEKEY:{secret}@bucket/m", f"s3:///AKIAEXAMPLEKEY:{secret}@b/m",
+              f"s3:/AKIAEXAMPLEKEY:{secret}@b/m"]  # fmt: skip
+    doc["spec"]["parameters"] = [{"path": "model.source", "values": values}]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = run_cli("sweep", path, cwd=tmp_path)
+    assert result.returncode == 2
+    for i in range(3):
+        assert f"spec.parameters[0].values[{i}] (model.source=" in result.stderr
+    assert "credentials must not be written into a URI" in result.stderr
+    assert "AKIAEXAMPLEKEY" not in result.stdout + result.stderr and secret not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()

@@ -88,6 +88,13 @@ rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */
 - apiGroups: [prefops.dev]
   resources: [preferencetrainingsweeps/status]
   verbs: [patch]
+# the finalizers of jobs and sweeps, update only: not used as an API call, but the apiserver's
+# OwnerReferencesPermissionEnforcement admission plugin asks it of whoever sets blockOwnerDeletion: true on an
+# owner reference, as the operator does on every child (a job's pods, ConfigMap, Service and NetworkPolicy; a
+# sweep's trial jobs) so that foreground deletion of the owner waits for them
+- apiGroups: [prefops.dev]
+  resources: [preferencetrainingjobs/finalizers, preferencetrainingsweeps/finalizers]
+  verbs: [update]
 # the phases' pods: watched (kopf index), created, deleted on restart/suspend/failure
 - apiGroups: [""]
   resources: [pods]

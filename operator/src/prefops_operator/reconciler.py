@@ -46,7 +46,7 @@ from .core.nodes import NodeView
 from .core.patch import merge_patch
 from .core.plan import NewPod, Plan, plan
 from .core.pods import PodView
-from .core.progress import parse_exposition, precompute_progress, training_progress
+from .core.progress import precompute_progress, shard_counts, training_progress
 from .core.refusals import Refusal, backoff, classify_refusal, name_taken
 from .core.spec import InvalidSpec, Job, JobMeta, parse_job, parse_meta, parse_spec
 from .core.status import RUNNING_PHASES, Phase, Progress, Status
@@ -68,7 +68,7 @@ class _Memory(WrittenStatus):
     refused: int = 0  # creates refused in a row
     last_scrape: float = float("-inf")
     scrape_slot: float | None = None  # when this job's next scrape may run (monotonic), once it has one
-    shard_metrics: dict[str, str] = field(default_factory=dict)
+    shard_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # precompute pod → its pair counts
     started: dict[str, Any] | None = None  # the spec the job started with (its ConfigMap's)
     started_read: bool = False
     admission: tuple[int, Admission] | None = None  # (generation, the plan made for it) while Pending
@@ -296,6 +296,8 @@ class Reconciler:
     async def _scrape(
         self, mem: _Memory, job: Job, status: Status, pods: Sequence[PodView], now: datetime
     ) -> tuple[Progress | None, Evaluation | None]:
+        if status.phase.pod_phase != PodPhase.PRECOMPUTE:
+            mem.shard_metrics = {}  # the precompute phase is over (or not begun): its counts are not needed
         if status.phase not in RUNNING_PHASES or time.monotonic() - mem.last_scrape < self.config.progress_interval:
             return None, None
         group = [p for p in current_group(status, pods) if p.ip and p.status == "Running"]
@@ -304,17 +306,18 @@ class Reconciler:
         mem.last_scrape = time.monotonic()
         port = self.config.children.metrics_port
         if status.phase.pod_phase == PodPhase.PRECOMPUTE:
-            texts = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
-            mem.shard_metrics.update({p.name: text for p, text in zip(group, texts, strict=True) if text is not None})
+            scraped = await asyncio.gather(*(self.scraper.fetch(str(p.ip), port) for p in group))
+            found = {p.name: shard_counts(s) for p, s in zip(group, scraped, strict=True) if s is not None}
+            mem.shard_metrics.update(found)
             return precompute_progress(mem.shard_metrics.values(), now), None
         if group[0].index != 0:
             return None, None
-        text = await self.scraper.fetch(str(group[0].ip), port)
-        if not text:
+        samples = await self.scraper.fetch(str(group[0].ip), port)
+        if not samples:
             return None, None
         rule = ALGORITHMS.get(job.spec.algorithm.name)
-        evaluation = evaluation_from_metrics(parse_exposition(text), rule.eval_metrics if rule else ())
-        return training_progress(text, now), evaluation
+        evaluation = evaluation_from_metrics(samples, rule.eval_metrics if rule else ())
+        return training_progress(samples, now), evaluation
 
     def _slot_reached(self, mem: _Memory) -> bool:
         """Whether the job's scrape slot has come: the first call reserves the next free slot; once it has come,

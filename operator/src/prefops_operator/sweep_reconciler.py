@@ -29,6 +29,7 @@ from .core.sweep_spec import Sweep, parse_sweep
 from .core.sweep_status import SweepPhase, SweepStatus, TrialView
 from .core.sweep_trials import dropped_overrides, rejected, trial_manifest
 from .core.timefmt import utcnow
+from .core.userinfo import redact
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ class SweepReconciler:
             try:
                 await self.api.create_job(trial_manifest(sweep, trial, sweep.spec.suspend))
             except Rejected as e:
-                log.warning("sweep %s/%s: trial %s refused: %s", *sweep.key, trial.name, e)
-                mem.refused[trial.name], refused = str(e), True
+                message = redact(str(e))  # the apiserver's message may quote an override's value
+                log.warning("sweep %s/%s: trial %s refused: %s", *sweep.key, trial.name, message)
+                mem.refused[trial.name], refused = message, True
                 continue
             mem.created[trial.name] = clock + EXPECTATION_TTL
         for names, suspend in ((decision.suspend, True), (decision.resume, False)):

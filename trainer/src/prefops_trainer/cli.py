@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .core.errors import GateNotMet, Interrupted, TransientError, UserError
+from .core.userinfo import redact
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -124,7 +125,9 @@ def _ended(state: Phase) -> None:
 
 
 def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
-    """Log ``message``, leave ``termination`` (default: the message) as the termination message, exit ``code``."""
+    """Log ``message``, leave ``termination`` (default: the message) as the termination message, exit ``code``; any
+    credentials in a URI they quote are hidden (:mod:`.core.userinfo`)."""
+    message, termination = redact(message), redact(termination) if termination else None
     _ended("failed")
     log.error("%s", message)
     error_dir = os.environ.get("PREFOPS_ERROR_DIR")

@@ -26,6 +26,7 @@ import aiohttp
 
 from ..core.admission import PlanSources
 from ..core.spec import Job
+from .capped import read_capped
 from .kube import Forbidden, KubeApi
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class SourceReader:
             ):
                 if resp.status != 200:
                     return None, f"{what}: HTTP {resp.status} (gated, private, missing, or a redirect: not followed)"
-                body = await _read_capped(resp.content, MAX_CONFIG_BYTES)
+                body = await read_capped(resp.content, MAX_CONFIG_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             return None, f"{what}: {type(e).__name__}: {e}"
         if body is None:
@@ -129,17 +130,6 @@ def _smallest(
         return None, None, f"no spec.resources.gpuMemory, and no node the job may run on has the label {label}"
     memory, node = min(found)
     return memory, f"node label {label} (node {node}, the smallest of {len(found)})", None
-
-
-async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> bytes | None:
-    """The whole body, or None as soon as it passes ``cap`` bytes (the rest is never read)."""
-    chunks, total = [], 0
-    while chunk := await stream.read(64 * 1024):
-        total += len(chunk)
-        if total > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse(body: bytes, what: str) -> tuple[dict[str, Any] | None, str | None]:

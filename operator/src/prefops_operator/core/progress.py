@@ -53,22 +53,27 @@ def _value(samples: Iterable[Sample], metric: str, phase: str) -> float | None:
     return sorted(values, key=lambda pair: pair[0])[-1][1]
 
 
-def training_progress(text: str, now: datetime) -> Progress | None:
-    """Progress of a training (or export) pod from its rank-0 metrics text; ``None`` when it has none yet."""
-    samples = parse_exposition(text)
+def training_progress(samples: Iterable[Sample], now: datetime) -> Progress | None:
+    """Progress of a training (or export) pod from its rank-0 metrics; ``None`` when it has none yet."""
+    samples = list(samples)
     fields = {f: _value(samples, metric, "train") for f, metric in TRAINING_METRICS.items()}
     return _progress(fields, now)
 
 
-def precompute_progress(texts: Iterable[str], now: datetime) -> Progress | None:
-    """Pairs done / total summed over the precompute shards' metrics texts."""
+def shard_counts(samples: Iterable[Sample]) -> dict[str, float]:
+    """A precompute shard's pairs done and total (those it reports), from its metrics: the numbers the operator
+    keeps between scrapes, never the text."""
+    samples = list(samples)
+    found = {f: _value(samples, metric, "precompute") for f, metric in PRECOMPUTE_METRICS.items()}
+    return {f: v for f, v in found.items() if v is not None}
+
+
+def precompute_progress(shards: Iterable[Mapping[str, float]], now: datetime) -> Progress | None:
+    """Pairs done / total summed over the precompute shards' :func:`shard_counts`."""
     fields: dict[str, float | None] = dict.fromkeys(PRECOMPUTE_METRICS)
-    for text in texts:
-        samples = parse_exposition(text)
-        for f, metric in PRECOMPUTE_METRICS.items():
-            value = _value(samples, metric, "precompute")
-            if value is not None:
-                fields[f] = (fields[f] or 0.0) + value
+    for counts in shards:
+        for f, value in counts.items():
+            fields[f] = (fields[f] or 0.0) + value
     return _progress(fields, now)
 
 

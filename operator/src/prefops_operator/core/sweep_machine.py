@@ -24,6 +24,7 @@ from .status import Condition
 from .sweep_spec import Sweep
 from .sweep_status import ACTIVE, PAST_PRECOMPUTE, WAITING, Best, SweepPhase, SweepStatus, TrialRecord, TrialView
 from .sweep_trials import Trial, expand, output_uri, reference_group, sweep_problems, trial_spec
+from .userinfo import redact
 
 MAX_MESSAGE = 4000
 
@@ -154,7 +155,7 @@ def _refused(record: TrialRecord, observed: SweepObserved) -> TrialRecord:
     message = observed.refused.get(record.name)
     if message is None or record.finished or record.name in observed.trials:
         return record
-    return replace(record, phase="Failed", message=f"the apiserver refused the trial's job: {message}"[:1000])
+    return replace(record, phase="Failed", message=redact(f"the apiserver refused the trial's job: {message}")[:1000])
 
 
 def _schedule(
@@ -247,6 +248,7 @@ def _no_best(succeeded: int, total: int, metric: str) -> tuple[str, str]:
 
 
 def _fail(previous: SweepStatus, reason: str, message: str, now: datetime) -> SweepDecision:
+    message = redact(message)  # a spec error may quote a value of the sweep's
     updates = {"Running": ("False", reason, message), "Failed": ("True", reason, message)}
     status = replace(
         previous, phase=SweepPhase.FAILED, completion_time=now, conditions=_conditions(previous, now, updates)

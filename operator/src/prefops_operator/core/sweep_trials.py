@@ -9,6 +9,8 @@ and the checks a sweep must pass before its first trial starts. Pure.
 - **What the sweep sets.** Every trial writes to ``<template output.uri>/<trial>``, is suspended exactly when the
   sweep is, and lives as long as the sweep (``ttlSecondsAfterFinished`` is dropped: the sweep reads the trials'
   results from their status).
+- **Credentials.** Every message here that quotes a value hides the user information of a URI in it
+  (:func:`.userinfo.redact`): it lands in the sweep's conditions, its Events and the operator's log.
 - **Reference sharing.** :func:`reference_group` is the part of a trial's spec that decides the trainer's
   reference-cache key (trainer/src/prefops_trainer/core/cachekey.py and inputs.py): trials with the same group share one
   reference pass.
@@ -29,6 +31,7 @@ from .algorithms import ALGORITHMS
 from .naming import child_name
 from .spec import API_VERSION, KIND, InvalidSpec, parse_spec
 from .sweep_spec import MAX_TRIALS, SWEEP_KIND, Sweep
+from .userinfo import redact
 from .validation import semantic_problems
 
 LABEL_SWEEP = "prefops.dev/sweep"
@@ -61,7 +64,7 @@ class Trial:
 
     def describe(self) -> str:
         """``algorithm.beta=0.1, algorithm.lossType=["ipo"]``."""
-        return ", ".join(f"{path}={json.dumps(value, separators=(',', ':'))}" for path, value in self.overrides)
+        return redact(", ".join(f"{path}={json.dumps(value, separators=(',', ':'))}" for path, value in self.overrides))
 
 
 def trial_name(sweep: str, index: int) -> str:
@@ -114,7 +117,7 @@ def set_path(spec: dict[str, Any], path: str, value: Any, where: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             prefix = ".".join(parts[: depth + 1])
-            raise InvalidSpec(f"{where}: cannot set {path}: {prefix} is {json.dumps(child)}, not an object")
+            raise InvalidSpec(redact(f"{where}: cannot set {path}: {prefix} is {json.dumps(child)}, not an object"))
         node = child
     node[parts[-1]] = value
 
@@ -235,10 +238,10 @@ def locate(trial: Trial, problem: str) -> str:
         target = f"spec.{path}"
         if field == target or field.startswith(target + ".") or target.startswith(field + "."):
             where = trial.origins[i] if i < len(trial.origins) else target
-            return f"{where} ({path}={json.dumps(value)}, trial {trial.name}): {problem}"
+            return redact(f"{where} ({path}={json.dumps(value)}, trial {trial.name}): {problem}")
     if problem.startswith("spec."):
-        return "spec.template." + problem.removeprefix("spec.")
-    return f"spec.template: {problem}"
+        return redact("spec.template." + problem.removeprefix("spec."))
+    return redact(f"spec.template: {problem}")
 
 
 def dropped_overrides(trial: Trial, served: Mapping[str, Any]) -> list[str]:
@@ -251,7 +254,7 @@ def dropped_overrides(trial: Trial, served: Mapping[str, Any]) -> list[str]:
         if got is _MISSING:
             problems.append(f"{where}: {path!r} is not a field of the PreferenceTrainingJob spec")
         elif not _contains(got, value):
-            problems.append(f"{where}: {path}: the job schema keeps {json.dumps(got)} of {json.dumps(value)}")
+            problems.append(redact(f"{where}: {path}: the job schema keeps {json.dumps(got)} of {json.dumps(value)}"))
     return problems
 
 

@@ -15,13 +15,12 @@ from typing import Any
 from .algorithms import ALGORITHMS
 from .known_fields import SPEC
 from .spec import JobSpec
+from .userinfo import carries_userinfo
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SOURCE_SCHEMES = ("hf", "s3", "file")
 # A Kubernetes resource quantity (k8s.io/apimachinery/pkg/api/resource), e.g. 16, 500m, 64Gi, 1.5, 1e3.
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
-#: a URI whose authority carries userinfo: scheme://<anything but '/'>@ (the CRD's URI fields refuse the same)
-_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*@")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -90,7 +89,7 @@ def credential_problems(value: Any, path: str = "spec") -> list[str]:
         return [p for k, v in value.items() for p in credential_problems(v, f"{path}.{k}")]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in credential_problems(v, f"{path}[{i}]")]
-    if isinstance(value, str) and _CREDENTIALS.match(value):
+    if isinstance(value, str) and carries_userinfo(value):
         return [
             f"{path}: must not carry credentials (user:password@ or a token before '@' in the URI); give them "
             "through the Secret named by spec.storage.credentialsSecret"

@@ -32,6 +32,7 @@ import yaml
 from .algorithms import ALGORITHMS
 from .errors import SpecError
 from .spec import KIND, Job, check_semantics, parse_structure
+from .userinfo import redact
 
 SWEEP_KIND = "PreferenceTrainingSweep"
 API_VERSION = "prefops.dev/v1alpha1"
@@ -72,7 +73,7 @@ class Trial:
 
     def describe(self) -> str:
         """``algorithm.beta=0.1, algorithm.lossType=["ipo"]``."""
-        return ", ".join(f"{path}={json.dumps(value, separators=(',', ':'))}" for path, value in self.overrides)
+        return redact(", ".join(f"{path}={json.dumps(value, separators=(',', ':'))}" for path, value in self.overrides))
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _set_path(spec: dict[str, Any], path: str, value: Any, where: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             prefix = ".".join(parts[: depth + 1])
-            raise SpecError(f"{where}: cannot set {path}: {prefix} is {json.dumps(child)}, not an object")
+            raise SpecError(redact(f"{where}: cannot set {path}: {prefix} is {json.dumps(child)}, not an object"))
         node = child
     node[parts[-1]] = value
 
@@ -328,10 +329,10 @@ def locate(trial: Trial, problem: str) -> str:
         target = f"spec.{path}"
         if field == target or field.startswith(target + ".") or target.startswith(field + "."):
             where = trial.origins[i] if i < len(trial.origins) else target
-            return f"{where} ({path}={json.dumps(value)}, trial {trial.name}): {problem}"
+            return redact(f"{where} ({path}={json.dumps(value)}, trial {trial.name}): {problem}")
     if problem.startswith("spec."):
-        return "spec.template." + problem.removeprefix("spec.")
-    return f"spec.template: {problem}"
+        return redact("spec.template." + problem.removeprefix("spec."))
+    return redact(f"spec.template: {problem}")
 
 
 # -- ranking -----------------------------------------------------------------------------------------------------

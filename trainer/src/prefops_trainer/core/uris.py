@@ -11,7 +11,8 @@ local path         ``examples/tiny/model``, ``/data/prefs``    everywhere
 =================  ==========================================  =====================
 
 Credentials never belong in a URI (``s3://KEY:SECRET@bucket``, ``hf://user:token@org/name``): they would end up
-in the job's status, logs and model card. Such a URI is refused, and the refusal does not repeat it.
+in the job's status, logs and model card. Such a URI is refused, mistyped forms too (``s3:///KEY:SECRET@b``,
+``s3:/KEY:SECRET@b``: see :mod:`.userinfo`), and the refusal does not repeat it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .userinfo import carries_userinfo
 
 Scheme = Literal["file", "s3", "hf"]
 
@@ -61,17 +64,17 @@ class Uri:
 
 def parse_uri(value: str, *, allow_hf: bool = False) -> Uri:
     """Parse ``value``; raise :class:`UriError` saying what is wrong. ``allow_hf``: the Hub is a valid source."""
-    if "://" not in value:
-        if not value:
-            raise UriError("must not be empty")
-        return Uri("file", str(Path(value).expanduser().resolve()), value)
-    scheme, _, rest = value.partition("://")
-    if "@" in rest.split("/", 1)[0]:
+    if carries_userinfo(value):
         raise UriError(
             "credentials must not be written into a URI (user information before '@'); the value is not repeated "
             "here. Give S3 credentials through spec.storage.credentialsSecret (AWS_* variables) and a Hub token "
             "through HF_TOKEN"
         )
+    if "://" not in value:
+        if not value:
+            raise UriError("must not be empty")
+        return Uri("file", str(Path(value).expanduser().resolve()), value)
+    scheme, _, rest = value.partition("://")
     if scheme == "file":
         return Uri("file", str(Path(rest).resolve()), value)
     if scheme == "s3":
