@@ -47,6 +47,20 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
     assert model.num_parameters() > 0
 
 
+@pytest.mark.parametrize("lora", [{"r": 4, "alpha": 8, "dropout": 0.0}, None], ids=["lora", "full"])
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_in_one_process_is_a_distributed_job_of_size_one(tmp_path, tmp_job, stage, lora):
+    """No torchrun environment of its own: without one DeepSpeed looked for MPI and died (``No module named
+    'mpi4py'``)."""
+    job = tmp_job(model={"lora": lora}, training={"maxSteps": 2, "deepspeed": {"stage": stage}})
+    result = run_cli("run", job)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting 1 process on this node" in result.stderr
+    report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
+    assert report["worldSize"] == 1 and report["steps"] == 2
+    assert (tmp_path / "out" / "prefops.json").exists(), "exported"
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("deepspeed", [None, {"stage": 3}], ids=["ddp", "zero3"])
 def test_a_stale_cache_caught_by_the_spot_check_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job, deepspeed):
