@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 from trainer_jobs import TINY, run_cli
@@ -104,3 +105,24 @@ def test_under_torchrun_the_launcher_reports_the_final_evaluation_rank_0_left(tm
     evaluation = {"step": 2, "metrics": report["evaluation"]["metrics"]}
     assert json.loads(term.read_text()) == {"evaluation": evaluation, "prefixSharing": report["prefixSharing"]}
     assert report["prefixSharing"] == "on"
+
+
+@pytest.mark.parametrize(
+    ("job_spec", "code"), [({}, 0), ({"algorithm": {"name": "dpo", "beta": 0}}, 2)], ids=["done", "user-error"]
+)
+def test_a_rank_ends_with_its_phase_s_exit_code_whatever_the_interpreter_s_teardown_would_do(tmp_job, job_spec, code):
+    """A native thread that libraries leave running can abort the interpreter's teardown (SIGABRT, exit -6 after a
+    phase that had finished). Here the teardown aborts for sure: a rank skips it, its output flushed."""
+    import subprocess
+    import sys
+
+    job = tmp_job(**job_spec)
+    aborting = "import atexit, os; atexit.register(os.abort); from prefops_trainer.cli import main; main()"
+    env = {**os.environ, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "PREFOPS_METRICS_PORT": "off"}
+    result = subprocess.run([sys.executable, "-c", aborting, "validate", str(job)], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == code, result.stderr[-3000:]
+    if code == 0:
+        assert result.stdout.startswith("apiVersion: prefops.dev/v1alpha1"), "what it printed was flushed"
+    else:
+        assert "spec.algorithm.beta: must be > 0" in result.stderr.splitlines()[-1], "its log was flushed"
