@@ -95,6 +95,11 @@ SPEC_CASES = [
     {"generation": {"temperature": 0.7}},
     {"dataset": {"source": "s3://d/p", "truncationMode": "keep_end"}},
     *(
+        {"rewardModel": {"source": "hf://org/reward"}, "training": {"deepspeed": {"stage": stage}}, **lora}
+        for stage in (2, 3)
+        for lora in ({}, {"model": {"source": "hf://a/b", "lora": {"r": 8}}})
+    ),
+    *(
         {
             "output": {"uri": "s3://o/m", "gate": gate},
             **({"dataset": {"source": "s3://d/p", "evalSplit": "test"}} if split else {}),

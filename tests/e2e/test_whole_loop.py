@@ -217,7 +217,7 @@ def test_a_job_applied_with_kubectl_walks_every_phase_to_a_model_in_s3(loop):
     assert inside == {"uid": "1000", "root": "root-read-only", "volumes": "volumes-writable"}
 
     train_log = loop.kubectl("logs", "tiny-dpo-train-a1-1")
-    assert "[rank 1]" in train_log and "starting 1 processes on this node (2 nodes, node rank 1)" in train_log
+    assert "[rank 1]" in train_log and "starting 1 process on this node (2 nodes, node rank 1)" in train_log
     rank0_log = loop.kubectl("logs", "tiny-dpo-train-a1-0")
     steps = [int(m) for m in re.findall(r"step (\d+)/\d+", rank0_log)]
     assert steps and steps == sorted(steps) and steps[-1] > steps[0], f"kubectl logs shows step progress: {steps}"

@@ -47,6 +47,15 @@ CASES = [
         {"algorithm": {"name": "kto"}, "dataset": {"source": "s3://d/p", "truncationMode": "keep_end"}},
         "spec.dataset.truncationMode: algorithm 'kto' supports only keep_start",
     ),
+    (
+        {
+            "algorithm": {"name": "online-dpo"},
+            "rewardModel": {"source": "hf://o/rm"},
+            "training": {"deepspeed": {"stage": 3}},
+        },
+        "spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name 'online-dpo' and full fine-tuning "
+        "(no spec.model.lora)",
+    ),
     ({"training": {"epochz": 3}}, "spec.training.epochz: unknown field; did you mean 'epochs'?"),
     ({"lora": {"r": 8}}, "spec.lora: unknown field; lora belongs at spec.model.lora"),
     ({"training": {"deepspeed": {"stage": 3, "offlaod": "cpu"}}}, "spec.training.deepspeed.offlaod: unknown field"),
@@ -73,6 +82,12 @@ def test_each_problem_the_schema_lets_through_is_reported_with_its_field(spec, m
         {"algorithm": {"name": "alphapo"}, "reference": {"precompute": False}},
         {"algorithm": {"name": "kto", "lossType": ["apo_zero_unpaired"]}},
         {"algorithm": {"name": "online-dpo"}, "rewardModel": {"source": "hf://org/rm"}, "generation": {"topP": 0.9}},
+        {
+            "algorithm": {"name": "online-dpo"},
+            "rewardModel": {"source": "hf://org/rm"},
+            "model": {"lora": {"r": 8}},
+            "training": {"deepspeed": {"stage": 3}},
+        },
         {"model": {"source": "s3://models/base"}, "dataset": {"source": "/data/prefs.jsonl"}},
         {"resources": {"requests": {"cpu": "500m", "memory": "64Gi", "ephemeral-storage": 100}}},
     ],

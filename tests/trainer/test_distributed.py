@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 from trainer_jobs import TINY, run_cli
@@ -47,6 +48,20 @@ def test_deepspeed_two_cpu_ranks_train_and_export(tmp_path, tmp_job, stage):
     assert model.num_parameters() > 0
 
 
+@pytest.mark.parametrize("lora", [{"r": 4, "alpha": 8, "dropout": 0.0}, None], ids=["lora", "full"])
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_in_one_process_is_a_distributed_job_of_size_one(tmp_path, tmp_job, stage, lora):
+    """No torchrun environment of its own: without one DeepSpeed looked for MPI and died (``No module named
+    'mpi4py'``)."""
+    job = tmp_job(model={"lora": lora}, training={"maxSteps": 2, "deepspeed": {"stage": stage}})
+    result = run_cli("run", job)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting 1 process on this node" in result.stderr
+    report = json.loads(next((tmp_path / "work").rglob("phases/train.json")).read_text())
+    assert report["worldSize"] == 1 and report["steps"] == 2
+    assert (tmp_path / "out" / "prefops.json").exists(), "exported"
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("deepspeed", [None, {"stage": 3}], ids=["ddp", "zero3"])
 def test_a_stale_cache_caught_by_the_spot_check_in_a_rank_exits_2_with_its_message(tmp_path, tmp_job, deepspeed):
@@ -90,3 +105,24 @@ def test_under_torchrun_the_launcher_reports_the_final_evaluation_rank_0_left(tm
     evaluation = {"step": 2, "metrics": report["evaluation"]["metrics"]}
     assert json.loads(term.read_text()) == {"evaluation": evaluation, "prefixSharing": report["prefixSharing"]}
     assert report["prefixSharing"] == "on"
+
+
+@pytest.mark.parametrize(
+    ("job_spec", "code"), [({}, 0), ({"algorithm": {"name": "dpo", "beta": 0}}, 2)], ids=["done", "user-error"]
+)
+def test_a_rank_ends_with_its_phase_s_exit_code_whatever_the_interpreter_s_teardown_would_do(tmp_job, job_spec, code):
+    """A native thread that libraries leave running can abort the interpreter's teardown (SIGABRT, exit -6 after a
+    phase that had finished). Here the teardown aborts for sure: a rank skips it, its output flushed."""
+    import subprocess
+    import sys
+
+    job = tmp_job(**job_spec)
+    aborting = "import atexit, os; atexit.register(os.abort); from prefops_trainer.cli import main; main()"
+    env = {**os.environ, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "PREFOPS_METRICS_PORT": "off"}
+    result = subprocess.run([sys.executable, "-c", aborting, "validate", str(job)], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == code, result.stderr[-3000:]
+    if code == 0:
+        assert result.stdout.startswith("apiVersion: prefops.dev/v1alpha1"), "what it printed was flushed"
+    else:
+        assert "spec.algorithm.beta: must be > 0" in result.stderr.splitlines()[-1], "its log was flushed"

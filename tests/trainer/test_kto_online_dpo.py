@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from trainer_jobs import TINY, job_doc, run_cli
+from trainer_jobs import TINY, error_of, job_doc, run_cli
 
 from prefops_trainer.core.errors import DataError, SpecError
 from prefops_trainer.core.spec import parse_job
@@ -106,6 +106,17 @@ def test_online_dpo_trains_with_a_reward_model_and_exports(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").num_parameters() > 0
+
+
+def test_online_dpo_with_full_fine_tuning_under_zero3_is_refused_at_validation_naming_the_fields(tmp_path, tmp_job):
+    """TRL cannot copy the reference model out of ZeRO-3's partitioned weights: the job failed after the model loaded
+    and was retried; it is the user's choice to change, so exit 2 before anything loads."""
+    job = tmp_job(algorithm={"name": "online-dpo"}, model={"lora": None},
+                  training={"maxSteps": 2, "deepspeed": {"stage": 3}}, **ONLINE)  # fmt: skip
+    error = error_of(run_cli("run", job))
+    assert "spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name 'online-dpo'" in error
+    assert "(no spec.model.lora)" in error and "use stage 2, or LoRA" in error
+    assert not (tmp_path / "work").exists(), "refused before any phase ran"
 
 
 @pytest.mark.distributed

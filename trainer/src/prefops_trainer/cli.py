@@ -114,7 +114,21 @@ def main(argv: list[str] | None = None) -> NoReturn:
         log.exception("failed")
         _fail(f"{type(e).__name__}: {e}", 1)
     _ended("failed" if code else "done")
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process with ``code``. A rank under torchrun ends at once, its logs flushed, skipping the interpreter's
+    teardown: its phase's result is written by now (nothing runs in the background), while the teardown destroys what
+    the libraries left behind (torch's, gloo's and DeepSpeed's native threads and objects) in no set order, and a
+    native thread destroyed while it still runs aborts the process (SIGABRT, "terminate called without an active
+    exception"): the launcher saw exit -6 and failed a phase that had finished."""
+    if "LOCAL_RANK" not in os.environ:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def _ended(state: Phase) -> None:
@@ -135,7 +149,7 @@ def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
     if error_dir and word:  # for the launcher (launch.RankWords)
         Path(error_dir, f"{word}-{os.environ.get('RANK', '0')}").write_text(message)
     _termination_message(termination or message)
-    sys.exit(code)
+    _exit(code)
 
 
 def _termination_message(message: str) -> None:

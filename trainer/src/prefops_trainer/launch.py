@@ -1,4 +1,8 @@
-"""Start the train phase under torchrun when the job has more than one process.
+"""Start the train phase under torchrun when the job has more than one process, or uses DeepSpeed.
+
+DeepSpeed needs a distributed environment even for one process: without torchrun's (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``...) it falls back to MPI discovery and dies without ``mpi4py``. A DeepSpeed job of one process is
+therefore a torchrun job of world size one, with the same SIGTERM forwarding and exit codes as a larger one.
 
 The rendezvous comes from the environment the operator sets (docs/contract.md): ``PREFOPS_NNODES``,
 ``PREFOPS_NODE_RANK``, ``PREFOPS_NPROC_PER_NODE``, ``PREFOPS_MASTER_ADDR``, ``PREFOPS_MASTER_PORT``. Locally
@@ -66,7 +70,11 @@ def topology(job: Job, env: Mapping[str, str] | None = None) -> Topology:
 
 
 def needs_torchrun(job: Job) -> bool:
-    return "LOCAL_RANK" not in os.environ and topology(job).world_size > 1
+    """Whether this process starts the ranks under torchrun (rather than training itself): not already a rank, and
+    the job has several processes or uses DeepSpeed (which needs torchrun's environment, even for one process)."""
+    if "LOCAL_RANK" in os.environ:
+        return False
+    return topology(job).world_size > 1 or job.spec.training.deepspeed is not None
 
 
 def _free_port() -> int:
@@ -130,8 +138,9 @@ def torchrun_train(job: Job, job_path: Path) -> int:
         topo = Topology(topo.nnodes, topo.node_rank, topo.nproc_per_node, topo.master_addr, _free_port())
     cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ))
     log.info(
-        "starting %d processes on this node (%d nodes, node rank %d): %s",
+        "starting %d process%s on this node (%d nodes, node rank %d): %s",
         topo.nproc_per_node,
+        "es" if topo.nproc_per_node > 1 else "",
         topo.nnodes,
         topo.node_rank,
         " ".join(cmd[2:]),

@@ -109,6 +109,10 @@ class JobSpec:
     disruption_limit: int = DEFAULT_DISRUPTION_LIMIT
     node_lost_grace_seconds: int = DEFAULT_NODE_LOST_GRACE_SECONDS
     progress_deadline_seconds: int = DEFAULT_PROGRESS_DEADLINE_SECONDS
+    #: ``spec.training.deepspeed.stage``; None without DeepSpeed
+    zero_stage: int | None = None
+    #: whether ``spec.model.lora`` is set (else full fine-tuning)
+    has_lora: bool = False
 
     @property
     def has_reward_model(self) -> bool:
@@ -278,6 +282,8 @@ def parse_spec(spec: Any) -> JobSpec:
         progress_deadline_seconds=training.int_(
             "progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE_SECONDS, minimum=1
         ),
+        zero_stage=training.obj("deepspeed").int_("stage"),
+        has_lora=model.data.get("lora") is not None,
     )
 
 

@@ -41,6 +41,7 @@ def semantic_problems(spec: JobSpec) -> list[str]:
         *unknown_fields(spec.raw),
         *_algorithm_problems(spec),
         *_gate_problems(spec),
+        *_deepspeed_problems(spec),
         *_storage_problems(spec),
         *_resource_problems(spec),
     ]
@@ -166,6 +167,19 @@ def _gate_problems(spec: JobSpec) -> list[str]:
     if not spec.eval_split:
         problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
     return problems
+
+
+def _deepspeed_problems(spec: JobSpec) -> list[str]:
+    """Online DPO's reference model is a copy of the policy, which TRL cannot make from ZeRO-3's partitioned weights
+    (with LoRA it is the base model with the adapter off). The trainer's parser says the same in the same words."""
+    rule = ALGORITHMS.get(spec.algorithm.name)
+    if spec.zero_stage == 3 and rule is not None and rule.online and not spec.has_lora:
+        return [
+            f"spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name {spec.algorithm.name!r} "
+            "and full fine-tuning (no spec.model.lora): TRL cannot copy the reference model out of ZeRO-3's "
+            "partitioned weights; use stage 2, or LoRA (spec.model.lora)"
+        ]
+    return []
 
 
 def _storage_problems(spec: JobSpec) -> list[str]:

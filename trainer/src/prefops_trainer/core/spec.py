@@ -473,7 +473,21 @@ def _gate_problems(spec: JobSpec) -> list[str]:
 
 
 def _deepspeed_problems(spec: JobSpec) -> list[str]:
+    """A ZeRO stage DeepSpeed has, and one the algorithm runs under. The same problems, in the same words, as the
+    operator's (``prefops_operator.core.validation``)."""
     ds = spec.training.deepspeed
     if ds is not None and ds.stage not in (2, 3):
         return [f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}"]
+    if ds is not None and ds.stage == 3 and spec.algorithm.info.online and spec.model.lora is None:
+        return [_zero3_online_full_problem(spec.algorithm.name)]
     return []
+
+
+def _zero3_online_full_problem(algorithm: str) -> str:
+    """Online DPO's reference model is a copy of the policy (TRL's ``create_reference_model``), which TRL cannot make
+    from ZeRO-3's partitioned weights; with LoRA the reference is the base model with the adapter off."""
+    return (
+        f"spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name {algorithm!r} and full "
+        "fine-tuning (no spec.model.lora): TRL cannot copy the reference model out of ZeRO-3's partitioned weights; "
+        "use stage 2, or LoRA (spec.model.lora)"
+    )

@@ -84,9 +84,9 @@ def runtime(dtype: str) -> Runtime:
 
 def init_group(spec: JobSpec, rt: Runtime) -> None:
     """Under torchrun: start the process group, with ``spec.training.collectiveTimeoutSeconds`` as its timeout;
-    DeepSpeed's own when the job uses it (ZeRO-3 needs it before the model loads, to partition the weights as they
-    load). TRL's arguments and accelerate then use this group as it is."""
-    if rt.world_size < 2:
+    DeepSpeed's own when the job uses it, a group of one included (ZeRO-3 needs it before the model loads, to
+    partition the weights as they load). TRL's arguments and accelerate then use this group as it is."""
+    if rt.world_size < 2 and spec.training.deepspeed is None:
         return
     backend, timeout = "nccl" if rt.cuda else "gloo", timedelta(seconds=spec.training.collective_timeout_seconds)
     if spec.training.deepspeed is not None:
