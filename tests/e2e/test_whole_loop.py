@@ -12,7 +12,8 @@ containerds, scheduler, kube-proxy and cluster DNS, built from Debian's source) 
    ``/`` is read-only; the merged model lands in S3; Prometheus has the trainer's and the operator's series.
 2. The same job with another beta hits the reference cache; one whose ranks cannot share a node runs one rank on
    each node and succeeds.
-3. A rank deleted mid-training (``kubectl delete pod``) restarts its group, which resumes from its checkpoint.
+3. A rank deleted mid-training (``kubectl delete pod``, after a step that is not a checkpoint's) restarts its group,
+   which resumes from the checkpoint the ranks saved on SIGTERM: at most one step behind.
 4. The operator's pod killed mid-job: the Deployment replaces it, and the job still finishes without a pod
    created twice.
 5. A job whose image does not exist fails at its startup deadline, naming the image (measured with the apiserver's
@@ -23,7 +24,8 @@ containerds, scheduler, kube-proxy and cluster DNS, built from Debian's source) 
    the plan of their own phase; a job that cannot fit its GPUs ends WontFit with no pod ever created, and
    ``kubectl describe ptj`` shows its plan.
 
-The tests run in order and share one cluster, operator, namespace, S3 bucket and Prometheus. The process-based
+The tests run in order and share one cluster, operator, namespace, S3 bucket and Prometheus (the session's
+``loop``, support/loop.py, which tests/e2e/test_disruptions.py uses too). The process-based
 kubelet stand-in of earlier versions is gone; ``support.kubelet`` still sets pod status by hand for the operator's
 integration tests on a bare apiserver (tests/operator), where each test needs an exact pod state at once.
 """
@@ -31,160 +33,17 @@ integration tests on a bare apiserver (tests/operator), where each test needs an
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import re
-import secrets
-import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
-from chart.rendering import render
 from support.kube import ROOT, wait_for
-from support.kubesd import KubernetesDiscovery
-from support.node import NODE_IP, Cluster, PodWatch, pod_logs, pod_summary
-from support.prometheus import Prometheus, monitor_scrape_configs
-from support.s3 import S3Server
+from support.loop import BUCKET, EXAMPLE, JOB_TIMEOUT, OPERATOR_NAMESPACE, Loop, StepLog, timestamp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-BUCKET = "prefops-demo"
-EXAMPLE = ROOT / "examples" / "tiny-dpo-s3.yaml"
-JOB_TIMEOUT = 600
-OPERATOR_NAMESPACE = "prefops-system"
-OPERATOR_IMAGE, TRAINER_IMAGE = "prefops/operator:dev", "prefops/trainer:dev"
-CHART_VALUES = {
-    "image": {"repository": "prefops/operator", "tag": "dev", "pullPolicy": "Never"},
-    "trainer": {"image": {"repository": "prefops/trainer", "tag": "dev", "pullPolicy": "Never"}},
-    "operator": {"progressInterval": 1},
-    "podMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "900ms"},
-    "serviceMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "900ms"},
-}
-MONITOR_KINDS = ("PodMonitor", "ServiceMonitor")
-
-
-class Loop:
-    def __init__(self, node: Cluster, namespace: str, s3: S3Server, pods: PodWatch, prom: Prometheus, tmp: Path):
-        self.node, self.namespace, self.s3, self.pods, self.prom, self.tmp = node, namespace, s3, pods, prom, tmp
-
-    def kubectl(self, *args: str) -> str:
-        return self.node.kubectl(*args, namespace=self.namespace)
-
-    def apply(self, name: str, **spec_changes) -> None:
-        if not spec_changes and name == "tiny-dpo":
-            self.kubectl("apply", "-f", str(EXAMPLE))
-            return
-        doc = yaml.safe_load(EXAMPLE.read_text())
-        doc["metadata"]["name"] = name
-        doc["spec"]["output"]["uri"] = f"s3://{BUCKET}/models/{name}"
-        for path, value in spec_changes.items():
-            node = doc["spec"]
-            *parents, leaf = path.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        manifest = self.tmp / f"{name}.yaml"
-        manifest.write_text(yaml.safe_dump(doc))
-        self.kubectl("apply", "-f", str(manifest))
-
-    def job(self, name: str) -> dict:
-        return self.node.custom().get_namespaced_custom_object(
-            "prefops.dev", "v1alpha1", self.namespace, "preferencetrainingjobs", name
-        )
-
-    def follow(self, name: str, while_running=None) -> list[str]:
-        """Poll the job until it finishes; return the phases seen, in order."""
-        seen: list[str] = []
-        deadline = time.monotonic() + JOB_TIMEOUT
-        while time.monotonic() < deadline:
-            status = self.job(name).get("status", {})
-            phase = status.get("phase")
-            if phase and (not seen or seen[-1] != phase):
-                seen.append(phase)
-            if phase in ("Succeeded", "Failed"):
-                return seen
-            if while_running is not None:
-                while_running(status)
-            time.sleep(0.5)
-        raise AssertionError(f"{name} did not finish in {JOB_TIMEOUT}s; phases {seen}; {self.diagnose(name)}")
-
-    def diagnose(self, name: str) -> str:
-        logs = "\n".join(
-            f"--- {p}\n{pod_logs(self.node, self.namespace, p)[-1500:]}" for p in sorted(set(self.pods.names(name)))
-        )
-        operator = self.node.kubectl("logs", "deployment/prefops", "--tail=60", namespace=OPERATOR_NAMESPACE)
-        pods = pod_summary(self.node, self.namespace)
-        return f"status={self.job(name).get('status')}\n{pods}\n{logs}\n--- operator\n{operator}"
-
-    def manifest(self, name: str) -> dict:
-        return json.loads(self.s3.get(BUCKET, f"models/{name}/prefops.json"))
-
-    def pod_phase(self, name: str) -> str | None:
-        try:
-            return self.node.core().read_namespaced_pod(name, self.namespace).status.phase
-        except Exception:
-            return None
-
-
-def install_chart(node: Cluster) -> list[dict]:
-    """Apply charts/prefops as `helm install` would (the CRD first); return the monitors it rendered."""
-    rendered = render(CHART_VALUES)
-    monitors = [o for o in rendered.objects if o["kind"] in MONITOR_KINDS]
-    node.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    crds = [o for o in rendered.objects if o["kind"] == "CustomResourceDefinition"]
-    node.apply(crds)
-    for crd in crds:
-        node.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
-    node.apply([o for o in rendered.objects if o["kind"] not in ("CustomResourceDefinition", *MONITOR_KINDS)])
-    node.kubectl("rollout", "status", "deployment/prefops", "--timeout=180s", namespace=OPERATOR_NAMESPACE)
-    return monitors
-
-
-def uninstall_chart(node: Cluster) -> None:
-    """Delete what install_chart made, waiting for it to go (a node that stays up is used again)."""
-    node.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--timeout=180s", timeout=200)
-    for kind in ("ClusterRoleBinding", "ClusterRole", "CustomResourceDefinition"):
-        node.kubectl("delete", kind, "-l", "app.kubernetes.io/instance=prefops", "--ignore-not-found", timeout=200)
-
-
-def discovery(node: Cluster) -> KubernetesDiscovery:
-    """Kubernetes discovery for Prometheus, reading the API as Prometheus' own ServiceAccount (read-only)."""
-    node.apply(list(yaml.safe_load_all((Path(__file__).parent / "prometheus-rbac.yaml").read_text())))
-    return KubernetesDiscovery(node.core_as(node.service_account_token(OPERATOR_NAMESPACE, "e2e-prometheus")))
-
-
-@pytest.fixture(scope="module")
-def loop(cluster, tmp_path_factory):
-    node = cluster
-    tmp = tmp_path_factory.mktemp("e2e")
-    namespace = f"e2e-{secrets.token_hex(3)}"
-    with contextlib.ExitStack() as stack:
-        s3 = S3Server.start(tmp / "moto.log", host=NODE_IP)
-        stack.callback(s3.stop)
-        node.kubectl("create", "namespace", namespace)
-        stack.callback(node.kubectl, "delete", "namespace", namespace, "--wait=false")
-        stack.callback(uninstall_chart, node)
-        monitors = install_chart(node)
-        sd = stack.enter_context(discovery(node))
-        prom = Prometheus.start(tmp / "prom", {}, scrape_configs=tuple(monitor_scrape_configs(monitors, sd.url)),
-                                host=NODE_IP)  # fmt: skip
-        stack.callback(prom.stop)
-        client = s3.client()
-        client.create_bucket(Bucket=BUCKET)
-        tiny = ROOT / "examples" / "tiny"
-        for path in sorted(p for p in tiny.rglob("*") if p.is_file()):
-            client.upload_file(str(path), BUCKET, f"tiny/{path.relative_to(tiny).as_posix()}")
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"}, "stringData": s3.env}
-        node.apply([secret], namespace=namespace)
-        pods = stack.enter_context(PodWatch(node.core(), namespace))
-        yield Loop(node, namespace, s3, pods, prom, tmp)
-
-
-def timestamp(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def check_container_contract(loop: Loop, pod: str) -> dict[str, str]:
@@ -313,30 +172,34 @@ def test_a_two_node_job_runs_one_rank_on_each_node_and_succeeds(loop):
     assert loop.manifest(name)["phases"]["train"]["worldSize"] == 2
 
 
-def test_a_rank_deleted_mid_training_restarts_the_group_which_resumes_and_succeeds(loop):
-    name = "tiny-dpo-kill"
-    loop.apply(name, **{"training.checkpointEverySteps": 4})
-
-    def first_checkpoint() -> bool:
-        keys = loop.s3.keys(BUCKET, "work/jobs/")
-        return any(name in k and k.endswith("prefops-complete.json") for k in keys)
-
-    wait_for(first_checkpoint, JOB_TIMEOUT, f"{name}'s first checkpoint")
-    victim = f"{name}-train-a1-1"
-    assert loop.pod_phase(victim) == "Running", "rank 1 is running when it is deleted"
-    loop.kubectl("delete", "pod", victim, "--wait=false")
-    phases = loop.follow(name)
+def test_a_rank_deleted_mid_training_restarts_the_group_which_resumes_at_most_one_step_behind(loop):
+    name, every = "tiny-dpo-kill", 4
+    loop.apply(name, **{"training.checkpointEverySteps": every})
+    rank0 = f"{name}-train-a1-0"
+    wait_for(lambda: loop.pod_phase(rank0) == "Running", JOB_TIMEOUT, f"{rank0} running", interval=0.2)
+    with StepLog.follow(loop.node, loop.namespace, rank0) as old:
+        # past the first checkpoint, at a step that is not a checkpoint's: resuming from the periodic checkpoint
+        # would lose steps, the one saved on SIGTERM none
+        wait_for(lambda: old.last > every and old.last % every, JOB_TIMEOUT, f"{name} past its first checkpoint")
+        victim, deleted_after = f"{name}-train-a1-1", old.last
+        assert loop.pod_phase(victim) == "Running", "rank 1 is running when it is deleted"
+        loop.kubectl("delete", "pod", victim, "--wait=false")
+        phases = loop.follow(name)
     assert phases[-1] == "Succeeded", loop.diagnose(name)
     status = loop.job(name)["status"]
     assert (status["restarts"], status["disruptions"], status["failures"]) == (1, 1, 0), "a disruption, not a failure"
     assert status["lastRestart"]["reason"] == "Deleted"
     created = collections.Counter(loop.pods.names(f"{name}-train-"))
     assert created == {f"{name}-train-a{a}-{i}": 1 for a in (1, 2) for i in (0, 1)}, "the whole group created again"
-    train = loop.manifest(name)["phases"]["train"]
-    assert train["resumedFrom"].startswith("checkpoint-"), "the new group resumed instead of starting over"
+    resumed = loop.resumed_from(f"{name}-train-a2-0")
+    assert resumed is not None and resumed >= deleted_after, f"resumed from {resumed}, deleted after {deleted_after}"
+    assert old.last - resumed <= 1, f"rank 0 logged step {old.last} and the group resumed from {resumed}"
+    assert loop.manifest(name)["phases"]["train"]["resumedFrom"] == f"checkpoint-{resumed}"
     events = loop.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
     reasons = [e["reason"] for e in json.loads(events)["items"]]
     assert "Disrupted" in reasons and "Recovered" in reasons, reasons
+    print(f"rank 1 deleted after step {deleted_after}: checkpoint-{resumed} saved on SIGTERM; rank 0 logged "
+          f"{old.last}; {old.last - resumed} steps lost")  # fmt: skip
 
 
 def test_the_operator_pod_killed_mid_job_is_replaced_and_the_job_finishes_without_duplicate_pods(loop):
