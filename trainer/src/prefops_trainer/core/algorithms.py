@@ -191,8 +191,6 @@ ALGORITHMS: dict[str, Algorithm] = {
 ALGORITHM_NAMES: tuple[str, ...] = tuple(ALGORITHMS)
 #: Every evaluation metric some algorithm reports, in a stable order (the CRD's enum of gate and objective metrics).
 ALL_EVAL_METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for a in ALGORITHMS.values() for m in a.eval_metrics))
-#: The algorithms that generate during training (``online``), as messages name them.
-ONLINE_NAMES: tuple[str, ...] = tuple(a.name for a in ALGORITHMS.values() if a.online)
 
 
 def get_algorithm(name: str) -> Algorithm:
