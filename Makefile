@@ -23,8 +23,13 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # nodes of `make cluster` and `make cluster-check` (the end-to-end tests start two: PREFOPS_E2E_NODES)
 NODES ?= 1
+# Every scripts/gen_*.py, sources first: the sweep CRD from the job CRD; then what copies or documents the CRDs (the
+# chart's copy, the spec reference, the operator's known fields); then the operator's copies of the trainer's shared
+# packages and the tables generated from the trainer's registries (a test checks every generator is listed).
+GENERATORS := gen_sweep_crd gen_chart_files gen_spec_reference gen_operator_files gen_shared_copies \
+	gen_prefix_sharing_table gen_algorithm_tables
 
-.PHONY: help setup demo test test-unit test-integration e2e bench servers images cluster cluster-down cluster-check lint clean
+.PHONY: help setup demo test test-unit e2e bench servers images cluster cluster-down cluster-check lint generate generate-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -74,7 +79,13 @@ e2e: setup servers images  ## only the whole-loop tests on a real node (started 
 bench: setup servers  ## run every benchmark under bench/ and print their tables (BENCH_ARGS=--quick: a smoke run)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS); done
 
-lint: setup  ## ruff, the format check, the import-layer contracts and mypy (strict) of both distributions
+generate: setup  ## rewrite every generated file from its source (scripts/gen_*.py, in dependency order)
+	for g in $(GENERATORS); do $(PY) scripts/$$g.py; done
+
+generate-check: setup  ## check that every generated file is current (each generator with --check; lint runs it)
+	@stale=0; for g in $(GENERATORS); do $(PY) scripts/$$g.py --check || { echo "stale: scripts/$$g.py (run make generate)"; stale=1; }; done; exit $$stale
+
+lint: setup generate-check  ## the generated files, ruff, the format check, the import-layer contracts and mypy (strict) of both distributions
 	$(VENV)/bin/ruff check trainer operator tests bench scripts
 	$(VENV)/bin/ruff format --check trainer operator tests bench scripts
 	$(VENV)/bin/lint-imports --config operator/pyproject.toml

@@ -2,9 +2,10 @@
 """Keep the operator's copies of pure trainer modules in step with their source.
 
 The two distributions share no Python code (DESIGN.md), yet some pure logic must give the same answer on both sides:
-the memory planner the trainer's ``plan`` command and the operator's admission check both run. Such a package is
-written once, in the trainer, stdlib-only and with relative imports only, and copied here byte for byte under a
-header naming its source. A copy is never edited: change the source and run this script.
+the memory planner the trainer's ``plan`` command and the operator's admission check both run, and the rules of a
+sweep and of a job's checks (``core/rules``). Such a package is written once, in the trainer, stdlib-only and with
+imports of its own modules only, and copied here byte for byte under a header naming its source. A copy is never
+edited: change the source and run this script.
 
     python scripts/gen_shared_copies.py            # rewrite what is stale, remove what has no source
     python scripts/gen_shared_copies.py --check    # exit 1 naming what is stale (tests run this)
@@ -15,15 +16,13 @@ To share another package, add a :class:`Copy` to :data:`COPIES`.
 from __future__ import annotations
 
 import argparse
-import re
+import ast
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "# Generated from {source}\n# by scripts/gen_shared_copies.py (a test checks it is current): do not edit.\n"
-#: an import of a sibling distribution or of anything outside the standard library's reach: a copy must not have one
-_ABSOLUTE_PROJECT_IMPORT = re.compile(r"^\s*(from|import)\s+prefops_(trainer|operator)\b", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Copy:
 
 COPIES: tuple[Copy, ...] = (
     Copy("trainer/src/prefops_trainer/core/planner", "operator/src/prefops_operator/core/planner"),
-    Copy("trainer/src/prefops_trainer/core/userinfo", "operator/src/prefops_operator/core/userinfo"),
+    Copy("trainer/src/prefops_trainer/core/rules", "operator/src/prefops_operator/core/rules"),
 )
 
 
@@ -47,12 +46,33 @@ def expected_files(copies: tuple[Copy, ...] = COPIES) -> dict[Path, str | None]:
         source, target = ROOT / copy.source, ROOT / copy.target
         for path in sorted(source.glob("*.py")):
             text = path.read_text()
-            if _ABSOLUTE_PROJECT_IMPORT.search(text):
-                raise SystemExit(f"{path.relative_to(ROOT)}: a shared module imports only its own package, relatively")
+            foreign = foreign_imports(text)
+            if foreign:
+                raise SystemExit(
+                    f"{path.relative_to(ROOT)}: a shared module imports only its own package (relatively) and the "
+                    f"standard library; it imports {', '.join(foreign)}"
+                )
             out[target / path.name] = HEADER.format(source=path.relative_to(ROOT).as_posix()) + text
         for path in sorted(target.glob("*.py")):
             out.setdefault(path, None)
     return out
+
+
+def foreign_imports(text: str) -> list[str]:
+    """What ``text`` imports from outside the standard library and its own package (``from ..x`` included)."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.level > 1:
+            found.append("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and not _stdlib(node.module or ""):
+            found.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if not _stdlib(alias.name)]
+    return found
+
+
+def _stdlib(module: str) -> bool:
+    return module.split(".")[0] in sys.stdlib_module_names
 
 
 def main() -> int:

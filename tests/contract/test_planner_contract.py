@@ -51,6 +51,14 @@ def test_a_copy_that_was_edited_is_named_stale(tmp_path, monkeypatch):
         gen.expected_files(copies)
 
 
+@pytest.mark.parametrize("line", ["import yaml", "from ..spec import JobSpec", "from kopf import on"])
+def test_a_shared_module_that_reaches_outside_its_package_and_the_standard_library_is_refused(line):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gen_shared_copies as gen
+
+    assert gen.foreign_imports(f"import json\nfrom . import sibling\n{line}\n") == [line.split()[1]]
+
+
 def test_both_copies_plan_the_same_job_alike():
     spec = yaml.safe_load((ROOT / "examples" / "dpo-lora-s3.yaml").read_text())["spec"]
     ours = to_document(planner.plan(spec, CONFIG, gpu_memory=80 * 2**30))

@@ -21,6 +21,23 @@ def test_the_prefix_sharing_family_table_is_generated_from_the_registry():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_algorithm_tables_of_the_readme_and_the_contract_are_generated_from_the_registry():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_algorithm_tables.py"), "--check"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_make_generate_runs_every_generator_and_lint_checks_them_all():
+    makefile = (ROOT / "Makefile").read_text()
+    listed = re.search(r"^GENERATORS := ((?:.*\\\n)*.*)$", makefile, re.M)[1].replace("\\\n", " ").split()
+    assert sorted(listed) == sorted(p.stem for p in (ROOT / "scripts").glob("gen_*.py"))
+    assert listed.index("gen_sweep_crd") < listed.index("gen_chart_files")  # the chart copies the CRD it writes
+    assert listed.index("gen_sweep_crd") < listed.index("gen_spec_reference")  # which documents it
+    assert re.search(r"^lint: .*\bgenerate-check\b", makefile, re.M)
+    phony = set(re.search(r"^\.PHONY: (.*)$", makefile, re.M)[1].split())
+    assert phony <= set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, re.M)), "a phony target without a rule"
+
+
 def test_readme_opens_with_the_demo_and_test_commands():
     head = (ROOT / "README.md").read_text().splitlines()[:8]
     assert any(line.startswith("make demo") for line in head)

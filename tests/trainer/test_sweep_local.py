@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from trainer_jobs import ROOT, run_cli
+from trainer_jobs import ROOT, error_of, run_cli
 
 from prefops_trainer.core.sweep import parse_sweep
 
@@ -83,3 +83,28 @@ def test_a_sweep_with_credentials_in_an_override_is_refused_without_repeating_th
     assert "credentials must not be written into a URI" in result.stderr
     assert "AKIAEXAMPLEKEY" not in result.stdout + result.stderr and secret not in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_prints_each_trials_job_of_a_sweep_with_every_default():
+    result = run_cli("validate", ROOT / "examples" / "local-tiny-sweep.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = list(yaml.safe_load_all(result.stdout))
+    trials = parse_sweep(yaml.safe_load((ROOT / "examples" / "local-tiny-sweep.yaml").read_text())).trials
+    assert [j["metadata"]["name"] for j in jobs] == [t.name for t in trials]
+    for job, trial in zip(jobs, trials, strict=True):
+        assert job["kind"] == "PreferenceTrainingJob" and job["spec"]["backoffLimit"] == 3  # a default, filled in
+        assert job["spec"]["training"]["learningRate"] == trial.parameters["training.learningRate"]
+        assert job["spec"]["output"]["uri"].endswith(f"out/sweep/{trial.name}")
+
+
+def test_validate_refuses_a_sweep_naming_the_trial_and_the_value_at_fault(tmp_path):
+    doc = yaml.safe_load((ROOT / "examples" / "local-tiny-sweep.yaml").read_text())
+    doc["spec"]["parameters"] = [{"path": "algorithm.lossType", "values": [["sigmoid"], ["simpo"]]}]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    error = error_of(run_cli("validate", path))
+    assert (
+        f'{path}: spec.parameters[0].values[1] (algorithm.lossType=["simpo"], trial local-tiny-sweep-1): '
+        "spec.algorithm.lossType: 'simpo' not valid for algorithm 'dpo'" in error
+    )
+    assert "local-tiny-sweep-0" not in error, "the valid trial is not named"

@@ -1,9 +1,9 @@
-"""Credentials in a URI, found in a value and hidden in echoed text (prefops_trainer.core.userinfo; the operator's
+"""Credentials in a URI, found in a value and hidden in echoed text (prefops_trainer.core.rules.userinfo; the operator's
 copy is generated from it)."""
 
 import pytest
 
-from prefops_trainer.core.userinfo import carries_userinfo, redact
+from prefops_trainer.core.rules.userinfo import carries_userinfo, redact
 
 
 @pytest.mark.parametrize(

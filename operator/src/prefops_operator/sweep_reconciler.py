@@ -23,13 +23,13 @@ from .adapters.kube import Conflict, Gone, Rejected
 from .adapters.sweeps import SweepKubeApi
 from .core.memory import WrittenStatus, remember
 from .core.patch import merge_patch
+from .core.rules.userinfo import redact
 from .core.spec import InvalidSpec, parse_meta
 from .core.sweep_machine import SweepDecision, SweepObserved, decide, trials_to_check
 from .core.sweep_spec import Sweep, parse_sweep
 from .core.sweep_status import SweepPhase, SweepStatus, TrialView
 from .core.sweep_trials import dropped_overrides, rejected, trial_manifest
 from .core.timefmt import utcnow
-from .core.userinfo import redact
 
 log = logging.getLogger(__name__)
 

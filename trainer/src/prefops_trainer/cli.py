@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .core.errors import GateNotMet, Interrupted, TransientError, UserError
-from .core.userinfo import redact
+from .core.rules.userinfo import redact
 
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--num-shards", type=int, default=None, help="number of shards (default: spec.reference.workers)")
     cmd("train", "train (under torchrun when the job has several processes), resuming from the newest checkpoint")
     cmd("export", "merge LoRA, write the model, its card and the prefops.json manifest to spec.output.uri")
-    cmd("validate", "check the job spec and print it with every default filled in")
+    cmd(
+        "validate",
+        "check the job spec and print it with every default filled in; for a PreferenceTrainingSweep, "
+        "every trial's job (the problems name the trial at fault)",
+    )
     plan = cmd(
         "plan",
         "will it fit? per-device memory by component for each phase, host RAM and disk per pod, from the spec and the "
@@ -86,12 +90,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     interrupt.install()
     try:
-        if args.command == "sweep":
-            from . import local_sweep
-
-            sys.exit(local_sweep.run(args.sweep))
-        if args.command == "plan":
-            sys.exit(cmd_plan(args))
+        if args.command in FILE_COMMANDS:
+            sys.exit(FILE_COMMANDS[args.command](args))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
@@ -140,7 +140,7 @@ def _ended(state: Phase) -> None:
 
 def _fail(message: str, code: int, termination: str | None = None) -> NoReturn:
     """Log ``message``, leave ``termination`` (default: the message) as the termination message, exit ``code``; any
-    credentials in a URI they quote are hidden (:mod:`.core.userinfo`)."""
+    credentials in a URI they quote are hidden (:mod:`.core.rules.userinfo`)."""
     message, termination = redact(message), redact(termination) if termination else None
     _ended("failed")
     log.error("%s", message)
@@ -188,11 +188,21 @@ def _serve_metrics(job: Job) -> None:
     metrics.serve(job.name, job.namespace)
 
 
-def cmd_validate(job: Job, args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print the job with every default filled in, or each trial's job of a sweep as one YAML document each."""
     import yaml
 
-    print(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False), end="")  # noqa: T201
+    from .adapters.jobfile import load_jobs
+
+    docs = [job.model_dump(mode="json", by_alias=True) for job in load_jobs(args.job)]
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")  # noqa: T201
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import local_sweep
+
+    return local_sweep.run(args.sweep)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -315,5 +325,10 @@ COMMANDS: dict[str, Callable[[Job, argparse.Namespace], int]] = {
     "precompute": cmd_precompute,
     "train": cmd_train,
     "export": cmd_export,
+}
+#: The commands that read their file themselves (a job or a sweep), before any job is loaded.
+FILE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sweep": cmd_sweep,
+    "plan": cmd_plan,
     "validate": cmd_validate,
 }

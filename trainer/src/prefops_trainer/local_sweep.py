@@ -23,11 +23,12 @@ from typing import Any
 import yaml
 
 from .adapters import interrupt, storage
+from .adapters.jobfile import load_sweep
 from .adapters.plots import plot_sweep
 from .adapters.sources import cache_dir
-from .core.errors import Interrupted, SpecError
+from .core.errors import Interrupted
 from .core.spec import Job
-from .core.sweep import Sweep, Trial, best, parse_sweep_manifests, problems, trial_job, trial_manifest
+from .core.sweep import Sweep, Trial, best, trial_job, trial_manifest
 from .core.uris import Uri, parse_uri
 from .core.workspace import Workspace
 from .phases import reports
@@ -63,18 +64,6 @@ class Outcome:
             "message": self.message,
             "best": best,
         }
-
-
-def load_sweep(path: Path) -> Sweep:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: sweep file does not exist") from None
-    sweep = parse_sweep_manifests(text, str(path))
-    found = problems(sweep)
-    if found:
-        raise SpecError(f"{path}: " + "; ".join(found))
-    return sweep
 
 
 def run(path: Path) -> int:

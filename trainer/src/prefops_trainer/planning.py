@@ -7,14 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .adapters import sources
+from .adapters.jobfile import load_jobs
 from .core import planner
 from .core.errors import SourceError, SpecError
 from .core.planner.render import table, to_document
-from .core.spec import Job, parse_manifests
-from .core.sweep import parse_sweep_manifests, trial_job
+from .core.spec import Job
 
 
 def plan_from_job(
@@ -42,23 +40,8 @@ def plan_file(
     path: Path, gpu_memory: str | None, model_config: Path | None = None, reward_config: Path | None = None
 ) -> dict[str, planner.Plan]:
     """The plan of the job in ``path`` by its name, or of each trial of the PreferenceTrainingSweep there."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file does not exist") from None
-    if _kinds(text) == {"PreferenceTrainingSweep"}:
-        sweep = parse_sweep_manifests(text, str(path))
-        jobs = [trial_job(sweep, trial) for trial in sweep.trials]
-    else:
-        jobs = [parse_manifests(text, str(path))]
+    jobs = load_jobs(path)
     return {job.name: plan_from_job(job, gpu_memory, model_config, reward_config) for job in jobs}
-
-
-def _kinds(text: str) -> set[Any]:
-    try:
-        return {d.get("kind") for d in yaml.safe_load_all(text) if isinstance(d, dict)}
-    except yaml.YAMLError:
-        return set()  # the job parser names the problem
 
 
 def spec_document(job: Job) -> dict[str, Any]:

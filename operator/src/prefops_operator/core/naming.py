@@ -10,10 +10,11 @@ prefix of the job name and a hash of the whole job name.
 
 from __future__ import annotations
 
-import hashlib
 from enum import Enum
 
-MAX_NAME = 63
+# the naming rule is shared with the trainer
+from .rules.names import MAX_NAME as MAX_NAME
+from .rules.names import child_name as child_name
 
 LABEL_JOB = "prefops.dev/job-name"
 LABEL_PHASE = "prefops.dev/phase"
@@ -27,20 +28,6 @@ class PodPhase(str, Enum):
     PRECOMPUTE = "precompute"
     TRAIN = "train"
     EXPORT = "export"
-
-
-def child_name(job: str, *parts: str) -> str:
-    """``<job>-<part>-<part>``, at most 63 characters, unique per (job, parts)."""
-    suffix = "-".join(parts)
-    name = f"{job}-{suffix}" if suffix else job
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
-    room = MAX_NAME - len(suffix) - len(digest) - 2
-    if room < 1:
-        raise ValueError(f"child name suffix {suffix!r} is too long")
-    prefix = job[:room].rstrip("-")
-    return f"{prefix}-{digest}-{suffix}"
 
 
 def config_map_name(job: str) -> str:

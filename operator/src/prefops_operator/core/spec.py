@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .rules.errors import InvalidSpec as InvalidSpec
 from .timefmt import parse_time
 
 API_VERSION = "prefops.dev/v1alpha1"
@@ -26,10 +27,6 @@ DEFAULT_DISRUPTION_LIMIT = 10
 DEFAULT_NODE_LOST_GRACE_SECONDS = 20  # after the node lifecycle controller's own 40 s (node-monitor-grace-period)
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 1800
 DEFAULT_TERMINATION_GRACE_SECONDS = 300  # time to save a checkpoint at the next step and upload it
-
-
-class InvalidSpec(ValueError):
-    """The user's spec is wrong; permanent (the job fails with reason InvalidSpec, never retried)."""
 
 
 @dataclass(frozen=True)

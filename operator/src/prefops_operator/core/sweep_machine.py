@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .rules.trials import Trial, best, output_uri, trial_spec
+from .rules.userinfo import redact
 from .spec import InvalidSpec
 from .status import Condition
 from .sweep_spec import Sweep
 from .sweep_status import ACTIVE, PAST_PRECOMPUTE, WAITING, Best, SweepPhase, SweepStatus, TrialRecord, TrialView
-from .sweep_trials import Trial, expand, output_uri, reference_group, sweep_problems, trial_spec
-from .userinfo import redact
+from .sweep_trials import expand, reference_group, sweep_problems
 
 MAX_MESSAGE = 4000
 
@@ -119,8 +120,8 @@ def _run(previous: SweepStatus, observed: SweepObserved, sweep: Sweep, now: date
     unfinished = {r.name for r in records if r.phase not in ("Succeeded", "Failed", WAITING)}
     suspend = tuple(sorted(n for n, v in owned.items() if n in unfinished and spec.suspend and not v.suspend))
     resume = tuple(sorted(n for n, v in owned.items() if n in unfinished and not spec.suspend and v.suspend))
-    best = _best(records, sweep)
-    status = replace(previous, trials=records, best=best, observed_generation=sweep.meta.generation)
+    winner = _best(records, sweep)
+    status = replace(previous, trials=records, best=winner, observed_generation=sweep.meta.generation)
     status = _settle(status, sweep, now)
     events = _trial_events(previous.trials, records, sweep) + _phase_events(previous, status, sweep)
     return SweepDecision(status, events, create, suspend, resume)
@@ -202,16 +203,12 @@ def _trial(record: TrialRecord) -> Trial:
 
 
 def _best(records: Sequence[TrialRecord], sweep: Sweep) -> Best | None:
-    objective = sweep.spec.objective
-    best: tuple[float, TrialRecord] | None = None
-    for r in records:
-        if r.phase != "Succeeded" or r.objective is None:
-            continue
-        if best is None or objective.better(r.objective, best[0]):  # ties: the first trial stays
-            best = (r.objective, r)
-    if best is None:
+    """The best trial by the shared ranking (:func:`.rules.trials.best`)."""
+    i = best([(r.phase, r.objective) for r in records], sweep.spec.objective)
+    winner = None if i is None else records[i]
+    if winner is None or winner.objective is None:  # best() names only a trial with a value
         return None
-    return Best(best[1].name, best[0], best[1].parameters, best[1].output)
+    return Best(winner.name, winner.objective, winner.parameters, winner.output)
 
 
 def _settle(status: SweepStatus, sweep: Sweep, now: datetime) -> SweepStatus:

@@ -10,9 +10,9 @@ from enum import Enum
 from typing import Any
 
 from .evaluation import Evaluation
+from .rules.sweep_spec import is_number
+from .rules.trials import LABEL_TRIAL
 from .status import Condition
-from .sweep_spec import is_number
-from .sweep_trials import LABEL_TRIAL
 from .timefmt import format_time, parse_time
 
 

@@ -1,8 +1,9 @@
 """Checks the CRD schema cannot express (Kubernetes 1.20 has no CEL): the operator runs them before a job starts
 and fails the job at once with reason ``InvalidSpec`` and these messages, each naming its field.
 
-The algorithm checks mirror ``prefops_trainer.core.spec.check_semantics``; the storage checks are the cluster's
-(pods share no filesystem, so work and output storage must be object storage).
+The algorithm and gate checks are the trainer's own, shared (:mod:`.rules.checks`, generated from the trainer's
+source); the storage checks are the cluster's (pods share no filesystem, so work and output storage must be object
+storage).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Any
 
 from .algorithms import ALGORITHMS
 from .known_fields import SPEC
+from .rules.checks import GateFacts, JobFacts, job_problems
+from .rules.userinfo import carries_userinfo
 from .spec import JobSpec
-from .userinfo import carries_userinfo
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SOURCE_SCHEMES = ("hf", "s3", "file")
 # A Kubernetes resource quantity (k8s.io/apimachinery/pkg/api/resource), e.g. 16, 500m, 64Gi, 1.5, 1e3.
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+#: a URI whose authority carries userinfo: scheme://<anything but '/'>@ (the CRD's URI fields refuse the same)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -39,9 +42,7 @@ def semantic_problems(spec: JobSpec) -> list[str]:
         return credentials
     return [
         *unknown_fields(spec.raw),
-        *_algorithm_problems(spec),
-        *_gate_problems(spec),
-        *_deepspeed_problems(spec),
+        *job_problems(job_facts(spec), ALGORITHMS),
         *_storage_problems(spec),
         *_resource_problems(spec),
     ]
@@ -98,88 +99,24 @@ def credential_problems(value: Any, path: str = "spec") -> list[str]:
     return []
 
 
-def _algorithm_problems(spec: JobSpec) -> list[str]:
-    a = spec.algorithm
-    rule = ALGORITHMS.get(a.name)
-    if rule is None:
-        return [f"spec.algorithm.name: unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}"]
-    losses = a.loss_type or rule.default_loss_types
-    problems = []
-    if a.beta <= 0:
-        problems.append(f"spec.algorithm.beta: must be > 0, got {a.beta}")
-    bad = [t for t in losses if t not in rule.loss_types]
-    if bad:
-        problems.append(
-            f"spec.algorithm.lossType: {', '.join(map(repr, bad))} not valid for algorithm {a.name!r}; "
-            f"valid: {', '.join(rule.loss_types)}"
-        )
-    if len(losses) > 1 and not rule.multi_loss:
-        problems.append(f"spec.algorithm.lossType: algorithm {a.name!r} takes a single loss type, got {len(losses)}")
-    if a.loss_weights is not None and len(a.loss_weights) != len(losses):
-        problems.append(
-            f"spec.algorithm.lossWeights: has {len(a.loss_weights)} weights for {len(losses)} loss types "
-            f"({', '.join(losses)})"
-        )
-    if "exo_pair" in losses and a.label_smoothing == 0:
-        problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
-    if spec.reference.precompute and rule.online:
-        problems.append(
-            f"spec.reference.precompute: algorithm {a.name!r} generates its responses during training, so there "
-            "are no reference log-probs to precompute; remove it or set it to false"
-        )
-    elif spec.reference.precompute and not rule.reference_based:
-        problems.append(
-            f"spec.reference.precompute: algorithm {a.name!r} is reference-free and has no reference log-probs "
-            "to precompute; remove it or set it to false"
-        )
-    if rule.online and not spec.has_reward_model:
-        problems.append(f"spec.rewardModel: algorithm {a.name!r} needs a reward model to judge its generations")
-    if not rule.online:
-        problems += [
-            f"spec.{field}: only algorithm 'online-dpo' uses it, not {a.name!r}"
-            for field, present in (("rewardModel", spec.has_reward_model), ("generation", spec.has_generation))
-            if present
-        ]
-    if rule.keep_start_only and spec.truncation_mode != "keep_start":
-        problems.append(f"spec.dataset.truncationMode: algorithm {a.name!r} supports only keep_start")
-    return problems
-
-
-def _gate_problems(spec: JobSpec) -> list[str]:
-    """``spec.output.gate`` (docs/contract.md §8): an evaluation metric of the algorithm, exactly one bound, and an
-    eval split to evaluate on. The trainer's parser reports the same problems with the same messages."""
-    gate, rule = spec.gate, ALGORITHMS.get(spec.algorithm.name)
-    if gate is None or rule is None:
-        return []
-    problems = []
-    if not rule.eval_metrics:
-        problems.append(
-            f"spec.output.gate: algorithm {rule.name!r} reports no evaluation metrics, so there is nothing to gate on"
-        )
-    elif gate.metric not in rule.eval_metrics:
-        problems.append(
-            f"spec.output.gate.metric: {gate.metric!r} is not an evaluation metric of algorithm {rule.name!r}; "
-            f"valid: {', '.join(rule.eval_metrics)}"
-        )
-    if (gate.minimum is None) == (gate.maximum is None):
-        got = "both" if gate.minimum is not None else "neither"
-        problems.append(f"spec.output.gate: set exactly one of min and max, got {got}")
-    if not spec.eval_split:
-        problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
-    return problems
-
-
-def _deepspeed_problems(spec: JobSpec) -> list[str]:
-    """Online DPO's reference model is a copy of the policy, which TRL cannot make from ZeRO-3's partitioned weights
-    (with LoRA it is the base model with the adapter off). The trainer's parser says the same in the same words."""
-    rule = ALGORITHMS.get(spec.algorithm.name)
-    if spec.zero_stage == 3 and rule is not None and rule.online and not spec.has_lora:
-        return [
-            f"spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name {spec.algorithm.name!r} "
-            "and full fine-tuning (no spec.model.lora): TRL cannot copy the reference model out of ZeRO-3's "
-            "partitioned weights; use stage 2, or LoRA (spec.model.lora)"
-        ]
-    return []
+def job_facts(spec: JobSpec) -> JobFacts:
+    """What the shared checks (:mod:`.rules.checks`) read of ``spec``."""
+    a, gate = spec.algorithm, spec.gate
+    return JobFacts(
+        algorithm=a.name,
+        loss_type=a.loss_type,
+        loss_weights=a.loss_weights,
+        beta=a.beta,
+        label_smoothing=a.label_smoothing,
+        precompute=spec.reference.precompute,
+        has_reward_model=spec.has_reward_model,
+        has_generation=spec.has_generation,
+        truncation_mode=spec.truncation_mode,
+        eval_split=spec.eval_split,
+        gate=None if gate is None else GateFacts(gate.metric, gate.minimum, gate.maximum),
+        zero_stage=spec.zero_stage,
+        has_lora=spec.has_lora,
+    )
 
 
 def _storage_problems(spec: JobSpec) -> list[str]:

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from .algorithms import ALGORITHM_NAMES, ONLINE_NAMES, Algorithm, EvalMetric, get_algorithm
+from .algorithms import ALGORITHMS, Algorithm, EvalMetric, get_algorithm
 from .errors import SpecError
+from .rules.checks import GateFacts, JobFacts, job_problems
 from .uris import Uri, UriError, parse_uri
 
 KIND = "PreferenceTrainingJob"
@@ -374,120 +375,34 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def check_semantics(spec: JobSpec) -> list[str]:
-    """The checks the CRD schema cannot express; each problem names its field. Pure."""
-    a = spec.algorithm
-    if a.name not in ALGORITHM_NAMES:
-        return [f"spec.algorithm.name: unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHM_NAMES)}"]
-    return [
-        *_loss_problems(a),
-        *_reference_problems(spec),
-        *_online_problems(spec),
-        *_truncation_problems(spec),
-        *_gate_problems(spec),
-        *_deepspeed_problems(spec),
-    ]
+    """The checks the CRD schema cannot express, each problem naming its field: the algorithm's and the gate's in the
+    operator's words (:mod:`.rules.checks`), then DeepSpeed's. Pure."""
+    return [*job_problems(job_facts(spec), ALGORITHMS), *_deepspeed_problems(spec)]
 
 
-def _loss_problems(a: AlgorithmSpec) -> list[str]:
-    info = a.info
-    problems = []
-    if a.beta <= 0:
-        problems.append(f"spec.algorithm.beta: must be > 0, got {a.beta}")
-    bad = [t for t in a.losses if t not in info.loss_types]
-    if bad:
-        problems.append(
-            f"spec.algorithm.lossType: {', '.join(map(repr, bad))} not valid for algorithm {a.name!r}; "
-            f"valid: {', '.join(info.loss_types)}"
-        )
-    if len(a.losses) > 1 and not info.multi_loss:
-        problems.append(f"spec.algorithm.lossType: algorithm {a.name!r} takes a single loss type, got {len(a.losses)}")
-    if a.loss_weights is not None and len(a.loss_weights) != len(a.losses):
-        problems.append(
-            f"spec.algorithm.lossWeights: has {len(a.loss_weights)} weights for {len(a.losses)} loss types "
-            f"({', '.join(a.losses)})"
-        )
-    if "exo_pair" in a.losses and a.label_smoothing == 0:
-        problems.append("spec.algorithm.labelSmoothing: must be > 0 for lossType exo_pair (the paper uses 1e-3)")
-    return problems
-
-
-def _reference_problems(spec: JobSpec) -> list[str]:
-    name, info = spec.algorithm.name, spec.algorithm.info
-    if not spec.reference.precompute:
-        return []
-    if info.online:
-        return [
-            f"spec.reference.precompute: algorithm {name!r} generates its responses during training, so there "
-            "are no reference log-probs to precompute; remove it or set it to false"
-        ]
-    if not info.reference_based:
-        return [
-            f"spec.reference.precompute: algorithm {name!r} is reference-free and has no reference log-probs "
-            "to precompute; remove it or set it to false"
-        ]
-    return []
-
-
-def _online_problems(spec: JobSpec) -> list[str]:
-    name = spec.algorithm.name
-    if spec.algorithm.info.online:
-        if spec.reward_model is None:
-            return [f"spec.rewardModel: algorithm {name!r} needs a reward model to judge its generations"]
-        return []
-    online = " or ".join(map(repr, ONLINE_NAMES))
-    return [
-        f"spec.{field}: only algorithm {online} uses it, not {name!r}"
-        for field, value in (("rewardModel", spec.reward_model), ("generation", spec.generation))
-        if value is not None
-    ]
-
-
-def _truncation_problems(spec: JobSpec) -> list[str]:
-    if spec.algorithm.info.keep_start_only and spec.dataset.truncation_mode != "keep_start":
-        return [f"spec.dataset.truncationMode: algorithm {spec.algorithm.name!r} supports only keep_start"]
-    return []
-
-
-def _gate_problems(spec: JobSpec) -> list[str]:
-    """``spec.output.gate``: an evaluation metric of the algorithm, exactly one bound, an eval split to measure it on.
-    The same problems, in the same words, as the operator's (``prefops_operator.core.validation``)."""
-    gate, info = spec.output.gate, spec.algorithm.info
-    if gate is None:
-        return []
-    problems = []
-    if not info.eval_metrics:
-        problems.append(
-            f"spec.output.gate: algorithm {info.name!r} reports no evaluation metrics, so there is nothing to gate on"
-        )
-    elif gate.metric not in info.eval_metrics:
-        problems.append(
-            f"spec.output.gate.metric: {gate.metric!r} is not an evaluation metric of algorithm {info.name!r}; "
-            f"valid: {', '.join(info.eval_metrics)}"
-        )
-    if (gate.minimum is None) == (gate.maximum is None):
-        got = "both" if gate.minimum is not None else "neither"
-        problems.append(f"spec.output.gate: set exactly one of min and max, got {got}")
-    if not spec.dataset.eval_split:
-        problems.append("spec.output.gate: needs spec.dataset.evalSplit, the split the gate's metric is measured on")
-    return problems
+def job_facts(spec: JobSpec) -> JobFacts:
+    """What the shared checks read of ``spec``."""
+    a, gate = spec.algorithm, spec.output.gate
+    return JobFacts(
+        algorithm=a.name,
+        loss_type=a.loss_type,
+        loss_weights=a.loss_weights,
+        beta=a.beta,
+        label_smoothing=a.label_smoothing,
+        precompute=spec.reference.precompute,
+        has_reward_model=spec.reward_model is not None,
+        has_generation=spec.generation is not None,
+        truncation_mode=spec.dataset.truncation_mode,
+        eval_split=spec.dataset.eval_split,
+        gate=None if gate is None else GateFacts(gate.metric, gate.minimum, gate.maximum),
+        zero_stage=None if spec.training.deepspeed is None else spec.training.deepspeed.stage,
+        has_lora=spec.model.lora is not None,
+    )
 
 
 def _deepspeed_problems(spec: JobSpec) -> list[str]:
-    """A ZeRO stage DeepSpeed has, and one the algorithm runs under. The same problems, in the same words, as the
-    operator's (``prefops_operator.core.validation``)."""
+    """A ZeRO stage DeepSpeed has (the stage an algorithm runs under is a shared rule: :mod:`.rules.checks`)."""
     ds = spec.training.deepspeed
     if ds is not None and ds.stage not in (2, 3):
         return [f"spec.training.deepspeed.stage: must be 2 or 3, got {ds.stage}"]
-    if ds is not None and ds.stage == 3 and spec.algorithm.info.online and spec.model.lora is None:
-        return [_zero3_online_full_problem(spec.algorithm.name)]
     return []
-
-
-def _zero3_online_full_problem(algorithm: str) -> str:
-    """Online DPO's reference model is a copy of the policy (TRL's ``create_reference_model``), which TRL cannot make
-    from ZeRO-3's partitioned weights; with LoRA the reference is the base model with the adapter off."""
-    return (
-        f"spec.training.deepspeed.stage: 3 is not supported with spec.algorithm.name {algorithm!r} and full "
-        "fine-tuning (no spec.model.lora): TRL cannot copy the reference model out of ZeRO-3's partitioned weights; "
-        "use stage 2, or LoRA (spec.model.lora)"
-    )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .userinfo import carries_userinfo
+from .rules.userinfo import carries_userinfo
 
 Scheme = Literal["file", "s3", "hf"]
 

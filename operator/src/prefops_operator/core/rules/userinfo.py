@@ -1,4 +1,4 @@
-# Generated from trainer/src/prefops_trainer/core/userinfo/__init__.py
+# Generated from trainer/src/prefops_trainer/core/rules/userinfo.py
 # by scripts/gen_shared_copies.py (a test checks it is current): do not edit.
 """Credentials written into a URI (``s3://KEY:SECRET@bucket``, ``hf://user:token@org/name``), typo'd forms included
 (``s3:///KEY:SECRET@b``, ``s3:/KEY:SECRET@b``): found in a value, and hidden in any text that echoes values (a
