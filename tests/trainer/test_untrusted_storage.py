@@ -48,6 +48,22 @@ def test_a_model_key_that_would_leave_its_folder_is_refused_by_name_and_nothing_
     assert not [p for p in (cache / "sources").rglob("*") if p.is_file()], "nothing at all was copied"
 
 
+@pytest.mark.parametrize("shape", ["file-and-folder", "long-segment"])
+def test_keys_that_cannot_all_become_files_are_refused_by_name_with_exit_2_not_retried(tmp_path, s3, shape):
+    server, bucket = s3
+    model = upload_tree(server, bucket, TINY / "model", "base/tiny")
+    keys = {"file-and-folder": ["extra/x", "extra/x/y"], "long-segment": ["extra/" + "é" * 128 + ".txt"]}[shape]
+    for key in keys:
+        server.client().put_object(Bucket=bucket, Key=f"base/tiny/{key}", Body=b"-")
+    job = s3_job(tmp_path, bucket, model={"source": model})
+    error = error_of(run_cli("precompute", job, env={**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}))
+    why = {"file-and-folder": "names a file, and 'extra/x/y' makes it a folder too",
+           "long-segment": "has a segment of 260 bytes; a file name may have 255"}[shape]  # fmt: skip
+    assert (
+        f"refusing the object 's3://{bucket}/base/tiny/{keys[0]}' under s3://{bucket}/base/tiny: its key {why}" in error
+    )
+
+
 def test_a_dataset_folder_and_a_reward_model_with_such_a_key_are_refused_too(tmp_path, s3, monkeypatch):
     from prefops_trainer.adapters.data import load_split
     from prefops_trainer.adapters.modelio import model_dir
@@ -130,7 +146,7 @@ def test_an_object_replaced_by_one_of_the_same_size_is_fetched_again_and_the_cac
 
 
 def test_keys_are_checked_segment_by_segment():
-    from prefops_trainer.core.integrity import key_problem
+    from prefops_trainer.core.integrity import key_problem, listing_problem
 
     assert [key_problem(k) for k in ("model.safetensors", "global_step4/mp_rank_00_model_states.pt", "a..b/c")] == [
         None,
@@ -142,6 +158,13 @@ def test_keys_are_checked_segment_by_segment():
     assert key_problem("/etc/x") == "begins with '/'"
     assert key_problem("a//x") == key_problem("a/") == "has an empty segment ('//' or a trailing '/')"
     assert key_problem("a\\..\\x") == "holds a backslash or a NUL byte"
+    assert listing_problem(["b/c", "a/x", "a/x/y/z"]) == ("a/x", "names a file, and 'a/x/y/z' makes it a folder too; "
+                                                           "both cannot exist on disk")  # fmt: skip
+    assert listing_problem(["a/" + "x" * 255, "ab/x", "a/x/y"]) is None
+    assert listing_problem(["a/" + "x" * 256]) == (
+        "a/" + "x" * 256,
+        "has a segment of 256 bytes; a file name may have 255",
+    )
 
 
 def manifest_of(server, bucket: str, prefix: str) -> dict:

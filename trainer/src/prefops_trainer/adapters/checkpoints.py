@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import IntegrityError
-from ..core.integrity import check_relative_key, file_table, mismatches
+from ..core.integrity import check_keys, file_table, mismatches
 from ..core.uris import Uri
 from ..core.workspace import Workspace
 from . import storage
@@ -197,8 +197,7 @@ def _local_copy(path: Path, where: Uri, table: Mapping[str, str]) -> dict[str, s
     """Make ``path`` hold ``table``'s files, fetching (in parallel) each whose local copy differs; every key under
     ``where`` is checked first. Returns what the folder then holds, hashed."""
     listed = storage.remote_files(where)
-    for rel in listed:
-        check_relative_key(rel, str(where))
+    check_keys(listed, str(where))
     (path / MARKER).unlink(missing_ok=True)
     have = _hashes(path) if path.exists() else {}
     for rel in set(have) - set(table):
