@@ -228,3 +228,17 @@ def test_bfloat16_is_refused_only_on_a_gpu_without_it():
 def test_bfloat16_on_a_cpu_is_accepted(tmp_path):
     inputs = load_inputs(parse_job(job_doc(tmp_path, model={"dtype": "bfloat16"})))
     assert inputs.dtype == "bfloat16" and inputs.load_model().dtype == torch.bfloat16
+
+
+def test_a_chat_template_that_loops_is_stopped_and_named_with_exit_2(tmp_path):
+    import shutil
+
+    model = tmp_path / "looping"
+    shutil.copytree(TINY / "model", model)
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    (model / "chat_template.jinja").write_text(loop + (TINY / "model" / "chat_template.jinja").read_text())
+    doc = job_doc(tmp_path, model={"source": str(model)}, dataset={"source": str(TINY / "prefs-chat.jsonl")})
+    (tmp_path / "job.yaml").write_text(json.dumps(doc))
+    error = error_of(run_cli("precompute", tmp_path / "job.yaml", timeout=300))
+    assert f"{model / 'chat_template.jinja'}: the tokenizer's chat template took more than 10 s to render" in error
+    assert_nothing_complete(tmp_path)

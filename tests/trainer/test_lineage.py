@@ -127,3 +127,16 @@ def test_every_spec_field_is_either_published_or_withheld():
     output = [(f.alias or name) for name, f in JobSpec.model_fields["output"].annotation.model_fields.items()]
     every = [f for f in fields if f != "output"] + [f"output.{f}" for f in output]
     assert sorted(redact.PUBLISHED + redact.WITHHELD) == sorted(every)
+
+
+def test_the_card_s_metadata_is_yaml_that_reads_back_a_base_model_named_with_colons_hashes_and_lines(tmp_path):
+    import shutil
+
+    from prefops_trainer.phases import card, lineage
+
+    odd = tmp_path / "base: v2 #1\nlicense: mit"
+    shutil.copytree(TINY / "model", odd)
+    inputs = load_inputs(parse_job(job_doc(tmp_path, model={"source": str(odd)})))
+    text = card.model_card(inputs, 1, {}, True, {"lineage": lineage.lineage(inputs)})
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front == {"library_name": "transformers", "tags": ["prefops", "trl", "dpo", "lora"], "base_model": str(odd)}

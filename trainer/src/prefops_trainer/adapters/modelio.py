@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import SpecError
 from ..core.hardware import Machine, auto_attention, problems
 from ..core.spec import JobSpec, ModelSpec, RewardModelSpec
+from . import chat_template
 from .sources import local_model
 
 if TYPE_CHECKING:
@@ -119,12 +120,14 @@ def load_model(spec: ModelSpec, path: Path, packs_pairs: bool = False) -> PreTra
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with the model; a missing pad token falls back to EOS, as TRL's trainers do."""
+    """The tokenizer saved with the model; a missing pad token falls back to EOS, as TRL's trainers do; its chat
+    template renders under a time limit (:mod:`.chat_template`)."""
     from transformers import AutoTokenizer
 
     tok: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    chat_template.bound(tok, path)
     return tok
 
 

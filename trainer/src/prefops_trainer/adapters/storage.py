@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..core.errors import IntegrityError
-from ..core.integrity import check_relative_key
+from ..core.integrity import check_keys
 from ..core.uris import Uri
 from .retry import retrying
 
@@ -248,10 +248,10 @@ def upload_dir(local: Path, uri: Uri, skip: frozenset[str] = frozenset()) -> lis
 def download_dir(uri: Uri, local: Path) -> Path:
     """Make ``local`` a copy of the files under ``uri``, fetching what is not current, and deleting local files the
     copy does not hold. Every key is checked before anything is fetched: one that would land outside ``local``
-    (``..``, an empty segment, a leading ``/``) raises IntegrityError."""
+    (``..``, an empty segment, a leading ``/``), one with a segment longer than a file name may be, or one that
+    another key makes a folder (``x`` beside ``x/y``) raises IntegrityError."""
     files = remote_files(uri)
-    for rel in files:
-        check_relative_key(rel, str(uri))
+    check_keys(files, str(uri))
     root = local_dir(local).resolve()
     index = _Copies(root)
     for rel, remote in sorted(files.items()):
@@ -299,7 +299,7 @@ def fetch_file(uri: Uri, dest: Path) -> None:
     """Copy one object to ``dest`` through a temporary file of its own (ranks fetching at once do not collide); the
     caller has made sure ``dest`` is where it belongs."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")  # a short name: any file name fits
     os.close(fd)
     try:
         _retried("downloading", uri, lambda: fs(uri).get_file(uri.path, tmp))

@@ -7,7 +7,7 @@ recorded when they were written (a checkpoint's completion marker, the reference
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
 from .errors import IntegrityError
@@ -39,6 +39,41 @@ def check_relative_key(rel: str, prefix: str) -> str:
             "(see docs/operator.md, Security)"
         )
     return rel
+
+
+#: The longest file or folder name a Linux file system takes, in bytes (NAME_MAX).
+NAME_MAX = 255
+
+
+def listing_problem(keys: Iterable[str]) -> tuple[str, str] | None:
+    """The first of a folder's relative keys (sorted) that cannot become a file beside the others, and why: a segment
+    longer than :data:`NAME_MAX` bytes, or a key that is also the folder of another (``x`` and ``x/y``); None when
+    every key can."""
+    ordered = sorted(keys)
+    folders = {rel.rsplit("/", i)[0] for rel in ordered for i in range(1, rel.count("/") + 1)}
+    for rel in ordered:
+        longest = max(rel.split("/"), key=lambda seg: len(seg.encode()))
+        if len(longest.encode()) > NAME_MAX:
+            return rel, f"has a segment of {len(longest.encode())} bytes; a file name may have {NAME_MAX}"
+        if rel in folders:
+            inner = next(k for k in ordered if k.startswith(rel + "/"))
+            return rel, f"names a file, and {inner!r} makes it a folder too; both cannot exist on disk"
+    return None
+
+
+def check_keys(rels: Iterable[str], prefix: str) -> None:
+    """Every relative key under ``prefix`` can become a file inside the folder it is copied into, beside the others
+    (:func:`check_relative_key`, :func:`listing_problem`); :class:`IntegrityError` naming the key otherwise."""
+    rels = list(rels)
+    for rel in rels:
+        check_relative_key(rel, prefix)
+    problem = listing_problem(rels)
+    if problem is not None:
+        key = f"{prefix.rstrip('/')}/{problem[0]}"
+        raise IntegrityError(
+            f"refusing the object {key!r} under {prefix}: its key {problem[1]}. Nothing was copied. Rename or remove "
+            "that object"
+        )
 
 
 def check_file_name(name: object, where: str) -> str:

@@ -65,6 +65,15 @@ Data rows used (sha256 of the rows as canonical JSON lines):
 """
 
 
+def _front_matter(base: str, algorithm: str, lora: bool) -> str:
+    """The card's YAML metadata (the Hub reads it), serialized: a base model named ``a: b #c`` or across lines stays
+    one string."""
+    tags = ["prefops", "trl", algorithm, *(["lora"] if lora else [])]
+    doc = {"library_name": "transformers", "tags": tags, "base_model": base}
+    text: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=10**6)
+    return text
+
+
 def model_card(inputs: Inputs, n_files: int, phases: dict[str, Any], lora: bool, manifest: dict[str, Any]) -> str:
     """The card of the model ``manifest`` (the ``prefops.json`` being written) describes."""
     spec = inputs.spec
@@ -74,10 +83,7 @@ def model_card(inputs: Inputs, n_files: int, phases: dict[str, Any], lora: bool,
     weights = hashlib.sha256(json.dumps(inputs.model_files, sort_keys=True).encode()).hexdigest()[:16]
     manifest_yaml = yaml.safe_dump(published_manifest(inputs.job), sort_keys=False)
     return f"""---
-library_name: transformers
-tags: [prefops, trl, {spec.algorithm.name}{", lora" if lora else ""}]
-base_model: {base}
----
+{_front_matter(base, spec.algorithm.name, lora)}---
 # {inputs.job.name}
 
 Trained by prefops {__version__} with `{spec.algorithm.name}` (loss {", ".join(spec.algorithm.losses)},
