@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 def _exit(code: int) -> NoReturn:
     """End the process with ``code``. A rank under torchrun ends at once, its logs flushed, skipping the interpreter's
-    teardown: its phase's result is written by now (nothing runs in the background), while the teardown destroys what
-    the libraries left behind (torch's, gloo's and DeepSpeed's native threads and objects) in no set order, and a
-    native thread destroyed while it still runs aborts the process (SIGABRT, "terminate called without an active
-    exception"): the launcher saw exit -6 and failed a phase that had finished."""
+    teardown: its phase's result is written by now (nothing runs in the background), while gloo's threads still run.
+    ``destroy_process_group`` stops them only when nothing else holds the group, and DDP's module and reducer,
+    accelerate and DeepSpeed do: the group, with its threads (``gloo_tcp_loop``, ``pt_gloo_runloop``), is destroyed by
+    the teardown in no set order with the rest of torch, and that aborted the rank now and then (SIGABRT, "terminate
+    called without an active exception", exit -6) after a phase that had finished."""
     if "LOCAL_RANK" not in os.environ:
         sys.exit(code)
     logging.shutdown()
