@@ -118,6 +118,7 @@ SPEC: dict[str, Any] = {
     "output": {
         "uri": None,
         "merge": None,
+        "maxShardSize": None,
         "gate": {
             "metric": None,
             "min": None,
@@ -159,6 +160,7 @@ DEFAULTS: dict[str, Any] = {
     "model.lora.targetModules": ["all-linear"],
     "model.trustRemoteCode": False,
     "nodeLostGraceSeconds": 20,
+    "output.maxShardSize": "5G",
     "output.merge": True,
     "reference.batchSize": 8,
     "reference.verifySamples": 8,

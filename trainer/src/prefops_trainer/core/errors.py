@@ -30,6 +30,11 @@ class CacheError(UserError):
     """The reference cache disagrees with the model it claims to describe."""
 
 
+class MergeError(UserError):
+    """The trained adapter or the base weights cannot be merged as they are (a peft setting the merge does not support,
+    a tensor the base lacks, a file that is not safetensors); the message names the field, tensor or file."""
+
+
 class GateNotMet(Exception):
     """The final evaluation misses ``spec.output.gate``: export wrote nothing to ``output.uri`` (docs/contract.md §8).
     Not a retry case and not an input error: the CLI exits 3 with :attr:`termination` as the termination message.

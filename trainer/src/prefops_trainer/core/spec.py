@@ -12,6 +12,7 @@ Every error is a :class:`SpecError` whose message names the field path, e.g.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -21,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from .algorithms import ALGORITHMS, Algorithm, EvalMetric, get_algorithm
 from .errors import SpecError
+from .planner.job import parse_quantity
 from .rules.checks import GateFacts, JobFacts, job_problems
 from .uris import Uri, UriError, parse_uri
 
@@ -41,6 +43,18 @@ def _uri_validator(allow_hf: bool) -> PlainValidator:
             raise PydanticCustomError(URI_ERROR, "{reason}", {"reason": str(e)}) from None
 
     return PlainValidator(parse)
+
+
+#: A size in bytes, as a Kubernetes quantity of at least 1 (5G, 512Mi, 1048576); the CRD holds the same pattern.
+SIZE_PATTERN = r"^[1-9][0-9]*(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+SIZE_ERROR = "size"
+
+
+def _check_size(value: object) -> str:
+    if not isinstance(value, str) or re.match(SIZE_PATTERN, value) is None:
+        reason = f"must be a size of at least 1 byte such as 5G, 512Mi or 1048576 (bytes, as a string), got {value!r}"
+        raise PydanticCustomError(SIZE_ERROR, "{reason}", {"reason": reason})
+    return value
 
 
 _AS_WRITTEN = PlainSerializer(lambda uri: uri.as_written, return_type=str)
@@ -263,6 +277,15 @@ class OutputSpec(_Spec):
     uri: TargetUri
     merge: bool = True
     gate: GateSpec | None = None
+    max_shard_size: Annotated[str, PlainValidator(_check_size)] = Field(
+        "5G",
+        description="The largest safetensors file of the exported weights (a Kubernetes quantity, or bytes as a "
+        "string); larger weights are split into model-0000k-of-0000n.safetensors with model.safetensors.index.json.",
+    )
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_quantity(self.max_shard_size, "spec.output.maxShardSize")
 
 
 class StorageSpec(_Spec):
@@ -369,7 +392,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         elif item["type"] == "missing":
             msg = "required field is missing"
         got = item.get("input")
-        suffix = "" if item["type"] in ("missing", "extra_forbidden", URI_ERROR) else f", got {got!r}"
+        suffix = "" if item["type"] in ("missing", "extra_forbidden", URI_ERROR, SIZE_ERROR) else f", got {got!r}"
         lines.append(f"{path}: {msg[0].lower()}{msg[1:]}{suffix}")
     return f"{source}: " + "; ".join(lines)
 

@@ -1,6 +1,11 @@
 """The export phase: merge LoRA into the base weights, write safetensors + tokenizer + a model card to
 ``output.uri``, and the ``prefops.json`` manifest last, so its presence marks a complete model.
 
+Weights are written as shards of at most ``output.maxShardSize`` (with ``model.safetensors.index.json`` when there are
+several), one tensor, or a block of its rows, at a time (``adapters.weights``): the LoRA merge reads each base tensor
+from its shard and adds the adapter's delta as peft does, and full fine-tuning's weights are re-cut by copying bytes,
+so host memory does not grow with the model. Every tensor keeps the dtype it is stored in.
+
 Re-running an interrupted export completes it: every file is stored with its sha256 (S3 user metadata), so a
 re-run, whatever moment the first run died at (even SIGKILL between two files), sends only the files that had not
 arrived whole; an earlier ``prefops.json`` at the destination is removed before anything is overwritten, so a
@@ -28,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..adapters import metrics, storage, trained
+from ..adapters import metrics, storage, trained, weights
 from ..core.errors import GateNotMet
 from ..core.evaluation import Evaluation, judge
 from ..core.uris import Uri
+from ..core.weights import NamesDiffer
 from ..core.workspace import TRAINED_ATTEMPT_ENV, TRAINED_MARKER, Workspace, trained_attempt_of
 from ..inputs import Inputs
 from . import reports
@@ -41,14 +47,32 @@ from .lineage import lineage
 log = logging.getLogger(__name__)
 
 
-def merge(base_dir: Path, adapter_dir: Path, out: Path, model_kwargs: dict[str, Any]) -> None:
-    """Merge the LoRA adapter in ``adapter_dir`` into the base model and save it (safetensors) to ``out``."""
+def merge(base_dir: Path, adapter_dir: Path, out: Path, max_shard_bytes: int, trust_remote_code: bool = False) -> None:
+    """Merge the LoRA adapter in ``adapter_dir`` into the base model in ``base_dir`` and write it to ``out`` as
+    safetensors shards of at most ``max_shard_bytes`` (with an index when there are several), every tensor in the
+    base's dtype.
+
+    The merge streams, one tensor (a block of rows) at a time (``adapters.weights``): its memory does not grow with
+    the model. Where the adapter's names do not map onto the base checkpoint's file by file (a family whose checkpoints
+    transformers converts on load, such as fused mixture-of-experts layers: :class:`NamesDiffer`), peft merges on the
+    loaded model instead, which holds the whole model in host memory; a warning says so."""
+    try:
+        weights.merge_lora(base_dir, adapter_dir, out, max_shard_bytes)
+    except NamesDiffer as e:
+        log.warning("%s: merging with peft on the whole model in memory instead of tensor by tensor", e)
+        merge_in_memory(base_dir, adapter_dir, out, max_shard_bytes, trust_remote_code)
+
+
+def merge_in_memory(
+    base_dir: Path, adapter_dir: Path, out: Path, max_shard_bytes: int, trust_remote_code: bool = False
+) -> None:
+    """peft's ``merge_and_unload`` on the whole base model (in its stored dtype), saved as safetensors shards."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto", trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    merged.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_bytes)
 
 
 def file_table(root: Path) -> list[dict[str, Any]]:
@@ -92,17 +116,19 @@ def trained_dir(inputs: Inputs) -> Path:
 
 
 def build_local(inputs: Inputs, out: Path) -> bool:
-    """Write the exported model (without manifest) into ``out``; return whether LoRA was merged."""
+    """Write the exported model (without manifest) into ``out``; return whether LoRA was merged. Weights are written
+    as shards of at most ``output.maxShardSize``."""
     trained = trained_dir(inputs)
     lora = (trained / "adapter_config.json").exists()
+    shard = inputs.spec.output.max_shard_bytes
     if lora and inputs.spec.output.merge:
-        from ..adapters.modelio import model_init_kwargs
-
-        merge(inputs.model_path, trained, out, model_init_kwargs(inputs.spec.model))
+        merge(inputs.model_path, trained, out, shard, inputs.spec.model.trust_remote_code)
     else:
-        shutil.copytree(
-            trained, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TRAINED_MARKER, "training_args.bin")
-        )
+        full = not lora and bool(weights.weight_file_names(trained))
+        skipped = [TRAINED_MARKER, "training_args.bin", *(weights.weight_file_names(trained) if full else ())]
+        shutil.copytree(trained, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skipped))
+        if full:  # full fine-tuning: the weights re-cut to maxShardSize, a block of bytes at a time
+            weights.reshard(trained, out, shard)
     inputs.tokenizer.save_pretrained(out)
     return lora
 
