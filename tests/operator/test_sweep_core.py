@@ -14,6 +14,7 @@ from support.sweeps import sweep_manifest
 from prefops_operator.core.algorithms import DPO_LOSS_TYPES
 from prefops_operator.core.evaluation import Evaluation
 from prefops_operator.core.naming import MAX_NAME
+from prefops_operator.core.refusals import forbidden
 from prefops_operator.core.spec import InvalidSpec, parse_job
 from prefops_operator.core.sweep_machine import SweepObserved, decide, trials_to_check
 from prefops_operator.core.sweep_spec import parse_sweep
@@ -456,3 +457,32 @@ def test_a_trials_parameters_a_pruned_override_and_the_apiservers_refusal_never_
     assert 'Invalid value: "s3://***@bucket/m"' in d.status.trials[0].message
     for text in shown:
         assert SECRET[8:] not in text and "AKIAEXAMPLEKEY" not in text
+
+
+# -- refused by the apiserver (403) ------------------------------------------------------------------------------
+
+QUOTA = forbidden("exceeded quota: jobs, requested: count/preferencetrainingjobs.prefops.dev=1, used: 1, limited: 1")
+
+
+def test_a_sweep_whose_trial_jobs_cannot_be_checked_waits_pending_showing_why_with_one_warning():
+    sweep = make_sweep()
+    d = step(sweep, SweepStatus(), forbidden=QUOTA)
+    assert (d.status.phase, d.create) == (SweepPhase.PENDING, ())
+    held = d.status.condition("ReplicaFailure")
+    assert (held.status, held.reason) == ("True", "QuotaExceeded") and "exceeded quota: jobs" in held.message
+    assert [(e.reason, e.warning) for e in d.events] == [("QuotaExceeded", True)]
+    assert step(sweep, d.status, forbidden=QUOTA).events == ()  # the same refusal again: no second Event
+    started = step(sweep, d.status)
+    assert started.status.phase == SweepPhase.RUNNING and started.status.condition("ReplicaFailure") is None
+
+
+def test_a_running_sweep_refused_a_trial_job_shows_it_until_a_create_passes():
+    sweep = make_sweep()
+    d = running(sweep)
+    webhook = forbidden('admission webhook "policy.example.com" denied the request: no jobs on Fridays')
+    held = step(sweep, d.status, (view("beta-0"),), 1, forbidden=webhook)
+    assert held.status.phase == SweepPhase.RUNNING
+    assert held.status.condition("ReplicaFailure").reason == "CreateForbidden"
+    assert [(e.reason, e.warning) for e in held.events] == [("CreateForbidden", True)]
+    cured = step(sweep, held.status, (view("beta-0"), view("beta-1")), 2)
+    assert cured.status.condition("ReplicaFailure") is None

@@ -433,6 +433,7 @@ class KubeCluster:
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--concurrent-gc-syncs=5",
+                "--resource-quota-sync-period=2s",  # count a quota of custom objects soon after its CRD is found
                 "--v=1",
             ],
             self.workdir,

@@ -19,10 +19,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .adapters import sweep_metrics
-from .adapters.kube import Conflict, Gone, Rejected
+from .adapters.kube import Conflict, Forbidden, Gone, Rejected
 from .adapters.sweeps import SweepKubeApi
 from .core.memory import WrittenStatus, remember
 from .core.patch import merge_patch
+from .core.refusals import Refusal, backoff, forbidden
 from .core.rules.userinfo import redact
 from .core.spec import InvalidSpec, parse_meta
 from .core.sweep_machine import SweepDecision, SweepObserved, decide, trials_to_check
@@ -43,6 +44,20 @@ class _Memory(WrittenStatus):
     created: dict[str, float] = field(default_factory=dict)  # trial → when a repeated create is allowed
     patched: dict[tuple[str, bool], float] = field(default_factory=dict)  # (trial, suspend) → likewise
     refused: dict[str, str] = field(default_factory=dict)  # trial → the apiserver's refusal of its job
+    forbidden: Refusal | None = None  # the last 403 to a trial job's dry-run or create; none since it passed
+    forbidden_times: int = 0  # 403s in a row
+    retry_at: float = 0.0  # no dry-run or create of a trial job before this (monotonic), after a 403
+
+    def forbid(self, e: Forbidden, clock: float) -> None:
+        self.forbidden, self.forbidden_times = forbidden(redact(e.message)), self.forbidden_times + 1
+        self.retry_at = clock + backoff(self.forbidden_times)
+
+    def allow(self) -> None:
+        self.forbidden, self.forbidden_times, self.retry_at = None, 0, 0.0
+
+    def holding(self, clock: float) -> bool:
+        """Whether a 403 holds back trial creates now."""
+        return self.forbidden is not None and clock < self.retry_at
 
 
 class SweepReconciler:
@@ -83,17 +98,20 @@ class SweepReconciler:
         sweep, spec_error = _parse(body)
         previous = SweepStatus.from_dict(body.get("status"))
         views = {t.name: t for t in trials}
-        checked = await self._check(sweep) if sweep and previous.phase == SweepPhase.PENDING else ()
-        decision = decide(previous, SweepObserved(sweep, spec_error, views, checked, dict(mem.refused)), now)
+        pending = sweep is not None and previous.phase == SweepPhase.PENDING
+        checked = await self._check(sweep, mem) if sweep and pending and not mem.holding(time.monotonic()) else ()
+        observed = SweepObserved(sweep, spec_error, views, checked, dict(mem.refused), mem.forbidden)
+        decision = decide(previous, observed, now)
         if decision.status != previous:
             await self._write(mem, body, decision, now)
         self._statuses[key] = (decision.status, sweep.spec.objective.metric if sweep else "")
         refused = await self._act(sweep, mem, decision, views) if sweep is not None else False
         return RETRY_SOON if refused else self._requeue_after(mem)
 
-    async def _check(self, sweep: Sweep) -> tuple[str, ...]:
+    async def _check(self, sweep: Sweep, mem: _Memory) -> tuple[str, ...]:
         """The apiserver's verdict on every trial's job, by dry-run creates: what the job schema rejects (422) or
-        prunes (a path that is no field of the job spec)."""
+        prunes (a path that is no field of the job spec). A 403 stops the check (``mem`` remembers it: the sweep
+        waits, showing it, and the check is repeated after a backoff)."""
         problems: list[str] = []
         for trial in trials_to_check(sweep):
             try:
@@ -101,8 +119,12 @@ class SweepReconciler:
             except Rejected as e:
                 problems.append(rejected(trial, str(e)))
                 continue
+            except Forbidden as e:
+                mem.forbid(e, time.monotonic())
+                return ()
             if served is not None:
                 problems += dropped_overrides(trial, served.get("spec") or {})
+        mem.allow()
         return tuple(problems)
 
     async def _write(self, mem: _Memory, body: Mapping[str, Any], decision: SweepDecision, now: datetime) -> None:
@@ -119,17 +141,22 @@ class SweepReconciler:
         clock, refused = time.monotonic(), False
         mem.created = {n: t for n, t in mem.created.items() if t > clock and n not in views}
         mem.patched = {k: t for k, t in mem.patched.items() if t > clock and k[0] in views}
-        for trial in decision.create:
+        for trial in () if mem.holding(clock) else decision.create:
             if trial.name in mem.created or trial.name in mem.refused:
                 continue
             try:
                 await self.api.create_job(trial_manifest(sweep, trial, sweep.spec.suspend))
+            except Forbidden as e:  # a quota, a webhook, RBAC: shown on the sweep, retried after a backoff
+                log.warning("sweep %s/%s: creating trial %s forbidden: %s", *sweep.key, trial.name, redact(e.message))
+                mem.forbid(e, clock)
+                return refused or mem.forbidden_times == 1  # report a new refusal at once
             except Rejected as e:
                 message = redact(str(e))  # the apiserver's message may quote an override's value
                 log.warning("sweep %s/%s: trial %s refused: %s", *sweep.key, trial.name, message)
                 mem.refused[trial.name], refused = message, True
                 continue
             mem.created[trial.name] = clock + EXPECTATION_TTL
+            mem.allow()
         for names, suspend in ((decision.suspend, True), (decision.resume, False)):
             for name in names:
                 if (name, suspend) not in mem.patched:
@@ -138,7 +165,7 @@ class SweepReconciler:
         return refused
 
     def _requeue_after(self, mem: _Memory) -> float | None:
-        pending = [*mem.created.values(), *mem.patched.values()]
+        pending = [*mem.created.values(), *mem.patched.values(), *([mem.retry_at] if mem.forbidden else [])]
         return max(min(pending) - time.monotonic() + 0.1, 0.05) if pending else None
 
 

@@ -44,13 +44,20 @@ def classify_refusal(status: int, message: str, spec: JobSpec) -> Refusal:
     if status != FORBIDDEN:
         return Refusal(Reason.INVALID_SPEC, message, permanent=True)
     text = message.lower()
-    if "exceeded quota" in text or "status unknown for quota" in text:
-        return Refusal(Reason.QUOTA_EXCEEDED, message, permanent=False)
     if "error looking up service account" in text:
         named = spec.resources.service_account_name is not None
         return Refusal(Reason.SERVICE_ACCOUNT_NOT_FOUND, message, permanent=named)
     if "no priorityclass with name" in text:
         return Refusal(Reason.PRIORITY_CLASS_NOT_FOUND, message, permanent=True)
+    return forbidden(message)
+
+
+def forbidden(message: str) -> Refusal:
+    """A 403 that no field of the spec causes, always retried: a ResourceQuota's, else any other (the operator's
+    RBAC, an admission webhook, the owner-reference check). A sweep's trial jobs meet only these."""
+    text = message.lower()
+    if "exceeded quota" in text or "status unknown for quota" in text:
+        return Refusal(Reason.QUOTA_EXCEEDED, message, permanent=False)
     return Refusal(Reason.CREATE_FORBIDDEN, message, permanent=False)
 
 

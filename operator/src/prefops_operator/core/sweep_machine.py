@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .conditions import ConditionType
+from .refusals import Refusal
 from .rules.trials import Trial, best, output_uri, trial_spec
 from .rules.userinfo import redact
 from .spec import InvalidSpec
@@ -35,13 +37,15 @@ class SweepObserved:
     """What a decision depends on besides the previous status and the clock. ``sweep`` is ``None`` when the spec
     could not be parsed (``spec_error`` says why); ``trials`` are the observed trial jobs by name; ``rejections``
     the apiserver's objections to the trials' jobs (dry-run creates, before the first trial starts); ``refused``
-    the trials whose job the apiserver refused to create since (trial name → its message)."""
+    the trials whose job the apiserver refused to create since (trial name → its message); ``forbidden`` a 403 to
+    the last dry-run or create of a trial job (a ResourceQuota, a webhook, RBAC), which the reconciler retries."""
 
     sweep: Sweep | None
     spec_error: str | None = None
     trials: Mapping[str, TrialView] = field(default_factory=dict)
     rejections: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    forbidden: Refusal | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,14 @@ def decide(previous: SweepStatus, observed: SweepObserved, now: datetime) -> Swe
         if previous.phase == SweepPhase.PENDING and observed.spec_error:
             return _fail(previous, "InvalidSpec", observed.spec_error, now)
         return SweepDecision(previous)
-    if previous.phase == SweepPhase.PENDING:
-        return _start(previous, observed, sweep, now)
+    if previous.phase == SweepPhase.PENDING and observed.forbidden is not None:
+        return _held(previous, observed.forbidden, now)  # the trials' jobs could not all be checked
     if previous.phase.finished:
         return SweepDecision(previous)
-    return _run(previous, observed, sweep, now)
+    pending = previous.phase == SweepPhase.PENDING
+    decision = _start(previous, observed, sweep, now) if pending else _run(previous, observed, sweep, now)
+    refusal = None if decision.status.phase.finished else observed.forbidden  # a finished sweep creates nothing
+    return _held_or_cured(decision, refusal, now)
 
 
 def trials_to_check(sweep: Sweep) -> tuple[Trial, ...]:
@@ -253,6 +260,28 @@ def _fail(previous: SweepStatus, reason: str, message: str, now: datetime) -> Sw
     return SweepDecision(status, (SweepEvent(reason, message, warning=True),))
 
 
+# -- refused by the apiserver (403) ------------------------------------------------------------------------------
+
+
+def _held(previous: SweepStatus, refusal: Refusal, now: datetime) -> SweepDecision:
+    """``previous`` with a ``ReplicaFailure`` condition naming the refusal; a Warning Event when it is new."""
+    message = redact(f"the apiserver refuses to create the trials' jobs (retried with backoff): {refusal.message}")
+    old = previous.condition(ConditionType.REPLICA_FAILURE)
+    updates = {ConditionType.REPLICA_FAILURE.value: ("True", refusal.reason.value, message[:MAX_MESSAGE])}
+    status = replace(previous, conditions=_conditions(previous, now, updates))
+    new = old is None or old.reason != refusal.reason.value
+    return SweepDecision(status, (SweepEvent(refusal.reason.value, message, warning=True),) if new else ())
+
+
+def _held_or_cured(decision: SweepDecision, refusal: Refusal | None, now: datetime) -> SweepDecision:
+    """``decision`` with the ``ReplicaFailure`` condition set from ``refusal``, or taken away once creates pass."""
+    if refusal is not None:
+        held = _held(decision.status, refusal, now)
+        return replace(decision, status=held.status, events=decision.events + held.events)
+    kept = tuple(c for c in decision.status.conditions if c.type != ConditionType.REPLICA_FAILURE)
+    return replace(decision, status=replace(decision.status, conditions=kept))
+
+
 # -- events and conditions ---------------------------------------------------------------------------------------
 
 
@@ -297,7 +326,7 @@ def _conditions(
         old = out.get(type_)
         since = now if old is None or old.status != state else old.last_transition_time
         out[type_] = Condition(type_, state, reason, message, since)
-    order = ["Running", "Suspended", "Succeeded", "Failed"]
+    order = ["Running", "Suspended", ConditionType.REPLICA_FAILURE, "Succeeded", "Failed"]
     return tuple(sorted(out.values(), key=lambda c: order.index(c.type) if c.type in order else len(order)))
 
 
