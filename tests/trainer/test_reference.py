@@ -180,3 +180,23 @@ def test_stale_cache_fails_fast_naming_the_row(tmp_path):
     ):
         train_phase.run(inputs)
     assert not Path(inputs.ws.trained.path, TRAINED_MARKER).exists()
+
+
+def test_the_spot_check_draws_other_rows_each_run_not_the_ones_training_seed_gives_and_names_them(tmp_path, caplog):
+    import logging
+    import random
+    import re
+
+    from prefops_trainer.phases.train.reference import verify_sample
+
+    inputs = load_inputs(parse_job(job_doc(tmp_path, reference={"verifySamples": 8})))
+    precompute_phase.run(inputs)
+    table, model = inputs.ref_cache("train").load(), inputs.load_model()
+    caplog.set_level(logging.INFO, logger="prefops_trainer")
+    for _ in range(2):
+        assert verify_sample(inputs, model, table) == 8
+    drawn = [sorted(map(int, m.split(", "))) for m in re.findall(r"verified on 8 random rows: ([\d, ]+)", caplog.text)]
+    assert len(drawn) == 2 and all(len(rows) == 8 for rows in drawn)
+    assert drawn[0] != drawn[1], "the same rows twice: the draw is predictable"
+    seeded = sorted(random.Random(inputs.spec.training.seed).sample(range(len(table)), 8))
+    assert seeded not in drawn, "the rows training.seed gives were checked"

@@ -317,3 +317,49 @@ def test_shard_names_are_taken_from_the_manifest_only_inside_the_cache_folder(tm
     )
     with pytest.raises(IntegrityError, match=rf"manifest\.json: shards\[0\]: names the file '\.\./{other.key}/shard"):
         cache.load()
+
+
+def planted_shard(rows: range, logp: float, origin: dict | None) -> bytes:
+    """A well-formed shard of ``rows`` whose every log-prob is ``logp``, recording ``origin`` as its writer."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {b"prefops": json.dumps(origin).encode()} if origin else None
+    table = pa.table({"index": pa.array(list(rows), pa.int64()),
+                      "ref_chosen_logps": pa.array([logp] * len(rows), pa.float32()),
+                      "ref_rejected_logps": pa.array([logp] * len(rows), pa.float32())}, metadata=meta)  # fmt: skip
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("origin", ["none", "another run"])
+def test_a_shard_planted_before_precompute_ran_is_computed_again_and_never_enters_the_cache(
+    tmp_path, s3, monkeypatch, caplog, origin
+):
+    server, bucket = s3
+    monkeypatch.setenv("PREFOPS_CACHE_DIR", str(tmp_path / "cache"))
+    doc = job_doc(tmp_path, storage={"uri": f"s3://{bucket}/work"}, reference={"workers": 2})
+    inputs = load_inputs(parse_job(doc))
+    cache = inputs.ref_cache("train")
+    recorded = {"key": cache.key, "shard": 1, "numShards": 2, "run": "someone-else"} if origin != "none" else None
+    planted = planted_shard(range(32, 64), -1.0, recorded)
+    key = f"work/refcache/{cache.key}/shard-00001-of-00002.parquet"
+    server.client().put_object(Bucket=bucket, Key=key, Body=planted)
+
+    precompute_phase.run(inputs, 0, 2)
+    assert cache.manifest() is None, "shard 0's worker does not count the planted shard 1 into a manifest"
+    precompute_phase.run(inputs, 1, 2)
+    why = "it records no writer" if origin == "none" else "it records run 'someone-else', where this job has run"
+    assert f"train shard 1/2 in s3://{bucket}/work/refcache/{cache.key} is not adopted: {why}" in caplog.text
+    written = manifest_of(server, bucket, f"work/refcache/{cache.key}")["shards"][1]
+    assert written["sha256"] != hashlib.sha256(planted).hexdigest(), "the planted shard was adopted"
+    table = cache.load()
+    assert all(table[i] != (-1.0, -1.0) for i in range(32, 64)), "the planted numbers reached the cache"
+
+    theirs = load_inputs(parse_job(job_doc(tmp_path, "twin", reference={"workers": 2})))  # local storage, same key
+    precompute_phase.run(theirs, 0, 2)
+    precompute_phase.run(theirs, 1, 2)
+    assert theirs.ref_cache("train").key == cache.key and theirs.ref_cache("train").load() == table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 from typing import TYPE_CHECKING
 
 from ...adapters import trl_bridge
@@ -11,6 +12,7 @@ from ...adapters.refcache import RefTable
 from ...compute import gathered, logprobs
 from ...core.errors import CacheError
 from ...inputs import Inputs
+from . import distributed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -29,7 +31,7 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     if cache.finalize(workers, n_rows, {"split": split}) is None:
         raise RuntimeError(
             f"reference cache {cache.root} for the {split} split is incomplete (shards "
-            f"{cache.missing_shards(workers)} missing): run the precompute phase first"
+            f"{cache.unfinished(workers)} missing or not written by this job): run the precompute phase first"
         )
     table = cache.load()
     if len(table) != n_rows:
@@ -40,13 +42,16 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
 def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
     """Recompute a few random rows' reference log-probs with the (untrained) model; fail fast on a mismatch.
 
-    Guards against a stale or foreign cache (a key collision, an edited model folder, a changed library).
-    Returns the number of rows checked.
+    Guards against a stale or foreign cache (a key collision, an edited model folder, a changed library, numbers
+    planted in the shared cache). The rows are drawn from the operating system's randomness (the same on every rank:
+    rank 0 draws), not from ``training.seed``, so whoever writes a cache cannot know which rows will be checked; the
+    log names them. Returns the number of rows checked.
     """
     n = min(inputs.spec.reference.verify_samples, len(table))
     if n == 0:
         return 0
-    got = _recompute(inputs, model, n)
+    picks = spot_rows(len(inputs.splits["train"]), n, distributed.from_rank_zero(secrets.randbits(64)))
+    got = _recompute(inputs, model, picks)
     exact = inputs.dtype == "float32"
     for idx, c, r in zip(got.index, got.chosen, got.rejected, strict=True):
         for label, ours, cached in (("chosen", c, table[idx][0]), ("rejected", r, table[idx][1])):
@@ -57,13 +62,17 @@ def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> in
                     f"{label} log-prob is {ours:.4f} now, {cached:.4f} in the cache (tolerance {tol:.4f}). "
                     "The cache is stale or was written by another model; delete that folder and re-run precompute"
                 )
-    log.info("reference cache verified on %d random rows", n)
+    log.info("reference cache verified on %d random rows: %s", n, ", ".join(map(str, got.index)))
     return n
 
 
-def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLogps:
-    """The reference log-probs of ``n`` random training rows, computed now; ``model`` is left as it was."""
-    picks = sorted(random.Random(inputs.spec.training.seed).sample(range(len(inputs.splits["train"])), n))
+def spot_rows(n_rows: int, n: int, draw: int) -> list[int]:
+    """``n`` of ``n_rows`` positions, sorted, chosen by the random number ``draw``."""
+    return sorted(random.Random(draw).sample(range(n_rows), n))
+
+
+def _recompute(inputs: Inputs, model: PreTrainedModel, picks: list[int]) -> logprobs.RefLogps:
+    """The reference log-probs of training rows ``picks``, computed now; ``model`` is left as it was."""
     rows = inputs.tokenized_rows("train", picks)  # paired data: only these rows (TRL's trainer tokenizes the split)
     logprobs.prepare_model(model)
     try:
@@ -74,7 +83,7 @@ def _recompute(inputs: Inputs, model: PreTrainedModel, n: int) -> logprobs.RefLo
                 pad_token_id=inputs.tokenizer.pad_token_id,
                 max_length=inputs.spec.dataset.max_length,
                 truncation_mode=inputs.spec.dataset.truncation_mode,
-                batch_size=n,
+                batch_size=len(picks),
             )
     finally:
         trl_bridge.detach_fused_head(model)  # the trainer adds its own
