@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 64 * 2**20
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-#: Files of a base model folder the merged model keeps (the weights are written anew, the tokenizer by the export).
+#: Files of a base model folder the merged model keeps, besides its code (``*.py``, for trustRemoteCode models); the
+#: weights are written anew, the tokenizer by the export.
 MODEL_FILES = ("config.json", "generation_config.json")
 
 
@@ -94,9 +95,9 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out: Path, max_shard_bytes: in
     log.info("merging %d LoRA layers into %d base tensors, shard by shard", len(plan), len(base))
     sources = [Source(s.path, s.tensor, plan.get(name)) for name, s in base.items()]
     written = write_model(sources, out, max_shard_bytes, Adapter(adapter_file, adapter))
-    for name in MODEL_FILES:
-        if (base_dir / name).is_file():
-            shutil.copyfile(base_dir / name, out / name)
+    for path in [base_dir / name for name in MODEL_FILES] + sorted(base_dir.glob("*.py")):  # *.py: remote code
+        if path.is_file():
+            shutil.copyfile(path, out / path.name)
     return written
 
 

@@ -26,10 +26,11 @@ PUBLISHED: tuple[str, ...] = (
     "output.merge",
     "output.gate",
 )
-#: What stays out: where the model and the work storage live (and the Secret for them), where and how the job runs,
-#: and its lifecycle.
+#: What stays out: where the model and the work storage live (and the Secret for them), how its files are cut, where
+#: and how the job runs, and its lifecycle.
 WITHHELD: tuple[str, ...] = (
     "output.uri",
+    "output.maxShardSize",
     "storage",
     "resources",
     "suspend",

@@ -44,6 +44,14 @@ PROCESS_BASELINE_GPU, PROCESS_BASELINE_CPU = 3 * GIB, 2 * GIB
 DATASET_ALLOWANCE, SCRATCH = 4 * GIB, 2 * GIB
 #: transformers 5's ``save_pretrained`` default max_shard_size, the most one safetensors file holds
 MAX_SHARD = 50 * 10**9
+#: the export's streamed LoRA merge (trainer adapters/weights.py) besides the process: a 64 MiB block of a tensor's
+#: rows in its copies (as read, in float32, the delta, the sum) and one layer's A and B
+STREAMED_MERGE = GIB // 2
+#: model families whose checkpoints transformers converts on load (fused experts, a multimodal layout, a renamed
+#: router): the export merges their LoRA with peft on the whole model in memory (tests/trainer/test_export_merge.py)
+CONVERTED_CHECKPOINTS = frozenset(
+    {"mixtral", "qwen3_moe", "phimoe", "olmoe", "deepseek_v3", "gemma3", "qwen3_next", "minimax"}
+)
 #: DeepSpeed's estimators' margin on host memory for offloaded states (additional_buffer_factor)
 OFFLOAD_BUFFER = 1.5
 
@@ -217,11 +225,15 @@ def reference_host(s: Setup, device: DevicePlan) -> int:
 
 
 def export_host(s: Setup) -> int:
-    """Merging LoRA on the CPU: the base weights in the job's dtype, the adapter, and one safetensors shard's bytes
-    while it is written. Without a merge, export copies files and needs only the baseline."""
+    """Merging LoRA on the CPU streams a tensor at a time: the baseline and :data:`STREAMED_MERGE`; for a family in
+    :data:`CONVERTED_CHECKPOINTS`, peft's merge: the base weights in the job's dtype, the adapter, and one safetensors
+    shard's bytes while it is written. Without a merge, export copies files (full weights re-cut by blocks of bytes)
+    and needs only the baseline."""
     baseline = PROCESS_BASELINE_CPU
     if not (s.lora and s.job.merge):
         return baseline
+    if s.shape.model_type not in CONVERTED_CHECKPOINTS:
+        return baseline + STREAMED_MERGE
     weights = s.params * s.bytes
     return baseline + weights + s.trainable * 4 + min(weights, MAX_SHARD)
 
