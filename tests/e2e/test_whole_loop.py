@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart.rendering import render
+from support.chart_rendering import render
 from support.kube import ROOT, wait_for
 from support.kubesd import KubernetesDiscovery
 from support.node import NODE_IP, Cluster, PodWatch, pod_logs, pod_summary

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +38,7 @@ from typing import Any
 import yaml
 
 from .kube import ROOT, wait_for
+from .scripts import load_script
 
 CLUSTER_SH = ROOT / "scripts" / "cluster" / "cluster.sh"
 E2E_NODES = int(os.environ.get("PREFOPS_E2E_NODES") or 2)
@@ -50,16 +49,8 @@ class NodeError(RuntimeError):
 
 
 def _script(name: str) -> ModuleType:
-    """A stdlib-only module of scripts/cluster/, loaded by path (registered: dataclasses look their module up)."""
-    qualified = f"prefops_cluster_{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, ROOT / "scripts" / "cluster" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    spec.loader.exec_module(module)
-    return module
+    """A stdlib-only module of scripts/cluster/."""
+    return load_script(f"cluster/{name}")
 
 
 layout = _script("layout")

@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import pytest
-from trainer_jobs import TINY, run_cli
+from support.trainer_jobs import TINY, run_cli
 
 from prefops_trainer.core.spec import DeepSpeedSpec
 from prefops_trainer.core.trlconfig import deepspeed_config
