@@ -1,11 +1,7 @@
-"""Shared test configuration: every test runs with the repo root importable and quiet, deterministic settings."""
+"""Shared test configuration: quiet, deterministic settings for every test (``tests/`` is importable through
+pytest.ini's ``pythonpath``, so the helpers in ``tests/support`` are ``support.*``)."""
 
 import os
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 # one real control plane per session, shared by operator, contract, chart and e2e tests
 pytest_plugins = ["support.fixtures", "support.s3"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from chart.rendering import ROOT, VALUE_SETS, container, render
 from dockerfile_parse import DockerfileParser
+from support.chart_rendering import ROOT, VALUE_SETS, container, render
 from support.jobs import Jobs, job_manifest
 from support.kube import KubeCluster, free_port, wait_for
 from support.operator import OperatorProcess, image_like_python

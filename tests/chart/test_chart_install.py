@@ -12,7 +12,7 @@ from typing import Any
 import helm_python
 import kubernetes
 import pytest
-from chart.rendering import CHART, crd_file_specs
+from support.chart_rendering import CHART, crd_file_specs
 from support.jobs import Jobs, job_manifest
 from support.kube import KubeCluster, wait_for
 

@@ -10,7 +10,8 @@ import re
 import helm_python
 import pytest
 import yaml
-from chart.rendering import (
+from dockerfile_parse import DockerfileParser
+from support.chart_rendering import (
     CHART,
     NAMESPACE,
     ROOT,
@@ -23,7 +24,6 @@ from chart.rendering import (
     load_all,
     render,
 )
-from dockerfile_parse import DockerfileParser
 from support.operator_core import make_job
 from support.pod_security import restricted_violations
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart.rendering import CHART, ROOT, chart
+from support.chart_rendering import CHART, ROOT, chart
 
 VALUES_TEXT = (CHART / "values.yaml").read_text()
 VALUES = yaml.safe_load(VALUES_TEXT)

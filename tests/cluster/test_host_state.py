@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from support.node import _script
+from support.kube import cluster_script
 
-host_state = _script("host_state")
+host_state = cluster_script("host_state")
 
 STALE = [
     "nat :KUBE-SVC-6J7QAIYPOU7D6IUP -",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.scripts import load_script
 
 from prefops_operator.core import planner as operator_planner
 from prefops_operator.core.algorithms import ALGORITHMS as OPERATOR_ALGORITHMS
@@ -32,9 +33,7 @@ def test_the_operator_s_copy_of_the_planner_is_current():
 
 
 def test_a_copy_that_was_edited_is_named_stale(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gen_shared_copies as gen
-
+    gen = load_script("gen_shared_copies")
     source, target = tmp_path / "src", tmp_path / "dst"
     source.mkdir()
     (source / "a.py").write_text('"""A."""\n')
@@ -53,9 +52,7 @@ def test_a_copy_that_was_edited_is_named_stale(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("line", ["import yaml", "from ..spec import JobSpec", "from kopf import on"])
 def test_a_shared_module_that_reaches_outside_its_package_and_the_standard_library_is_refused(line):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gen_shared_copies as gen
-
+    gen = load_script("gen_shared_copies")
     assert gen.foreign_imports(f"import json\nfrom . import sibling\n{line}\n") == [line.split()[1]]
 
 

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from dashboard_exports import Catalogue, operator_everything, trainer_everything
+from support.dashboard_exports import Catalogue, operator_everything, trainer_everything
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 - every PromQL expression (panel targets and template variables) parses: the real ``promtool check rules``;
 - every metric name in them is one the trainer or the operator exports, every label they select or group by is
   one that metric carries, and a closed-set label value (a phase, a memory kind, a result) is one the code
-  writes: ``dashboard_exports`` exercises the real metrics objects and reads what ``generate_latest`` serves;
+  writes: ``support.dashboard_exports`` exercises the real metrics objects and reads what ``generate_latest`` serves;
 - every panel shows data, and the numbers a user reads first (phase, progress, ETA, throughput, cluster counts)
   are right, against series made from those same exports: the real PromQL engine of ``promtool test rules``;
 - the structure a user notices: the datasource variable everywhere, ids, layout, per-job filtering, units;
@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dashboard_exports import (
+from support.dashboard_exports import (
     FREE_LABELS,
     Catalogue,
     Sample,
@@ -36,7 +35,7 @@ from dashboard_exports import (
     sweep_status,
     trainer_registry,
 )
-from dashboard_promql import read
+from support.dashboard_promql import read
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_FILE = ROOT / "charts" / "prefops" / "dashboards" / "prefops.json"
@@ -536,12 +535,11 @@ def test_the_first_numbers_a_user_reads_are_right(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- live
-sys.path.insert(0, str(ROOT / "tests" / "trainer"))
 ONLINE = {
     "rewardModel": {"source": str(ROOT / "examples" / "tiny" / "reward-model")},
     "generation": {"maxNewTokens": 8},
 }
-RUNS = {  # job name → spec over the tiny job of tests/trainer/trainer_jobs.py: long enough for a few scrapes
+RUNS = {  # job name → spec over the tiny job of tests/support/trainer_jobs.py: long enough for a few scrapes
     "dash-dpo": {"training": {"maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulation": 2,
                               "checkpointEverySteps": 1000}},
     "dash-kto": {"algorithm": {"name": "kto"},
@@ -572,7 +570,7 @@ def query_range(url: str, expr: str, start: float, end: float) -> list[dict]:
 def test_job_panels_show_real_runs_of_dpo_kto_and_online_dpo(tmp_path):
     from support.kube import free_port
     from support.prometheus import Prometheus
-    from trainer_jobs import CLI, write_job
+    from support.trainer_jobs import CLI, write_job
 
     ports = {name: free_port() for name in RUNS}
     prom = Prometheus.start(tmp_path / "prom", {"prefops-trainer": [f"127.0.0.1:{p}" for p in ports.values()]})

@@ -2,7 +2,7 @@
 nothing else for one."""
 
 import pytest
-from dashboard_promql import PromQLReadError, read
+from support.dashboard_promql import PromQLReadError, read
 
 
 @pytest.mark.parametrize(

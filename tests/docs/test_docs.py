@@ -38,6 +38,12 @@ def test_make_generate_runs_every_generator_and_lint_checks_them_all():
     assert phony <= set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, re.M)), "a phony target without a rule"
 
 
+def test_no_test_edits_sys_path_the_helpers_are_the_support_package():
+    edits = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py")
+             if re.search(r"sys\.path\.(insert|append)", p.read_text())]  # fmt: skip
+    assert edits == []
+
+
 def test_readme_opens_with_the_demo_and_test_commands():
     head = (ROOT / "README.md").read_text().splitlines()[:8]
     assert any(line.startswith("make demo") for line in head)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import kubernetes
 import pytest
-from chart.rendering import render
+from support.chart_rendering import render
 from support.fixtures import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 from support.jobs import job_manifest
 from support.kube import wait_for

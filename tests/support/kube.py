@@ -18,12 +18,10 @@ on PATH). A server that does not start raises :class:`ClusterError` (tests fail,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +31,8 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
+
+from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PREFOPS_CACHE", Path.home() / ".cache" / "prefops"))
@@ -45,16 +45,8 @@ T = TypeVar("T")
 
 
 def cluster_script(name: str) -> ModuleType:
-    """A stdlib-only module of scripts/cluster/, loaded by path (registered: dataclasses look their module up)."""
-    qualified = f"prefops_cluster_{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, ROOT / "scripts" / "cluster" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    spec.loader.exec_module(module)
-    return module
+    """A stdlib-only module of scripts/cluster/ (:func:`.scripts.load_script`)."""
+    return load_script(f"cluster/{name}")
 
 
 #: the node cluster's admission plugins (scripts/cluster/layout.py): the operator tests meet the same checks

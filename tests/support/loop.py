@@ -204,7 +204,7 @@ class StepLog:
 
 def install_chart(node: Cluster) -> list[dict]:
     """Apply charts/prefops as `helm install` would (the CRD first); return the monitors it rendered."""
-    from chart.rendering import render
+    from .chart_rendering import render
 
     rendered = render(CHART_VALUES)
     monitors = [o for o in rendered.objects if o["kind"] in MONITOR_KINDS]

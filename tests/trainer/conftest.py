@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_jobs import write_job
+from support.trainer_jobs import write_job
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import math
 import re
 
 import pytest
-from trainer_jobs import TINY, job_doc
+from support.trainer_jobs import TINY, job_doc
 
 from prefops_trainer.core.algorithms import ALGORITHMS, DPO_LOSS_TYPES
 from prefops_trainer.core.spec import parse_job

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import job_doc
+from support.trainer_jobs import job_doc
 
 from prefops_trainer import launch
 from prefops_trainer.adapters import checkpoints, storage

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_jobs import TINY, error_of, job_doc, run_cli
+from support.trainer_jobs import TINY, error_of, job_doc, run_cli
 
 from prefops_trainer.core.hardware import Machine, problems
 from prefops_trainer.core.spec import parse_job

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainer_jobs import TINY, job_doc
+from support.trainer_jobs import TINY, job_doc
 
 from prefops_trainer.core.algorithms import DPO_LOSS_TYPES
 from prefops_trainer.core.spec import parse_job

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from trainer_jobs import TINY
+from support.trainer_jobs import TINY
 
 from prefops_trainer.adapters.data import fingerprint, load_split
 from prefops_trainer.core.errors import DataError

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from trainer_jobs import ROOT, run_cli
+from support.trainer_jobs import ROOT, run_cli
 
 
 def test_demo_learns_and_exports_a_loadable_model(tmp_path):

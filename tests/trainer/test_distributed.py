@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from trainer_jobs import TINY, run_cli
+from support.trainer_jobs import TINY, run_cli
 
 from prefops_trainer.core.spec import DeepSpeedSpec
 from prefops_trainer.core.trlconfig import deepspeed_config

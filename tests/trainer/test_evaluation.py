@@ -7,8 +7,8 @@ import math
 
 import pytest
 from prometheus_client import generate_latest
-from test_reference import ForwardCounter
-from trainer_jobs import TINY, job_doc, write_job
+from support.forward_counter import ForwardCounter
+from support.trainer_jobs import TINY, job_doc, write_job
 
 from prefops_trainer.adapters import metrics
 from prefops_trainer.core.algorithms import ALGORITHMS

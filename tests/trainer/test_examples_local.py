@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from trainer_jobs import ROOT, run_cli
+from support.trainer_jobs import ROOT, run_cli
 
 LOCAL = sorted(
     p.name

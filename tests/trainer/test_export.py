@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_jobs import TINY, job_doc
+from support.trainer_jobs import TINY, job_doc
 
 from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job

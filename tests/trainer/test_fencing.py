@@ -13,7 +13,7 @@ import signal
 
 import pytest
 import yaml
-from trainer_jobs import Launched, run_cli, s3_job, wait_for
+from support.trainer_jobs import Launched, run_cli, s3_job, wait_for
 
 pytestmark = pytest.mark.integration
 

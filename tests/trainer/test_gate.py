@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import TINY, run_cli, write_job
+from support.trainer_jobs import TINY, run_cli, write_job
 
 from prefops_trainer.core.evaluation import Evaluation, judge
 from prefops_trainer.core.spec import GateSpec

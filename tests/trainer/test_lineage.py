@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_jobs import TINY, job_doc
+from support.trainer_jobs import TINY, job_doc
 
 import prefops_trainer
 from prefops_trainer.core import redact

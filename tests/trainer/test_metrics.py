@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 from prometheus_client import generate_latest
-from trainer_jobs import CLI, TINY
+from support.trainer_jobs import CLI, TINY
 
 from prefops_trainer.adapters.metrics import PHASES, TrainerMetrics
 

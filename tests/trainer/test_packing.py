@@ -7,11 +7,10 @@ top-1, then every DPO loss TRL computes from them and the gradients of the weigh
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from trainer_jobs import TINY, job_doc
+from support.packing import DPO_OUTPUTS, TOLERANCE, assert_same_outputs, dpo_trainer, random_rows, trl_batch
+from support.trainer_jobs import TINY, job_doc
 
 from prefops_trainer.adapters import trl_bridge
 from prefops_trainer.compute import packing, prefix_sharing
@@ -21,11 +20,6 @@ from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases import train as train_phase
 from prefops_trainer.tiny import build_model
-
-TOLERANCE = 1e-5
-#: What DPOTrainer's loss reads from its policy (without WPO weighting).
-DPO_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
-
 
 # ---- layout (pure) ----
 
@@ -88,30 +82,10 @@ def test_kernels_without_custom_masks_are_refused_by_name():
 # ---- the packed forward against TRL's concatenated forward ----
 
 
-def random_rows(n: int, vocab: int, seed: int, prompt=(1, 40), completion=(1, 25)):
-    rng = random.Random(seed)
-
-    def ids(lo_hi):
-        return [rng.randrange(4, vocab) for _ in range(rng.randint(*lo_hi))]
-
-    return [
-        {"prompt_ids": ids(prompt), "chosen_ids": ids(completion), "rejected_ids": ids(completion)} for _ in range(n)
-    ]
-
-
 def tiny_rows(tmp_path, data: str, max_length: int):
     job = parse_job(job_doc(tmp_path, dataset={"source": str(TINY / data), "maxLength": max_length}))
     rows = load_inputs(job).tokenized("train").select(range(8))
     return [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows]
-
-
-def trl_batch(rows, max_length=None):
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    batch = DataCollatorForPreference(pad_token_id=0, max_length=max_length)(rows)
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    call = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    return call | {"labels": labels, "fused_lm_head": True}
 
 
 def policy(attn: str, vocab: int = 200, hidden: int = 128, layers: int = 3, seed: int = 0):
@@ -123,15 +97,6 @@ def policy(attn: str, vocab: int = 200, hidden: int = 128, layers: int = 3, seed
     add_fused_lm_head(model, outputs=DPO_OUTPUTS)
     prefix_sharing.install(model, DPO_OUTPUTS)
     return model
-
-
-def assert_same_outputs(theirs, ours):
-    for field in ("log_probs", "entropy", "mean_logits"):
-        a, b = getattr(theirs, field), getattr(ours, field)
-        assert a.shape == b.shape
-        assert (a - b).abs().max().item() <= TOLERANCE, field
-    assert torch.equal(theirs.is_top1, ours.is_top1)
-    assert theirs.log_probs.abs().sum() > 1, "real log-probs"
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -161,22 +126,6 @@ def test_packed_outputs_equal_trls_concatenated_forward_on_the_tiny_data(tmp_pat
     packed = prefix_sharing.PackedCall(model, "sdpa", torch.float32)
     assert_same_outputs(model(**call), packed(**call))
     assert packed.packed_calls == 1
-
-
-def dpo_trainer(tmp_path, model):
-    """TRL's DPOTrainer on the tiny data (its own precompute), and one collated training batch."""
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    rows = datasets.load_dataset("json", data_files=str(TINY / "prefs.jsonl"), split="train").select(range(8))
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), precompute_ref_log_probs=True, per_device_train_batch_size=8,
-                     max_length=64, report_to=[], use_cpu=True, label_smoothing=0.1, beta=0.5)  # fmt: skip
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=rows, processing_class=AutoTokenizer.from_pretrained(TINY / "model")
-    )
-    batch = next(iter(trainer.get_train_dataloader()))
-    return trainer, {k: v.to(model.device) for k, v in batch.items()}
 
 
 def loss_and_grads(trainer, model, batch):
@@ -276,7 +225,7 @@ def test_prefix_sharing_under_deepspeed_zero3_on_two_ranks_logs_the_numbers_of_t
     """ZeRO-3 partitions the LM head: the packed forward gathers it as TRL's fused head does, on every rank."""
     import json
 
-    from trainer_jobs import run_cli, write_job
+    from support.trainer_jobs import run_cli, write_job
 
     histories = []
     for name, shared in (("plain", False), ("shared", True)):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_jobs import TINY, run_cli
+from support.trainer_jobs import TINY, run_cli
 
 from prefops_trainer.core.planner.phases import COMPONENTS
 

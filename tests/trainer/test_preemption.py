@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import Launched, run_cli, s3_job, wait_for
+from support.trainer_jobs import Launched, run_cli, s3_job, wait_for
 
 
 def checkpoints_saved(tmp_path: Path) -> list[int]:

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from family_models import WINDOW, tiny_model
-from test_packing import DPO_OUTPUTS, TOLERANCE, assert_same_outputs, dpo_trainer, random_rows, trl_batch
+from support.family_models import WINDOW, tiny_model
+from support.packing import DPO_OUTPUTS, TOLERANCE, assert_same_outputs, dpo_trainer, random_rows, trl_batch
 
 from prefops_trainer.compute import logprobs, packing, prefix_sharing
 from prefops_trainer.core.prefix_families import FAMILIES, FULL, SLIDING, family, verdict
@@ -50,7 +50,7 @@ def dpo_batch(rows: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def trl_loss(tmp_path_factory):
     """TRL's own ``DPOTrainer.compute_loss`` (built once, on the tiny Llama), called on any model and batch."""
-    from trainer_jobs import TINY
+    from support.trainer_jobs import TINY
     from transformers import AutoModelForCausalLM
 
     trainer, _ = dpo_trainer(tmp_path_factory.mktemp("trl"), AutoModelForCausalLM.from_pretrained(TINY / "model"))
@@ -230,7 +230,7 @@ def test_auto_picks_flex_attention_on_cuda_only_when_training_packs_pairs():
 
 def saved_model(tmp_path, model_type: str):
     """A tiny random ``model_type`` saved with the tiny tokenizer, as a job's model source."""
-    from trainer_jobs import TINY
+    from support.trainer_jobs import TINY
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TINY / "model")
@@ -241,7 +241,7 @@ def saved_model(tmp_path, model_type: str):
 
 
 def train_report(tmp_path, name: str, source, shared: bool) -> dict:
-    from trainer_jobs import job_doc
+    from support.trainer_jobs import job_doc
 
     from prefops_trainer.core.spec import parse_job
     from prefops_trainer.inputs import load_inputs

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_jobs import TINY, job_doc
+from support.forward_counter import ForwardCounter
+from support.trainer_jobs import TINY, job_doc
 
 from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job
@@ -88,20 +89,6 @@ def test_precompute_shards_cover_every_row_once(tmp_path):
     precompute_phase.run(inputs, 1, 3)
     assert cache.manifest()["rows"] == 64
     assert sorted(cache.load()) == list(range(64))
-
-
-class ForwardCounter:
-    """Counts forward passes through a module, split by whether autograd was recording."""
-
-    def __init__(self, module):
-        self.grad = self.no_grad = 0
-        module.register_forward_pre_hook(self.hook)
-
-    def hook(self, module, args):
-        if torch.is_grad_enabled():
-            self.grad += 1
-        else:
-            self.no_grad += 1
 
 
 def causal_lms_alive() -> int:

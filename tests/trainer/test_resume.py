@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from trainer_jobs import CLI, error_of, run_cli
+from support.trainer_jobs import CLI, error_of, run_cli
 
 
 def wait_for(predicate, timeout: float = 300, what: str = ""):

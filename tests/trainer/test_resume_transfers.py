@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_jobs import job_doc, run_cli, s3_job
+from support.trainer_jobs import job_doc, run_cli, s3_job
 
 from prefops_trainer.core.spec import TrainingSpec
 from prefops_trainer.core.trlconfig import Runtime, training_kwargs

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_jobs import ROOT, job_doc
+from support.trainer_jobs import ROOT, job_doc
 
 from prefops_trainer.adapters.jobfile import load_job
 from prefops_trainer.core.algorithms import ALGORITHM_NAMES

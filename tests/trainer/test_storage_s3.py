@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_jobs import CLI, TINY, error_of, job_doc, run_cli, s3_job, upload_tree
+from support.trainer_jobs import CLI, TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 
 from prefops_trainer.adapters import storage
 from prefops_trainer.core.spec import parse_job

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from trainer_jobs import ROOT, error_of, run_cli
+from support.trainer_jobs import ROOT, error_of, run_cli
 
 from prefops_trainer.core.sweep import parse_sweep
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import yaml
-from trainer_jobs import TINY, error_of, run_cli, s3_job
+from support.trainer_jobs import TINY, error_of, run_cli, s3_job
 
 pytestmark = pytest.mark.integration
 

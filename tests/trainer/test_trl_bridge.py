@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from trainer_jobs import ROOT, TINY
+from support.trainer_jobs import ROOT, TINY
 
 from prefops_trainer.adapters import trl_bridge
 from prefops_trainer.adapters.trl_bridge import Reliance, TrlBoundaryError

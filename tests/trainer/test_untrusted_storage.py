@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_jobs import TINY, error_of, job_doc, run_cli, s3_job, upload_tree
+from support.trainer_jobs import TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 
 from prefops_trainer.core.errors import IntegrityError
 from prefops_trainer.core.spec import parse_job
