@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from pairwise import pairs_of, pairwise
-from trainer_jobs import TINY, job_doc, run_cli
+from support.trainer_jobs import TINY, job_doc, run_cli
 
 #: One algorithm per TRL trainer prefops drives (``core.algorithms``' families): reference-based DPO and KTO (a
 #: precompute phase), reference-free CPO-SimPO and ORPO, Online DPO (generations judged by a reward model).

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from family_models import tiny_model
+from support.family_models import tiny_model
 
 from prefops_trainer.adapters import weights
 from prefops_trainer.core.errors import MergeError, SpecError
