@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pairwise import pairs_of, pairwise
+from support.pairwise import pairs_of, pairwise
 from support.trainer_jobs import TINY, job_doc, run_cli
 
 #: One algorithm per TRL trainer prefops drives (``core.algorithms``' families): reference-based DPO and KTO (a
