@@ -1,13 +1,17 @@
 """The operator reads trainer pods' /metrics (the job author's code) as untrusted, against real HTTP servers on
 loopback: no redirect is followed, an answer over 256 KiB is dropped without being parsed, and what is kept is
-numbers, not text."""
+numbers, not text (a precompute shard's pair counts, forgotten once the phase ends)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
 from aiohttp import web
+from support.harness import Harness
+from support.jobs import job_manifest
+from support.trainer_metrics import TrainerMetricsServer
 
 from prefops_operator.adapters.scrape import MAX_BYTES, Scraper
 
@@ -78,3 +82,29 @@ def test_an_answer_of_5_mib_is_dropped_unparsed():
     samples, _ = scrape_through(pod)
     assert samples is None
     assert MAX_BYTES == 256 * 1024
+
+
+@pytest.mark.integration
+def test_the_precompute_shards_counts_are_kept_as_numbers_and_forgotten_when_the_phase_ends(
+    jobs, kubelet, namespace, kube_cluster, operator_kubeconfig
+):
+    with TrainerMetricsServer() as metrics:
+        harness = Harness(kube_cluster, operator_kubeconfig, namespace, metrics_port=metrics.port)
+        try:
+            jobs.create(job_manifest("shards", {"reference": {"workers": 2}}))
+            harness.settle("shards")
+            shards = sorted(jobs.wait_pods("shards", "precompute", 2, timeout=10))
+            metrics.show("shards", namespace, "precompute", precompute_pairs_done=100, precompute_pairs_total=500)
+            for pod in shards:
+                kubelet.run(namespace, pod)
+            harness.settle("shards")
+            memory = harness.reconciler._memory[(namespace, "shards")]
+            assert memory.shard_metrics == {pod: {"pairs_done": 100.0, "pairs_total": 500.0} for pod in shards}
+            assert jobs.status("shards")["progress"]["display"] == "200/1000 pairs"
+            for pod in shards:
+                kubelet.exit(namespace, pod, 0)
+            harness.settle("shards")
+            assert jobs.status("shards")["phase"] == "Training"
+            assert memory.shard_metrics == {}
+        finally:
+            harness.close()

@@ -14,6 +14,7 @@ from support.sweeps import sweep_manifest
 
 pytestmark = pytest.mark.integration
 JOB_COUNT = "count/preferencetrainingjobs.prefops.dev"
+REFERENCE_FREE = {"algorithm": {"name": "simpo"}}  # no trial waits for another's reference pass
 SECRET = "wJalrXUtnFEMIEXAMPLESECRET"
 KEY = "AKIAEXAMPLEKEY"
 
@@ -56,7 +57,7 @@ def test_a_job_quota_holds_the_sweep_with_a_replica_failure_and_one_warning_unti
     core = kube_cluster.core()
     count_quota(core, namespace, 0)
     start_operator()
-    sweeps.create(sweep_manifest("quota"))  # three trials, two at a time
+    sweeps.create(sweep_manifest("quota", template=REFERENCE_FREE))  # three trials, two at a time, none waiting
 
     held = wait_for(lambda: sweeps.condition("quota", "ReplicaFailure"), 30, "a ReplicaFailure while Pending")
     assert (held["status"], held["reason"]) == ("True", "QuotaExceeded") and "exceeded quota: jobs" in held["message"]
