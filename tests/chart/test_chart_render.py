@@ -435,3 +435,15 @@ def test_user_roles_are_opt_in_and_grant_what_the_manual_user_roles_grant():
         assert rules(role) == rules(manual)
         aggregate = {k: v for k, v in role["metadata"]["labels"].items() if k.startswith("rbac.authorization.k8s.io/")}
         assert aggregate == manual["metadata"]["labels"]
+
+
+def test_the_notes_warn_that_a_cluster_wide_operator_can_create_pods_in_kube_system_and_give_the_pod_security_label():
+    everywhere = render().notes
+    assert "lets it create pods in every namespace, kube-system included" in everywhere
+    assert "--set 'watchNamespaces={team-a,team-b}'" in everywhere
+    assert "kubectl label namespace <job namespace> pod-security.kubernetes.io/enforce=restricted" in everywhere
+    namespaced = render(VALUE_SETS["namespaced"]).notes
+    assert "kube-system" not in namespaced, "no warning once the operator is namespaced"
+    for team in ("chart-team-a", "chart-team-b"):
+        assert f"kubectl label namespace {team} pod-security.kubernetes.io/enforce=restricted" in namespaced
+    assert "kube-system" not in render({"rbac": {"create": False}}).notes, "the user's own RBAC: nothing to say"

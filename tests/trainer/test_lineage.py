@@ -140,3 +140,20 @@ def test_the_card_s_metadata_is_yaml_that_reads_back_a_base_model_named_with_col
     text = card.model_card(inputs, 1, {}, True, {"lineage": lineage.lineage(inputs)})
     front = yaml.safe_load(text.split("---\n")[1])
     assert front == {"library_name": "transformers", "tags": ["prefops", "trl", "dpo", "lora"], "base_model": str(odd)}
+
+
+def test_the_trainer_guide_says_what_a_published_model_carries_as_redact_does(published):
+    """Code and docs agree: the image is withheld from the published spec and recorded in the lineage, on purpose."""
+    import re
+
+    _, manifest, card = published
+    text = (Path(prefops_trainer.__file__).parents[3] / "docs" / "trainer.md").read_text()
+    section = text.split("## What a published model carries\n", 1)[1].split("\n## ", 1)[0]
+    items = dict(re.findall(r"^- ([\w ,]+?): (.*?)(?=^- |\Z)", section, re.M | re.S))
+    assert re.findall(r"`([\w.]+)`", items["published"]) == list(redact.PUBLISHED)
+    assert re.findall(r"`([\w.]+)`", items["withheld"]) == list(redact.WITHHELD)
+    apart = items["withheld from the spec but recorded in the lineage, on purpose"]
+    for field, key in redact.IN_LINEAGE.items():
+        assert apart.startswith(f"`{field}` as `{key}`")
+        assert field.split(".")[0] in redact.WITHHELD and field.split(".")[0] not in manifest["lineage"]["spec"]
+        assert manifest["lineage"][key] == IMAGE and IMAGE in card

@@ -2,10 +2,14 @@
 
 A model card travels further than the cluster: it names what shaped the model (the base model and data, the
 algorithm, every hyperparameter, the gate) and nothing about where or how the job ran: not the work storage or the
-Secret holding its credentials, not the image, resources, node placement, scheduler or service account, not the
-lifecycle settings. :data:`PUBLISHED` and :data:`WITHHELD` together name every field of the spec
-(``tests/trainer/test_lineage.py`` holds them against ``JobSpec``), so a new field is published only once someone
-adds it to :data:`PUBLISHED`.
+Secret holding its credentials, not the resources, node placement, scheduler or service account, not the lifecycle
+settings. :data:`PUBLISHED` and :data:`WITHHELD` together name every field of the spec
+(``tests/trainer/test_lineage.py`` holds them against ``JobSpec``, and against docs/trainer.md), so a new field is
+published only once someone adds it to :data:`PUBLISHED`.
+
+One withheld field is published apart, on purpose (:data:`IN_LINEAGE`): the trainer image. The lineage records the
+image reference the pods ran (``PREFOPS_TRAINER_IMAGE``: ``spec.resources.image`` or the operator's default, as
+written), because it names the code that computed the model; pin it by digest to make it exact.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ WITHHELD: tuple[str, ...] = (
     "startupDeadlineSeconds",
     "ttlSecondsAfterFinished",
 )
+
+
+#: Withheld spec fields the lineage records anyway, by the lineage key that holds them (``phases/lineage.py``).
+IN_LINEAGE: dict[str, str] = {"resources.image": "trainerImage"}
 
 
 def published_spec(job: Job) -> dict[str, Any]:
