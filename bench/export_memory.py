@@ -3,7 +3,9 @@
 For four random Llama-shaped models in bfloat16 (about 50M, 120M, 340M and 1B parameters, written here tensor by
 tensor as 1 GB safetensors shards with an index: no download) and a random LoRA adapter (r 16 on every linear layer,
 float32, as peft saves it), each merge runs in a process of its own, which reports its own peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss``: the kernel's high-water mark of resident memory, file pages mapped included):
+(``VmHWM`` in ``/proc/self/status``: the kernel's high-water mark of this process's resident memory, file pages
+mapped included; not ``getrusage``'s ``ru_maxrss``, which Linux carries over from the parent through fork and exec,
+so a child would report at least the RSS of the benchmark that generated the model):
 
 * ``in memory``: peft's ``merge_and_unload`` on the whole model loaded with transformers, then ``save_pretrained``:
   the export before issue 21 (``phases.export.merge_in_memory``, which it still falls back to for converted
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lib.common import QUIET_ENV, ROOT, machine
+from lib.common import QUIET_ENV, ROOT, machine, peak_rss_mb
 
 #: name: (hidden, layers, heads, kv heads, intermediate); vocab 32000, head_dim 64.
 SIZES = {
@@ -138,8 +139,7 @@ def one(kind: str, base: Path, adapter: Path, out: Path) -> None:
         weights.merge_lora(base, adapter, out, 5 * 10**9)
     else:
         export.merge_in_memory(base, adapter, out, 5 * 10**9)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak": peak, "seconds": time.perf_counter() - start}))
+    print(json.dumps({"peak": peak_rss_mb() * 2**20, "seconds": time.perf_counter() - start}))
 
 
 def measure(kind: str, base: Path, adapter: Path, out: Path) -> dict:
