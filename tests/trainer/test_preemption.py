@@ -20,8 +20,8 @@ def checkpoints_saved(tmp_path: Path) -> list[int]:
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("processes", "deepspeed"),
-    [(1, None), (2, None), (2, {"stage": 3})],
-    ids=["one-process", "ddp-torchrun", "zero3-torchrun"],
+    [(1, None), (1, {"stage": 2}), (2, None), (2, {"stage": 3})],
+    ids=["one-process", "zero2-one-process-torchrun", "ddp-torchrun", "zero3-torchrun"],
 )
 def test_sigterm_between_checkpoints_saves_one_at_the_next_step_exits_75_and_the_rerun_resumes_there(
     tmp_path, tmp_job, processes, deepspeed
