@@ -80,8 +80,12 @@ def test_rslora_an_embedding_adapter_and_modules_to_save_merge_as_peft_does(tmp_
     base, adapter = save_base_and_adapter(
         tmp_path, "llama", target_modules=targets, use_rslora=True, modules_to_save=["lm_head"]
     )
-    tensors = {t.name for t in weights.layout(adapter / weights.ADAPTER_WEIGHTS)}
-    assert {"base_model.model.lm_head.weight", "base_model.model.model.embed_tokens.lora_embedding_A"} <= tensors
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adapter / weights.ADAPTER_WEIGHTS)
+    assert {"base_model.model.lm_head.weight", "base_model.model.model.embed_tokens.lora_embedding_A"} <= set(tensors)
+    tensors["base_model.model.lm_head.weight"] += 0.1  # as if trained: the saved copy differs from the base
+    save_file(tensors, adapter / weights.ADAPTER_WEIGHTS, metadata={"format": "pt"})
     weights.merge_lora(base, adapter, tmp_path / "out", 10**9)
     got, want = loaded(tmp_path / "out"), peft_merged(base, adapter)
     assert largest_difference(got, want) <= 1e-6

@@ -162,12 +162,13 @@ def _write_shard(path: Path, sources: list[Source], files: _Files, adapter: Adap
     with partial.open("wb") as dst:
         dst.write(encode_header([s.tensor for s in sources]))
         for s in sources:
-            _emit(s, files[s.path], dst, adapter)
+            _emit(s, files, dst, adapter)
     os.replace(partial, path)
 
 
-def _emit(source: Source, src: io.BufferedReader, dst: IO[bytes], adapter: Adapter | None) -> None:
+def _emit(source: Source, files: _Files, dst: IO[bytes], adapter: Adapter | None) -> None:
     """Write ``source``'s tensor bytes, changed as it says, to ``dst``."""
+    src = files[source.path]
     if source.change is None:
         _copy_bytes(src, source.tensor, dst)
         return
@@ -175,7 +176,11 @@ def _emit(source: Source, src: io.BufferedReader, dst: IO[bytes], adapter: Adapt
     if isinstance(source.change, Replace):
         _write(dst, adapter.read(source.change.name).to(torch_dtype(source.tensor.dtype)))
         return
-    _merge_rows(src, source.tensor, source.change, adapter, dst)
+    if source.change.base is not None:  # the adapter's own copy of the base weight, in the base's dtype
+        own = adapter.tensors[source.change.base]
+        _merge_rows(files[adapter.path], own, source.change, adapter, dst, source.tensor.dtype)
+        return
+    _merge_rows(src, source.tensor, source.change, adapter, dst, source.tensor.dtype)
 
 
 def _copy_bytes(src: io.BufferedReader, t: Tensor, dst: IO[bytes]) -> None:
@@ -189,13 +194,15 @@ def _copy_bytes(src: io.BufferedReader, t: Tensor, dst: IO[bytes]) -> None:
         left -= len(block)
 
 
-def _merge_rows(src: io.BufferedReader, t: Tensor, delta: Delta, adapter: Adapter, dst: IO[bytes]) -> None:
-    """``t`` plus ``(B @ A) * scaling``, computed and written a block of rows at a time."""
+def _merge_rows(
+    src: io.BufferedReader, t: Tensor, delta: Delta, adapter: Adapter, dst: IO[bytes], out_dtype: str
+) -> None:
+    """``t`` plus ``(B @ A) * scaling``, computed and written a block of rows at a time in ``out_dtype``."""
     import torch
 
     a, b = adapter.read(delta.a).float(), adapter.read(delta.b).float()
     left, right = (a.T, b.T) if delta.transposed else (b, a)
-    dtype, cols = torch_dtype(t.dtype), t.shape[1]
+    dtype, cols = torch_dtype(out_dtype), t.shape[1]
     row_bytes = max(1, t.nbytes // t.rows)
     step = max(1, BLOCK_BYTES // (cols * 4))
     compute = torch.promote_types(dtype, torch.float32)

@@ -259,6 +259,8 @@ class Delta:
     b: str
     scaling: float
     transposed: bool
+    #: the adapter's own copy of the base weight, which it is added to instead (peft saves an adapted embedding's)
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,8 @@ def plan_merge(config: LoraConfig, adapter: Iterable[Tensor], base: Mapping[str,
         found = _LORA_KEY.match(name)
         if found:
             pairs.setdefault(found["module"], {})[found["kind"]] = t
+        elif name.endswith(".base_layer.weight"):
+            pairs.setdefault(name.removesuffix(".base_layer.weight"), {})["base"] = t
         else:
             plan[_replaced(config, name, t, base)] = Replace(t.name)
     for module, parts in pairs.items():
@@ -315,15 +319,17 @@ def _base_name(module: str, base: Mapping[str, Tensor]) -> str:
 def _delta(config: LoraConfig, module: str, parts: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> Delta:
     embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
     keys = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
-    a, b = parts.get(keys[0]), parts.get(keys[1])
-    if a is None or b is None or len(parts) != 2:
+    a, b, own = parts.get(keys[0]), parts.get(keys[1]), parts.get("base")
+    if a is None or b is None or len(parts) != 2 + (own is not None):
         raise MergeError(f"the adapter has {sorted(parts)} for {module!r}: a LoRA layer needs exactly its A and B")
     if not _matches(module, config.target_modules) or _matches_excluded(module, config):
         raise MergeError(f"the adapter changes {module!r}, which target_modules/exclude_modules do not select")
     target = base[_base_name(module, base)]
     transposed = embedding or config.fan_in_fan_out
     _check_shapes(module, a, b, target, config.rank(module), transposed)
-    return Delta(a.name, b.name, config.scaling(module), transposed)
+    if own is not None and (own.shape != target.shape or own.dtype not in FLOATING):
+        raise MergeError(f"adapter tensor {own.name!r} has shape {own.shape}, the base weight {target.shape}")
+    return Delta(a.name, b.name, config.scaling(module), transposed, own.name if own else None)
 
 
 def _matches_excluded(module: str, config: LoraConfig) -> bool:
