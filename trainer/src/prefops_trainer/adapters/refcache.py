@@ -10,21 +10,18 @@ Layout under ``<storage.uri>/refcache/<key>/``::
 
 The key (``core.cachekey``) hashes everything that changes the numbers, so a sweep over beta or loss types shares
 one cache. Every job on the storage trusts it, so a shard is read only when its sha256 is the manifest's, and only
-by a name the manifest gives that stays inside the cache folder. Until the manifest exists, a shard found in the
-folder is adopted only when its own Parquet metadata records this job's run, the key and its place
-(``cachekey.foreign_shard``): one planted there before the job ran is computed again, and never enters the manifest.
+by a name the manifest gives that stays inside the cache folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cachekey import Shard, foreign_shard, manifest, parse_manifest, shard_name, shard_origin, shard_rows
+from ..core.cachekey import Shard, manifest, parse_manifest, shard_name, shard_rows
 from ..core.errors import CacheError, IntegrityError
 from ..core.uris import Uri
 from . import storage
@@ -33,15 +30,12 @@ log = logging.getLogger(__name__)
 
 #: index -> (reference log-prob of the chosen completion, of the rejected one); KTO: completion, KL completion.
 RefTable = dict[int, tuple[float, float]]
-#: The Parquet metadata key under which a shard records its origin (``cachekey.shard_origin``).
-ORIGIN = b"prefops"
 
 
 @dataclass(frozen=True)
 class RefCache:
     root: Uri  # <storage.uri>/refcache/<key> (Workspace.refcache)
     key: str
-    run: str  # the job's run (Workspace.run): the shards it writes record it
 
     @property
     def manifest_uri(self) -> Uri:
@@ -55,25 +49,18 @@ class RefCache:
     def has_shard(self, shard: int, num_shards: int) -> bool:
         return storage.exists(self.root.join(shard_name(shard, num_shards)))
 
-    def not_ours(self, shard: int, num_shards: int) -> str | None:
-        """Why shard ``shard``, which is there, is not adopted (it is not this job's); None when it is."""
-        data = storage.read_bytes(self.root.join(shard_name(shard, num_shards)))
-        return foreign_shard(_origin(data), shard_origin(self.key, shard, num_shards, self.run))
-
     def write_shard(
         self, shard: int, num_shards: int, index: list[int], chosen: list[float], rejected: list[float]
     ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        origin = json.dumps(shard_origin(self.key, shard, num_shards, self.run)).encode()
         table = pa.table(
             {
                 "index": pa.array(index, pa.int64()),
                 "ref_chosen_logps": pa.array(chosen, pa.float32()),
                 "ref_rejected_logps": pa.array(rejected, pa.float32()),
-            },
-            metadata={ORIGIN: origin},
+            }
         )
         buf = io.BytesIO()
         pq.write_table(table, buf)
@@ -83,17 +70,10 @@ class RefCache:
         present = set(storage.list_names(self.root))
         return [i for i in range(num_shards) if shard_name(i, num_shards) not in present]
 
-    def unfinished(self, num_shards: int) -> list[int]:
-        """The shards missing, or there but not this job's (:meth:`not_ours`)."""
-        missing = self.missing_shards(num_shards)
-        return [i for i in range(num_shards) if i in missing or self.not_ours(i, num_shards) is not None]
-
     def finalize(self, num_shards: int, n_rows: int, info: dict[str, Any]) -> dict[str, Any] | None:
-        """Write the manifest if every shard is present and this job's and it is not there yet; return the manifest or
-        None.
+        """Write the manifest if every shard is present and it is not there yet; return the manifest or None.
 
-        Each shard is read back and checked (this job's, exactly the rows of its range) before its sha256 enters the
-        manifest.
+        Each shard is read back and checked (exactly the rows of its range) before its sha256 enters the manifest.
         """
         existing = self.manifest()
         if existing is not None:
@@ -101,21 +81,14 @@ class RefCache:
         if self.missing_shards(num_shards):
             return None
         shards = [self._checked_shard(i, num_shards, n_rows) for i in range(num_shards)]
-        if None in shards:
-            return None
-        doc = manifest(self.key, n_rows, [s for s in shards if s is not None], info)
+        doc = manifest(self.key, n_rows, shards, info)
         storage.write_json(self.manifest_uri, doc)
         log.info("reference cache %s complete: %d rows in %d shards", self.key, n_rows, num_shards)
         return doc
 
-    def _checked_shard(self, shard: int, num_shards: int, n_rows: int) -> Shard | None:
-        """Shard ``shard``'s entry in the manifest; None (with a warning) when it is not this job's."""
+    def _checked_shard(self, shard: int, num_shards: int, n_rows: int) -> Shard:
         name = shard_name(shard, num_shards)
         data = storage.read_bytes(self.root.join(name))
-        why = foreign_shard(_origin(data), shard_origin(self.key, shard, num_shards, self.run))
-        if why is not None:
-            log.warning("%s: not counted into the cache: %s; its precompute shard computes it again", name, why)
-            return None
         index = _columns(data, str(self.root.join(name)))["index"]
         expected = shard_rows(n_rows, shard, num_shards)
         if sorted(index) != list(expected):
@@ -147,18 +120,6 @@ class RefCache:
         if len(out) != checked.rows:
             raise CacheError(f"reference cache {self.root}: manifest says {checked.rows} rows, shards hold {len(out)}")
         return out
-
-
-def _origin(data: bytes) -> Any:
-    """The origin a shard records in its Parquet metadata; None when it records none or is no Parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(io.BytesIO(data)).metadata or {}
-        return json.loads(meta[ORIGIN]) if ORIGIN in meta else None
-    except (pa.ArrowException, OSError, ValueError):
-        return None
 
 
 def _columns(data: bytes, where: str) -> dict[str, list[Any]]:

@@ -7,9 +7,7 @@ Anything else (beta, loss type, learning rate...) does not enter it, so a sweep 
 The manifest, written last, lists every shard with its row count and sha256 (format 2; a format-1 cache recorded
 no checksums and, its key being different, is never read). The cache is shared by every job on the storage, so
 what the manifest says is checked before it is used: shard names that are plain file names in the cache folder,
-well-formed checksums, row counts that add up. Before the manifest exists, a shard already in the folder is adopted
-(not computed again, counted into the manifest) only when it records that this job (its run) wrote it for this key
-and place (:func:`foreign_shard`); any other is computed again.
+well-formed checksums, row counts that add up.
 """
 
 from __future__ import annotations
@@ -59,24 +57,6 @@ def shard_rows(n_rows: int, shard: int, num_shards: int) -> range:
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
     return range(n_rows * shard // num_shards, n_rows * (shard + 1) // num_shards)
-
-
-def shard_origin(key: str, shard: int, num_shards: int, run: str) -> dict[str, Any]:
-    """What a shard records of its writer (in the Parquet file's own metadata, so shard and record are one object): the
-    cache key, its place among the shards, and the run (the job's uid on a cluster) that computed it."""
-    return {"key": key, "shard": shard, "numShards": num_shards, "run": run}
-
-
-def foreign_shard(recorded: Any, expected: Mapping[str, Any]) -> str | None:
-    """Why a shard whose recorded origin is ``recorded`` is not the one ``expected`` (:func:`shard_origin` of this
-    job); None when it is. A shard found before the manifest exists is adopted only when it is this job's."""
-    if not isinstance(recorded, Mapping):
-        return "it records no writer (planted, or written by an older prefops)"
-    differ = [k for k in expected if recorded.get(k) != expected[k]]
-    if not differ:
-        return None
-    said = ", ".join(f"{k} {recorded.get(k)!r}" for k in differ)
-    return f"it records {said}, where this job has {', '.join(f'{k} {expected[k]!r}' for k in differ)}"
 
 
 @dataclass(frozen=True)

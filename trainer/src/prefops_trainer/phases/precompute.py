@@ -1,8 +1,7 @@
 """The precompute phase: reference log-probs of one shard of every split, into the shared cache.
 
-A split whose cache manifest exists is a hit and costs nothing. A shard already written by this job (an earlier,
-interrupted run of this phase) is not recomputed; one that records another writer, or none (planted before the job
-ran), is computed again. The worker that finds every shard present writes the
+A split whose cache manifest exists is a hit and costs nothing. A shard already written (by an earlier,
+interrupted run of this phase) is not recomputed. The worker that finds every shard present writes the
 manifest; the train phase does the same if two workers finished at once and neither saw the other's shard.
 """
 
@@ -66,7 +65,7 @@ def _split(
         log.info("reference cache hit for %s split: %s", split, cache.root)
         return entry, model
     n_rows = len(inputs.splits[split])
-    if _adopted(cache, split, shard, num_shards):
+    if cache.has_shard(shard, num_shards):
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
         mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
@@ -78,18 +77,6 @@ def _split(
         entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
     cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
     return entry, model
-
-
-def _adopted(cache: RefCache, split: str, shard: int, num_shards: int) -> bool:
-    """Whether shard ``shard`` is in the cache already, written by this job (an earlier, interrupted run of this
-    phase); one that another wrote (planted before this job ran) is computed again, and replaced."""
-    if not cache.has_shard(shard, num_shards):
-        return False
-    why = cache.not_ours(shard, num_shards)
-    if why is not None:
-        log.warning("%s shard %d/%d in %s is not adopted: %s; computing it again", split, shard, num_shards,
-                    cache.root, why)  # fmt: skip
-    return why is None
 
 
 def _compute_shard(

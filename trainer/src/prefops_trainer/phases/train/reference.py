@@ -31,7 +31,7 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     if cache.finalize(workers, n_rows, {"split": split}) is None:
         raise RuntimeError(
             f"reference cache {cache.root} for the {split} split is incomplete (shards "
-            f"{cache.unfinished(workers)} missing or not written by this job): run the precompute phase first"
+            f"{cache.missing_shards(workers)} missing): run the precompute phase first"
         )
     table = cache.load()
     if len(table) != n_rows:
