@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The most bytes of a tensor held in memory at once (a block of rows; a row larger than this is read whole).
-BLOCK_BYTES = 64 * 2**20
+BLOCK_BYTES = 16 * 2**20
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Files of a base model folder the merged model keeps, besides its code (``*.py``, for trustRemoteCode models); the
@@ -209,8 +209,9 @@ def _merge_rows(
     for r0 in range(0, t.rows, step):
         r1 = min(t.rows, r0 + step)
         part = Tensor(t.name, t.dtype, (r1 - r0, cols), t.start + r0 * row_bytes, t.start + r1 * row_bytes)
-        rows = read_tensor(src, part).to(compute)
-        _write(dst, (rows + (left[r0:r1] @ right) * delta.scaling).to(dtype))
+        merged = (left[r0:r1] @ right).mul_(delta.scaling)  # peft's delta, then the base added: in place, one copy
+        merged.add_(read_tensor(src, part).to(compute))
+        _write(dst, merged.to(dtype))
 
 
 def read_tensor(f: io.BufferedReader, t: Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ PROCESS_BASELINE_GPU, PROCESS_BASELINE_CPU = 3 * GIB, 2 * GIB
 DATASET_ALLOWANCE, SCRATCH = 4 * GIB, 2 * GIB
 #: transformers 5's ``save_pretrained`` default max_shard_size, the most one safetensors file holds
 MAX_SHARD = 50 * 10**9
-#: the export's streamed LoRA merge (trainer adapters/weights.py) besides the process: a 64 MiB block of a tensor's
+#: the export's streamed LoRA merge (trainer adapters/weights.py) besides the process: a 16 MiB block of a tensor's
 #: rows in its copies (as read, in float32, the delta, the sum) and one layer's A and B
 STREAMED_MERGE = GIB // 2
 #: model families whose checkpoints transformers converts on load (fused experts, a multimodal layout, a renamed
