@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     interrupt.install()
     try:
         if args.command in FILE_COMMANDS:
-            sys.exit(FILE_COMMANDS[args.command](args))
+            _exit(FILE_COMMANDS[args.command](args))
         from .adapters.jobfile import load_job
 
         job = load_job(args.job)
