@@ -231,5 +231,6 @@ def test_a_sweep_with_invalid_trials_fails_naming_the_field_and_creates_no_trial
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidSpec"
     assert failed["message"].startswith(field) and message in failed["message"], failed["message"]
-    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in sweeps.events("typo")]
+    # the Event follows the status write: wait for it rather than read it at once
+    wait_for(lambda: ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in sweeps.events("typo")], 30, "the Event")
     assert kube_cluster.custom().list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []
