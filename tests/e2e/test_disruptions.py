@@ -79,9 +79,11 @@ def duplicates(loop: Loop, name: str) -> dict[str, list[str]]:
     return {r: pods for r, pods in replicas.items() if len(pods) > 1}
 
 
-def assert_one_disruption(status: dict, reason: str, pod: str, node: str) -> None:
+def assert_one_disruption(loop: Loop, name: str, reason: str, pod: str, node: str) -> None:
     """One restart, charged to disruptionLimit, naming the pod and its node; the group recreated as attempt 2."""
-    assert (status["restarts"], status["disruptions"], status["failures"]) == (1, 1, 0), "a disruption, not a failure"
+    status = loop.job(name)["status"]
+    counts = (status["restarts"], status["disruptions"], status["failures"])
+    assert counts == (1, 1, 0), f"a disruption, not a failure: {loop.diagnose(name)}"
     restart = {k: status["lastRestart"].get(k) for k in ("kind", "reason", "pod", "node", "attempt")}
     assert restart == {"kind": "Disruption", "reason": reason, "pod": pod, "node": node, "attempt": 2}, status
 
@@ -115,8 +117,7 @@ def test_a_job_whose_node_dies_mid_training_resumes_on_the_other_node_and_the_no
             newest = max(loop.checkpoints(name))  # the pod is dead: nothing saves another one
             disrupted(loop, name)
     assert loop.follow(name, while_running=lambda _: no_duplicates(loop, name))[-1] == "Succeeded", loop.diagnose(name)
-    status = loop.job(name)["status"]
-    assert_one_disruption(status, "NodeLost", first, node)
+    assert_one_disruption(loop, name, "NodeLost", first, node)
     assert_restored_clean(loop, name, node, first)
 
     assert pods_of(loop, name, "train") == [first, second]
@@ -140,8 +141,8 @@ def test_a_job_whose_node_dies_while_it_precomputes_or_exports_redoes_that_phase
     with loop.node.node_down(node):
         disrupted(loop, name)
     assert loop.follow(name, while_running=lambda _: no_duplicates(loop, name))[-1] == "Succeeded", loop.diagnose(name)
+    assert_one_disruption(loop, name, "NodeLost", pod, node)
     status = loop.job(name)["status"]
-    assert_one_disruption(status, "NodeLost", pod, node)
     assert_restored_clean(loop, name, node, pod)
     again = pods_of(loop, name, phase)
     assert len(again) == 2 and again[0] == pod, again
@@ -168,8 +169,7 @@ def test_a_drained_node_s_job_saves_a_checkpoint_moves_to_the_other_node_and_los
             assert loop.follow(name)[-1] == "Succeeded", loop.diagnose(name)
         finally:
             loop.node.kubectl("uncordon", node)
-    status = loop.job(name)["status"]
-    assert_one_disruption(status, "Drained", first, node)
+    assert_one_disruption(loop, name, "Drained", first, node)
     second = f"{name}-train-a2-0"
     assert pods_of(loop, name, "train") == [first, second]
     assert loop.node.pod_node(loop.namespace, second) not in (None, node), "it moved to the other node"

@@ -43,6 +43,15 @@ def test_a_node_is_in_trouble_from_its_first_sign_ready_not_true_or_a_no_execute
     assert node(cordoned=True).unschedulable
 
 
+def test_a_node_whose_kubelet_came_back_is_healthy_while_the_controller_has_yet_to_lift_its_unreachable_taint():
+    """The taint added while the kubelet was silent outlives its return by a monitor period; a pod scheduled there
+    then (it tolerates the taint for 300 s) must not be lost at once for a taint from before it existed."""
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": format_time(at(45))}
+    assert node(ready="True", since=at(60), taints=[unreachable]).healthy
+    assert node(ready="True", since=at(45), taints=[unreachable]).trouble_since == at(45)  # not after the return
+    assert node(ready="Unknown", since=at(40), taints=[unreachable]).trouble_since == at(40)
+
+
 def test_a_pod_is_lost_once_its_trouble_lasted_the_grace_and_an_old_pod_is_abandoned_then_or_past_its_deletion():
     job = make_job()
     nodes = {"n1": NodeView("n1", "Unknown", at(100), "Ready=Unknown")}

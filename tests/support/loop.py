@@ -118,7 +118,8 @@ class Loop:
         except subprocess.CalledProcessError as e:
             operator = f"(no log: {e.stderr.strip()})"
         pods = pod_summary(self.node, self.namespace)
-        return f"status={self.job(name).get('status')}\n{pods}\n{logs}\n--- operator\n{operator}"
+        events = self.node.kubectl("get", "events", "--sort-by=.lastTimestamp", namespace=self.namespace)
+        return f"status={self.job(name).get('status')}\n{pods}\n--- events\n{events}\n{logs}\n--- operator\n{operator}"
 
     def manifest(self, name: str) -> dict:
         return json.loads(self.s3.get(BUCKET, f"models/{name}/prefops.json"))

@@ -3,8 +3,10 @@ kubeconfig's identity. Killable at any moment (``kill()`` is SIGKILL) to test re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +26,15 @@ def image_like_python() -> str:
     )
     venv = CACHE / f"operator-venv-{stamp.hexdigest()[:12]}"
     python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", str(ROOT / "operator")], check=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{venv.name}.lock", "w") as lock:  # pytest-xdist workers build it once, one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)  # a build cut short
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", str(ROOT / "operator")], check=True)
+            (venv / ".complete").touch()
     return str(python)
 
 
