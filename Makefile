@@ -18,7 +18,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TORCH_EXTENSIONS_DIR ?= $(PREFOPS_CACHE)/torch-extensions-torch2.13.0-ds0.19.8
 # The stamp changes whenever a pin or a distribution's metadata changes, so `make setup` reinstalls then
 # and is a no-op otherwise.
-SETUP_STAMP := $(VENV)/.setup-$(shell cat constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml) | sha256sum | cut -c1-12)
+SETUP_STAMP := $(VENV)/.setup-$(shell cat constraints.txt tests/requirements.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml) | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # nodes of `make cluster` and `make cluster-check` (the end-to-end tests start two: PREFOPS_E2E_NODES)
@@ -36,7 +36,7 @@ help:  ## list the targets
 
 setup: $(SETUP_STAMP)  ## create .venv with both distributions (editable) and the test tools
 
-$(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml)
+$(SETUP_STAMP): constraints.txt tests/requirements.txt trainer/pyproject.toml $(wildcard operator/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip setuptools wheel
 	@# torch first, from the pinned CPU build; everything after finds it satisfied and installs no CUDA wheels
@@ -46,6 +46,7 @@ $(SETUP_STAMP): constraints.txt trainer/pyproject.toml $(wildcard operator/pypro
 	$(PIP) install -c constraints.txt --no-build-isolation deepspeed
 	$(PIP) install -c constraints.txt pyyaml pydantic pyarrow fsspec s3fs boto3 prometheus-client psutil tqdm matplotlib
 	$(PIP) install -c constraints.txt kopf kubernetes 'moto[server]' pytest pytest-timeout ruff mypy import-linter dockerfile-parse helm-python-sdk
+	$(PIP) install -c constraints.txt -r tests/requirements.txt
 	$(PIP) install --no-deps -e trainer $(if $(wildcard operator/pyproject.toml),-e operator)
 	@rm -f $(VENV)/.setup-*; touch $@
 

@@ -35,7 +35,7 @@ def test_a_job_that_cannot_fit_fails_wont_fit_and_no_pod_is_ever_created(jobs, n
     assert "more than 16.0Gi (spec.resources.gpuMemory)" in conditions["Feasible"]["message"]
     assert "To make it fit: " in conditions["Failed"]["message"]
     assert status["plan"]["fits"] is False and status["plan"]["suggestions"]
-    assert ("Warning", "WontFit") in [e[:2] for e in jobs.events("huge")]
+    jobs.wait_event("huge", "Warning", "WontFit")
     creates = [e for e in kube_cluster.audit_events(OPERATOR_USER, since=mark)
                if e["verb"] == "create" and e["objectRef"]["resource"] == "pods"]  # fmt: skip
     assert creates == [] and jobs.pods("huge") == {}

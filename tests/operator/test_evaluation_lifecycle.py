@@ -65,4 +65,4 @@ def test_a_job_shows_its_evaluation_and_fails_gate_not_met_when_its_export_refus
     )
     assert (status["restarts"], "outputURI" in status) == (0, False)
     assert list(jobs.pods("gated", "export")) == [export]  # not retried; kept for its log
-    assert ("Warning", "GateNotMet") in [(t, r) for t, r, _ in jobs.events("gated")]
+    jobs.wait_event("gated", "Warning", "GateNotMet")

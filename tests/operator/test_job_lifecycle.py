@@ -82,7 +82,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
         "Running": ("False", "Succeeded"),
         "Succeeded": ("True", "Exported"),
     }
-    reasons = [reason for _, reason, _ in jobs.events("qwen")]
+    reasons = [reason for _, reason, _ in jobs.wait_event("qwen", "Normal", Reason.SUCCEEDED)]
     assert reasons == [Reason.PRECOMPUTING_STARTED, Reason.TRAINING_STARTED, Reason.EXPORTING_STARTED, Reason.SUCCEEDED]
     job = jobs.get("qwen")
     assert not job["metadata"].get("finalizers")  # deletable even while the operator is down
@@ -106,7 +106,7 @@ def test_a_failed_rank_restarts_the_whole_group_which_then_resumes_and_finishes(
     assert (status["phase"], status["restarts"]) == ("Training", 1)
     assert status["lastFailure"]["pod"] == "rank-train-a1-2"
     assert status["lastFailure"]["message"] == "RuntimeError: NCCL communicator was aborted"
-    assert ("Warning", "Restarting") in [(t, r) for t, r, _ in jobs.events("rank")]
+    jobs.wait_event("rank", "Warning", "Restarting")
 
     kubelet.run_all(namespace, second, exit_code=0)
     jobs.wait_pods("rank", "export", 1, attempt=2)
@@ -200,7 +200,10 @@ def test_suspend_deletes_the_running_pods_and_resume_continues_from_the_unfinish
     jobs.wait_pods("pausable", "train", 2, attempt=2)  # new names: the suspended pods may still be terminating
     status = jobs.wait_phase("pausable", "Training")
     assert status["restarts"] == 0
-    assert [r for _, r, _ in jobs.events("pausable")][-2:] == [Reason.SUSPENDED, Reason.RESUMED]
+    assert [r for _, r, _ in jobs.wait_event("pausable", "Normal", Reason.RESUMED)][-2:] == [
+        Reason.SUSPENDED,
+        Reason.RESUMED,
+    ]
 
 
 def test_deleting_a_job_deletes_its_pods_service_and_config(jobs, kubelet, namespace, kube_cluster, start_operator):
@@ -248,6 +251,6 @@ def test_a_spec_the_schema_cannot_catch_fails_at_once_with_invalid_spec_and_crea
     failed = next(c for c in status["conditions"] if c["type"] == ConditionType.FAILED)
     assert failed["reason"] == Reason.INVALID_SPEC
     assert failed["message"].startswith(f"{field}: ") and message in failed["message"]
-    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in jobs.events("typo")]
+    jobs.wait_event("typo", "Warning", "InvalidSpec")
     assert not jobs.pods("typo")
     assert not kube_cluster.core().list_namespaced_config_map(namespace, label_selector="prefops.dev/job-name").items

@@ -34,7 +34,7 @@ def test_a_pod_quota_holds_the_job_with_a_replica_failure_and_a_warning_until_th
     (left_out,) = replicas - created
     assert left_out in refused["message"] and "exceeded quota: two-pods" in refused["message"]
     assert jobs.status("crowded")["phase"] == "Training"
-    assert ("Warning", Reason.QUOTA_EXCEEDED) in [(t, r) for t, r, _ in jobs.events("crowded")]
+    jobs.wait_event("crowded", "Warning", Reason.QUOTA_EXCEEDED)
 
     core.patch_namespaced_resource_quota("two-pods", namespace, {"spec": {"hard": {"pods": "3"}}})
     jobs.wait_pods("crowded", "train", 3, timeout=60)  # the next retry, at most a backoff later
@@ -62,5 +62,5 @@ def test_a_pod_refused_for_what_the_job_names_but_does_not_exist_fails_the_job_n
     failed = jobs.condition("misnamed", ConditionType.FAILED)
     assert failed["reason"] == reason and cause in failed["message"]
     assert status["restarts"] == 0
-    assert ("Warning", reason) in [(t, r) for t, r, _ in jobs.events("misnamed")]
+    jobs.wait_event("misnamed", "Warning", reason)
     assert not jobs.pods("misnamed")

@@ -134,7 +134,7 @@ def test_three_trials_sharing_a_reference_run_two_at_a_time_compute_it_once_and_
         "Name": "beta", "Phase": "Succeeded", "Trials": 3, "Running": 0, "Succeeded": 3, "Failed": 0, "Best": "beta-2", "Objective": 0.91,
         "Age": "-",
     }  # fmt: skip
-    reasons = [r for _, r, _ in sweeps.events("beta")]
+    reasons = [r for _, r, _ in sweeps.wait_event("beta", "Normal", "BestTrialFound")]
     assert reasons[0] == "Started" and reasons[-1] == "BestTrialFound"
     assert sorted(reasons[1:-1]) == ["TrialStarted"] * 3 + ["TrialSucceeded"] * 3
 
@@ -189,7 +189,7 @@ def test_suspending_a_sweep_suspends_its_running_trials_and_resuming_resumes_the
         jobs.wait_pods(trial, "train", 1, attempt=2)  # resuming moves every trial to its next attempt
         assert jobs.get(trial)["spec"]["suspend"] is False
     assert not jobs.exists("pause-2")
-    assert [r for _, r, _ in sweeps.events("pause")][-2:] == ["Suspended", "Resumed"]
+    assert [r for _, r, _ in sweeps.wait_event("pause", "Normal", "Resumed")][-2:] == ["Suspended", "Resumed"]
 
 
 def test_deleting_a_sweep_deletes_its_trials_and_their_pods(jobs, sweeps, namespace, kube_cluster, start_operator):
@@ -231,6 +231,5 @@ def test_a_sweep_with_invalid_trials_fails_naming_the_field_and_creates_no_trial
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidSpec"
     assert failed["message"].startswith(field) and message in failed["message"], failed["message"]
-    # the Event follows the status write: wait for it rather than read it at once
-    wait_for(lambda: ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in sweeps.events("typo")], 30, "the Event")
+    sweeps.wait_event("typo", "Warning", "InvalidSpec")
     assert kube_cluster.custom().list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []

@@ -104,6 +104,12 @@ class CustomObjects:
         items = [e for e in items if e.involved_object.kind == self.kind]
         return [(e.type, e.reason, e.message) for e in sorted(items, key=lambda e: int(e.metadata.resource_version))]
 
+    def wait_event(self, name: str, type_: str, reason: str, timeout: float = 30) -> list[tuple[str, str, str]]:
+        """The object's Events once one of ``type_`` and ``reason`` is among them: the operator posts an Event after
+        the status write it accompanies, so a test that saw the status waits for the Event rather than read at once."""
+        seen = lambda: (found := self.events(name)) and any(e[:2] == (type_, reason) for e in found) and found  # noqa: E731
+        return wait_for(seen, timeout, f"a {type_} Event {reason} on {self.word} {name}")
+
 
 class Jobs(CustomObjects):
     """PreferenceTrainingJobs of one namespace, as an admin."""

@@ -107,18 +107,24 @@ def test_under_torchrun_the_launcher_reports_the_final_evaluation_rank_0_left(tm
     assert report["prefixSharing"] == "on"
 
 
+@pytest.mark.parametrize("rank", [True, False], ids=["a-rank", "one-process"])
 @pytest.mark.parametrize(
     ("job_spec", "code"), [({}, 0), ({"algorithm": {"name": "dpo", "beta": 0}}, 2)], ids=["done", "user-error"]
 )
-def test_a_rank_ends_with_its_phase_s_exit_code_whatever_the_interpreter_s_teardown_would_do(tmp_job, job_spec, code):
+def test_the_program_ends_with_its_phase_s_exit_code_whatever_the_interpreter_s_teardown_would_do(
+    tmp_job, job_spec, code, rank
+):
     """A native thread that libraries leave running can abort the interpreter's teardown (SIGABRT, exit -6 after a
-    phase that had finished). Here the teardown aborts for sure: a rank skips it, its output flushed."""
+    phase that had finished: a rank's gloo threads, once a single-process precompute). Here the teardown aborts for
+    sure: the program, a rank under torchrun or not, skips it, its output flushed."""
     import subprocess
     import sys
 
     job = tmp_job(**job_spec)
     aborting = "import atexit, os; atexit.register(os.abort); from prefops_trainer.cli import main; main()"
-    env = {**os.environ, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "PREFOPS_METRICS_PORT": "off"}
+    ranked = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2"} if rank else {}
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env = {**env, **ranked, "PREFOPS_METRICS_PORT": "off"}
     result = subprocess.run([sys.executable, "-c", aborting, "validate", str(job)], env=env, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert result.returncode == code, result.stderr[-3000:]

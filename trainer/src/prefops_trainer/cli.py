@@ -83,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_program = False  # main() read sys.argv: this process is prefops-trainer itself, not a test calling main([...])
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
+    """``prefops-trainer`` (``argv`` None: the program, which ends without the interpreter's teardown, :func:`_exit`)
+    or a caller's command line (which gets ``SystemExit``)."""
+    global _program
+    _program = argv is None
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from .adapters import interrupt
@@ -118,13 +125,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def _exit(code: int) -> NoReturn:
-    """End the process with ``code``. A rank under torchrun ends at once, its logs flushed, skipping the interpreter's
-    teardown: its phase's result is written by now (nothing runs in the background), while gloo's threads still run.
-    ``destroy_process_group`` stops them only when nothing else holds the group, and DDP's module and reducer,
-    accelerate and DeepSpeed do: the group, with its threads (``gloo_tcp_loop``, ``pt_gloo_runloop``), is destroyed by
-    the teardown in no set order with the rest of torch, and that aborted the rank now and then (SIGABRT, "terminate
-    called without an active exception", exit -6) after a phase that had finished."""
-    if "LOCAL_RANK" not in os.environ:
+    """End the process with ``code``. The program (and every rank under torchrun) ends at once, its logs flushed,
+    skipping the interpreter's teardown: its phase's result is written by now and nothing runs in the background
+    (temporary directories are context managers), while native threads still run. Torn down in no set order with the
+    rest of torch, they aborted a finished phase now and then (SIGABRT, "terminate called without an active
+    exception", exit -6): a rank's gloo threads (``gloo_tcp_loop``, ``pt_gloo_runloop``, which
+    ``destroy_process_group`` stops only when nothing else holds the group, and DDP's reducer, accelerate and DeepSpeed
+    do), and once in a full test run a single-process precompute after its cache was complete."""
+    if not _program and "LOCAL_RANK" not in os.environ:
         sys.exit(code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
