@@ -41,15 +41,35 @@ SLIDING_TOO = {"qwen2", "qwen2_moe", "qwen3", "smollm3"}
 WINDOW = 4
 
 
+#: The sub-configs of a multimodal wrapper (gemma3 and the like): the text model is shrunk as a family is, the
+#: others to :data:`SMALL`'s sizes (left alone, gemma3's were 2.7B parameters: 11 GB and minutes per test).
+TEXT_CONFIG = "text_config"
+OTHER_CONFIGS = ("vision_config", "audio_config")
+
+
 def tiny_config(model_type: str, vocab: int) -> Any:
     """``model_type``'s default config, shrunk; its layer types (when it has them) one of each kind, in order."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(model_type)
+    _shrink(cfg, model_type, vocab)
+    if getattr(cfg, TEXT_CONFIG, None) is not None:
+        _shrink(getattr(cfg, TEXT_CONFIG), model_type, vocab)
+    for name in OTHER_CONFIGS:
+        if getattr(cfg, name, None) is not None:
+            _set_small(getattr(cfg, name))
+    return cfg
+
+
+def _set_small(cfg: Any) -> None:
     settable = {k for k, v in vars(type(cfg)).items() if not isinstance(v, property)}
     for key, value in SMALL.items():
         if key in vars(cfg) or (key in settable and hasattr(cfg, key)):
             setattr(cfg, key, value)
+
+
+def _shrink(cfg: Any, model_type: str, vocab: int) -> None:
+    _set_small(cfg)
     if getattr(cfg, "sliding_window", None) is not None or hasattr(cfg, "sliding_window"):
         cfg.sliding_window = WINDOW
     kinds = list(dict.fromkeys(getattr(cfg, "layer_types", None) or []))
@@ -61,7 +81,6 @@ def tiny_config(model_type: str, vocab: int) -> Any:
     for key, value in OVERRIDES.get(model_type, {}).items():
         setattr(cfg, key, value)
     cfg.vocab_size, cfg.pad_token_id = vocab, 0
-    return cfg
 
 
 def tiny_model(model_type: str, vocab: int, attn: str = "sdpa", seed: int = 0) -> Any:
