@@ -29,7 +29,7 @@ class RemoteFile:
 
     Attributes:
         size: bytes.
-        version: what changes whenever the object is written again: its ETag on S3 (the mtime locally); empty when
+        version: what changes whenever the object is written again: its ETag on S3 (inode and mtime locally); empty when
             the store gives neither, and then a local copy is never taken for current.
     """
 

@@ -2,7 +2,8 @@
 
 Writes go to a temporary file beside the target (``.<name>.<random>.tmp``), renamed into place, so a reader never
 sees half a file; what a killed write leaves is such a temporary file, which :meth:`LocalStore.abort_multipart`
-removes. The version of a file is its mtime. Nothing is retried: a local failure does not heal by waiting.
+removes. The version of a file is its inode and mtime (every write is a new file, renamed into place). Nothing is
+retried: a local failure does not heal by waiting.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class LocalStore:
 
     def stat(self, path: str) -> RemoteFile:
         st = os.stat(path)
-        return RemoteFile(st.st_size, str(st.st_mtime))
+        return RemoteFile(st.st_size, f"{st.st_ino}:{st.st_mtime_ns}")
 
     def put(self, local: Path, path: str, sha256: str | None) -> None:
         with local.open("rb") as source:
