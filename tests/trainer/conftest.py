@@ -23,13 +23,13 @@ def tmp_job(tmp_path):
 @pytest.fixture
 def s3(s3_server, monkeypatch, request):
     """A fresh bucket on the session's S3 server, with this process's AWS variables pointing at it."""
-    from prefops_trainer.adapters import storage
+    from prefops_trainer.adapters import stores
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
-    storage._s3.cache_clear()
+    stores.forget()
     digest = hashlib.sha256(request.node.name.encode()).hexdigest()[:8]  # parametrized tests get their own
     name = "b-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + "-" + digest
     s3_server.create_bucket(name)
     yield s3_server, name
-    storage._s3.cache_clear()
+    stores.forget()

@@ -152,7 +152,7 @@ def test_the_train_command_leaves_its_final_evaluation_as_its_termination_messag
     with pytest.raises(SystemExit) as done:
         cli.main(["train", str(write_job(tmp_path, **EVALUATED))])  # the same job: it resumes from checkpoint-4
     assert done.value.code == 0
-    final = reports.read(inputs.ws, "train")["evaluation"]
+    final = reports.read_train(inputs.ws)["evaluation"]
     message = term.read_text()
     assert "\n" not in message
     evaluation = {"step": final["step"], "metrics": final["metrics"]}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.trainer_jobs import CLI, TINY, error_of, job_doc, run_cli, s3_job, upload_tree
 
-from prefops_trainer.adapters import storage
+from prefops_trainer.adapters import storage, stores
 from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
@@ -195,7 +195,7 @@ def test_transient_s3_errors_are_retried_with_backoff(tmp_path, s3):
     port = int(server.endpoint.rsplit(":", 1)[1])
     flaky = FaultProxy(port, throttle_first=3)
     os.environ["AWS_ENDPOINT_URL"] = flaky.endpoint
-    storage._s3.cache_clear()
+    stores.forget()
     try:
         uri = storage.Uri("s3", f"{bucket}/probe/hello.json")
         storage.write_json(uri, {"hello": "world"})
@@ -203,7 +203,7 @@ def test_transient_s3_errors_are_retried_with_backoff(tmp_path, s3):
     finally:
         flaky.close()
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint
-        storage._s3.cache_clear()
+        stores.forget()
     assert flaky.throttled == 3, "three requests were answered 503 SlowDown, and the write still succeeded"
 
 

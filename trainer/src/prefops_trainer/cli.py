@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .core.errors import GateNotMet, Interrupted, TransientError, UserError
+from .core.reports import Manifest, TrainReport, gate_bound
 from .core.rules.userinfo import redact
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def cmd_train(job: Job, args: argparse.Namespace) -> int:
         inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
         code = launch.torchrun_train(job, args.job)
         if code == 0:  # the launcher reports what rank 0 left in the phase's report
-            _report_train(reports.read(inputs.ws, "train") or {})
+            _report_train(reports.read_train(inputs.ws) or {})
         return code
     from .phases import train
 
@@ -253,7 +254,7 @@ def cmd_train(job: Job, args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_train(report: dict[str, Any]) -> None:
+def _report_train(report: TrainReport) -> None:
     """The train phase's termination message (docs/contract.md §7): ``{"evaluation": {"step", "metrics"},
     "prefixSharing": "on" | "off: <reason>"}``, each when the phase has it; under torchrun the launcher writes it,
     not the ranks."""
@@ -294,7 +295,7 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
             code = launch.torchrun_train(job, args.job)
         if code:
             return code
-        trained = reports.read(inputs.ws, "train") or {}
+        trained: TrainReport = reports.read_train(inputs.ws) or {}
     else:
         trained = train.run(inputs)
     manifest = export.run(inputs)
@@ -302,28 +303,29 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(job: Job, manifest: dict[str, Any], cache_hit: bool | None, shared: str | None) -> None:
-    metrics = manifest.get("metrics", {})
+def _print_summary(job: Job, manifest: Manifest, cache_hit: bool | None, shared: str | None) -> None:
+    metrics = manifest["metrics"]
     lines = [f"prefops: job {job.name} done"]
     if cache_hit is not None:
         state = "hit (precompute skipped)" if cache_hit else "miss (computed)"
         lines.append(f"  reference cache: {state}  cacheHit={str(cache_hit).lower()}")
     if shared is not None:
         lines.append(f"  prefix sharing: {shared}")
-    evaluation = manifest.get("evaluation") or {"metrics": {}}
+    evaluation = manifest.get("evaluation")
+    held_out_metrics = evaluation["metrics"] if evaluation else {}
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in metrics:
             mean = metrics.get(f"{key}_last_epoch_mean")
             extra = f"  (last-epoch mean {mean:.4f})" if mean is not None else ""
-            value = evaluation["metrics"].get(key)
+            value = held_out_metrics.get(key)
             held_out = f"  eval {value:.4f}" if value is not None else ""
             lines.append(f"  final {key}: {metrics[key]:.4f}{extra}{held_out}")
-    if "evaluation" in manifest:
+    if evaluation:
         lines.append(f"  evaluated on the {evaluation['split']} split at step {evaluation['step']}")
     if "gate" in manifest:
         gate = manifest["gate"]
-        kind = "min" if "min" in gate else "max"
-        lines.append(f"  gate: eval {gate['metric']} {gate['value']:.4f} ({kind} {gate[kind]:g}): passed")
+        kind, bound = gate_bound(gate)
+        lines.append(f"  gate: eval {gate['metric']} {gate['value']:.4f} ({kind} {bound:g}): passed")
     uri = job.spec.output.uri.as_written
     lines.append(f"  model: {uri} ({len(manifest['files'])} files, manifest prefops.json)")
     print("\n".join(lines))  # noqa: T201

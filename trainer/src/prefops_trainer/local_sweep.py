@@ -27,6 +27,7 @@ from .adapters.jobfile import load_sweep
 from .adapters.plots import plot_sweep
 from .adapters.sources import cache_dir
 from .core.errors import Interrupted
+from .core.reports import EvalPoint, TrainReport
 from .core.spec import Job
 from .core.sweep import Sweep, Trial, best, trial_job, trial_manifest
 from .core.uris import Uri, parse_uri
@@ -48,7 +49,7 @@ class Outcome:
     cache_hit: bool | None
     output: str
     message: str | None
-    evaluations: list[dict[str, Any]]
+    evaluations: list[EvalPoint]
 
     def row(self, best: bool) -> dict[str, Any]:
         """The trial's entry in ``sweep.json``."""
@@ -103,7 +104,7 @@ def _run_trial(sweep: Sweep, trial: Trial, tmp: Path) -> Outcome:
 def _outcome(sweep: Sweep, trial: Trial, job: Job, code: int, termination: str) -> Outcome:
     ws = Workspace.for_job(job, cache_dir())
     fresh = code in (0, 3)  # the train phase finished in this run (3: export missed the gate)
-    train = (reports.read(ws, "train") or {}) if fresh else {}
+    train: TrainReport = (reports.read_train(ws) or {}) if fresh else {}
     final = train.get("evaluation")
     value = final["metrics"].get(sweep.objective.metric) if final else None
     precompute = reports.gathered(ws, job.spec.precompute).get("precompute", {})

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from ..core.admission import PlanSources
+from ..core.rules.schemes import SCHEMES, split
 from ..core.spec import Job
 from .capped import read_capped
 from .kube import Forbidden, KubeApi
@@ -63,14 +64,15 @@ class SourceReader:
         if isinstance(name, str) and name:
             return await self._from_config_map(namespace, name, field)
         source = str(model.get("source") or "")
-        if not source.startswith("hf://"):
+        scheme, repo = split(source)
+        if scheme not in SCHEMES or SCHEMES[scheme].reach != "hub":
             return None, (
                 f"{field}.source {source!r} is not read by the operator (it holds no storage credentials); "
                 f"name a ConfigMap holding its config.json in {field}.configMap"
             )
         if not self.hub:
             return None, f"the operator reads no Hub (--hub-endpoint is empty); set {field}.configMap"
-        return await self._from_hub(source[len("hf://") :], model.get("revision"), field)
+        return await self._from_hub(repo, model.get("revision"), field)
 
     async def _from_config_map(self, namespace: str, name: str, field: str) -> tuple[dict[str, Any] | None, str | None]:
         try:

@@ -16,11 +16,11 @@ from typing import Any
 from .algorithms import ALGORITHMS
 from .known_fields import SPEC
 from .rules.checks import GateFacts, JobFacts, job_problems
+from .rules.schemes import SCHEMES, bucket_problem, hub_problem, split, unsupported
 from .rules.userinfo import carries_userinfo
 from .spec import JobSpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
-SOURCE_SCHEMES = ("hf", "s3", "file")
 # A Kubernetes resource quantity (k8s.io/apimachinery/pkg/api/resource), e.g. 16, 500m, 64Gi, 1.5, 1e3.
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 #: a URI whose authority carries userinfo: scheme://<anything but '/'>@ (the CRD's URI fields refuse the same)
@@ -133,28 +133,28 @@ def _storage_problems(spec: JobSpec) -> list[str]:
 
 
 def _s3_problem(field: str, uri: str) -> str | None:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme != "s3":
+    """Work storage and output on a cluster: a scheme every pod sees alike (``rules.schemes``: object storage)."""
+    scheme, rest = split(uri)
+    row = SCHEMES.get(scheme)
+    if row is None or not row.shared:
+        forms = " or ".join(f"an {r.form}" for r in SCHEMES.values() if r.shared)
         return (
-            f"{field}: must be an s3://bucket/prefix URI on a cluster (pods share no filesystem), got {uri!r}; "
+            f"{field}: must be {forms} URI on a cluster (pods share no filesystem), got {uri!r}; "
             "local paths only work with prefops-trainer run"
         )
-    if not rest or rest.startswith("/"):
-        return f"{field}: s3 URI needs a bucket, got {uri!r}"
-    return None
+    problem = bucket_problem(scheme, rest, uri)
+    return f"{field}: {problem}" if problem else None
 
 
 def _source_problem(field: str, uri: str) -> str | None:
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
+    scheme, rest = split(uri)
+    row = SCHEMES.get(scheme)
+    if row is None:
+        return f"{field}: {unsupported(scheme, uri, list(SCHEMES.values()))}"
+    if row.reach == "filesystem":
         return None  # a path inside the trainer image
-    if scheme not in SOURCE_SCHEMES:
-        return f"{field}: unsupported URI scheme {scheme!r} in {uri!r}; use hf://, s3://, file:// or a path"
-    if scheme == "hf" and rest.count("/") < 1:
-        return f"{field}: hf URI must look like hf://org/name, got {uri!r}"
-    if scheme == "s3" and (not rest or rest.startswith("/")):
-        return f"{field}: s3 URI needs a bucket, got {uri!r}"
-    return None
+    problem = (hub_problem if row.reach == "hub" else bucket_problem)(scheme, rest, uri)
+    return f"{field}: {problem}" if problem else None
 
 
 def _resource_problems(spec: JobSpec) -> list[str]:

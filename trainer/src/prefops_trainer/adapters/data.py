@@ -47,8 +47,8 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
     """
     split = split or spec.split
     uri = local_dataset(spec.source)
-    name = spec.source.as_written if uri.scheme == "hf" else str(Path(spec.source.as_written))
-    if split != spec.split and uri.scheme != "hf" and Path(uri.path).is_file():
+    name = spec.source.as_written if uri.is_hub else str(Path(spec.source.as_written))
+    if split != spec.split and not uri.is_hub and Path(uri.path).is_file():
         raise DataError(
             f"{name}: a single file holds one split, so spec.dataset.evalSplit {split!r} cannot be read from it; put "
             f"each split in a folder as <split>.jsonl (e.g. {spec.split}.jsonl and {split}.jsonl) and point "
@@ -81,7 +81,7 @@ def _load(uri: Uri, split: str, name: str) -> Dataset:
     import datasets
 
     datasets.disable_progress_bars()
-    if uri.scheme == "hf":
+    if uri.is_hub:
         try:
             return retrying(f"spec.dataset.source: loading {name} from the Hugging Face Hub",
                             lambda: datasets.load_dataset(uri.path, split=split))  # fmt: skip

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core.reports import EvalPoint
+
 PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
 
 
@@ -34,13 +36,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _eval_series(evaluations: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+def _eval_series(evaluations: list[EvalPoint], key: str) -> list[tuple[int, float]]:
     """(step, value) of ``key`` in each evaluation (``{"step", "metrics"}``) that reported it."""
     return [(e["step"], e["metrics"][key]) for e in evaluations if key in e["metrics"]]
 
 
 def plot_training(
-    history: list[dict[str, Any]], out: Path, title: str, evaluations: list[dict[str, Any]] | None = None
+    history: list[dict[str, Any]], out: Path, title: str, evaluations: list[EvalPoint] | None = None
 ) -> Path | None:
     """Draw the curves of ``history`` (TRL log entries) and ``evaluations`` (``{"step", "metrics"}``) into ``out``;
     None when there is nothing to draw."""

@@ -1,10 +1,10 @@
 """Turn model and dataset sources (local path, ``s3://``, ``hf://``) into local files.
 
-``s3://`` sources are copied into ``$PREFOPS_CACHE_DIR/sources`` (default ``~/.cache/prefops``), and copied again
-when the remote objects change (their ETags); ``hf://`` sources go through ``huggingface_hub``. An outage (no
-connection, 5xx, 429) is retried with backoff and then ends the phase with exit 1 (a restart may succeed); a source
-that is not there, not readable, or the Hub switched off (``HF_HUB_OFFLINE``) is the job's problem (exit 2). This
-project's CI has no internet: pre-stage models on S3 or a volume instead.
+Sources in object storage (``s3://``) are copied into ``$PREFOPS_CACHE_DIR/sources`` (default ``~/.cache/prefops``),
+and copied again when the remote objects change (their ETags); ``hf://`` sources go through ``huggingface_hub``. An
+outage (no connection, 5xx, 429) is retried with backoff and then ends the phase with exit 1 (a restart may succeed);
+a source that is not there, not readable, or the Hub switched off (``HF_HUB_OFFLINE``) is the job's problem (exit 2).
+This project's CI has no internet: pre-stage models on S3 or a volume instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PREFOPS_CACHE_DIR", Path.home() / ".cache" / "prefops"))
 
 
-def _s3_copy(uri: Uri, field: str) -> Path:
+def _remote_copy(uri: Uri, field: str) -> Path:
     """A current local copy of the object or prefix at ``uri`` (fetched again when the remote one changed)."""
     dest = cache_dir() / "sources" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
     try:
@@ -62,9 +62,9 @@ def _hub_model(repo: str, revision: str | None, field: str) -> Path:
 
 def local_model(uri: Uri, revision: str | None = None, field: str = "spec.model.source") -> Path:
     """A local directory holding the model at ``uri`` (spec field ``field``)."""
-    if uri.scheme == "hf":
+    if uri.is_hub:
         return _hub_model(uri.path, revision, field)
-    path = _s3_copy(uri, field) if uri.scheme == "s3" else Path(uri.path)
+    path = Path(uri.path) if uri.is_local else _remote_copy(uri, field)
     if not path.exists():
         raise SourceError(f"{field}: model path {uri.as_written!r} does not exist")
     if not (path / "config.json").exists():
@@ -74,9 +74,9 @@ def local_model(uri: Uri, revision: str | None = None, field: str = "spec.model.
 
 def local_dataset(uri: Uri, field: str = "spec.dataset.source") -> Uri:
     """Where to read the dataset from: a local path, or ``hf://org/name`` left for ``datasets`` to fetch."""
-    if uri.scheme == "hf":
+    if uri.is_hub:
         return uri
-    path = _s3_copy(uri, field) if uri.scheme == "s3" else Path(uri.path)
+    path = Path(uri.path) if uri.is_local else _remote_copy(uri, field)
     if not path.exists():
         raise SourceError(f"{field}: dataset path {uri.as_written!r} does not exist")
     return Uri("file", str(path), uri.written)
@@ -91,12 +91,12 @@ def model_config(uri: Uri, revision: str | None = None, field: str = "spec.model
     one file from the Hub (``huggingface_hub``'s cache first, so ``HF_HUB_OFFLINE=1`` works once it is cached)."""
     import json
 
-    if uri.scheme == "hf":
+    if uri.is_hub:
         text = _hub_file(uri.path, "config.json", revision, field)
     else:
         target = uri.join("config.json")
         try:
-            text = storage.read_bytes(target) if uri.scheme == "s3" else Path(target.path).read_bytes()
+            text = storage.read_bytes(target)
         except FileNotFoundError:
             raise SourceError(f"{field}: no config.json at {uri.as_written!r}") from None
         except PermissionError as e:

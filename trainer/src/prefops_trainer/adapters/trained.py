@@ -14,12 +14,14 @@ rewrites all of them consistently (docs/operator.md, Security).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..core.errors import IntegrityError
 from ..core.integrity import file_table, is_sha256, mismatches
+from ..core.reports import Handed, TrainReport
 from ..core.workspace import TRAINED_MARKER, Workspace
 from . import storage
 
@@ -42,11 +44,11 @@ class Trained:
 
     where: str
     files: dict[str, str]
-    handed: dict[str, Any]
-    report: dict[str, Any]
+    handed: Handed
+    report: TrainReport
 
 
-def hand_over(ws: Workspace, local: Path, report: dict[str, Any]) -> None:
+def hand_over(ws: Workspace, local: Path, report: Mapping[str, object]) -> None:
     """Attempt ``ws.attempt``'s weights in ``local`` to storage (files not already there with the same sha256, in
     parallel), then its report, then the marker, last. Rank 0 calls it once every rank has saved."""
     files = dict(storage.each(lambda f: (f.relative_to(local).as_posix(), storage.sha256_file(f)), _files(local)))
@@ -101,7 +103,7 @@ def result(ws: Workspace) -> Trained:
             f"{where}: does not match the train report it records ({ws.report('train')}) in {', '.join(differ)}: "
             f"the marker was edited after it was written. Nothing of {ws.trained} is published"
         )
-    return Trained(str(ws.trained), files, handed, report)
+    return Trained(str(ws.trained), files, cast(Handed, handed), cast(TrainReport, report))
 
 
 def _check_identity(doc: Any, where: str, ws: Workspace) -> None:

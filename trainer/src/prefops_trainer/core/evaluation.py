@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .reports import EvalPoint, GateRecord
 from .spec import GateSpec
 
 #: TRL's prefix of evaluation keys.
@@ -26,7 +27,7 @@ class Evaluation:
     step: int
     metrics: Mapping[str, float]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> EvalPoint:
         return {"step": self.step, "metrics": dict(self.metrics)}
 
     @classmethod
@@ -87,9 +88,14 @@ class GateVerdict:
             return False
         return self.value >= self.bound if self.kind == "min" else self.value <= self.bound
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> GateRecord:
         """What ``prefops.json`` records of a gate that passed."""
-        return {"metric": self.metric, "value": self.value, self.kind: self.bound, "passed": self.passed}
+        found: GateRecord = {"metric": self.metric, "value": self.value, "passed": self.passed}
+        if self.kind == "min":
+            found["min"] = self.bound
+        else:
+            found["max"] = self.bound
+        return found
 
     def termination(self, trained: str) -> dict[str, Any]:
         """The export pod's termination message of a gate not met: ``{"gate": {...}}`` (docs/contract.md §8)."""

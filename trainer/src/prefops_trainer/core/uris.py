@@ -20,11 +20,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from .rules.schemes import SCHEMES, UriScheme, bucket_problem, hub_problem, split, unsupported
 from .rules.userinfo import carries_userinfo
-
-Scheme = Literal["file", "s3", "hf"]
 
 
 class UriError(ValueError):
@@ -36,19 +34,25 @@ class Uri:
     """Where something lives.
 
     Attributes:
-        scheme: ``file`` (a local path), ``s3`` or ``hf``.
+        scheme: a row of ``rules.schemes.SCHEMES``: ``file`` (a local path), ``s3`` or ``hf``.
         path: the absolute local path, ``bucket/key`` or ``org/name[@revision]``.
         written: the text the spec holds, for messages and for writing the spec back out; empty for a URI
             derived with :meth:`join`. Two URIs naming the same place are equal however they were written.
     """
 
-    scheme: Scheme
+    scheme: str
     path: str
     written: str = field(default="", compare=False, repr=False)
 
     @property
     def is_local(self) -> bool:
-        return self.scheme == "file"
+        """Whether it names a file or folder of this machine (nothing to copy)."""
+        return SCHEMES[self.scheme].reach == "filesystem"
+
+    @property
+    def is_hub(self) -> bool:
+        """Whether the Hub serves it (a model or dataset source, fetched by ``huggingface_hub``)."""
+        return SCHEMES[self.scheme].reach == "hub"
 
     @property
     def as_written(self) -> str:
@@ -70,32 +74,39 @@ def parse_uri(value: str, *, allow_hf: bool = False) -> Uri:
             "here. Give S3 credentials through spec.storage.credentialsSecret (AWS_* variables) and a Hub token "
             "through HF_TOKEN"
         )
-    if "://" not in value:
-        if not value:
-            raise UriError("must not be empty")
-        return Uri("file", str(Path(value).expanduser().resolve()), value)
-    scheme, _, rest = value.partition("://")
-    if scheme == "file":
-        return Uri("file", str(Path(rest).resolve()), value)
-    if scheme == "s3":
-        return Uri("s3", _s3_path(rest, value), value)
-    if scheme == "hf":
-        return Uri("hf", _hf_path(rest, value, allow_hf), value)
-    raise UriError(f"unsupported URI scheme {scheme!r} in {value!r}; use a local path, file://, s3:// or hf://")
+    scheme, rest = split(value)
+    row = SCHEMES.get(scheme)
+    if row is None:
+        raise UriError(unsupported(scheme, value, list(SCHEMES.values())))
+    if row.reach == "filesystem":
+        return Uri(scheme, _local_path(rest, value), value)
+    if row.reach == "object-store":
+        return Uri(scheme, _bucket_path(row, rest, value), value)
+    return Uri(scheme, _hub_path(row, rest, value, allow_hf), value)
 
 
-def _s3_path(rest: str, value: str) -> str:
-    if not rest or rest.startswith("/"):
-        raise UriError(f"s3 URI needs a bucket, got {value!r}")
+def _local_path(rest: str, value: str) -> str:
+    if not value:
+        raise UriError("must not be empty")
+    return str(Path(rest).expanduser().resolve() if "://" not in value else Path(rest).resolve())
+
+
+def _bucket_path(row: UriScheme, rest: str, value: str) -> str:
+    problem = bucket_problem(row.name, rest, value)
+    if problem:
+        raise UriError(problem)
     path = rest.rstrip("/")
     if any(part in ("", ".", "..") for part in path.split("/")):
-        raise UriError(f"s3 URI must not hold '.', '..' or empty segments (S3 keys are not paths), got {value!r}")
+        raise UriError(
+            f"{row.name} URI must not hold '.', '..' or empty segments (object keys are not paths), got {value!r}"
+        )
     return path
 
 
-def _hf_path(rest: str, value: str, allow_hf: bool) -> str:
+def _hub_path(row: UriScheme, rest: str, value: str, allow_hf: bool) -> str:
     if not allow_hf:
-        raise UriError(f"hf:// is only valid for model and dataset sources, got {value!r}")
-    if rest.count("/") < 1:
-        raise UriError(f"hf URI must look like hf://org/name, got {value!r}")
+        raise UriError(f"{row.name}:// is only valid for model and dataset sources, got {value!r}")
+    problem = hub_problem(row.name, rest, value)
+    if problem:
+        raise UriError(problem)
     return rest.rstrip("/")

@@ -14,6 +14,7 @@ import yaml
 
 from .. import __version__
 from ..core.redact import published_manifest
+from ..core.reports import Described, EvaluationRecord, GateRecord, Lineage, Phases, gate_bound
 from ..inputs import Inputs
 
 MANIFEST = "prefops.json"
@@ -24,19 +25,19 @@ def _table(values: dict[str, Any]) -> str:
     return f"| metric | value |\n|---|---|\n{rows}"
 
 
-def _evaluation(evaluation: dict[str, Any] | None, gate: dict[str, Any] | None) -> str:
+def _evaluation(evaluation: EvaluationRecord | None, gate: GateRecord | None) -> str:
     if evaluation is None:
         return ""
     text = f"\n## Evaluation\nOn the `{evaluation['split']}` split at step {evaluation['step']}:\n\n"
     text += _table(evaluation["metrics"]) + "\n"
     if gate is not None:
-        kind = "min" if "min" in gate else "max"
+        kind, bound = gate_bound(gate)
         sign = "≥" if kind == "min" else "≤"
-        text += f"\nQuality gate `{gate['metric']} {sign} {gate[kind]:g}`: passed ({gate['value']:.4g}).\n"
+        text += f"\nQuality gate `{gate['metric']} {sign} {bound:g}`: passed ({gate['value']:.4g}).\n"
     return text
 
 
-def _lineage(lineage: dict[str, Any]) -> str:
+def _lineage(lineage: Lineage) -> str:
     base, data = lineage["baseModel"], lineage["data"]
     files = "\n".join(f"| {path} | `{digest}` |" for path, digest in base["sha256"].items())
     splits = "\n".join(
@@ -74,11 +75,11 @@ def _front_matter(base: str, algorithm: str, lora: bool) -> str:
     return text
 
 
-def model_card(inputs: Inputs, n_files: int, phases: dict[str, Any], lora: bool, manifest: dict[str, Any]) -> str:
+def model_card(inputs: Inputs, n_files: int, phases: Phases, lora: bool, manifest: Described) -> str:
     """The card of the model ``manifest`` (the ``prefops.json`` being written) describes."""
     spec = inputs.spec
     base, data_source = spec.model.source.as_written, spec.dataset.source.as_written
-    metrics = phases.get("train", {}).get("metrics", {})
+    metrics = phases["train"].get("metrics", {}) if "train" in phases else {}
     data = ", ".join(f"{name}: {len(s)} pairs" for name, s in inputs.splits.items())
     weights = hashlib.sha256(json.dumps(inputs.model_files, sort_keys=True).encode()).hexdigest()[:16]
     manifest_yaml = yaml.safe_dump(published_manifest(inputs.job), sort_keys=False)

@@ -30,12 +30,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from .. import __version__
 from ..adapters import metrics, storage, trained, weights
 from ..core.errors import GateNotMet
 from ..core.evaluation import Evaluation, judge
+from ..core.reports import Described, EvaluationRecord, ExportReport, FileEntry, GateRecord, Handed, Manifest, Phases
 from ..core.uris import Uri
 from ..core.weights import NamesDiffer
 from ..core.workspace import TRAINED_ATTEMPT_ENV, TRAINED_MARKER, Workspace, trained_attempt_of
@@ -75,7 +75,7 @@ def merge_in_memory(
     merged.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_bytes)
 
 
-def file_table(root: Path) -> list[dict[str, Any]]:
+def file_table(root: Path) -> list[FileEntry]:
     """Every file under ``root`` with its size and sha256, sorted by path."""
     return [
         {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": storage.sha256_file(p)}
@@ -102,7 +102,7 @@ def _trained_workspace(ws: Workspace, named: int | None) -> Workspace:
     return ws.at(ws.attempt if newest is None else newest)
 
 
-def trained_result(inputs: Inputs) -> dict[str, Any]:
+def trained_result(inputs: Inputs) -> Handed:
     """What the train phase handed over with the weights (steps, metrics, the final evaluation), from a checked marker;
     error if it did not finish."""
     return trained.result(trained_workspace(inputs)).handed
@@ -133,14 +133,14 @@ def build_local(inputs: Inputs, out: Path) -> bool:
     return lora
 
 
-def run(inputs: Inputs) -> dict[str, Any]:
+def run(inputs: Inputs) -> Manifest:
     """Export to ``spec.output.uri`` and return the manifest written there; :class:`GateNotMet` (nothing written)
     when the final evaluation misses ``spec.output.gate``."""
     metrics.enter("export")
     dest = inputs.spec.output.uri
     evaluation = trained_result(inputs).get("evaluation")
     gate = check_gate(inputs, evaluation)
-    report: reports.Report = {}
+    report: ExportReport = {}
     with reports.timed(report), tempfile.TemporaryDirectory(prefix="prefops-export-") as tmp:
         out = Path(tmp) / "model"
         out.mkdir()
@@ -159,7 +159,7 @@ def run(inputs: Inputs) -> dict[str, Any]:
     return manifest
 
 
-def check_gate(inputs: Inputs, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+def check_gate(inputs: Inputs, evaluation: EvaluationRecord | None) -> GateRecord | None:
     """The gate's record for ``prefops.json`` (None without a gate); :class:`GateNotMet` when the final evaluation
     misses it, before anything is written to ``output.uri``."""
     gate = inputs.spec.output.gate
@@ -173,13 +173,11 @@ def check_gate(inputs: Inputs, evaluation: dict[str, Any] | None) -> dict[str, A
     return verdict.record()
 
 
-def _described(
-    inputs: Inputs, lora: bool, evaluation: dict[str, Any] | None, gate: dict[str, Any] | None
-) -> dict[str, Any]:
+def _described(inputs: Inputs, lora: bool, evaluation: EvaluationRecord | None, gate: GateRecord | None) -> Described:
     """What ``prefops.json`` says of the model besides its files and the phases' reports: the job, the base model,
     the algorithm, the final evaluation and the gate's verdict, and the lineage (allowlisted: see core.redact)."""
     job = inputs.job
-    described: dict[str, Any] = {
+    described: Described = {
         "format": 1,
         "job": {"name": job.name, "uid": job.metadata.uid},
         "model": {
@@ -188,34 +186,33 @@ def _described(
             "loraMerged": lora and job.spec.output.merge,
         },
         "algorithm": job.spec.algorithm.name,
+        "lineage": lineage(inputs),
+        "prefopsVersion": __version__,
     }
     if evaluation is not None:
         described["evaluation"] = evaluation
     if gate is not None:
         described["gate"] = gate
-    return described | {"lineage": lineage(inputs), "prefopsVersion": __version__}
+    return described
 
 
-def _manifest(files: list[dict[str, Any]], phases: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
+def _manifest(files: list[FileEntry], phases: Phases, described: Described) -> Manifest:
     """``prefops.json``: :func:`_described`, every file with its checksum, each phase's report, the metrics."""
-    return described | {
-        "files": files,
-        "phases": phases,
-        "metrics": phases.get("train", {}).get("metrics", {}),
-    }
+    metrics = phases["train"].get("metrics", {}) if "train" in phases else {}
+    return {**described, "files": files, "phases": phases, "metrics": metrics}
 
 
 def _extra_artifacts(inputs: Inputs, out: Path) -> None:
     """Training curves beside the model, from the train phase's log history."""
     from ..adapters.plots import plot_training
 
-    train = reports.read(trained_workspace(inputs), "train") or {}
+    train = reports.read_train(trained_workspace(inputs)) or {}
     spec = inputs.spec
     title = f"{inputs.job.name}: {spec.algorithm.name} ({', '.join(spec.algorithm.losses)}), beta {spec.algorithm.beta}"
     plot_training(train.get("logHistory", []), out / "training-curves.png", title, train.get("evalHistory", []))
 
 
-def _upload(local: Path, dest: Uri, files: list[dict[str, Any]]) -> None:
+def _upload(local: Path, dest: Uri, files: list[FileEntry]) -> None:
     """Send ``files`` to ``dest``, each with its sha256; a file already there with that sha256 is not sent again."""
     storage.abort_incomplete_uploads(dest)
     if storage.exists(dest.join(MANIFEST)):

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from typing import Any
 
 from .. import __version__
 from ..adapters.data import rows_digest
 from ..core.redact import published_spec
+from ..core.reports import Lineage
 from ..inputs import Inputs
 
 #: The environment variable the operator sets to the image a pod runs (docs/contract.md §3).
@@ -38,7 +38,7 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def lineage(inputs: Inputs) -> dict[str, Any]:
+def lineage(inputs: Inputs) -> Lineage:
     spec = inputs.spec
     names = {"train": spec.dataset.split, "eval": spec.dataset.eval_split}
     return {

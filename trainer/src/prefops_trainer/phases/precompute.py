@@ -16,6 +16,7 @@ from ..adapters.refcache import RefCache
 from ..compute import logprobs
 from ..core.cachekey import shard_rows
 from ..core.errors import SpecError
+from ..core.reports import PrecomputeReport, SplitEntry
 from ..inputs import Inputs
 from . import reports
 
@@ -27,11 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> reports.Report:
+def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> PrecomputeReport:
     """Compute (or find) shard ``shard`` of ``num_shards`` for every split; return the phase report."""
     metrics.enter("precompute")
     num_shards = _check(inputs, shard, num_shards)
-    report: reports.Report = {"shard": shard, "numShards": num_shards, "splits": {}}
+    report: PrecomputeReport = {"shard": shard, "numShards": num_shards, "splits": {}}
     model: PreTrainedModel | None = None
     with reports.timed(report):
         for split in inputs.splits:
@@ -57,10 +58,10 @@ def _check(inputs: Inputs, shard: int, num_shards: int | None) -> int:
 
 def _split(
     inputs: Inputs, split: str, shard: int, num_shards: int, model: PreTrainedModel | None
-) -> tuple[dict[str, Any], PreTrainedModel | None]:
+) -> tuple[SplitEntry, PreTrainedModel | None]:
     """This shard of ``split``: a cache hit, a shard already written, or computed now (loading the model once)."""
     cache = inputs.ref_cache(split)
-    entry: dict[str, Any] = {"key": cache.key, "cacheHit": cache.manifest() is not None}
+    entry: SplitEntry = {"key": cache.key, "cacheHit": cache.manifest() is not None}
     if entry["cacheHit"]:
         log.info("reference cache hit for %s split: %s", split, cache.root)
         return entry, model

@@ -18,6 +18,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ...adapters.metrics import current as served_metrics
 from ...adapters.progress import is_tty
 from ...core.evaluation import Evaluation, from_trl, history
+from ...core.reports import TrainReport
 from ...core.spec import JobSpec
 from .summary import HEADLINE
 
@@ -62,7 +63,7 @@ def attach(spec: JobSpec, trainer: Any) -> None:
         )
 
 
-def final(spec: JobSpec, trainer: Any) -> dict[str, Any]:
+def final(spec: JobSpec, trainer: Any) -> TrainReport:
     """What the phase report keeps of the evaluations (nothing for a job that does not evaluate): ``evaluation``
     (``{split, step, metrics}``, the last step's) and ``evalHistory`` (every evaluation, in order). Evaluates the
     last step when the trainer has not (every rank: the evaluation is collective)."""

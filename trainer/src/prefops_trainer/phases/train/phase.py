@@ -10,6 +10,7 @@ from typing import Any
 from ...adapters import checkpoints, interrupt, metrics, storage, trained
 from ...adapters.refcache import RefTable
 from ...core.errors import Interrupted
+from ...core.reports import TrainReport
 from ...core.trlconfig import trl_kwargs
 from ...inputs import Inputs
 from .. import reports
@@ -21,7 +22,7 @@ from .summary import summarize
 log = logging.getLogger(__name__)
 
 
-def run(inputs: Inputs) -> reports.Report:
+def run(inputs: Inputs) -> TrainReport:
     """Train, resuming from the newest complete checkpoint; hand the weights to export. Returns the report;
     :class:`Interrupted` once every rank saved a checkpoint and stopped on SIGTERM."""
     metrics.enter("train")
@@ -33,7 +34,7 @@ def run(inputs: Inputs) -> reports.Report:
     distributed.init_group(spec, rt)
     local_ckpt = storage.local_dir(inputs.ws.local("checkpoints"))
     args = config_cls(**trl_kwargs(spec, rt, str(local_ckpt), precompute=reference is not None))
-    report: reports.Report = {"worldSize": rt.world_size, "algorithm": spec.algorithm.name}
+    report: TrainReport = {"worldSize": rt.world_size, "algorithm": spec.algorithm.name}
     report["attempt"] = inputs.ws.attempt
     start = reports.started(report)
     trainer, stop = _trainer(inputs, args, base, reference, local_ckpt, report)
@@ -56,7 +57,7 @@ def _trainer(
     base: type[Any],
     reference: dict[str, RefTable] | None,
     local_ckpt: Path,
-    report: reports.Report,
+    report: TrainReport,
 ) -> tuple[Any, StopOnSignal]:
     """The model loaded, the cache checked against it (under ZeRO-3 too), the trainer, and its stop on SIGTERM."""
     model = inputs.load_model()
@@ -72,7 +73,7 @@ def _trainer(
     return trainer, stop
 
 
-def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: reports.Report) -> None:
+def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: TrainReport) -> None:
     """Train (from ``resume``, which every rank must have chosen) and fill the report; after a stop on SIGTERM the
     report is not used."""
     chosen = resume.relative_to(inputs.ws.local_root).as_posix() if resume else None  # attempts/<a>/checkpoints/<n>
