@@ -17,7 +17,7 @@ from prefops_operator.core.nodes import NodeView, node_view
 from prefops_operator.core.restarts import RestartSettings, ended, removal_reason
 from prefops_operator.core.status import Phase, Progress, Status
 from prefops_operator.core.timefmt import format_time
-from prefops_operator.runtime import Runtime
+from prefops_operator.runtime import NodeChanges, Runtime
 
 TRAIN = PodPhase.TRAIN
 SIMPO = {"algorithm": {"name": "simpo"}}
@@ -195,11 +195,12 @@ def test_a_node_heartbeat_wakes_no_job_and_a_change_wakes_the_jobs_with_pods_on_
         def add(self, key):
             woken.append(key)
 
-    runtime = Runtime.__new__(Runtime)
-    runtime.pods = {("a", "j1"): [pod(job, TRAIN, 0, node="n1")], ("a", "j2"): [pod(job, TRAIN, 0, node="n2")]}
-    runtime.queue, runtime._node_state = Queue(), {}
+    pods = {("a", "j1"): [pod(job, TRAIN, 0, node="n1")], ("a", "j2"): [pod(job, TRAIN, 0, node="n2")]}
+    runtime = Runtime(reconcile=None, objects={}, children=pods, workers=1)
+    runtime.queue = Queue()
+    nodes = NodeChanges(runtime)
     healthy = NodeView("n1")
-    runtime.node_changed(healthy, "n1")
-    runtime.node_changed(healthy, "n1")  # a heartbeat: nothing new
-    runtime.node_changed(NodeView("n1", "Unknown", at(1), "Ready=Unknown"), "n1")
+    nodes.changed(healthy, "n1")
+    nodes.changed(healthy, "n1")  # a heartbeat: nothing new
+    nodes.changed(NodeView("n1", "Unknown", at(1), "Ready=Unknown"), "n1")
     assert woken == [("a", "j1"), ("a", "j1")]

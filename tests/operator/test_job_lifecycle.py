@@ -83,7 +83,7 @@ def test_a_dpo_job_runs_precompute_training_and_export_to_succeeded(
         "Succeeded": ("True", "Exported"),
     }
     reasons = [reason for _, reason, _ in jobs.wait_event("qwen", "Normal", Reason.SUCCEEDED)]
-    assert reasons == [Reason.PRECOMPUTING_STARTED, Reason.TRAINING_STARTED, Reason.EXPORTING_STARTED, Reason.SUCCEEDED]
+    assert reasons == ["PrecomputingStarted", "TrainingStarted", "ExportingStarted", Reason.SUCCEEDED]
     job = jobs.get("qwen")
     assert not job["metadata"].get("finalizers")  # deletable even while the operator is down
     assert status["observedGeneration"] == job["metadata"]["generation"]

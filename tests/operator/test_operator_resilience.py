@@ -15,8 +15,6 @@ from support.fixtures import OPERATOR_USER
 from support.jobs import job_manifest
 from support.kube import wait_for
 
-from prefops_operator.core.conditions import Reason
-
 pytestmark = pytest.mark.integration
 REFERENCE_FREE = {"algorithm": {"name": "simpo"}}
 
@@ -37,10 +35,8 @@ def test_killing_the_operator_mid_phase_neither_duplicates_pods_nor_loses_the_jo
     assert {p.metadata.uid for p in jobs.pods("survivor", "train").values()} == uids
     status = jobs.status("survivor")
     assert (status["phase"], status["restarts"]) == ("Exporting", 0)
-    assert [r for _, r, _ in jobs.wait_event("survivor", "Normal", Reason.EXPORTING_STARTED)] == [
-        Reason.TRAINING_STARTED,
-        Reason.EXPORTING_STARTED,
-    ]
+    events = jobs.wait_event("survivor", "Normal", "ExportingStarted")
+    assert [r for _, r, _ in events] == ["TrainingStarted", "ExportingStarted"]
 
 
 def test_an_operator_killed_while_creating_a_group_creates_each_pod_exactly_once(

@@ -45,9 +45,9 @@ def test_a_dpo_job_runs_precompute_then_training_then_export_and_succeeds():
         status = decision.status
         seen.append((status.phase, [(x.source, x.target, x.reason) for x in decision.transitions]))
     assert seen == [
-        (Phase.PRECOMPUTING, [(Phase.PENDING, Phase.PRECOMPUTING, Reason.PRECOMPUTING_STARTED)]),
-        (Phase.TRAINING, [(Phase.PRECOMPUTING, Phase.TRAINING, Reason.TRAINING_STARTED)]),
-        (Phase.EXPORTING, [(Phase.TRAINING, Phase.EXPORTING, Reason.EXPORTING_STARTED)]),
+        (Phase.PRECOMPUTING, [(Phase.PENDING, Phase.PRECOMPUTING, "PrecomputingStarted")]),
+        (Phase.TRAINING, [(Phase.PRECOMPUTING, Phase.TRAINING, "TrainingStarted")]),
+        (Phase.EXPORTING, [(Phase.TRAINING, Phase.EXPORTING, "ExportingStarted")]),
         (Phase.SUCCEEDED, [(Phase.EXPORTING, Phase.SUCCEEDED, Reason.SUCCEEDED)]),
     ]
     assert status.output_uri == "s3://models/qwen-dpo"
@@ -239,7 +239,7 @@ def test_condition_transition_times_move_only_when_the_condition_status_changes(
     training = run_to(job, Phase.TRAINING)
     assert precomputing.condition(ConditionType.RUNNING).last_transition_time == at(0)
     assert training.condition(ConditionType.RUNNING).last_transition_time == at(0)
-    assert training.condition(ConditionType.RUNNING).reason == Reason.TRAINING
+    assert training.condition(ConditionType.RUNNING).reason == "Training"
 
 
 def test_progress_samples_update_the_status_but_the_same_numbers_write_nothing():

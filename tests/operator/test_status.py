@@ -7,7 +7,6 @@ from support.kube import ROOT
 from support.operator_core import at
 
 from prefops_operator.core.conditions import (
-    STARTED_REASON,
     ConditionType,
     DisruptionReason,
     FailureReason,
@@ -15,6 +14,7 @@ from prefops_operator.core.conditions import (
     RestartKind,
 )
 from prefops_operator.core.patch import merge_patch
+from prefops_operator.core.phases import PHASES
 from prefops_operator.core.status import PHASE_KEYS, Phase, PhaseTimes, Status
 
 CRD = (ROOT / "crds" / "prefops.dev_preferencetrainingjobs.yaml").read_text()
@@ -48,11 +48,12 @@ def test_the_current_key_wins_over_the_legacy_one():
 
 
 def test_the_crd_and_the_docs_name_every_condition_type_and_reason():
-    names = [*ConditionType, *Reason, *FailureReason, *DisruptionReason, *RestartKind]
-    assert [n.value for n in names if n.value not in DOCS] == []
-    events_only = {*STARTED_REASON.values(), Reason.RESTARTING, Reason.DISRUPTED, Reason.RECOVERED}
-    in_conditions = [*ConditionType, *(r for r in Reason if r not in events_only)]
-    assert [n.value for n in in_conditions if n.value not in CRD] == []
+    started = [row.started_reason for row in PHASES]  # Events only
+    names = [*ConditionType, *Reason, *FailureReason, *DisruptionReason, *RestartKind, *(r.reason for r in PHASES)]
+    assert [str(n) for n in [*names, *started] if str(n) not in DOCS] == []
+    events_only = {Reason.RESTARTING, Reason.DISRUPTED, Reason.RECOVERED}
+    in_conditions = [*ConditionType, *(r for r in Reason if r not in events_only), *(r.reason for r in PHASES)]
+    assert [str(n) for n in in_conditions if str(n) not in CRD] == []
 
 
 def test_the_constants_format_as_their_values():

@@ -15,10 +15,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat.PLAIN)
     if not config.verbose:  # kopf logs every handled event at INFO; transitions are logged by the reconciler
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from . import handlers  # noqa: F401 - registers the handlers
+    from . import handlers, sweep_handlers  # after the flags: --help stays quick
 
+    registry = kopf.OperatorRegistry()  # both controllers, named here: importing a module registers nothing
+    handlers.register(registry)
+    sweep_handlers.register(registry)
     liveness = f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None
     kopf.run(
+        registry=registry,
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,

@@ -3,7 +3,8 @@
 The decisions live in :mod:`.core` and the API calls in :mod:`.adapters`; these handlers only wire them up.
 No change handlers, timers or daemons: nothing here needs kopf's finalizers or progress annotations, so jobs
 carry no kopf state and stay deletable while the operator is down. Every handler is async and tiny: kopf would
-run sync handlers in threads, one hop per event.
+run sync handlers in threads, one hop per event. Importing this module registers nothing: ``python -m
+prefops_operator`` calls :func:`register` (and :func:`.sweep_handlers.register`) on the registry it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from . import sweep_handlers  # registers the sweep controller's handlers
+from . import sweep_handlers
 from .adapters.kube import Credentials, CredentialsProvider
 from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
@@ -22,8 +23,8 @@ from .core.naming import LABEL_JOB
 from .core.nodes import NodeView, node_view
 from .core.pods import PodView, pod_view
 from .core.spec import slim_job
-from .reconciler import Key, Reconciler
-from .runtime import Runtime
+from .reconciler import Reconciler
+from .runtime import Key, NodeChanges, Nodes, Runtime
 
 JOBS = ("prefops.dev", "v1alpha1", "preferencetrainingjobs")
 PODS = ("v1", "pods")
@@ -54,7 +55,6 @@ def _login(settings: kopf.OperatorSettings, logger: Logger) -> kopf.ConnectionIn
     )
 
 
-@kopf.on.login(id="prefops-login")
 async def login(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> kopf.ConnectionInfo | None:
     """kopf's watches log in as the reconciler does, whatever else is installed: kopf would otherwise prefer the
     ``kubernetes`` client's login, which keeps a kubeconfig's client key in a temporary file for the process's
@@ -92,7 +92,6 @@ def _str(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@kopf.on.startup(id="prefops-startup")
 async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **kwargs: Any) -> None:
     config = memo.get("config") or OperatorConfig.from_args([])
     settings.peering.standalone = True
@@ -104,56 +103,70 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     api = SweepKubeApi(_credentials(settings, logger), connections=config.workers * 2)
     reconciler = Reconciler(api, config)
     reconciler.metrics.serve(config.metrics_port, config.bind_address)
-    # kopf passes each index as a keyword argument named after its handler's id
-    memo.runtime = Runtime(
-        reconciler, kwargs["jobs_index"], kwargs["pods_index"], config.workers, kwargs["nodes_index"]
-    )
+    memo.runtime = _jobs(reconciler, config, kwargs)
+    memo.nodes = NodeChanges(memo.runtime)
     memo.runtime.start()
     memo.sweeps = sweep_handlers.start(api, config, reconciler.metrics.registry, kwargs)
     scope = ", ".join(config.namespaces) or "all namespaces"
     logger.info("prefops operator started: %s, default image %s", scope, config.children.default_image)
 
 
-@kopf.on.cleanup(id="prefops-cleanup")
+def _jobs(reconciler: Reconciler, config: OperatorConfig, indices: Mapping[str, Any]) -> Runtime[PodView]:
+    """The job controller; kopf passes each index to the startup handler as a keyword argument named after its id."""
+    nodes = Nodes(indices["nodes_index"])  # kopf's index is falsy while empty: kept, not replaced
+
+    async def reconcile(key: Key, body: Mapping[str, Any] | None, pods: tuple[PodView, ...]) -> float | None:
+        return await reconciler.reconcile(key, body, pods, nodes)
+
+    return Runtime(reconcile, indices["jobs_index"], indices["pods_index"], config.workers, reconciler.close)
+
+
 async def stop(*, memo: kopf.Memo, **_: Any) -> None:
     if "sweeps" in memo:
-        await memo.sweeps.queue.stop()
+        await memo.sweeps.stop()
     if "runtime" in memo:
         await memo.runtime.stop()
 
 
-@kopf.index(*JOBS, id="jobs_index")
 async def jobs_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), name): slim_job(body)}
 
 
-@kopf.index(*PODS, labels=OURS, id="pods_index")
 async def pods_index(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, PodView] | None:
     view = pod_view(body)
     return {(str(namespace), view.job): view} if view else None
 
 
-@kopf.index(*NODES, id="nodes_index")
 async def nodes_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
     return {name: node_view(body)}
 
 
-@kopf.on.event(*JOBS, id="job-event")
 async def job_event(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.queue.add((str(namespace), name))
 
 
-@kopf.on.event(*PODS, labels=OURS, id="pod-event")
 async def pod_event(*, namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.queue.add((str(namespace), labels[LABEL_JOB]))
 
 
-@kopf.on.event(*NODES, id="node-event")
 async def node_event(*, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.node_changed(None if type == "DELETED" else node_view(body), name)
+    memo.nodes.changed(None if type == "DELETED" else node_view(body), name)
 
 
-@kopf.on.probe(id="work-queue")
 async def work_queue(*, memo: kopf.Memo, **_: Any) -> dict[str, int]:
     runtime = memo.get("runtime")
     return {"queued": len(runtime.queue), "scheduled": runtime.queue.scheduled} if runtime else {}
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """The job controller's handlers, and the operator's login, startup, cleanup and probe, on ``registry``."""
+    kopf.on.login(id="prefops-login", registry=registry)(login)
+    kopf.on.startup(id="prefops-startup", registry=registry)(start)
+    kopf.on.cleanup(id="prefops-cleanup", registry=registry)(stop)
+    kopf.index(*JOBS, id="jobs_index", registry=registry)(jobs_index)
+    kopf.index(*PODS, labels=OURS, id="pods_index", registry=registry)(pods_index)
+    kopf.index(*NODES, id="nodes_index", registry=registry)(nodes_index)
+    kopf.on.event(*JOBS, id="job-event", registry=registry)(job_event)
+    kopf.on.event(*PODS, labels=OURS, id="pod-event", registry=registry)(pod_event)
+    kopf.on.event(*NODES, id="node-event", registry=registry)(node_event)
+    kopf.on.probe(id="work-queue", registry=registry)(work_queue)

@@ -2,7 +2,9 @@
 dirty jobs, never the same job twice at once, coalescing bursts of events into one reconcile, and jobs ask to
 be looked at again after a delay (deadlines, progress scrapes) or after an error (exponential backoff).
 
-No kopf here: the glue in :mod:`.handlers` feeds it keys and hands it kopf's indices as plain mappings.
+:class:`Runtime` is one controller (the job controller, the sweep controller): a queue, a reconcile, and kopf's
+indices of its objects and their children. No kopf here: the glue in :mod:`.handlers` and :mod:`.sweep_handlers`
+feeds it keys and hands it kopf's indices as plain mappings.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any, Generic, TypeVar
 
 from .core.nodes import NodeView
 from .core.pods import PodView
-from .reconciler import Key, Reconciler
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
+C = TypeVar("C")
+Key = tuple[str, str]  # (namespace, name) of a job or a sweep
 
 
 class WorkQueue(Generic[K]):
@@ -131,41 +134,33 @@ class Nodes(Mapping[str, NodeView]):
         return len(self.index)
 
 
-class Runtime:
-    """The work queue wired to the reconciler and to kopf's indices of jobs, pods and nodes."""
+class Runtime(Generic[C]):
+    """One controller: its work queue wired to its reconcile and to kopf's indices of its objects (jobs, sweeps)
+    and of their children (pods, trial jobs), keyed alike. ``reconcile(key, body, children)`` gets the object's
+    slim body (``None`` once it is gone) and its children as kopf's watches have delivered them so far."""
 
     def __init__(
         self,
-        reconciler: Reconciler,
-        jobs: Mapping[Key, Iterable[Mapping[str, Any]]],
-        pods: Mapping[Key, Iterable[PodView]],
+        reconcile: Callable[[Key, Mapping[str, Any] | None, tuple[C, ...]], Awaitable[float | None]],
+        objects: Mapping[Key, Iterable[Mapping[str, Any]]],
+        children: Mapping[Key, Iterable[C]],
         workers: int,
-        nodes: Mapping[str, Iterable[NodeView]] | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.reconciler, self.jobs, self.pods = reconciler, jobs, pods
-        self.nodes = Nodes({} if nodes is None else nodes)  # kopf's index is falsy while empty: kept, not replaced
+        self.reconcile, self.objects, self.children, self._close = reconcile, objects, children, close
         self.queue: WorkQueue[Key] = WorkQueue(self._process, workers)
-        self._node_state: dict[str, NodeView] = {}
 
     async def _process(self, key: Key) -> float | None:
-        # a snapshot of what kopf's watches have delivered so far
-        body = next(iter(self.jobs.get(key, ())), None)
-        delay = await self.reconciler.reconcile(key, body, tuple(self.pods.get(key, ())), self.nodes)
+        body = next(iter(self.objects.get(key, ())), None)
+        delay = await self.reconcile(key, body, tuple(self.children.get(key, ())))
         if body is None:
             self.queue.forget(key)
         return delay
 
-    def node_changed(self, view: NodeView | None, name: str) -> None:
-        """A node's health or cordon changed (``view`` is ``None`` once it is deleted): look again at every job with
-        a pod on it. Heartbeats that change neither are ignored."""
-        if view is not None and self._node_state.get(name) == view:
-            return
-        if view is None:
-            self._node_state.pop(name, None)
-        else:
-            self._node_state[name] = view
-        for key, pods in list(self.pods.items()):
-            if any(p.node == name for p in pods):
+    def wake(self, picks: Callable[[C], bool]) -> None:
+        """Look again at every object with a child that ``picks`` picks."""
+        for key, children in list(self.children.items()):
+            if any(picks(c) for c in children):
                 self.queue.add(key)
 
     def start(self) -> None:
@@ -173,4 +168,24 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.queue.stop()
-        await self.reconciler.close()
+        if self._close is not None:
+            await self._close()
+
+
+class NodeChanges:
+    """Wakes the jobs with a pod on a node whose health or cordon changed; heartbeats that change neither are
+    ignored."""
+
+    def __init__(self, jobs: Runtime[PodView]) -> None:
+        self.jobs = jobs
+        self._state: dict[str, NodeView] = {}
+
+    def changed(self, view: NodeView | None, name: str) -> None:
+        """Node ``name`` is now ``view`` (``None`` once it is deleted)."""
+        if view is not None and self._state.get(name) == view:
+            return
+        if view is None:
+            self._state.pop(name, None)
+        else:
+            self._state[name] = view
+        self.jobs.wake(lambda p: p.node == name)

@@ -18,9 +18,7 @@ from typing import Any
 import yaml
 
 from .admission import PodSizing
-from .classify import group_size
 from .naming import (
-    PodPhase,
     child_name,
     config_map_name,
     job_labels,
@@ -29,6 +27,7 @@ from .naming import (
     pod_name,
     service_name,
 )
+from .phases import RENDEZVOUS, PodPhase, of_pods
 from .pods import CONTAINER
 from .settings import setting
 from .spec import API_VERSION, KIND, Job
@@ -181,7 +180,7 @@ def training_service(job: Job, settings: ChildSettings) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # rendezvous happens before any readiness
-            "selector": {**job_labels(name), "prefops.dev/phase": PodPhase.TRAIN.value},
+            "selector": {**job_labels(name), "prefops.dev/phase": RENDEZVOUS.pod.value},
             "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
         },
     }
@@ -245,7 +244,7 @@ def pod(
             {"name": "cache", "emptyDir": {"sizeLimit": (sizing and sizing.cache) or settings.cache_size_limit}},
         ],
     }
-    if phase == PodPhase.TRAIN:
+    if of_pods(phase).service:
         spec["hostname"], spec["subdomain"] = name, service_name(job.meta.name)
     optional = {
         "nodeSelector": dict(res.node_selector) or None,
@@ -264,18 +263,16 @@ def _add_queue(meta: dict[str, Any], job: Job, phase: PodPhase) -> None:
         return
     group = child_name(job.meta.name, phase.value)  # a label value: at most 63 characters too
     meta["labels"].update({KUEUE_QUEUE_LABEL: queue, KUEUE_GROUP_LABEL: group})
-    meta["annotations"] = {KUEUE_GROUP_COUNT: str(group_size(job.spec, phase)), VOLCANO_QUEUE: queue}
+    meta["annotations"] = {KUEUE_GROUP_COUNT: str(of_pods(phase).size(job.spec)), VOLCANO_QUEUE: queue}
 
 
 def _container(
     job: Job, phase: PodPhase, index: int, env: dict[str, str], settings: ChildSettings, sizing: PodSizing | None
 ) -> dict[str, Any]:
-    spec = job.spec
-    args = [phase.value, f"{CONFIG_DIR}/{CONFIG_FILE}"]
-    if phase == PodPhase.PRECOMPUTE:
-        args += ["--shard", str(index), "--num-shards", str(spec.reference.workers)]
+    spec, row = job.spec, of_pods(phase)
+    args = row.args(f"{CONFIG_DIR}/{CONFIG_FILE}", index, row.size(spec))
     ports = [{"name": "metrics", "containerPort": settings.metrics_port}]
-    if phase == PodPhase.TRAIN:
+    if row.service:
         ports.append({"name": "rendezvous", "containerPort": settings.master_port})
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -321,10 +318,10 @@ def _env(
         ENV_TRAINER_IMAGE: trainer_image(job, settings),
         ENV_NO_METADATA: "true",
     }
-    if phase == PodPhase.EXPORT and trained_attempt is not None:
+    if of_pods(phase).reads_trained and trained_attempt is not None:
         env[ENV_TRAINED_ATTEMPT] = str(trained_attempt)
-    if phase == PodPhase.TRAIN:
-        master = f"{pod_name(job.meta.name, PodPhase.TRAIN, 0, attempt)}.{service_name(job.meta.name)}"
+    if of_pods(phase).service:
+        master = f"{pod_name(job.meta.name, phase, 0, attempt)}.{service_name(job.meta.name)}"
         env.update(
             {
                 ENV_NNODES: str(res.nodes),
@@ -338,11 +335,12 @@ def _env(
 
 
 def _resources(job: Job, phase: PodPhase, sizing: PodSizing | None) -> dict[str, dict[str, str]]:
-    """The job's requests and limits, plus GPUs: every pod of a phase is shaped like one training node, except
-    export, which needs one GPU at most (merging LoRA is one process). CPU and memory the spec sets neither a
-    request nor a limit for come from the plan (``sizing``), so no pod runs as BestEffort."""
+    """The job's requests and limits, plus GPUs: every pod of a phase is shaped like one training node, with at
+    most the phase's own GPUs (``max_gpus`` of :data:`.phases.PHASES`: one for export, merging LoRA is one process).
+    CPU and memory the spec sets neither a request nor a limit for come from the plan (``sizing``), so no pod runs as
+    BestEffort."""
     res = job.spec.resources
-    gpus = min(res.gpus_per_node, 1) if phase == PodPhase.EXPORT else res.gpus_per_node
+    gpus = of_pods(phase).gpus(res.gpus_per_node)
     requests, limits = dict(res.requests), dict(res.limits)
     for key, value in (sizing.requests if sizing else {}).items():
         if key not in requests and key not in limits:

@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 
 from .conditions import FailureReason, RestartKind
 from .health import is_lost, trouble
-from .naming import PodPhase, pod_name
+from .naming import pod_name
 from .nodes import NodeView
+from .phases import PodPhase, group_size
 from .pods import PodView
 from .restarts import Cause, RestartSettings, ended, lost, removed, vanished
 from .spec import JobSpec
@@ -45,11 +46,6 @@ class Verdict:
     disruption: Cause | None = None
     failure: Cause | None = None
     judging: Judging | None = None
-
-
-def group_size(spec: JobSpec, phase: PodPhase) -> int:
-    """How many pods a phase's group has."""
-    return {PodPhase.PRECOMPUTE: spec.reference.workers, PodPhase.TRAIN: spec.resources.nodes}.get(phase, 1)
 
 
 def attempt_pods(status: Status, pods: Sequence[PodView]) -> list[PodView]:

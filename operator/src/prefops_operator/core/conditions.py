@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 
-from .status import Condition, Phase
+from .status import Condition
 
 
 class _Name(str, Enum):
@@ -45,14 +45,8 @@ class ConditionType(_Name):
 class Reason(_Name):
     """``status.conditions[].reason`` and the reason of the Event recorded with each transition."""
 
-    # Running while a phase runs: the phase's name
-    PRECOMPUTING = Phase.PRECOMPUTING.value
-    TRAINING = Phase.TRAINING.value
-    EXPORTING = Phase.EXPORTING.value
-    # a phase started (Events)
-    PRECOMPUTING_STARTED = "PrecomputingStarted"
-    TRAINING_STARTED = "TrainingStarted"
-    EXPORTING_STARTED = "ExportingStarted"
+    # Running while a phase runs, and the Event that starts it: each phase's own (.phases.PHASES: its status name,
+    # and its started_reason)
     # the job succeeded: Running False / the Event, and the Succeeded condition's reason
     SUCCEEDED = "Succeeded"
     EXPORTED = "Exported"
@@ -121,19 +115,6 @@ class DisruptionReason(_Name):
     DRAINED = "Drained"  # deleted or evicted while its node is cordoned (kubectl drain)
     DELETED = "Deleted"  # deleted by someone else (kubectl delete pod), or gone without a trace
     INTERRUPTED = "Interrupted"  # the trainer saved what it could and exited 75 ("resume me") with no other sign
-
-
-#: the Running condition's reason while each running phase runs, and the reason of the Event that starts it
-RUNNING_REASON = {
-    Phase.PRECOMPUTING: Reason.PRECOMPUTING,
-    Phase.TRAINING: Reason.TRAINING,
-    Phase.EXPORTING: Reason.EXPORTING,
-}
-STARTED_REASON = {
-    Phase.PRECOMPUTING: Reason.PRECOMPUTING_STARTED,
-    Phase.TRAINING: Reason.TRAINING_STARTED,
-    Phase.EXPORTING: Reason.EXPORTING_STARTED,
-}
 
 
 def set_conditions(

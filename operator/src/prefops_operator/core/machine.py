@@ -17,15 +17,15 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from .admission import Admission
-from .classify import Judging, Scene, Verdict, group_size, judge, progress_deadline
+from .classify import Judging, Scene, Verdict, judge, progress_deadline
 from .conditions import ConditionType, Reason, RestartKind, set_conditions
 from .evaluation import GATE_NOT_MET_EXIT_CODE, gate_message
-from .naming import PodPhase
 from .observe import Observed, observe
+from .phases import RUNNING_PHASES, Phase, PodPhase, group_size, phase_plan
 from .refusals import Refusal
 from .restarts import Cause
 from .spec import JobSpec
-from .status import RUNNING_PHASES, Phase, Restart, Status
+from .status import Restart, Status
 from .transitions import (
     FAILURE_REASONS,
     Finding,
@@ -34,7 +34,6 @@ from .transitions import (
     advance,
     current_group,
     fail,
-    phase_plan,
     restart,
     suspend,
 )

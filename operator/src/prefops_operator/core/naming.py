@@ -10,7 +10,8 @@ prefix of the job name and a hash of the whole job name.
 
 from __future__ import annotations
 
-from enum import Enum
+# the phases live in .phases: named here for the name builders
+from .phases import PodPhase as PodPhase
 
 # the naming rule is shared with the trainer
 from .rules.names import MAX_NAME as MAX_NAME
@@ -20,14 +21,6 @@ LABEL_JOB = "prefops.dev/job-name"
 LABEL_PHASE = "prefops.dev/phase"
 LABEL_INDEX = "prefops.dev/replica-index"
 LABEL_ATTEMPT = "prefops.dev/attempt"
-
-
-class PodPhase(str, Enum):
-    """The trainer phase a pod runs; also the ``prefops.dev/phase`` label and the trainer subcommand."""
-
-    PRECOMPUTE = "precompute"
-    TRAIN = "train"
-    EXPORT = "export"
 
 
 def config_map_name(job: str) -> str:

@@ -8,15 +8,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .admission import Admission
-from .classify import Scene, attempt_pods, group_size
+from .classify import Scene, attempt_pods
 from .conditions import ConditionType, Reason, set_conditions
 from .evaluation import Evaluation
 from .nodes import NodeView
+from .phases import RUNNING_PHASES, group_size
 from .pods import PodView
 from .refusals import Refusal
 from .restarts import RestartSettings
 from .spec import Job, JobSpec
-from .status import RUNNING_PHASES, Progress, Restart, Status
+from .status import Progress, Restart, Status
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from typing import Any
 
 from .admission import pod_sizing
 from .children import ChildSettings, config_map, network_policy, pod, training_service
-from .classify import group_size
-from .naming import PodPhase, pod_name
+from .naming import pod_name
 from .nodes import NodeView
+from .phases import Phase, PodPhase, of_pods
 from .pods import PodView
 from .restarts import blockers, not_before
 from .spec import Job
-from .status import PHASE_KEYS, Phase, Status
+from .status import PHASE_KEYS, Status
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def _plan_running(
     trained = status.phases.get(PHASE_KEYS[Phase.TRAINING])
     trained_attempt = trained.attempt if trained else None
     creates, waiting, blocked = [], [], []
-    for index in range(group_size(job.spec, pod_phase)):
+    row = of_pods(pod_phase)
+    for index in range(row.size(job.spec)):
         name = pod_name(job.meta.name, pod_phase, index, attempt)
         if name in taken:
             blocked.append(name)
@@ -123,7 +124,7 @@ def _plan_running(
     ensure = [config_map(job)]
     if settings.network_policy:
         ensure.append(network_policy(job, settings))
-    if pod_phase == PodPhase.TRAIN:
+    if row.service:
         ensure.append(training_service(job, settings))
     return Plan(
         ensure=tuple(ensure),

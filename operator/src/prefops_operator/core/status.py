@@ -5,41 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 from .evaluation import Evaluation
-from .naming import PodPhase
+from .phases import PHASES, PodPhase
+from .phases import RUNNING_PHASES as RUNNING_PHASES
+from .phases import Phase as Phase
 from .timefmt import format_time, parse_time
 
-
-class Phase(str, Enum):
-    PENDING = "Pending"
-    PRECOMPUTING = "Precomputing"
-    TRAINING = "Training"
-    EXPORTING = "Exporting"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-
-    @property
-    def pod_phase(self) -> PodPhase | None:
-        """The pods a running phase runs; ``None`` for the others."""
-        return _POD_PHASES.get(self)
-
-    @property
-    def finished(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
-
-
-_POD_PHASES = {
-    Phase.PRECOMPUTING: PodPhase.PRECOMPUTE,
-    Phase.TRAINING: PodPhase.TRAIN,
-    Phase.EXPORTING: PodPhase.EXPORT,
-}
-RUNNING_PHASES = tuple(_POD_PHASES)
 #: status.phases key of each running phase: the name of the trainer phase its pods run (precompute, train, export)
-PHASE_KEYS = {phase: pod_phase.value for phase, pod_phase in _POD_PHASES.items()}
+PHASE_KEYS = {row.status: row.key for row in PHASES}
 #: status.phases keys written by operator 0.1 -> today's key; read, and replaced by the next status write
 LEGACY_PHASE_KEYS = {"training": PodPhase.TRAIN.value}
 

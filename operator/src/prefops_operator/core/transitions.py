@@ -13,13 +13,14 @@ from typing import Any
 
 from .algorithms import ALGORITHMS
 from .classify import attempt_pods
-from .conditions import RUNNING_REASON, STARTED_REASON, ConditionType, Reason, RestartKind, set_conditions
+from .conditions import ConditionType, Reason, RestartKind, set_conditions
 from .evaluation import Evaluation, final_evaluation
 from .observe import Observed
+from .phases import RUNNING_PHASES, Phase, phase_plan, running
 from .pods import PodView
 from .restarts import Cause, RestartSettings
 from .spec import JobSpec
-from .status import PHASE_KEYS, RUNNING_PHASES, Condition, Failure, Phase, PhaseTimes, Restart, Status
+from .status import PHASE_KEYS, Condition, Failure, PhaseTimes, Restart, Status
 
 
 class Happening(str, Enum):
@@ -57,7 +58,7 @@ class Transition:
 
     source: Phase
     target: Phase
-    reason: Reason
+    reason: str  # a Reason, or the started_reason of the phase it starts
     message: str
     warning: bool = False
     restart: Restart | None = None  # the restart it is, if it is one
@@ -70,15 +71,6 @@ class Finding:
     failure: Failure | None = None
     reason: Reason | None = None  # the Failed reason, when not the happening's own
     cause: Cause | None = None  # why the group restarts
-
-
-def phase_plan(spec: JobSpec) -> tuple[Phase, ...]:
-    """The running phases of the job, in order: precompute only for reference-based losses (or when asked)."""
-    rule = ALGORITHMS.get(spec.algorithm.name)
-    precompute = spec.reference.precompute
-    if precompute is None:
-        precompute = bool(rule and rule.reference_based)
-    return (Phase.PRECOMPUTING, Phase.TRAINING, Phase.EXPORTING) if precompute else (Phase.TRAINING, Phase.EXPORTING)
 
 
 def current_group(status: Status, pods: Sequence[PodView]) -> list[PodView]:
@@ -113,11 +105,12 @@ def advance(
     key = PHASE_KEYS[nxt]
     if phases.get(key, PhaseTimes()).start_time is None:
         phases[key] = replace(phases.get(key, PhaseTimes()), start_time=now)
-    message = _running_message(nxt, spec)
-    updates = {ConditionType.RUNNING: ("True", RUNNING_REASON[nxt], message)}
+    row = running(nxt)
+    message = row.message(spec)
+    updates = {ConditionType.RUNNING: ("True", row.reason, message)}
     if base.condition(ConditionType.SUSPENDED):
         updates[ConditionType.SUSPENDED] = ("False", Reason.RESUMED, "spec.suspend is false")
-    reason = Reason.RESUMED if finding.happening == Happening.RESUME else STARTED_REASON[nxt]
+    reason = Reason.RESUMED if finding.happening == Happening.RESUME else row.started_reason
     status = replace(status, phases=phases, conditions=_conditions(base.conditions, now, updates))
     return status, Transition(base.phase, nxt, reason, message)
 
@@ -162,7 +155,7 @@ def restart(
         last_restart=record,
         group_running_time=None,
         conditions=_conditions(
-            base.conditions, now, {ConditionType.RUNNING: ("True", RUNNING_REASON[base.phase], message)}
+            base.conditions, now, {ConditionType.RUNNING: ("True", running(base.phase).reason, message)}
         ),
     )
     reason = Reason.RESTARTING if failure else Reason.DISRUPTED
@@ -209,18 +202,9 @@ def suspend(base: Status, now: datetime) -> tuple[Status, Transition]:
 
 
 def _conditions(
-    current: Sequence[Condition], now: datetime, updates: Mapping[ConditionType, tuple[str, Reason, str]]
+    current: Sequence[Condition], now: datetime, updates: Mapping[ConditionType, tuple[str, str, str]]
 ) -> tuple[Condition, ...]:
     return set_conditions(current, now, {k: (s, str(r), m) for k, (s, r, m) in updates.items()})
-
-
-def _running_message(phase: Phase, spec: JobSpec) -> str:
-    res = spec.resources
-    if phase == Phase.PRECOMPUTING:
-        return f"precomputing reference log-probs on {spec.reference.workers} pod(s)"
-    if phase == Phase.TRAINING:
-        return f"training {spec.algorithm.name} on {res.nodes} pod(s) x {res.gpus_per_node} GPU(s)"
-    return f"merging and exporting to {spec.output_uri}"
 
 
 def _first_message(group: Sequence[PodView]) -> dict[str, Any]:
