@@ -28,6 +28,7 @@ from .adapters.plots import plot_sweep
 from .adapters.sources import cache_dir
 from .core.errors import Interrupted
 from .core.reports import EvalPoint, TrainReport
+from .core.rules.trials import TrialRow
 from .core.spec import Job
 from .core.sweep import Sweep, Trial, best, trial_job, trial_manifest
 from .core.uris import Uri, parse_uri
@@ -53,18 +54,10 @@ class Outcome:
 
     def row(self, best: bool) -> dict[str, Any]:
         """The trial's entry in ``sweep.json``."""
-        return {
-            "name": self.trial.name,
-            "index": self.trial.index,
-            "parameters": self.trial.parameters,
-            "phase": self.phase,
-            "objective": self.objective,
-            "step": self.step,
-            "cacheHit": self.cache_hit,
-            "output": self.output,
-            "message": self.message,
-            "best": best,
-        }
+        t = self.trial
+        at = (self.phase, self.output, self.objective, self.step, self.cache_hit, self.message)
+        row = TrialRow(t.name, t.index, t.parameters, *at)
+        return {**row.to_dict(), "best": best}
 
 
 def run(path: Path) -> int:

@@ -14,18 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .known_fields import DEFAULTS
+from .rules.lifecycle import LIFECYCLE
 
 #: spec fields that may change while a job runs (dotted, under spec): pausing and the limits and deadlines
-MUTABLE = (
-    "suspend",
-    "backoffLimit",
-    "disruptionLimit",
-    "nodeLostGraceSeconds",
-    "activeDeadlineSeconds",
-    "startupDeadlineSeconds",
-    "ttlSecondsAfterFinished",
-    "training.progressDeadlineSeconds",
-)
+MUTABLE = (*LIFECYCLE, "training.progressDeadlineSeconds")
 
 
 def spec_changes(started: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .evaluation import Evaluation
 from .rules.sweep_spec import is_number
-from .rules.trials import LABEL_TRIAL
+from .rules.trials import LABEL_TRIAL, TrialRow
 from .status import Condition
 from .timefmt import format_time, parse_time
 
@@ -38,18 +38,10 @@ PAST_PRECOMPUTE = ("Training", "Exporting", "Succeeded")
 
 
 @dataclass(frozen=True)
-class TrialRecord:
-    """One row of ``status.trials``."""
+class TrialRecord(TrialRow):
+    """One row of ``status.trials`` (its keys: :class:`.rules.trials.TrialRow`), ``Waiting`` until its job exists."""
 
-    name: str
-    index: int
-    parameters: Mapping[str, Any]
     phase: str = WAITING
-    output: str | None = None
-    objective: float | None = None
-    step: int | None = None
-    cache_hit: bool | None = None
-    message: str | None = None
 
     @property
     def active(self) -> bool:
@@ -60,19 +52,7 @@ class TrialRecord:
         return self.phase in FINISHED
 
     def to_dict(self) -> dict[str, Any]:
-        return _compact(
-            {
-                "name": self.name,
-                "index": self.index,
-                "parameters": dict(self.parameters),
-                "phase": self.phase,
-                "objective": self.objective,
-                "step": self.step,
-                "cacheHit": self.cache_hit,
-                "output": self.output,
-                "message": self.message,
-            }
-        )
+        return _compact(super().to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialRecord:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .rules.lifecycle import LIFECYCLE
 from .spec import Job
 
 #: Dotted camelCase paths of the spec published with the model; a block is published whole.
@@ -32,19 +33,7 @@ PUBLISHED: tuple[str, ...] = (
 )
 #: What stays out: where the model and the work storage live (and the Secret for them), how its files are cut, where
 #: and how the job runs, and its lifecycle.
-WITHHELD: tuple[str, ...] = (
-    "output.uri",
-    "output.maxShardSize",
-    "storage",
-    "resources",
-    "suspend",
-    "backoffLimit",
-    "disruptionLimit",
-    "nodeLostGraceSeconds",
-    "activeDeadlineSeconds",
-    "startupDeadlineSeconds",
-    "ttlSecondsAfterFinished",
-)
+WITHHELD: tuple[str, ...] = ("output.uri", "output.maxShardSize", "storage", "resources", *LIFECYCLE)
 
 
 #: Withheld spec fields the lineage records anyway, by the lineage key that holds them (``phases/lineage.py``).

@@ -65,6 +65,35 @@ class Trial:
         return self.origins[i] if i < len(self.origins) else self.overrides[i][0]
 
 
+@dataclass(frozen=True)
+class TrialRow:
+    """What a sweep shows of one trial, under the same keys in the sweep's ``status.trials`` (the operator) and in
+    ``sweep.json`` (``prefops-trainer sweep``)."""
+
+    name: str
+    index: int
+    parameters: Mapping[str, Any]
+    phase: str
+    output: str | None = None
+    objective: float | None = None
+    step: int | None = None
+    cache_hit: bool | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "parameters": dict(self.parameters),
+            "phase": self.phase,
+            "objective": self.objective,
+            "step": self.step,
+            "cacheHit": self.cache_hit,
+            "output": self.output,
+            "message": self.message,
+        }
+
+
 def trial_name(sweep: str, index: int) -> str:
     return child_name(sweep, str(index))
 
