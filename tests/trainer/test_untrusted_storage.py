@@ -231,38 +231,6 @@ def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickl
     assert "(the weights-only unpickler refused it: Unsupported operand 149)" in error, "it says why"
 
 
-@pytest.mark.distributed
-def test_deepspeed_s_own_checkpoint_engine_loads_only_weights_within_the_trainer_s_boundary(tmp_path, tmp_job):
-    """DeepSpeed calls ``torch.load(weights_only=False)``; inside :func:`unpickling.weights_only` (around
-    ``trainer.train()``) that call gets the weights-only unpickler, and the allowlist holds what real ZeRO-2 and ZeRO-3
-    checkpoints store (ZeRO-2's is resumed from in the test above)."""
-    import pickle
-
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    from prefops_trainer.adapters import unpickling
-
-    training = {"maxSteps": 1, "checkpointEverySteps": 1, "perDeviceBatchSize": 4, "deepspeed": {"stage": 3}}
-    job = tmp_job(resources={"gpusPerNode": 0, "processesPerNode": 2}, training=training)
-    assert run_cli("precompute", job).returncode == 0
-    assert run_cli("train", job).returncode == 0
-    files = sorted((tmp_path / "work").rglob("checkpoint-1/global_step1/*.pt"))
-    assert len(files) == 4, "two ranks' model states and optimizer partitions"
-    forged = tmp_path / "forged.pt"
-    mark = tmp_path / "unpickled"
-    forged.write_bytes(pickle.dumps(Unpickled(mark)))
-    engine = TorchCheckpointEngine()
-    with unpickling.weights_only():
-        loaded = [engine.load(str(f), map_location="cpu") for f in files]
-        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-            engine.load(str(forged), map_location="cpu")
-    assert all("ds_version" in sd for sd in loaded)
-    assert not mark.exists()
-    with pytest.raises(RuntimeError, match="Invalid magic number"):  # what the payload built is no checkpoint
-        engine.load(str(forged), map_location="cpu")  # outside the boundary, DeepSpeed's own call unpickles anything
-    assert mark.exists(), "the test's forged file is one DeepSpeed would unpickle"
-
-
 def rewritten_shard(server, bucket: str, key: str, shift: float) -> bytes:
     """The Parquet shard at ``key`` with every chosen log-prob moved by ``shift``: well-formed, other numbers."""
     import io
