@@ -182,7 +182,9 @@ class Unpickled:
 
 
 @pytest.mark.distributed
-def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickled(tmp_path, s3):
+def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickled_even_with_its_marker_forged(
+    tmp_path, s3
+):
     import pickle
 
     server, bucket = s3
@@ -217,6 +219,16 @@ def test_a_deepspeed_checkpoint_file_replaced_on_s3_is_refused_and_never_unpickl
     last = result.stderr.strip().splitlines()[-1]
     assert f"s3://{bucket}/{prefix} does not match its completion marker ({states}: sha256" in last, last
     assert not mark.exists(), "the replaced file was unpickled"
+
+    forged = json.loads(server.get(bucket, f"{prefix}/prefops-complete.json"))  # whoever can write the prefix can
+    forged["files"][states] = hashlib.sha256(server.get(bucket, f"{prefix}/{states}")).hexdigest()  # forge both
+    server.client().put_object(Bucket=bucket, Key=f"{prefix}/prefops-complete.json", Body=json.dumps(forged).encode())
+    result = run_cli("train", job, env={**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "node-d")})
+    assert not mark.exists(), "a file whose marker was forged to match was unpickled"
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"s3://{bucket}/{prefix}/{states}: not loaded: a checkpoint file may hold tensors and the few types" in error
+    assert "(the weights-only unpickler refused it: Unsupported operand 149)" in error, "it says why"
 
 
 def rewritten_shard(server, bucket: str, key: str, shift: float) -> bytes:

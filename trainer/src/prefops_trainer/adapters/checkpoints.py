@@ -4,11 +4,12 @@ after checking every file against the marker.
 
 A checkpoint counts only once ``prefops-complete.json`` is in it: the marker is written last, after every rank has
 saved, hashed and uploaded its part, so a crash in the middle of a save never leaves a checkpoint that looks usable.
-Resuming unpickles files (DeepSpeed's ``torch.load(weights_only=False)``), so nothing of a checkpoint is loaded
-unless its files are exactly those the marker lists, with the recorded sha256, and the marker was written by this
-run (``<run>``, the job's uid on a cluster) and attempt. The marker lives beside the files it vouches for, so this
-guards against corruption, a half-replaced checkpoint and another run's checkpoint copied in, not against someone who
-can write the whole prefix: keep the work bucket writable only by the job's own tenant (docs/operator.md, Security).
+Nothing of a checkpoint is loaded unless its files are exactly those the marker lists, with the recorded sha256, and
+the marker was written by this run (``<run>``, the job's uid on a cluster) and attempt. The marker lives beside the
+files it vouches for, so this guards against corruption, a half-replaced checkpoint and another run's checkpoint
+copied in, not against someone who can write the whole prefix: keep the work bucket writable only by the job's own
+tenant (docs/operator.md, Security). What such a writer can forge is numbers, not code: the files are unpickled only
+by torch's weights-only unpickler (:mod:`.unpickling`), DeepSpeed's ``torch.load(weights_only=False)`` included.
 
 Fencing. Each attempt of the train phase writes under ``<run>/attempts/<attempt>/checkpoints`` only, and prunes only
 there (and, once it has a checkpoint of its own, the older attempts' folders). A restart resumes from the newest

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...adapters import checkpoints, interrupt, metrics, storage, trained
+from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling
 from ...adapters.refcache import RefTable
 from ...core.errors import Interrupted
 from ...core.reports import TrainReport
@@ -81,7 +81,8 @@ def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: TrainRepor
     if resume:
         log.info("resuming from %s", resume.name)
         report["resumedFrom"] = resume.name
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with unpickling.weights_only():  # DeepSpeed asks torch.load for the full unpickler: it gets the weights-only one
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     steps_per_epoch = max(1, result.global_step // max(1, round(trainer.state.num_train_epochs or 1)))
     report["steps"] = result.global_step
     report["metrics"] = summarize(trainer.state.log_history, steps_per_epoch)
@@ -92,7 +93,8 @@ def _train(inputs: Inputs, trainer: Any, resume: Path | None, report: TrainRepor
 def _resume_point(inputs: Inputs) -> Path | None:
     """The newest complete checkpoint of the newest attempt that has one, fetched and checked against its marker by
     one process per node (the others wait on its word, :func:`distributed.node_leader`), before any process group
-    exists. A checkpoint pruned while it was fetched (by an older attempt still running) is passed over."""
+    exists, and every file it unpickles loaded with the weights-only unpickler (:func:`unpickling.refuse_unsafe`). A
+    checkpoint pruned while it was fetched (by an older attempt still running) is passed over."""
 
     def fetch() -> str | None:
         for _ in range(3):
@@ -100,9 +102,12 @@ def _resume_point(inputs: Inputs) -> Path | None:
             if found is None:
                 return None
             try:
-                return str(checkpoints.fetch_verified(inputs.ws, found))
+                path = checkpoints.fetch_verified(inputs.ws, found)
             except checkpoints.Vanished as e:
                 log.warning("%s; looking again", e)
+                continue
+            unpickling.refuse_unsafe(path, str(inputs.ws.checkpoints_of(found.attempt).join(found.name)))
+            return str(path)
         raise RuntimeError("every checkpoint chosen to resume from was removed while it was fetched")
 
     found = distributed.node_leader("resume", fetch)
