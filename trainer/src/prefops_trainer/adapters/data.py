@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..core.algorithms import Data
 from ..core.errors import DataError, SourceError, TransientError
 from ..core.spec import DatasetSpec
@@ -73,7 +75,7 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
             from trl.data_utils import unpair_preference_dataset
 
             ds = unpair_preference_dataset(ds)
-    ds = ds.add_column("index", list(range(len(ds))))
+    ds = ds.add_column("index", np.arange(len(ds), dtype=np.int64))
     return LoadedDataset(ds, name, conversational)
 
 
