@@ -46,6 +46,8 @@ class RefLogps:
 
 #: The columns the pass reads, in this order.
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+#: Rows read at a time when measuring lengths.
+LENGTHS_BATCH = 10_000
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -73,12 +75,16 @@ def prepare_model(model: PreTrainedModel) -> None:
     model.eval()
 
 
-def token_lengths(rows: Dataset) -> npt.NDArray[np.int64]:
-    """(rows, 3): the prompt's, chosen's and rejected's token counts of every row, read from the Arrow columns."""
+def token_lengths(rows: Dataset) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(index, lengths): every row's ``index`` and its prompt's, chosen's and rejected's token counts (rows x 3),
+    read from the Arrow columns a batch at a time (a whole column at once costs hundreds of bytes a row)."""
     import pyarrow.compute as pc
 
-    table = rows.with_format("arrow")
-    return np.stack([pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in TOKEN_COLUMNS], axis=1)
+    index, lengths = [], []
+    for batch in rows.with_format("arrow").iter(batch_size=LENGTHS_BATCH):
+        index.append(batch.column("index").to_numpy())
+        lengths.append(np.stack([pc.list_value_length(batch.column(c)).to_numpy() for c in TOKEN_COLUMNS], axis=1))
+    return np.concatenate(index).astype(np.int64), np.concatenate(lengths).astype(np.int64)
 
 
 def fetch(rows: Dataset, positions: Sequence[int]) -> list[Pair]:
@@ -107,10 +113,10 @@ def compute(
     a batch at a time and the numbers kept in arrays, so memory grows by a few bytes per row, not by the rows.
     """
     cols = rows.select_columns(["index", *TOKEN_COLUMNS])
-    lengths = token_lengths(cols)
+    index, lengths = token_lengths(cols)
     decision = prefix_sharing.decide(model)
     shared = truncation_mode == "keep_start" and verdict(model.config).packed
-    out = Sums(np.asarray(cols.with_format("numpy")["index"], dtype=np.int64))
+    out = Sums(index)
     if shared and decision.plan is not None:
         room = _keep_start_lengths(lengths, max_length).sum(axis=1)
         budget = tokens_per_batch or batch_size * (max_length or int(room.max()))
