@@ -22,10 +22,12 @@ nothing an earlier run left on disk can answer for it. One precompute serves eve
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from support.trainer_jobs import TINY, job_doc
 
+from prefops_trainer.adapters.refcache import RefTable
 from prefops_trainer.core.algorithms import DPO_LOSS_TYPES
 from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
@@ -173,7 +175,7 @@ def test_a_cache_joined_to_the_wrong_rows_fails_the_comparison(tmp_path, monkeyp
 
     def shifted(inputs):
         tables = original(inputs)
-        return {split: {i: t[(i + 1) % len(t)] for i in t} for split, t in tables.items()}
+        return {split: RefTable(np.roll(t.chosen, -1), np.roll(t.rejected, -1)) for split, t in tables.items()}
 
     spec = spec_for(tmp_path, dpo(("sigmoid",)), lora=False)
     theirs = trl_online(tmp_path / "trl", spec, monkeypatch)

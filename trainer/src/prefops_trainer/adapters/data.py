@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..core.algorithms import Data
 from ..core.errors import DataError, SourceError, TransientError
 from ..core.spec import DatasetSpec
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 COLUMNS = ("prompt", "chosen", "rejected")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+#: The JSON reader parses 1 MiB at a time (datasets' default, 10 MiB, costs about 90 MB of peak memory).
+_READ_OPTIONS: dict[str, dict[str, Any]] = {"json": {"chunksize": 1 << 20}, "parquet": {}}
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def load_split(spec: DatasetSpec, split: str | None = None, kind: Data = "paired
             from trl.data_utils import unpair_preference_dataset
 
             ds = unpair_preference_dataset(ds)
-    ds = ds.add_column("index", list(range(len(ds))))
+    ds = ds.add_column("index", np.arange(len(ds), dtype=np.int64))
     return LoadedDataset(ds, name, conversational)
 
 
@@ -100,7 +104,7 @@ def _load(uri: Uri, split: str, name: str) -> Dataset:
                 raise DataError(f"{name}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
             if builder == "json" and not path.read_bytes().strip():
                 raise DataError(f"{name}: the dataset is empty (the file has no rows); it needs at least one pair")
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **_READ_OPTIONS[builder])
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):

@@ -4,6 +4,8 @@ Layout under ``<storage.uri>/refcache/<key>/``::
 
     shard-00000-of-00004.parquet   index, ref_chosen_logps, ref_rejected_logps
                                    (KTO: the completion's and the KL completion's log-probs)
+    tokens-00000-of-00004.parquet  index, prompt_ids, chosen_ids, rejected_ids: that shard's rows tokenized,
+                                   written before its log-probs, so a restarted shard does not tokenize again
     ...
     manifest.json                  written once every shard is present and checked: the cache is complete;
                                    it lists each shard's rows and sha256
@@ -18,18 +20,47 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from ..core.cachekey import Shard, manifest, parse_manifest, shard_name, shard_rows
 from ..core.errors import CacheError, IntegrityError
 from ..core.uris import Uri
 from . import storage
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+#: The tokenized columns the reference pass reads (``compute.logprobs.TOKEN_COLUMNS``; adapters sit below compute).
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+#: Rows per Parquet row group of a tokens file.
+TOKENS_BATCH = 10_000
+
 log = logging.getLogger(__name__)
 
-#: index -> (reference log-prob of the chosen completion, of the rejected one); KTO: completion, KL completion.
-RefTable = dict[int, tuple[float, float]]
+
+@dataclass(frozen=True)
+class RefTable:
+    """The reference log-probs of a split, columnar: ``chosen[i]`` and ``rejected[i]`` are row ``i``'s (KTO: the
+    completion's and the KL completion's), float32 as the shards store them. Eight bytes a row, whatever the row."""
+
+    chosen: npt.NDArray[np.float32]
+    rejected: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, index: int) -> tuple[float, float]:
+        return float(self.chosen[index]), float(self.rejected[index])
+
+    def column(self, pos: int) -> npt.NDArray[np.float32]:
+        """0: the chosen (KTO: completion) log-probs, 1: the rejected (KL completion) ones, by row index."""
+        return (self.chosen, self.rejected)[pos]
 
 
 @dataclass(frozen=True)
@@ -50,7 +81,12 @@ class RefCache:
         return storage.exists(self.root.join(shard_name(shard, num_shards)))
 
     def write_shard(
-        self, shard: int, num_shards: int, index: list[int], chosen: list[float], rejected: list[float]
+        self,
+        shard: int,
+        num_shards: int,
+        index: npt.NDArray[np.int64],
+        chosen: npt.NDArray[np.float32],
+        rejected: npt.NDArray[np.float32],
     ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -65,6 +101,43 @@ class RefCache:
         buf = io.BytesIO()
         pq.write_table(table, buf)
         storage.write_bytes(self.root.join(shard_name(shard, num_shards)), buf.getvalue())
+
+    def tokens_uri(self, shard: int, num_shards: int) -> Uri:
+        return self.root.join(f"tokens-{shard:05d}-of-{num_shards:05d}.parquet")
+
+    def write_tokens(self, shard: int, num_shards: int, rows: Dataset) -> None:
+        """Keep shard ``shard``'s tokenized rows beside its log-probs, so a restarted precompute does not tokenize
+        them again. Written to a local file a batch at a time, then copied up whole."""
+        import pyarrow.parquet as pq
+
+        cols = rows.select_columns(["index", *TOKEN_COLUMNS]).with_format("arrow")
+        with tempfile.TemporaryDirectory(prefix="prefops-tokens-") as tmp:
+            path = Path(tmp) / "tokens.parquet"
+            with pq.ParquetWriter(str(path), cols.features.arrow_schema) as out:
+                for batch in cols.iter(batch_size=TOKENS_BATCH):  # Dataset.to_parquet held ~2 KB a row
+                    out.write_table(batch)
+            storage.upload_file(path, self.tokens_uri(shard, num_shards))
+
+    def tokens(self, shard: int, num_shards: int, rows: range) -> Dataset | None:
+        """Shard ``shard``'s tokenized rows written by an earlier run of this precompute, or None; a file that is
+        not exactly those rows' tokens raises naming it."""
+        uri = self.tokens_uri(shard, num_shards)
+        if not storage.exists(uri):
+            return None
+        import datasets
+
+        with tempfile.TemporaryDirectory(prefix="prefops-tokens-") as tmp:
+            local = storage.download_file(uri, Path(tmp) / "tokens.parquet")
+            try:
+                found = datasets.Dataset.from_parquet(str(local))
+            except Exception as e:  # datasets wraps Arrow's errors in its own
+                raise IntegrityError(f"{uri}: not a readable tokens file ({e}); delete it") from e
+        if set(found.column_names) != {"index", *TOKEN_COLUMNS} or not np.array_equal(
+            np.asarray(found.with_format("numpy")["index"]), np.arange(rows.start, rows.stop)
+        ):
+            raise CacheError(f"{uri}: does not hold the tokens of rows {rows.start}..{rows.stop - 1}; delete it")
+        log.info("%s: tokenized rows reused", uri)
+        return found
 
     def missing_shards(self, num_shards: int) -> list[int]:
         present = set(storage.list_names(self.root))
@@ -89,9 +162,9 @@ class RefCache:
     def _checked_shard(self, shard: int, num_shards: int, n_rows: int) -> Shard:
         name = shard_name(shard, num_shards)
         data = storage.read_bytes(self.root.join(name))
-        index = _columns(data, str(self.root.join(name)))["index"]
+        index = _columns(data, str(self.root.join(name)))["index"].to_numpy()
         expected = shard_rows(n_rows, shard, num_shards)
-        if sorted(index) != list(expected):
+        if not np.array_equal(np.sort(index), np.arange(expected.start, expected.stop)):
             raise CacheError(
                 f"reference cache {self.root}: {name} does not hold rows {expected.start}..{expected.stop - 1} of "
                 f"{n_rows}; delete it and re-run that precompute shard"
@@ -99,38 +172,60 @@ class RefCache:
         return Shard(name, len(index), hashlib.sha256(data).hexdigest())
 
     def load(self) -> RefTable:
-        """index → (ref_chosen_logps, ref_rejected_logps) for every row; requires a complete cache whose shards are
-        exactly as the manifest records them."""
+        """The reference log-probs of every row, by row index; requires a complete cache whose shards are exactly
+        as the manifest records them. Read a shard at a time into two float32 arrays."""
         doc = self.manifest()
         if doc is None:
             raise CacheError(f"reference cache {self.root} is incomplete (no manifest.json)")
         checked = parse_manifest(doc, self.key, str(self.manifest_uri))
-        out: RefTable = {}
+        chosen = np.full(checked.rows, np.nan, dtype=np.float32)
+        rejected = np.full(checked.rows, np.nan, dtype=np.float32)
+        seen = np.zeros(checked.rows, dtype=bool)
         for shard in checked.shards:
-            data = storage.read_bytes(self.root.join(shard.name))
-            if hashlib.sha256(data).hexdigest() != shard.sha256:
-                raise IntegrityError(
-                    f"reference cache {self.root}: {shard.name} has sha256 {hashlib.sha256(data).hexdigest()[:16]}…, "
-                    f"the manifest records {shard.sha256[:16]}…: it was altered after the cache was written, and is "
-                    f"not used. Delete {self.root} and re-run the precompute phase"
-                )
-            cols = _columns(data, str(self.root.join(shard.name)))
-            for i, c, r in zip(cols["index"], cols["ref_chosen_logps"], cols["ref_rejected_logps"], strict=True):
-                out[i] = (c, r)
-        if len(out) != checked.rows:
-            raise CacheError(f"reference cache {self.root}: manifest says {checked.rows} rows, shards hold {len(out)}")
-        return out
+            cols = _columns(self._verified(shard), str(self.root.join(shard.name)))
+            index = cols["index"].to_numpy()
+            if len(index) and (index.min() < 0 or index.max() >= checked.rows or seen[index].any()):
+                raise CacheError(f"reference cache {self.root}: {shard.name} holds rows outside 0..{checked.rows - 1}"
+                                 " or rows another shard holds")  # fmt: skip
+            seen[index] = True
+            chosen[index] = cols["ref_chosen_logps"].to_numpy()
+            rejected[index] = cols["ref_rejected_logps"].to_numpy()
+        if not seen.all():
+            raise CacheError(f"reference cache {self.root}: manifest says {checked.rows} rows, shards hold "
+                             f"{int(seen.sum())}")  # fmt: skip
+        return RefTable(chosen, rejected)
+
+    def _verified(self, shard: Shard) -> bytes:
+        """The shard's bytes, when their sha256 is the manifest's."""
+        data = storage.read_bytes(self.root.join(shard.name))
+        if hashlib.sha256(data).hexdigest() != shard.sha256:
+            raise IntegrityError(
+                f"reference cache {self.root}: {shard.name} has sha256 {hashlib.sha256(data).hexdigest()[:16]}…, "
+                f"the manifest records {shard.sha256[:16]}…: it was altered after the cache was written, and is "
+                f"not used. Delete {self.root} and re-run the precompute phase"
+            )
+        return data
 
 
-def _columns(data: bytes, where: str) -> dict[str, list[Any]]:
-    """The columns of one shard; a file that is not such a Parquet table raises naming it."""
+def _columns(data: bytes, where: str) -> dict[str, Any]:
+    """The columns of one shard (Arrow arrays of float32 or int64); a file that is not such a Parquet table raises
+    naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        cols: dict[str, list[Any]] = pq.read_table(io.BytesIO(data)).to_pydict()
+        table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as e:
         raise IntegrityError(f"{where}: not a readable shard ({e})") from e
-    if set(cols) != {"index", "ref_chosen_logps", "ref_rejected_logps"}:
-        raise IntegrityError(f"{where}: holds columns {sorted(cols)}, not a reference-cache shard's")
-    return cols
+    if set(table.column_names) != {"index", "ref_chosen_logps", "ref_rejected_logps"}:
+        raise IntegrityError(f"{where}: holds columns {sorted(table.column_names)}, not a reference-cache shard's")
+    if any(table.column(c).null_count for c in table.column_names):
+        raise IntegrityError(f"{where}: has empty cells, not a reference-cache shard's")
+    try:
+        return {
+            "index": table.column("index").cast(pa.int64()),
+            "ref_chosen_logps": table.column("ref_chosen_logps").cast(pa.float32()),
+            "ref_rejected_logps": table.column("ref_rejected_logps").cast(pa.float32()),
+        }
+    except pa.ArrowException as e:
+        raise IntegrityError(f"{where}: its columns are not numbers ({e})") from e

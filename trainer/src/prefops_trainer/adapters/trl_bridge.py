@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from .refcache import RefTable
+
 #: The TRL release this module was written against (constraints.txt pins it; a test keeps the two equal).
 TESTED_WITH = "1.16.0"
 
@@ -389,15 +391,15 @@ def preference_collator(pad_token_id: int, max_length: int | None, truncation_mo
 
 # -- the trainer: reference log-probs from our cache, tokens counted ----------------------------------------------
 
-#: index -> (reference log-prob of the chosen completion, of the rejected one); KTO: completion, KL completion.
-RefTable = dict[int, tuple[float, float]]
-
 
 def join_reference(dataset: Dataset, table: RefTable, columns: tuple[str, ...]) -> Dataset:
-    """``dataset`` with the cached reference log-probs added as ``columns``, joined on its ``index`` column."""
-    index = dataset["index"]
+    """``dataset`` with the cached reference log-probs added as ``columns``, joined on its ``index`` column (as
+    float64 arrays, the type a list of Python floats gave them)."""
+    import numpy as np
+
+    index = np.asarray(dataset.with_format("numpy")["index"], dtype=np.int64)
     for pos, column in enumerate(columns):
-        dataset = dataset.add_column(column, [table[i][pos] for i in index])
+        dataset = dataset.add_column(column, table.column(pos)[index].astype(np.float64))
     return dataset
 
 

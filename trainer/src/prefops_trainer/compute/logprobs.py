@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ..adapters import trl_bridge
 from ..core.prefix_families import MaskPlan, verdict
 from . import packing, prefix_sharing
@@ -33,9 +36,18 @@ Pair = dict[str, Any]
 
 @dataclass(frozen=True)
 class RefLogps:
-    index: list[int]
-    chosen: list[float]
-    rejected: list[float]
+    """One pass's numbers, columnar and ordered by row index: ``index`` (int64), ``chosen`` and ``rejected``
+    (float32, the sums TRL computes in float32)."""
+
+    index: npt.NDArray[np.int64]
+    chosen: npt.NDArray[np.float32]
+    rejected: npt.NDArray[np.float32]
+
+
+#: The columns the pass reads, in this order.
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+#: Rows read at a time when measuring lengths.
+LENGTHS_BATCH = 10_000
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -44,8 +56,13 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list
     Longest first means the largest batch is allocated at the start, so an out-of-memory error comes at once
     rather than at the end of a long pass.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = longest_first(lengths).tolist()
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def longest_first(lengths: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Positions into ``lengths``, longest first, ties in position order (no Python object per row). Pure."""
+    return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
 def pair_length(row: Pair) -> int:
@@ -56,6 +73,25 @@ def prepare_model(model: PreTrainedModel) -> None:
     """Patch ``model`` with TRL's fused LM head (once) and put it in eval mode."""
     trl_bridge.attach_fused_head(model)
     model.eval()
+
+
+def token_lengths(rows: Dataset) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(index, lengths): every row's ``index`` and its prompt's, chosen's and rejected's token counts (rows x 3),
+    read from the Arrow columns a batch at a time (a whole column at once costs hundreds of bytes a row)."""
+    import pyarrow.compute as pc
+
+    index, lengths = [], []
+    for batch in rows.with_format("arrow").iter(batch_size=LENGTHS_BATCH):
+        index.append(batch.column("index").to_numpy())
+        lengths.append(np.stack([pc.list_value_length(batch.column(c)).to_numpy() for c in TOKEN_COLUMNS], axis=1))
+    return np.concatenate(index).astype(np.int64), np.concatenate(lengths).astype(np.int64)
+
+
+def fetch(rows: Dataset, positions: Sequence[int]) -> list[Pair]:
+    """Rows ``positions`` as pairs (one batch's worth: the shard is never held as Python objects)."""
+    cols = rows[list(positions)]
+    keys = ("index", *TOKEN_COLUMNS)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(cols[k] for k in keys), strict=True)]
 
 
 def compute(
@@ -73,64 +109,99 @@ def compute(
 
     ``rows`` is a tokenized dataset (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``index``). The model
     must have gone through :func:`prepare_model`. ``on_progress`` is called with the pairs done per batch.
-    Packed batches hold up to ``tokens_per_batch`` tokens (default ``batch_size`` x ``max_length``).
+    Packed batches hold up to ``tokens_per_batch`` tokens (default ``batch_size`` x ``max_length``). Rows are read
+    a batch at a time and the numbers kept in arrays, so memory grows by a few bytes per row, not by the rows.
     """
-    import torch
-
-    collate = trl_bridge.preference_collator(pad_token_id, max_length, truncation_mode)
-    device = next(model.parameters()).device
-    cols = rows.select_columns(["index", "prompt_ids", "chosen_ids", "rejected_ids"])
-    examples = cols.to_list()
+    cols = rows.select_columns(["index", *TOKEN_COLUMNS])
+    index, lengths = token_lengths(cols)
     decision = prefix_sharing.decide(model)
     shared = truncation_mode == "keep_start" and verdict(model.config).packed
+    out = Sums(index)
     if shared and decision.plan is not None:
-        budget = tokens_per_batch or batch_size * (max_length or max(map(packed_length, examples)))
-        return _packed(model, examples, max_length, budget, on_progress, decision.plan)
-    batches = length_grouped_batches([pair_length(r) for r in examples], batch_size)
-    chosen: dict[int, float] = {}
-    rejected: dict[int, float] = {}
+        room = _keep_start_lengths(lengths, max_length).sum(axis=1)
+        budget = tokens_per_batch or batch_size * (max_length or int(room.max()))
+        _packed(model, cols, room, max_length, budget, on_progress, decision.plan, out)
+    else:
+        batches = length_grouped_batches((lengths[:, 0] + lengths[:, 1:].max(axis=1)).tolist(), batch_size)
+        collate = trl_bridge.preference_collator(pad_token_id, max_length, truncation_mode)
+        _unpacked(model, cols, batches, (collate, pad_token_id, max_length, shared), on_progress, out)
+    return out.ordered()
+
+
+class Sums:
+    """The pass's numbers by position into the rows, as float32 arrays."""
+
+    def __init__(self, index: npt.NDArray[np.int64]) -> None:
+        self.index = index
+        self.chosen = np.zeros(len(index), dtype=np.float32)
+        self.rejected = np.zeros(len(index), dtype=np.float32)
+
+    def put(self, positions: Sequence[int], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        self.chosen[list(positions)] = chosen.float().numpy()
+        self.rejected[list(positions)] = rejected.float().numpy()
+
+    def ordered(self) -> RefLogps:
+        order = np.argsort(self.index, kind="stable")
+        return RefLogps(self.index[order], self.chosen[order], self.rejected[order])
+
+
+def _unpacked(
+    model: PreTrainedModel,
+    cols: Dataset,
+    batches: list[list[int]],
+    how: tuple[Callable[..., Any], int, int | None, bool],
+    on_progress: Callable[[int], None],
+    out: Sums,
+) -> None:
+    """Batches of similar length in TRL's layout, or (``shared``) with the prompt in a KV cache."""
+    import torch
+
+    collate, pad_token_id, max_length, shared = how
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in batches:
-            items = [examples[i] for i in batch]
+            items = fetch(cols, batch)
             if shared:
                 c, r = shared_prompt_logps(model, [_keep_start(x, max_length) for x in items], pad_token_id, device)
             else:
-                keys = ("prompt_ids", "chosen_ids", "rejected_ids")
-                c, r = forward_logps(model, collate([{k: x[k] for k in keys} for x in items]), device)
-            for item, cv, rv in zip(items, c.tolist(), r.tolist(), strict=True):
-                chosen[item["index"]] = cv
-                rejected[item["index"]] = rv
+                c, r = forward_logps(model, collate([{k: x[k] for k in TOKEN_COLUMNS} for x in items]), device)
+            out.put(batch, c, r)
             on_progress(len(items))
-    order = sorted(chosen)
-    return RefLogps(order, [chosen[i] for i in order], [rejected[i] for i in order])
 
 
 def packed_length(row: Pair) -> int:
     return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
 
 
+def _keep_start_lengths(lengths: npt.NDArray[np.int64], max_length: int | None) -> npt.NDArray[np.int64]:
+    """:func:`packing.keep_start`'s lengths, for every row at once."""
+    if max_length is None:
+        return lengths
+    room = np.maximum(max_length - lengths[:, 0], 0)
+    return np.stack([lengths[:, 0], np.minimum(lengths[:, 1], room), np.minimum(lengths[:, 2], room)], axis=1)
+
+
 def _packed(
     model: PreTrainedModel,
-    examples: list[Pair],
+    cols: Dataset,
+    lengths: npt.NDArray[np.int64],
     max_length: int | None,
     tokens_per_batch: int,
     on_progress: Callable[[int], None],
     plan: MaskPlan,
-) -> RefLogps:
+    out: Sums,
+) -> None:
     """Every pair as one packed sequence, in batches of at most ``tokens_per_batch`` tokens, masked by ``plan``."""
     import torch
 
-    pairs = [packing.keep_start((x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]), max_length) for x in examples]
     head, device = trl_bridge.lm_head(model), next(model.parameters()).device
-    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
     with torch.inference_mode():
-        for batch in packing.token_batches([sum(map(len, p)) for p in pairs], tokens_per_batch):
-            c, r = packing.pair_logps(model.base_model, [pairs[i] for i in batch], head, device, plan)
-            for i, cv, rv in zip(batch, c.tolist(), r.tolist(), strict=True):
-                chosen[i], rejected[i] = cv, rv
+        for batch in packing.token_batches(lengths.tolist(), tokens_per_batch):
+            pairs = [packing.keep_start((x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]), max_length)
+                     for x in fetch(cols, batch)]  # fmt: skip
+            c, r = packing.pair_logps(model.base_model, pairs, head, device, plan)
+            out.put(batch, c, r)
             on_progress(len(batch))
-    order = sorted(range(len(examples)), key=lambda i: examples[i]["index"])
-    return RefLogps([examples[i]["index"] for i in order], [chosen[i] for i in order], [rejected[i] for i in order])
 
 
 def _keep_start(row: Pair, max_length: int | None) -> Pair:

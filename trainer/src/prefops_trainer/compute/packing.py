@@ -264,7 +264,9 @@ def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None 
     """Positions into ``lengths`` grouped into batches of at most ``max_tokens`` padded tokens (rows x the longest
     row) and ``max_rows`` rows, longest first so the largest batch comes first. A row longer than the budget gets a
     batch of its own. Pure."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    import numpy as np
+
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()  # ties in position order
     batches: list[list[int]] = []
     for i in order:
         batch = batches[-1] if batches else None

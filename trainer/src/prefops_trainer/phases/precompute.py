@@ -69,7 +69,7 @@ def _split(
     if cache.has_shard(shard, num_shards):
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
-        mine = inputs.tokenized_rows(split, shard_rows(n_rows, shard, num_shards))
+        mine = _tokenized(inputs, cache, split, shard, num_shards)
         if model is None:
             model = inputs.load_model()
             _on_device(model)
@@ -78,6 +78,17 @@ def _split(
         entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
     cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
     return entry, model
+
+
+def _tokenized(inputs: Inputs, cache: RefCache, split: str, shard: int, num_shards: int) -> Dataset:
+    """This shard's rows tokenized: by an earlier run of this shard (kept in the cache), or now (and kept)."""
+    rows = shard_rows(len(inputs.splits[split]), shard, num_shards)
+    found = cache.tokens(shard, num_shards, rows)
+    if found is not None:
+        return found
+    mine = inputs.tokenized_rows(split, rows)
+    cache.write_tokens(shard, num_shards, mine)
+    return mine
 
 
 def _compute_shard(
