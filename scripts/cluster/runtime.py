@@ -67,13 +67,27 @@ def _import_image(pool: concurrent.futures.ThreadPoolExecutor, nodes: Sequence[N
     tar.parent.mkdir(parents=True, exist_ok=True)
     try:
         subprocess.run([*engine, "save", "-o", str(tar), image], check=True, capture_output=True, env=env)
-        list(pool.map(lambda n: ctr(n, "images", "import", tar), stale))
+        list(pool.map(lambda n: _import_into(n, tar), stale))
     finally:
         tar.unlink(missing_ok=True)
     for node in stale:
         if image_id(node, image) != want:
             raise ClusterError(f"importing {image} into {node.name} gave another image ID")
     say(f"imported {image} into {', '.join(n.name for n in stale)} in {time.monotonic() - start:.0f} s")
+
+
+def _import_into(node: NodeLayout, tar: Path) -> None:
+    """Import ``tar``; once more when it fails for a lost snapshot. Seen once in a full run after an image changed:
+    "failed to prepare extraction snapshot ...: parent snapshot ... does not exist", and the next import passed. An
+    import takes no lease on the lower layers already there, so containerd's garbage collection (the previous version
+    was just replaced) can take one between the check and the unpack."""
+    try:
+        ctr(node, "images", "import", tar)
+    except ClusterError as e:
+        if "snapshot" not in str(e):
+            raise
+        say(f"importing {tar.name} into {node.name} lost a snapshot; once more ({str(e)[-160:]})")
+        ctr(node, "images", "import", tar)
 
 
 def _prune(node: NodeLayout) -> None:

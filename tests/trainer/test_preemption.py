@@ -74,8 +74,9 @@ def test_a_precompute_stopped_between_shards_exits_75_and_its_rerun_skips_the_fi
     server, bucket = s3
     job = s3_job(tmp_path, bucket, reference={"workers": 2}, training={"maxSteps": 2})
     env = {**server.env, "PREFOPS_CACHE_DIR": str(tmp_path / "cache")}
-    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]), hold_after_writes=1, write_prefix=b"/refcache/")
-    try:  # `run` computes the shards one after another; every request after shard 0's upload is held unanswered
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]), hold_after_writes=2, write_prefix=b"/refcache/")
+    try:  # `run` computes the shards one after another, each its tokens then its log-probs; every request after shard
+        # 0's two uploads is held unanswered
         run = Launched("run", job, {**env, "AWS_ENDPOINT_URL": proxy.endpoint})
         wait_for(lambda: proxy.held or run.proc.poll() is not None, 600, "shard 0 written")
         run.terminate()
@@ -83,7 +84,8 @@ def test_a_precompute_stopped_between_shards_exits_75_and_its_rerun_skips_the_fi
     finally:
         proxy.close()
     shards = [k.rsplit("/", 1)[1] for k in server.keys(bucket, "work/refcache/")]
-    assert shards == ["shard-00000-of-00002.parquet"], "shard 0 whole, nothing else: no manifest, no part of shard 1"
+    whole = ["shard-00000-of-00002.parquet", "tokens-00000-of-00002.parquet"]
+    assert shards == whole, "shard 0 whole, nothing else: no manifest, no part of shard 1"
 
     result = run_cli("run", job, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
