@@ -32,9 +32,9 @@ PAUSE = "localhost/prefops-pause:3.4.1"
 PAUSE_TAR = CACHE / "kube-1.20.2" / "pause" / "pause.tar"
 #: where every registry request of a node's containerd goes: loopback, a port nothing listens on
 REGISTRY_PROXY = "http://127.0.0.1:9"
-CONTROLLERS = (
-    "garbagecollector,namespace,serviceaccount,serviceaccount-token,endpoint,endpointslice,replicaset,deployment,"
-    "statefulset,job,podgc,nodelifecycle,clusterrole-aggregation,ttl"
+CONTROLLERS = (  # endpointslicemirroring: kube-proxy 1.20 reads EndpointSlices, so a hand-written Endpoints needs it
+    "garbagecollector,namespace,serviceaccount,serviceaccount-token,endpoint,endpointslice,endpointslicemirroring,"
+    "replicaset,deployment,statefulset,job,podgc,nodelifecycle,clusterrole-aggregation,ttl"
 )
 
 

@@ -180,6 +180,10 @@ def test_a_pull_of_an_absent_image_fails_on_this_machine_whatever_the_pull_polic
     cluster.kubectl("delete", "pod", *images, "--wait=false", namespace=namespace)
 
 
+def nat_rules() -> str:
+    return subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True, check=True).stdout
+
+
 def dropped_by_the_cluster_firewall() -> int:
     """Packets the cluster's own FORWARD chain dropped so far (iptables counters)."""
     out = subprocess.run(["iptables-save", "-c", "-t", "filter"], capture_output=True, text=True, check=True).stdout
@@ -206,6 +210,8 @@ def test_a_pod_reaches_no_outside_address_even_through_a_service_and_the_cluster
     cluster.apply(outside, namespace=namespace)
     cluster.kubectl("wait", "--for=condition=Ready", "pod/prober", "--timeout=120s", namespace=namespace)
     service_ip = cluster.core().read_namespaced_service("outside", namespace).spec.cluster_ip
+    # until kube-proxy has seen the Endpoints, it rejects the Service (connection refused): wait for its DNAT
+    wait_for(lambda: "--to-destination 203.0.113.7:80" in nat_rules(), 60, "kube-proxy's rule for the endpoint")
     before = dropped_by_the_cluster_firewall()
     probe = (
         "import socket, sys\n"
