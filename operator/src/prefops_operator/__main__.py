@@ -30,3 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         liveness_endpoint=liveness,
         memo=kopf.Memo(config=config),
     )
+
+
+if __name__ == "__main__":
+    main()
