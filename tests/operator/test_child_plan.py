@@ -22,7 +22,7 @@ def names(new_pods):
 def test_a_training_phase_wants_config_service_and_one_pod_per_node():
     job = make_job(spec={"resources": {"nodes": 3}})
     p = plan(job, Status(phase=Phase.TRAINING), [], S, at(0))
-    assert [m["kind"] for m in p.ensure] == ["ConfigMap", "Service"]
+    assert [c.manifest()["kind"] for c in p.ensure] == ["ConfigMap", "Service"]
     assert names(p.create_pods) == ["qwen-dpo-train-a1-0", "qwen-dpo-train-a1-1", "qwen-dpo-train-a1-2"]
     assert p.delete_pods == ()
 
@@ -120,5 +120,19 @@ def test_with_network_policies_every_running_phase_wants_the_jobs_policy():
     settings = ChildSettings(network_policy=True, metrics_from=("team=ml",))
     for phase, kinds in ((Phase.PRECOMPUTING, ["ConfigMap", "NetworkPolicy"]),
                          (Phase.TRAINING, ["ConfigMap", "NetworkPolicy", "Service"])):  # fmt: skip
-        assert [m["kind"] for m in plan(job, Status(phase=phase), [], settings, at(0)).ensure] == kinds
-    assert [m["kind"] for m in plan(job, Status(phase=Phase.EXPORTING), [], S, at(0)).ensure] == ["ConfigMap"]
+        assert [c.manifest()["kind"] for c in plan(job, Status(phase=phase), [], settings, at(0)).ensure] == kinds
+    assert [c.manifest()["kind"] for c in plan(job, Status(phase=Phase.EXPORTING), [], S, at(0)).ensure] == [
+        "ConfigMap"
+    ]
+
+
+def test_a_child_made_once_is_known_by_the_kind_and_name_its_manifest_has():
+    """The reconciler skips a child it made before by kind and name, without building its manifest: they must be the
+    manifest's own, or a renamed child would never be created."""
+    settings = ChildSettings(network_policy=True)
+    children = plan(make_job(), Status(phase=Phase.TRAINING), [], settings, at(0)).ensure
+    assert len(children) == 3
+    for child in children:
+        manifest = child.manifest()
+        assert (child.kind, child.name) == (manifest["kind"], manifest["metadata"]["name"])
+        assert child.key == f"{manifest['kind']}/{manifest['metadata']['name']}"

@@ -183,3 +183,41 @@ def test_the_operator_s_own_rbac_lets_it_read_config_maps_of_any_namespace_it_wa
     rules = rbac.read_cluster_role("prefops-operator").rules
     assert any("configmaps" in (r.resources or []) and "get" in (r.verbs or []) for r in rules)
     assert not any("secrets" in (r.resources or []) for r in rules)
+
+
+def test_jobs_admitted_together_share_one_read_of_the_nodes_and_a_later_one_reads_them_again(kube_cluster, namespace):
+    core, node = kube_cluster.core(), f"{namespace}-gpu"
+    core.create_node({"metadata": {"name": node, "labels": {"nvidia.com/gpu.memory": "40960", "test": namespace}}})
+    spec = {"resources": {"gpusPerNode": 8, "nodeSelector": {"test": namespace}}}
+
+    async def run() -> tuple[list[int | None], list[int | None], int]:
+        async def credentials() -> Credentials:
+            return Credentials(server=kube_cluster.server, token=ADMIN_TOKEN, ca_path=str(kube_cluster.ca_file))
+
+        api, reads = KubeApi(credentials), []
+        list_nodes = api.node_labels
+
+        async def counted() -> Any:
+            reads.append(1)
+            return await list_nodes()
+
+        api.node_labels = counted  # type: ignore[method-assign]
+        reader = SourceReader(api, "", "nvidia.com/gpu.memory")
+        jobs = [parse_job({**job_manifest(f"j{i}", spec), "metadata": {"name": f"j{i}", "namespace": namespace}})
+                for i in range(20)]  # fmt: skip
+        try:
+            burst = [s.memory for s in await asyncio.gather(*(reader.gather(j) for j in jobs))]
+            core.patch_node(node, {"metadata": {"labels": {"nvidia.com/gpu.memory": "81559"}}})
+            reader._nodes_until = 0.0  # the burst's read has expired (NODES_TTL later)
+            later = [(await reader.gather(jobs[0])).memory]
+            return burst, later, len(reads)
+        finally:
+            await api.close()
+
+    try:
+        burst, later, reads = asyncio.run(run())
+    finally:
+        core.delete_node(node)
+    assert burst == [40960 * 2**20] * 20
+    assert later == [81559 * 2**20]
+    assert reads == 2

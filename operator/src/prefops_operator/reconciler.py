@@ -280,15 +280,15 @@ class Reconciler:
     async def _ensure(self, job: Job, mem: _Memory, actions: Plan) -> list[str]:
         """Create the ConfigMap and Service unless made before; the ones whose name another object holds."""
         taken = []
-        for manifest in actions.ensure:
-            kind, name = manifest["kind"], manifest["metadata"]["name"]
-            if f"{kind}/{name}" in mem.ensured:
+        for child in actions.ensure:
+            kind, name = child.kind, child.name
+            if child.key in mem.ensured:
                 continue
-            created = await self.api.create(manifest)
+            created = await self.api.create(child.manifest())
             if not created and await self.api.controller_uid(kind, job.meta.namespace, name) != job.meta.uid:
                 taken.append(f"{kind.lower()} {name}")
                 continue
-            mem.ensured.add(f"{kind}/{name}")
+            mem.ensured.add(child.key)
             if created and kind == "ConfigMap":
                 mem.started, mem.started_read = dict(job.spec.raw), True
         return taken

@@ -12,13 +12,16 @@ model's config from one of two places only:
 ``s3://`` and local sources are not read: the plan is skipped and the Feasible condition says why. The GPUs' memory
 is ``spec.resources.gpuMemory`` (the planner reads it from the spec), else the smallest ``nvidia.com/gpu.memory``
 label (MiB) among the nodes the job's nodeSelector admits (``--gpu-memory-label``; listing nodes needs the RBAC the
-chart grants).
+chart grants). The node list is read once for every job admitted within :data:`NODES_TTL` seconds: a burst of new
+jobs costs one list, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +39,7 @@ CONFIG_KEY = "config.json"
 MAX_CONFIG_BYTES = 1 << 20
 HUB_TIMEOUT = 10.0
 MIB = 1 << 20
+NODES_TTL = 5.0  # seconds one read of the nodes' labels serves every job admitted meanwhile
 
 
 class SourceReader:
@@ -43,6 +47,8 @@ class SourceReader:
 
     def __init__(self, api: KubeApi, hub_endpoint: str, memory_label: str, timeout: float = HUB_TIMEOUT) -> None:
         self.api, self.hub, self.label, self.timeout = api, hub_endpoint.rstrip("/"), memory_label, timeout
+        self._nodes: asyncio.Task[list[tuple[str, Mapping[str, str]]]] | None = None
+        self._nodes_until = 0.0
 
     async def gather(self, job: Job) -> PlanSources:
         spec = job.spec.raw
@@ -115,10 +121,18 @@ class SourceReader:
         if not self.label:
             return None, None, "no spec.resources.gpuMemory (and --gpu-memory-label is empty)"
         try:
-            nodes = await self.api.node_labels()
+            nodes = await self._node_labels()
         except Forbidden:
             return None, None, "no spec.resources.gpuMemory, and the operator may not list nodes to read their labels"
         return _smallest(nodes, _obj(res, "nodeSelector"), self.label)
+
+    def _node_labels(self) -> asyncio.Task[list[tuple[str, Mapping[str, str]]]]:
+        """The nodes' labels, read at most once every :data:`NODES_TTL` seconds; jobs admitted at once share the read
+        under way (a failed read, too, until it expires)."""
+        now = time.monotonic()
+        if self._nodes is None or now >= self._nodes_until:
+            self._nodes, self._nodes_until = asyncio.ensure_future(self.api.node_labels()), now + NODES_TTL
+        return self._nodes
 
 
 def _smallest(

@@ -16,14 +16,14 @@ from the same observation plans the same actions, and every action is safe to re
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from .admission import pod_sizing
 from .children import ChildSettings, config_map, network_policy, pod, training_service
-from .naming import pod_name
+from .naming import config_map_name, network_policy_name, pod_name, service_name
 from .nodes import NodeView
 from .phases import Phase, PodPhase, of_pods
 from .pods import PodView
@@ -42,8 +42,23 @@ class NewPod:
 
 
 @dataclass(frozen=True)
+class Child:
+    """A child made once and never changed (ConfigMap, NetworkPolicy, Service): its kind and name, and its manifest,
+    built only when it is to be created (the trainer config's YAML, built on every reconcile, was a tenth of the
+    operator's CPU with 1,000 jobs starting)."""
+
+    kind: str
+    name: str
+    manifest: Callable[[], dict[str, Any]]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
 class Plan:
-    ensure: tuple[dict[str, Any], ...] = ()  # ConfigMap/Service: create when absent, never changed afterwards
+    ensure: tuple[Child, ...] = ()  # ConfigMap/NetworkPolicy/Service: create when absent, never changed afterwards
     create_pods: tuple[NewPod, ...] = ()
     delete_pods: tuple[str, ...] = ()
     delete_job: bool = False
@@ -121,11 +136,12 @@ def _plan_running(
                 job, pod_phase, index, attempt, settings, trained_attempt, pod_sizing(status.plan, pod_phase.value)
             )
             creates.append(NewPod(name, attempt, manifest))
-    ensure = [config_map(job)]
+    name = job.meta.name
+    ensure = [Child("ConfigMap", config_map_name(name), lambda: config_map(job))]
     if settings.network_policy:
-        ensure.append(network_policy(job, settings))
+        ensure.append(Child("NetworkPolicy", network_policy_name(name), lambda: network_policy(job, settings)))
     if row.service:
-        ensure.append(training_service(job, settings))
+        ensure.append(Child("Service", service_name(name), lambda: training_service(job, settings)))
     return Plan(
         ensure=tuple(ensure),
         create_pods=tuple(creates),
