@@ -8,7 +8,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from ...adapters import trl_bridge
-from ...adapters.refcache import RefTable
+from ...adapters.refcache import RefCache, RefTable
 from ...compute import gathered, logprobs
 from ...core.errors import CacheError
 from ...inputs import Inputs
@@ -31,12 +31,18 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     if cache.finalize(workers, n_rows, {"split": split}) is None:
         raise RuntimeError(
             f"reference cache {cache.root} for the {split} split is incomplete (shards "
-            f"{cache.missing_shards(workers)} missing): run the precompute phase first"
+            f"{cache.missing_shards(workers)} missing{_foreign(cache, workers)}): run the precompute phase first"
         )
     table = cache.load()
     if len(table) != n_rows:
         raise CacheError(f"reference cache {cache.root} holds {len(table)} rows, the {split} split {n_rows}")
     return table
+
+
+def _foreign(cache: RefCache, workers: int) -> str:
+    """The shards there that this job did not write, for the incomplete-cache message; empty when none."""
+    foreign = cache.foreign_shards(workers)
+    return f", shards {foreign} not written by this job" if foreign else ""
 
 
 def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
