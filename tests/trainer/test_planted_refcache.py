@@ -22,6 +22,7 @@ from prefops_trainer.core.cachekey import origin
 from prefops_trainer.core.spec import Job, parse_job
 from prefops_trainer.inputs import Inputs, load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
+from prefops_trainer.phases.train.reference import load_reference
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +92,8 @@ def test_a_shard_and_tokens_planted_before_precompute_ran_are_not_adopted_and_th
     caplog.set_level(logging.WARNING, logger="prefops_trainer")
     precompute_phase.run(inputs, 0, 2)
     assert cache.manifest() is None, "shard 0's worker counted the planted shard 1 into a manifest"
+    with pytest.raises(RuntimeError, match=r"incomplete \(shards \[1\] not written by this job\): run the precompute"):
+        load_reference(inputs)  # nor does the train phase
     precompute_phase.run(inputs, 1, 2)
     why = {"none": "it records no writer", "another job": f"it records run '{THEIRS}', where this job has run '{UID}'"}
     for name in planted:

@@ -30,8 +30,8 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     n_rows = len(inputs.splits[split])
     if cache.finalize(workers, n_rows, {"split": split}) is None:
         raise RuntimeError(
-            f"reference cache {cache.root} for the {split} split is incomplete (shards "
-            f"{cache.missing_shards(workers)} missing{_foreign(cache, workers)}): run the precompute phase first"
+            f"reference cache {cache.root} for the {split} split is incomplete ({_unfinished(cache, workers)}): run "
+            "the precompute phase first"
         )
     table = cache.load()
     if len(table) != n_rows:
@@ -39,10 +39,11 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     return table
 
 
-def _foreign(cache: RefCache, workers: int) -> str:
-    """The shards there that this job did not write, for the incomplete-cache message; empty when none."""
-    foreign = cache.foreign_shards(workers)
-    return f", shards {foreign} not written by this job" if foreign else ""
+def _unfinished(cache: RefCache, workers: int) -> str:
+    """Which shards keep the cache incomplete: those missing, and those there that this job did not write."""
+    missing, foreign = cache.missing_shards(workers), cache.foreign_shards(workers)
+    said = [f"shards {missing} missing"] if missing else []
+    return ", ".join([*said, f"shards {foreign} not written by this job"] if foreign else said)
 
 
 def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
