@@ -18,13 +18,11 @@ from support.trainer_jobs import job_doc
 from prefops_trainer import inputs as inputs_module
 from prefops_trainer.adapters.refcache import RefTable
 from prefops_trainer.compute import logprobs
-from prefops_trainer.core.cachekey import origin
+from prefops_trainer.core.cachekey import not_ours, origin
 from prefops_trainer.core.spec import Job, parse_job
 from prefops_trainer.inputs import Inputs, load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases.train.reference import load_reference
-
-pytestmark = pytest.mark.integration
 
 #: The job's uid on a cluster: every attempt of the job shares it, and no file written before the job existed has it.
 UID = "0b7e55a2-6c1f-4f7e-9d3a-5e2b8c9d1f00"
@@ -71,6 +69,19 @@ def same(table: RefTable, expected: RefTable) -> bool:
     return np.array_equal(table.chosen, expected.chosen) and np.array_equal(table.rejected, expected.rejected)
 
 
+def test_a_file_is_this_jobs_only_when_it_records_this_jobs_run_and_this_cache_key():
+    ours = origin("k1", UID)
+    assert not_ours(json.loads(json.dumps(ours)), ours) is None
+    for nothing in (None, "k1", [UID]):
+        assert not_ours(nothing, ours) == "it records no writer (written before this job ran, or by an older prefops)"
+    assert not_ours({"key": "k1"}, ours) == f"it records no run, where this job has run '{UID}'"
+    assert not_ours(origin("k1", THEIRS), ours) == f"it records run '{THEIRS}', where this job has run '{UID}'"
+    assert not_ours(origin("k2", UID), ours) == "it records key 'k2', where this job has key 'k1'", (
+        "this job's shard of another cache (its eval split's) copied into this one is not adopted"
+    )
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("writer", ["none", "another job"])
 def test_a_shard_and_tokens_planted_before_precompute_ran_are_not_adopted_and_the_log_names_each(
     tmp_path, s3, monkeypatch, caplog, writer
@@ -101,6 +112,7 @@ def test_a_shard_and_tokens_planted_before_precompute_ran_are_not_adopted_and_th
     assert same(cache.load(), expected), "the planted numbers or tokens reached the reference table"
 
 
+@pytest.mark.integration
 def test_a_restarted_precompute_adopts_the_shard_and_tokens_its_earlier_attempt_wrote_and_only_those(
     tmp_path, s3, monkeypatch, caplog
 ):

@@ -77,7 +77,7 @@ def not_ours(recorded: Any, expected: Mapping[str, str]) -> str | None:
     differ = [k for k in expected if recorded.get(k) != expected[k]]
     if not differ:
         return None
-    theirs = ", ".join(f"{k} {str(recorded.get(k))[:64]!r}" for k in differ)
+    theirs = ", ".join(f"{k} {str(recorded[k])[:64]!r}" if k in recorded else f"no {k}" for k in differ)
     return f"it records {theirs}, where this job has {', '.join(f'{k} {expected[k]!r}' for k in differ)}"
 
 
