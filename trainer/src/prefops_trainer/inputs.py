@@ -99,7 +99,7 @@ class Inputs:
             extra = {"kto": {"klBatch": self.spec.training.per_device_batch_size, "kl": self.spec.algorithm.kl_term}}
         data = fingerprint(self.splits[split].rows)
         key = cache_key(self.model_files, data, d.max_length, d.truncation_mode, self.dtype, extra)
-        return RefCache(self.ws.refcache(key), key)
+        return RefCache(self.ws.refcache(key), key, self.ws.run)
 
     @property
     def packs_pairs(self) -> bool:

@@ -13,12 +13,19 @@ Layout under ``<storage.uri>/refcache/<key>/``::
 The key (``core.cachekey``) hashes everything that changes the numbers, so a sweep over beta or loss types shares
 one cache. Every job on the storage trusts it, so a shard is read only when its sha256 is the manifest's, and only
 by a name the manifest gives that stays inside the cache folder.
+
+Until the manifest exists, anyone who can write the bucket can put files in the folder, so a shard or tokens file
+found there is adopted (not computed again) only when its own Parquet metadata records this job's run and the key
+(``cachekey.not_ours``): an earlier, interrupted attempt of the same job wrote it. Any other (planted before the job
+ran, or another job's unfinished precompute) is computed again and replaced, a warning naming it, and finalize counts
+only this job's shards into the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..core.cachekey import Shard, manifest, parse_manifest, shard_name, shard_rows
+from ..core.cachekey import Shard, manifest, not_ours, origin, parse_manifest, shard_name, shard_rows
 from ..core.errors import CacheError, IntegrityError
 from ..core.uris import Uri
 from . import storage
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 #: Rows per Parquet row group of a tokens file.
 TOKENS_BATCH = 10_000
+#: The Parquet metadata key under which a shard or tokens file records its origin (``cachekey.origin``).
+ORIGIN = b"prefops"
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ class RefTable:
 class RefCache:
     root: Uri  # <storage.uri>/refcache/<key> (Workspace.refcache)
     key: str
+    run: str  # the job's run (Workspace.run): the files it writes record it, and only those are adopted
 
     @property
     def manifest_uri(self) -> Uri:
@@ -77,8 +87,22 @@ class RefCache:
         found: dict[str, Any] | None = storage.read_json_if_exists(self.manifest_uri)
         return found
 
-    def has_shard(self, shard: int, num_shards: int) -> bool:
-        return storage.exists(self.root.join(shard_name(shard, num_shards)))
+    def adopts_shard(self, shard: int, num_shards: int) -> bool:
+        """Whether shard ``shard`` is there already, written by this job (an earlier, interrupted attempt), so it is
+        not computed again; one that this job did not write is not adopted (a warning names it)."""
+        uri = self.root.join(shard_name(shard, num_shards))
+        return storage.exists(uri) and self._ours(uri, _origin(storage.read_bytes(uri)))
+
+    def _ours(self, uri: Uri, recorded: Any, then: str = "computing it again") -> bool:
+        """Whether the file at ``uri``, recording ``recorded`` as its origin, is this job's; warn naming it if not."""
+        why = not_ours(recorded, origin(self.key, self.run))
+        if why is not None:
+            log.warning("%s: not adopted: %s; %s", uri, why, then)
+        return why is None
+
+    @property
+    def _origin_metadata(self) -> dict[bytes, bytes]:
+        return {ORIGIN: json.dumps(origin(self.key, self.run)).encode()}
 
     def write_shard(
         self,
@@ -96,7 +120,8 @@ class RefCache:
                 "index": pa.array(index, pa.int64()),
                 "ref_chosen_logps": pa.array(chosen, pa.float32()),
                 "ref_rejected_logps": pa.array(rejected, pa.float32()),
-            }
+            },
+            metadata=self._origin_metadata,
         )
         buf = io.BytesIO()
         pq.write_table(table, buf)
@@ -111,16 +136,19 @@ class RefCache:
         import pyarrow.parquet as pq
 
         cols = rows.select_columns(["index", *TOKEN_COLUMNS]).with_format("arrow")
+        schema = cols.features.arrow_schema
+        schema = schema.with_metadata({**(schema.metadata or {}), **self._origin_metadata})
         with tempfile.TemporaryDirectory(prefix="prefops-tokens-") as tmp:
             path = Path(tmp) / "tokens.parquet"
-            with pq.ParquetWriter(str(path), cols.features.arrow_schema) as out:
+            with pq.ParquetWriter(str(path), schema) as out:
                 for batch in cols.iter(batch_size=TOKENS_BATCH):  # Dataset.to_parquet held ~2 KB a row
                     out.write_table(batch)
             storage.upload_file(path, self.tokens_uri(shard, num_shards))
 
     def tokens(self, shard: int, num_shards: int, rows: range) -> Dataset | None:
-        """Shard ``shard``'s tokenized rows written by an earlier run of this precompute, or None; a file that is
-        not exactly those rows' tokens raises naming it."""
+        """Shard ``shard``'s tokenized rows written by an earlier attempt of this job's precompute, or None (also when
+        the file there is not this job's, :meth:`adopts_shard`); a file of this job's that is not exactly those rows'
+        tokens raises naming it."""
         uri = self.tokens_uri(shard, num_shards)
         if not storage.exists(uri):
             return None
@@ -128,6 +156,8 @@ class RefCache:
 
         with tempfile.TemporaryDirectory(prefix="prefops-tokens-") as tmp:
             local = storage.download_file(uri, Path(tmp) / "tokens.parquet")
+            if not self._ours(uri, _origin(local)):
+                return None
             try:
                 found = datasets.Dataset.from_parquet(str(local))
             except Exception as e:  # datasets wraps Arrow's errors in its own
@@ -143,25 +173,40 @@ class RefCache:
         present = set(storage.list_names(self.root))
         return [i for i in range(num_shards) if shard_name(i, num_shards) not in present]
 
-    def finalize(self, num_shards: int, n_rows: int, info: dict[str, Any]) -> dict[str, Any] | None:
-        """Write the manifest if every shard is present and it is not there yet; return the manifest or None.
+    def foreign_shards(self, num_shards: int) -> list[int]:
+        """The shards there that this job did not write (:meth:`adopts_shard`): its precompute computes them again."""
+        missing = self.missing_shards(num_shards)
+        uris = {i: self.root.join(shard_name(i, num_shards)) for i in range(num_shards) if i not in missing}
+        then = "its precompute shard computes it again"
+        return [i for i, uri in uris.items() if not self._ours(uri, _origin(storage.read_bytes(uri)), then)]
 
-        Each shard is read back and checked (exactly the rows of its range) before its sha256 enters the manifest.
+    def finalize(self, num_shards: int, n_rows: int, info: dict[str, Any]) -> dict[str, Any] | None:
+        """Write the manifest if every shard is present and this job's and it is not there yet; return the manifest
+        or None.
+
+        Each shard is read back and checked (this job's, exactly the rows of its range) before its sha256 enters the
+        manifest.
         """
         existing = self.manifest()
         if existing is not None:
             return existing
         if self.missing_shards(num_shards):
             return None
-        shards = [self._checked_shard(i, num_shards, n_rows) for i in range(num_shards)]
+        checked = [self._checked_shard(i, num_shards, n_rows) for i in range(num_shards)]
+        shards = [s for s in checked if s is not None]
+        if len(shards) < num_shards:
+            return None
         doc = manifest(self.key, n_rows, shards, info)
         storage.write_json(self.manifest_uri, doc)
         log.info("reference cache %s complete: %d rows in %d shards", self.key, n_rows, num_shards)
         return doc
 
-    def _checked_shard(self, shard: int, num_shards: int, n_rows: int) -> Shard:
+    def _checked_shard(self, shard: int, num_shards: int, n_rows: int) -> Shard | None:
+        """Shard ``shard``'s entry in the manifest; None (a warning names it) when this job did not write it."""
         name = shard_name(shard, num_shards)
         data = storage.read_bytes(self.root.join(name))
+        if not self._ours(self.root.join(name), _origin(data), "not counted into the manifest until computed again"):
+            return None
         index = _columns(data, str(self.root.join(name)))["index"].to_numpy()
         expected = shard_rows(n_rows, shard, num_shards)
         if not np.array_equal(np.sort(index), np.arange(expected.start, expected.stop)):
@@ -205,6 +250,19 @@ class RefCache:
                 f"not used. Delete {self.root} and re-run the precompute phase"
             )
         return data
+
+
+def _origin(source: bytes | Path) -> Any:
+    """The origin a shard or tokens file (its bytes, or a local path) records in its Parquet metadata; None when it
+    records none or is not a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(io.BytesIO(source) if isinstance(source, bytes) else str(source)).metadata or {}
+        return json.loads(meta[ORIGIN]) if ORIGIN in meta else None
+    except (pa.ArrowException, OSError, ValueError):
+        return None
 
 
 def _columns(data: bytes, where: str) -> dict[str, Any]:

@@ -8,6 +8,11 @@ The manifest, written last, lists every shard with its row count and sha256 (for
 no checksums and, its key being different, is never read). The cache is shared by every job on the storage, so
 what the manifest says is checked before it is used: shard names that are plain file names in the cache folder,
 well-formed checksums, row counts that add up.
+
+Before the manifest exists, the folder's files are adopted (a shard not computed again and counted into the manifest,
+a tokens file not tokenized again) only when the file records, in its own Parquet metadata, that this job wrote it
+for this key (:func:`origin`, :func:`not_ours`). The job is its run (``Workspace.run``): the resource's uid on a
+cluster, which every attempt of the job shares and no file written before the job existed can carry.
 """
 
 from __future__ import annotations
@@ -57,6 +62,23 @@ def shard_rows(n_rows: int, shard: int, num_shards: int) -> range:
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
     return range(n_rows * shard // num_shards, n_rows * (shard + 1) // num_shards)
+
+
+def origin(key: str, run: str) -> dict[str, str]:
+    """What a file of the cache records of its writer: the cache key it was computed for and the job's run."""
+    return {"key": key, "run": run}
+
+
+def not_ours(recorded: Any, expected: Mapping[str, str]) -> str | None:
+    """Why a file that records ``recorded`` as its origin is not this job's (``expected``, :func:`origin`); None when
+    it is."""
+    if not isinstance(recorded, Mapping):
+        return "it records no writer (written before this job ran, or by an older prefops)"
+    differ = [k for k in expected if recorded.get(k) != expected[k]]
+    if not differ:
+        return None
+    theirs = ", ".join(f"{k} {str(recorded[k])[:64]!r}" if k in recorded else f"no {k}" for k in differ)
+    return f"it records {theirs}, where this job has {', '.join(f'{k} {expected[k]!r}' for k in differ)}"
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def _split(
         log.info("reference cache hit for %s split: %s", split, cache.root)
         return entry, model
     n_rows = len(inputs.splits[split])
-    if cache.has_shard(shard, num_shards):
+    if cache.adopts_shard(shard, num_shards):
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
         mine = _tokenized(inputs, cache, split, shard, num_shards)

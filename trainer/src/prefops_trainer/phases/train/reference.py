@@ -8,7 +8,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from ...adapters import trl_bridge
-from ...adapters.refcache import RefTable
+from ...adapters.refcache import RefCache, RefTable
 from ...compute import gathered, logprobs
 from ...core.errors import CacheError
 from ...inputs import Inputs
@@ -30,13 +30,20 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     n_rows = len(inputs.splits[split])
     if cache.finalize(workers, n_rows, {"split": split}) is None:
         raise RuntimeError(
-            f"reference cache {cache.root} for the {split} split is incomplete (shards "
-            f"{cache.missing_shards(workers)} missing): run the precompute phase first"
+            f"reference cache {cache.root} for the {split} split is incomplete ({_unfinished(cache, workers)}): run "
+            "the precompute phase first"
         )
     table = cache.load()
     if len(table) != n_rows:
         raise CacheError(f"reference cache {cache.root} holds {len(table)} rows, the {split} split {n_rows}")
     return table
+
+
+def _unfinished(cache: RefCache, workers: int) -> str:
+    """Which shards keep the cache incomplete: those missing, and those there that this job did not write."""
+    missing, foreign = cache.missing_shards(workers), cache.foreign_shards(workers)
+    said = [f"shards {missing} missing"] if missing else []
+    return ", ".join([*said, f"shards {foreign} not written by this job"] if foreign else said)
 
 
 def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
