@@ -75,6 +75,24 @@ class OperatorConfig:
         "--gpu-memory-label",
         "GPU_MEMORY_LABEL",
     )
+    check_sweep_creators: bool = setting(
+        False,
+        "create a sweep's trials only when the sweep's creator may create PreferenceTrainingJobs in its namespace "
+        "(a SubjectAccessReview of the creator the admission webhook recorded, --webhook-port); a sweep with no "
+        "recorded creator gets none",
+        "--check-sweep-creators",
+        "CHECK_SWEEP_CREATORS",
+    )
+    webhook_port: int = setting(
+        0, "port of the admission webhook (HTTPS) that records each sweep's creator; 0 disables",
+        "--webhook-port", "WEBHOOK_PORT", rule=lambda p: 0 <= p < 65536, rule_text="a port number or 0",
+    )  # fmt: skip
+    webhook_cert_dir: str = setting(
+        "/etc/prefops/webhook",
+        "folder of the webhook's serving certificate and key, tls.crt and tls.key (a kubernetes.io/tls Secret)",
+        "--webhook-cert-dir",
+        "WEBHOOK_CERT_DIR",
+    )
     verbose: bool = setting(False, "debug logging", "--verbose", "VERBOSE")  # the environment says 1
 
     @classmethod

@@ -1,11 +1,15 @@
 """kopf glue of the sweep controller: watch sweeps and their trial jobs (PreferenceTrainingJobs labelled
 ``prefops.dev/sweep``) into kopf indices, and turn every event into a work-queue key of the sweep. Registered by
 ``python -m prefops_operator`` (:func:`register`), started and stopped with the job controller by :mod:`.handlers`;
-like it, no change handlers and no kopf state on objects."""
+like it, no change handlers and no kopf state on objects.
+
+With ``--webhook-port``, also the admission webhook that records each sweep's creator (:func:`register_webhook`,
+served by kopf's webhook server, :func:`serve_webhook`; the webhook configuration is the Helm chart's)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -13,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
+from .core.creators import CREATOR_ANNOTATION, Creator, annotation_change
 from .core.sweep_spec import slim_sweep
 from .core.sweep_status import TrialView, trial_view
 from .core.sweep_trials import LABEL_SWEEP
@@ -22,13 +27,14 @@ from .sweep_reconciler import SweepReconciler
 SWEEPS = ("prefops.dev", "v1alpha1", "preferencetrainingsweeps")
 JOBS = ("prefops.dev", "v1alpha1", "preferencetrainingjobs")
 TRIALS = {LABEL_SWEEP: kopf.PRESENT}
+WEBHOOK_ID = "sweep-creator"  # the webhook's URL path: https://<host>:<port>/sweep-creator
 
 
 def start(
     api: SweepKubeApi, config: OperatorConfig, registry: CollectorRegistry, indices: Mapping[str, Any]
 ) -> Runtime[TrialView]:
     """The sweep controller, started; ``indices`` are the keyword arguments kopf passes the startup handler."""
-    reconciler = SweepReconciler(api, registry)
+    reconciler = SweepReconciler(api, registry, check_creators=config.check_sweep_creators)
     runtime = Runtime(reconciler.reconcile, indices["sweeps_index"], indices["trials_index"], config.workers)
     runtime.start()
     return runtime
@@ -52,6 +58,35 @@ async def sweep_event(*, namespace: str | None, name: str, memo: kopf.Memo, **_:
 async def trial_event(*, namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     if "sweeps" in memo:
         memo.sweeps.queue.add((str(namespace), labels[LABEL_SWEEP]))
+
+
+async def record_creator(*, userinfo: kopf.UserInfo, patch: kopf.Patch, **kwargs: Any) -> None:
+    """The admission webhook of sweeps: at CREATE, record who creates the sweep (whatever the request wrote there);
+    refuse an UPDATE that changes that record. kopf passes ``operation``, ``old`` and ``new`` among ``kwargs``."""
+    if kwargs.get("operation") == "CREATE":
+        patch.meta.annotations[CREATOR_ANNOTATION] = Creator.from_userinfo(userinfo).annotation()
+        return
+    old, new = kwargs.get("old"), kwargs.get("new")
+    problem = annotation_change(old.meta.annotations if old else None, new.meta.annotations if new else None)
+    if problem:
+        raise kopf.AdmissionError(problem, code=403)
+
+
+def serve_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Serve the admission webhook over HTTPS on ``--webhook-port`` with the certificate in ``--webhook-cert-dir``
+    (kopf reloads it when the files change); the webhook configuration is left to the installer."""
+    certs = Path(config.webhook_cert_dir)
+    settings.admission.server = kopf.WebhookServer(
+        addr=config.bind_address,
+        port=config.webhook_port,
+        certfile=str(certs / "tls.crt"),
+        pkeyfile=str(certs / "tls.key"),
+    )
+
+
+def register_webhook(registry: kopf.OperatorRegistry) -> None:
+    """The admission webhook on sweeps (CREATE and UPDATE), at the URL path :data:`WEBHOOK_ID`."""
+    kopf.on.mutate(*SWEEPS, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry)(record_creator)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
