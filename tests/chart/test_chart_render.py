@@ -501,7 +501,11 @@ def test_the_webhook_certificate_is_for_its_service_signed_by_the_ca_the_apiserv
     volume = next(v for v in rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"] if "secret" in v)
     assert volume["secret"]["secretName"] == secret["metadata"]["name"] and secret["type"] == "kubernetes.io/tls"
     mount = next(m for m in container(rendered)["volumeMounts"] if m["name"] == volume["name"])
-    assert mount["mountPath"] == operator_config(VALUE_SETS["sweep-creators"]).webhook_cert_dir
+    config = operator_config(VALUE_SETS["sweep-creators"])
+    assert mount["mountPath"] == config.webhook_cert_dir
+    assert config.creator_key_file == f"{mount['mountPath']}/creator.key"
+    assert {"key": "creator.key", "path": "creator.key"} in volume["secret"]["items"]
+    assert len(base64.b64decode(secret["data"]["creator.key"])) >= 32
     ca, crt = tmp_path / "ca.crt", tmp_path / "tls.crt"
     ca.write_bytes(base64.b64decode(hook["clientConfig"]["caBundle"]))
     crt.write_bytes(base64.b64decode(secret["data"]["tls.crt"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ class Webhook:
     install: Callable[[], None]
 
     def flags(self) -> tuple[str, ...]:
-        return ("--check-sweep-creators", f"--webhook-port={self.port}", f"--webhook-cert-dir={self.certs}")
+        key = f"--creator-key-file={self.certs / 'creator.key'}"
+        return ("--check-sweep-creators", f"--webhook-port={self.port}", f"--webhook-cert-dir={self.certs}", key)
 
 
 @pytest.fixture
@@ -41,6 +43,7 @@ def webhook(kube_cluster: KubeCluster, namespace: str, tmp_path: Path) -> Iterat
     apiserver calls it), with a serving certificate from the cluster's CA; the operator's right to review access."""
     kube_cluster.apply_manifests(ROOT / "operator" / "rbac" / "sweep-creators")
     port, certs = free_port(), kube_cluster.serving_certificate(tmp_path / "webhook")
+    (certs / "creator.key").write_text(secrets.token_hex(32))
     config = render({"sweepCreators": {"enabled": True}}).one("MutatingWebhookConfiguration")
     config["metadata"]["name"] = f"{namespace}-sweep-creators"
     (hook,) = config["webhooks"]
@@ -140,13 +143,16 @@ def test_a_sweep_by_a_user_who_may_not_create_jobs_gets_no_trial_and_says_why_un
                        "running, the refusal gone")  # fmt: skip
 
 
-def test_a_sweep_created_while_the_webhook_was_not_installed_records_no_creator_and_gets_no_trial(
+def test_a_sweep_created_while_the_webhook_was_not_installed_has_no_creator_whatever_it_claims_and_gets_no_trial(
     kube_cluster, namespace, sweeps, webhook, start_operator
 ):
     start_operator(*webhook.flags())
-    sweeps.create(sweep_manifest("around", template=REFERENCE_FREE))  # as admin, before the webhook is there
+    around = sweep_manifest("around", template=REFERENCE_FREE)  # before the webhook is there, claiming a cluster admin
+    admin = {"username": "admin", "uid": "", "groups": ["system:masters"], "signature": "0" * 64}
+    around["metadata"]["annotations"] = {CREATOR_ANNOTATION: json.dumps(admin)}
+    sweeps.create(around)
     held = wait_for(lambda: sweeps.condition("around", "ReplicaFailure"), 30, "the sweep held")
-    assert held["reason"] == "CreatorUnknown" and f"no {CREATOR_ANNOTATION} annotation" in held["message"]
+    assert held["reason"] == "CreatorUnknown" and f"no {CREATOR_ANNOTATION} annotation signed" in held["message"]
     webhook.install()
     with pytest.raises(kubernetes.client.ApiException, match="cannot change"):  # nor can one be added afterwards
         sweeps.custom.patch_namespaced_custom_object("prefops.dev", "v1alpha1", namespace, sweeps.plural, "around",

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     handlers.register(registry)
     sweep_handlers.register(registry)
     if config.webhook_port:  # kopf refuses webhook handlers without a webhook server
-        sweep_handlers.register_webhook(registry)
+        sweep_handlers.register_webhook(registry, config)
     liveness = f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None
     watch_outages.install()
     kopf.run(

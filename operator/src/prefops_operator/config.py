@@ -13,11 +13,14 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .core.children import ChildSettings
 from .core.restarts import RestartSettings
 from .core.settings import Setting, setting, settings_of
+
+MIN_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,13 @@ class OperatorConfig:
         "--webhook-cert-dir",
         "WEBHOOK_CERT_DIR",
     )
+    creator_key_file: str = setting(
+        "/etc/prefops/webhook/creator.key",
+        "file of the secret key (at least 32 bytes) the webhook signs each sweep's creator record with and "
+        "--check-sweep-creators checks it with: a record not signed with it counts as none",
+        "--creator-key-file",
+        "CREATOR_KEY_FILE",
+    )
     verbose: bool = setting(False, "debug logging", "--verbose", "VERBOSE")  # the environment says 1
 
     @classmethod
@@ -112,6 +122,16 @@ class OperatorConfig:
             (own if len(path) == 1 else groups.setdefault(path[0], {}))[path[-1]] = value
         nested = {f.name: f.default_factory(**groups.get(f.name, {})) for f in _groups(cls)}  # type: ignore[operator]
         return cls(**nested, **own)
+
+    def creator_key(self) -> bytes:
+        """The key of ``--creator-key-file``; exits (status 2, naming the flag) when it cannot be read or is short."""
+        try:
+            key = Path(self.creator_key_file).read_bytes().strip()
+        except OSError as e:
+            raise SystemExit(f"--creator-key-file: cannot read {self.creator_key_file}: {e.strerror}") from e
+        if len(key) < MIN_KEY_BYTES:
+            raise SystemExit(f"--creator-key-file: {self.creator_key_file} holds {len(key)} bytes, need >= 32")
+        return key
 
 
 def _groups(cls: type) -> list[dataclasses.Field[Any]]:

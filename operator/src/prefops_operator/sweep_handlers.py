@@ -8,7 +8,7 @@ served by kopf's webhook server, :func:`serve_webhook`; the webhook configuratio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from .adapters.sweeps import SweepKubeApi
 from .config import OperatorConfig
-from .core.creators import CREATOR_ANNOTATION, Creator, annotation_change
+from .core.creators import CREATOR_ANNOTATION, Creator, annotation_change, signed_record
 from .core.sweep_spec import slim_sweep
 from .core.sweep_status import TrialView, trial_view
 from .core.sweep_trials import LABEL_SWEEP
@@ -34,7 +34,8 @@ def start(
     api: SweepKubeApi, config: OperatorConfig, registry: CollectorRegistry, indices: Mapping[str, Any]
 ) -> Runtime[TrialView]:
     """The sweep controller, started; ``indices`` are the keyword arguments kopf passes the startup handler."""
-    reconciler = SweepReconciler(api, registry, check_creators=config.check_sweep_creators)
+    key = config.creator_key() if config.check_sweep_creators else None
+    reconciler = SweepReconciler(api, registry, creator_key=key)
     runtime = Runtime(reconciler.reconcile, indices["sweeps_index"], indices["trials_index"], config.workers)
     runtime.start()
     return runtime
@@ -60,23 +61,45 @@ async def trial_event(*, namespace: str | None, labels: Mapping[str, str], memo:
         memo.sweeps.queue.add((str(namespace), labels[LABEL_SWEEP]))
 
 
-async def record_creator(*, userinfo: kopf.UserInfo, patch: kopf.Patch, **kwargs: Any) -> None:
-    """The admission webhook of sweeps: at CREATE, record who creates the sweep (whatever the request wrote there);
-    refuse an UPDATE that changes that record. kopf passes ``operation``, ``old`` and ``new`` among ``kwargs``."""
-    if kwargs.get("operation") == "CREATE":
-        patch.meta.annotations[CREATOR_ANNOTATION] = Creator.from_userinfo(userinfo).annotation()
-        return
-    old, new = kwargs.get("old"), kwargs.get("new")
-    problem = annotation_change(old.meta.annotations if old else None, new.meta.annotations if new else None)
-    if problem:
-        raise kopf.AdmissionError(problem, code=403)
+def creator_webhook(key: bytes) -> Any:
+    """The admission webhook of sweeps: at CREATE, record who creates the sweep (whatever the request wrote there),
+    signed with ``key``; refuse an UPDATE that changes that record."""
+
+    async def record_creator(*, userinfo: kopf.UserInfo, patch: kopf.Patch, **kwargs: Any) -> None:
+        # kopf passes ``operation``, ``namespace``, ``old`` and ``new`` among ``kwargs``
+        if kwargs.get("operation") == "CREATE":
+            creator, namespace = Creator.from_userinfo(userinfo), str(kwargs.get("namespace") or "")
+            patch.meta.annotations[CREATOR_ANNOTATION] = signed_record(creator, namespace, key)
+            return
+        old, new = kwargs.get("old"), kwargs.get("new")
+        problem = annotation_change(old.meta.annotations if old else None, new.meta.annotations if new else None)
+        if problem:
+            raise kopf.AdmissionError(problem, code=403)
+
+    return record_creator
+
+
+class WebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, handing handlers the object with its namespace: the apiserver (1.20 at least) sends a
+    CREATE's object as the client wrote it, often without ``metadata.namespace``, which only the request carries."""
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def with_namespace(request: Any, **kwargs: Any) -> Any:  # kopf.Request -> Response (not exported)
+            payload = request.get("request") or {}
+            obj, namespace = payload.get("object"), payload.get("namespace")
+            if isinstance(obj, dict) and namespace:
+                obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+            return await fn(request, **kwargs)
+
+        async for client_config in super().__call__(with_namespace):
+            yield client_config
 
 
 def serve_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Serve the admission webhook over HTTPS on ``--webhook-port`` with the certificate in ``--webhook-cert-dir``
     (kopf reloads it when the files change); the webhook configuration is left to the installer."""
     certs = Path(config.webhook_cert_dir)
-    settings.admission.server = kopf.WebhookServer(
+    settings.admission.server = WebhookServer(
         addr=config.bind_address,
         port=config.webhook_port,
         certfile=str(certs / "tls.crt"),
@@ -84,9 +107,10 @@ def serve_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> No
     )
 
 
-def register_webhook(registry: kopf.OperatorRegistry) -> None:
+def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """The admission webhook on sweeps (CREATE and UPDATE), at the URL path :data:`WEBHOOK_ID`."""
-    kopf.on.mutate(*SWEEPS, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry)(record_creator)
+    handler = creator_webhook(config.creator_key())
+    kopf.on.mutate(*SWEEPS, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry)(handler)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -6,7 +6,7 @@ delivers it), trial creates and suspend patches not yet observed (so a lagging i
 the apiserver's refusals of trial jobs (reported in the next status). After an operator restart the sweep's status
 and its trial jobs are enough to carry on.
 
-With ``check_creators`` (``--check-sweep-creators``) no trial job is dry-run or created before a SubjectAccessReview
+With ``creator_key`` (``--check-sweep-creators``) no trial job is dry-run or created before a SubjectAccessReview
 says the sweep's creator may create jobs (:mod:`.core.creators`); an "allowed" is trusted for :data:`REVIEW_TTL`.
 """
 
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from .adapters import sweep_metrics
 from .adapters.kube import Conflict, Forbidden, Gone, Rejected
 from .adapters.sweeps import SweepKubeApi
-from .core.creators import CreatorRefusal, access_review, creator_refusal
+from .core.creators import CreatorRefusal, access_review, creator_refusal, recorded_creator
 from .core.memory import WrittenStatus, remember
 from .core.patch import merge_patch
 from .core.refusals import Refusal, backoff, forbidden
@@ -76,9 +76,11 @@ class SweepReconciler:
         api: SweepKubeApi,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = utcnow,
-        check_creators: bool = False,
+        creator_key: bytes | None = None,
     ) -> None:
-        self.api, self.clock, self.check_creators = api, clock, check_creators
+        """``creator_key``: check each sweep's creator (``--check-sweep-creators``), whose record the webhook signed
+        with this key; ``None``: do not."""
+        self.api, self.clock, self.creator_key = api, clock, creator_key
         self._memory: dict[Key, _Memory] = {}
         self._statuses: dict[Key, tuple[SweepStatus, str]] = {}
         if registry is not None:
@@ -186,9 +188,10 @@ class SweepReconciler:
         SubjectAccessReview of the creator the webhook recorded. A refusal holds the trials like a 403 does (a 403 to
         the review itself too: the operator may not create reviews)."""
         clock = time.monotonic()
-        if not self.check_creators or clock < mem.creator_allowed_until:
+        if self.creator_key is None or clock < mem.creator_allowed_until:
             return True
-        creator, namespace = sweep.creator, sweep.meta.namespace
+        namespace = sweep.meta.namespace
+        creator = recorded_creator(sweep.creator_record, namespace, self.creator_key)
         try:
             review = await self.api.review_access(access_review(creator, namespace)) if creator else None
         except Forbidden as e:

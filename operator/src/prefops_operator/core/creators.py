@@ -5,7 +5,10 @@ may create sweeps but not jobs gets jobs (and with them pods, any image, any Sec
 operator, a confused deputy. With ``--check-sweep-creators`` the operator creates trials only for a sweep whose
 creator may create jobs: its admission webhook records the creator (the admission request's ``userInfo``) in the
 annotation :data:`CREATOR_ANNOTATION` when the sweep is created, overwriting whatever the request carried, and
-refuses any update that changes it (:func:`annotation_change`); before creating trials the reconciler asks the
+refuses any update that changes it (:func:`annotation_change`). The record is signed (HMAC-SHA256 under a key only
+the operator reads, over the record and the sweep's namespace: :func:`signed_record`), so a record written by hand
+on a sweep created where the webhook did not see it (before it was installed, in a namespace outside its selector)
+counts as none, and so does one copied from another namespace. Before creating trials the reconciler asks the
 apiserver, with the SubjectAccessReview :func:`access_review`, whether that user may create PreferenceTrainingJobs
 in the sweep's namespace, and :func:`creator_refusal` turns the answer into a refusal the sweep shows (a
 ``ReplicaFailure`` condition and a Warning Event) or none.
@@ -13,6 +16,8 @@ in the sweep's namespace, and :func:`creator_refusal` turns the answer into a re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,17 +51,31 @@ class Creator:
             extra={str(k): tuple(str(v) for v in vs or ()) for k, vs in extra.items()},
         )
 
-    def annotation(self) -> str:
-        """The value of :data:`CREATOR_ANNOTATION`: the user as JSON (``userInfo``'s keys)."""
+    def fields(self) -> dict[str, Any]:
+        """The user as ``userInfo``'s keys."""
         doc: dict[str, Any] = {"username": self.username, "uid": self.uid, "groups": list(self.groups)}
         if self.extra:
             doc["extra"] = {k: list(v) for k, v in sorted(self.extra.items())}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return doc
 
 
-def recorded_creator(annotations: Mapping[str, str] | None) -> Creator | None:
-    """The creator the webhook recorded on a sweep; ``None`` when there is none (or it is not the webhook's JSON)."""
-    raw = (annotations or {}).get(CREATOR_ANNOTATION)
+def _signature(fields: Mapping[str, Any], namespace: str, key: bytes) -> str:
+    text = namespace + "\n" + json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def signed_record(creator: Creator, namespace: str, key: bytes) -> str:
+    """The value of :data:`CREATOR_ANNOTATION` on a sweep in ``namespace``: the user as JSON (``userInfo``'s keys)
+    and ``signature``, an HMAC-SHA256 under ``key`` of them and the namespace."""
+    fields = creator.fields()
+    record = {**fields, "signature": _signature(fields, namespace, key)}
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def recorded_creator(raw: str | None, namespace: str, key: bytes) -> Creator | None:
+    """The creator the webhook recorded (``raw``: the value of :data:`CREATOR_ANNOTATION`) on a sweep in
+    ``namespace``; ``None`` when there is none, or the record is not the webhook's (not its JSON, or not signed with
+    ``key`` for this namespace)."""
     try:
         doc = json.loads(raw) if raw else None
     except ValueError:
@@ -65,7 +84,10 @@ def recorded_creator(annotations: Mapping[str, str] | None) -> Creator | None:
         return None
     if not isinstance(doc.get("groups", []), list) or not isinstance(doc.get("extra", {}), dict):
         return None
-    return Creator.from_userinfo(doc)
+    creator = Creator.from_userinfo(doc)
+    signature = doc.get("signature")
+    expected = _signature(creator.fields(), namespace, key)
+    return creator if isinstance(signature, str) and hmac.compare_digest(signature, expected) else None
 
 
 def annotation_change(old: Mapping[str, str] | None, new: Mapping[str, str] | None) -> str | None:
@@ -117,8 +139,9 @@ def creator_refusal(creator: Creator | None, namespace: str, review: Mapping[str
     if creator is None:
         return CreatorRefusal(
             SweepReason.CREATOR_UNKNOWN,
-            f"the sweep has no {CREATOR_ANNOTATION} annotation: it was created while the operator's admission "
-            "webhook was not installed, so who created it is unknown and no trial is created; create it again",
+            f"the sweep has no {CREATOR_ANNOTATION} annotation signed by the operator's webhook: it was created "
+            "where the webhook did not see it (before it was installed, or in a namespace outside its selector), so "
+            "who created it is unknown and no trial is created; create it again",
         )
     if review is not None and review.get("allowed") is True and review.get("denied") is not True:
         return None

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .creators import CREATOR_ANNOTATION, Creator, recorded_creator
+from .creators import CREATOR_ANNOTATION
 from .rules.errors import InvalidSpec as InvalidSpec
 from .rules.sweep_spec import SWEEP_KIND as SWEEP_KIND
 from .rules.sweep_spec import SweepSpec, parse_sweep_spec
@@ -24,7 +24,7 @@ from .spec import JobMeta, parse_meta
 class Sweep:
     meta: JobMeta
     spec: SweepSpec
-    creator: Creator | None = None  # who created it, as the operator's webhook recorded (core.creators)
+    creator_record: str | None = None  # who created it, as the operator's webhook recorded (core.creators)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -51,4 +51,5 @@ def slim_sweep(body: Mapping[str, Any]) -> dict[str, Any]:
 def parse_sweep(body: Mapping[str, Any]) -> Sweep:
     """Parse a sweep object (as served by the apiserver) into a :class:`Sweep`; raise :class:`InvalidSpec`."""
     meta = body.get("metadata") or {}
-    return Sweep(parse_meta(meta), parse_sweep_spec(body.get("spec")), recorded_creator(meta.get("annotations")))
+    record = (meta.get("annotations") or {}).get(CREATOR_ANNOTATION)
+    return Sweep(parse_meta(meta), parse_sweep_spec(body.get("spec")), record if isinstance(record, str) else None)
