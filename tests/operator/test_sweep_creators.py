@@ -131,3 +131,12 @@ def test_the_signing_key_is_read_from_its_file_and_a_missing_or_short_one_stops_
         OperatorConfig.from_args([f"--creator-key-file={key}"], env={}).creator_key()
     with pytest.raises(SystemExit, match=r"--creator-key-file: cannot read .*missing"):
         OperatorConfig.from_args([f"--creator-key-file={tmp_path / 'missing'}"], env={}).creator_key()
+
+
+def test_a_webhook_without_its_certificate_stops_the_operator_naming_the_flag_and_the_file(tmp_path):
+    (tmp_path / "tls.crt").write_text("x")
+    config = OperatorConfig.from_args([f"--webhook-cert-dir={tmp_path}"], env={})
+    with pytest.raises(SystemExit, match=f"--webhook-cert-dir: no {tmp_path / 'tls.key'}"):
+        config.webhook_certificate()
+    (tmp_path / "tls.key").write_text("x")
+    assert config.webhook_certificate() == (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))

@@ -123,6 +123,15 @@ class OperatorConfig:
         nested = {f.name: f.default_factory(**groups.get(f.name, {})) for f in _groups(cls)}  # type: ignore[operator]
         return cls(**nested, **own)
 
+    def webhook_certificate(self) -> tuple[str, str]:
+        """``tls.crt`` and ``tls.key`` of ``--webhook-cert-dir``; exits (status 2, naming the flag) when one is not a
+        file."""
+        files = tuple(Path(self.webhook_cert_dir) / name for name in ("tls.crt", "tls.key"))
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--webhook-cert-dir: no {' and no '.join(missing)}")
+        return str(files[0]), str(files[1])
+
     def creator_key(self) -> bytes:
         """The key of ``--creator-key-file``; exits (status 2, naming the flag) when it cannot be read or is short."""
         try:

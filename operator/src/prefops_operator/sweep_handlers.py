@@ -9,7 +9,6 @@ served by kopf's webhook server, :func:`serve_webhook`; the webhook configuratio
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -98,17 +97,16 @@ class WebhookServer(kopf.WebhookServer):
 def serve_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Serve the admission webhook over HTTPS on ``--webhook-port`` with the certificate in ``--webhook-cert-dir``
     (kopf reloads it when the files change); the webhook configuration is left to the installer."""
-    certs = Path(config.webhook_cert_dir)
+    certfile, pkeyfile = config.webhook_certificate()
     settings.admission.server = WebhookServer(
-        addr=config.bind_address,
-        port=config.webhook_port,
-        certfile=str(certs / "tls.crt"),
-        pkeyfile=str(certs / "tls.key"),
+        addr=config.bind_address, port=config.webhook_port, certfile=certfile, pkeyfile=pkeyfile
     )
 
 
 def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """The admission webhook on sweeps (CREATE and UPDATE), at the URL path :data:`WEBHOOK_ID`."""
+    """The admission webhook on sweeps (CREATE and UPDATE), at the URL path :data:`WEBHOOK_ID`; exits naming the
+    flag when its certificate or key is missing."""
+    config.webhook_certificate()
     handler = creator_webhook(config.creator_key())
     kopf.on.mutate(*SWEEPS, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry)(handler)
 
