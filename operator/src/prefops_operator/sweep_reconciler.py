@@ -158,8 +158,8 @@ class SweepReconciler:
         mem.created = {n: t for n, t in mem.created.items() if t > clock and n not in views}
         mem.patched = {k: t for k, t in mem.patched.items() if t > clock and k[0] in views}
         create = () if mem.holding(clock) else decision.create
-        if create and not await self._creator_may_create(sweep, mem):
-            return mem.forbidden_times == 1  # report a new refusal at once
+        if create and not await self._creator_may_create(sweep, mem):  # no trial; suspend and resume go on
+            create, refused = (), mem.forbidden_times == 1  # report a new refusal at once
         for trial in create:
             if trial.name in mem.created or trial.name in mem.refused:
                 continue
