@@ -87,7 +87,7 @@ class WebhookServer(kopf.WebhookServer):
             payload = request.get("request") or {}
             obj, namespace = payload.get("object"), payload.get("namespace")
             if isinstance(obj, dict) and namespace:
-                obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+                obj.setdefault("metadata", {})["namespace"] = namespace  # the one the object is stored in
             return await fn(request, **kwargs)
 
         async for client_config in super().__call__(with_namespace):
