@@ -4,8 +4,10 @@ packaging. The same value sets go through the apiserver in test_chart_apiserver.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import subprocess
 
 import helm_python
 import pytest
@@ -30,6 +32,7 @@ from support.pod_security import restricted_violations
 from prefops_operator.config import OperatorConfig
 from prefops_operator.core.children import ChildSettings, network_policy, pod
 from prefops_operator.core.naming import PodPhase
+from prefops_operator.sweep_handlers import WEBHOOK_ID
 
 
 def operator_config(values: dict) -> OperatorConfig:
@@ -447,3 +450,78 @@ def test_the_notes_warn_that_a_cluster_wide_operator_can_create_pods_in_kube_sys
     for team in ("chart-team-a", "chart-team-b"):
         assert f"kubectl label namespace {team} pod-security.kubernetes.io/enforce=restricted" in namespaced
     assert "kube-system" not in render({"rbac": {"create": False}}).notes, "the user's own RBAC: nothing to say"
+
+
+# -- who creates sweeps (sweepCreators) ------------------------------------------------------------------------
+
+
+def test_checking_sweep_creators_is_off_by_default_with_no_webhook_and_no_access_reviews():
+    rendered = render()
+    assert "MutatingWebhookConfiguration" not in rendered.kinds() and "Secret" not in rendered.kinds()
+    config = operator_config({})
+    assert (config.check_sweep_creators, config.webhook_port) == (False, 0)
+    assert "subjectaccessreviews" not in str([r["rules"] for r in rendered.all("ClusterRole")])
+
+
+def test_with_sweep_creators_the_operator_serves_the_webhook_behind_its_service_on_the_port_it_is_given():
+    values = VALUE_SETS["sweep-creators"]
+    rendered = render(values)
+    config = operator_config(values)
+    assert config.check_sweep_creators and config.webhook_port == 9444
+    hook = rendered.one("MutatingWebhookConfiguration")["webhooks"][0]
+    service = next(
+        s for s in rendered.all("Service") if s["metadata"]["name"] == hook["clientConfig"]["service"]["name"]
+    )
+    assert hook["clientConfig"]["service"]["path"] == f"/{WEBHOOK_ID}"  # kopf routes /<handler id> to the handler
+    assert hook["clientConfig"]["service"]["namespace"] == NAMESPACE
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == hook["clientConfig"]["service"]["port"] and port["targetPort"] == "webhook"
+    assert {"name": "webhook", "containerPort": 9444, "protocol": "TCP"} in container(rendered)["ports"]
+    assert (
+        service["spec"]["selector"].items()
+        <= rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert hook["namespaceSelector"] == {"matchLabels": {"prefops.dev/sweeps": "checked"}}
+    assert {"protocol": "TCP", "port": 9444} in [p for rule in rendered.one("NetworkPolicy")["spec"]["ingress"]
+                                                  for p in rule["ports"] if "from" not in rule]  # fmt: skip
+
+
+def test_the_webhook_sees_every_create_and_update_of_a_sweep_and_refuses_them_when_it_cannot_answer():
+    hook = render(VALUE_SETS["sweep-creators"]).one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["rules"] == [{"apiGroups": ["prefops.dev"], "apiVersions": ["*"],
+                              "resources": ["preferencetrainingsweeps"], "operations": ["CREATE", "UPDATE"],
+                              "scope": "Namespaced"}]  # fmt: skip
+    assert (hook["failurePolicy"], hook["sideEffects"], hook["matchPolicy"]) == ("Fail", "None", "Equivalent")
+
+
+def test_the_webhook_certificate_is_for_its_service_signed_by_the_ca_the_apiserver_is_given(tmp_path):
+    rendered = render(VALUE_SETS["sweep-creators"])
+    hook = rendered.one("MutatingWebhookConfiguration")["webhooks"][0]
+    secret = rendered.one("Secret")
+    volume = next(v for v in rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"] and secret["type"] == "kubernetes.io/tls"
+    mount = next(m for m in container(rendered)["volumeMounts"] if m["name"] == volume["name"])
+    config = operator_config(VALUE_SETS["sweep-creators"])
+    assert mount["mountPath"] == config.webhook_cert_dir
+    assert config.creator_key_file == f"{mount['mountPath']}/creator.key"
+    assert {"key": "creator.key", "path": "creator.key"} in volume["secret"]["items"]
+    assert len(base64.b64decode(secret["data"]["creator.key"])) >= 32
+    ca, crt = tmp_path / "ca.crt", tmp_path / "tls.crt"
+    ca.write_bytes(base64.b64decode(hook["clientConfig"]["caBundle"]))
+    crt.write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(crt)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    sans = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(crt)], capture_output=True, text=True)
+    assert f"DNS:prefops-webhook.{NAMESPACE}.svc" in sans.stdout
+
+
+def test_with_sweep_creators_the_operator_may_review_access_as_the_manual_manifest_grants():
+    rendered = render(VALUE_SETS["sweep-creators"])
+    role = next(r for r in rendered.all("ClusterRole") if r["metadata"]["name"].endswith("-sweep-creators"))
+    docs = yaml.safe_load_all((ROOT / "operator" / "rbac" / "sweep-creators" / "operator.yaml").read_text())
+    manual = next(d for d in docs if d and d["kind"] == "ClusterRole")
+    assert rules(role) == rules(manual)
+    binding = next(b for b in rendered.all("ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prefops", "namespace": NAMESPACE}]
+    mine = {**VALUE_SETS["sweep-creators"], "rbac": {"create": False}, "serviceAccount": {"create": False, "name": "x"}}
+    assert "ClusterRole" not in render(mine).kinds()

@@ -158,6 +158,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "metricsFrom": ["kubernetes.io/metadata.name=monitoring", "team=ml-ops"]},
         "trainer": {"shmSizeLimit": "8Gi", "cacheSizeLimit": "1Ti"},
     },
+    "sweep-creators": {
+        "sweepCreators": {
+            "enabled": True,
+            "port": 9444,
+            "certificateDays": 30,
+            "namespaceSelector": {"matchLabels": {"prefops.dev/sweeps": "checked"}},
+        },
+        "networkPolicy": {"enabled": True},
+    },
     "bring-your-own-account": {
         "serviceAccount": {"create": False, "name": "existing-operator"},
         "rbac": {"create": False},

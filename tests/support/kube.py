@@ -534,6 +534,18 @@ class KubeCluster:
         path.write_text(yaml.safe_dump(doc))
         return path
 
+    def serving_certificate(self, folder: Path, host: str = "127.0.0.1") -> Path:
+        """``folder`` with ``tls.crt`` and ``tls.key``: a serving certificate for ``host`` (an IP address) signed by
+        the cluster's CA (:attr:`ca_file`), as a kubernetes.io/tls Secret mounts them; for a webhook the apiserver
+        calls on loopback."""
+        folder.mkdir(parents=True, exist_ok=True)
+        key, csr, crt, ext = (folder / n for n in ("tls.key", "tls.csr", "tls.crt", "san.ext"))
+        ext.write_text(f"subjectAltName=IP:{host}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", str(key), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(self.pki / "ca.key"),
+                 "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(crt))  # fmt: skip
+        return folder
+
     def service_account_kubeconfig(
         self, namespace: str, name: str, path: Path | None = None, bound_to_secret: str | None = None
     ) -> Path:

@@ -125,3 +125,12 @@ rules serve the ClusterRole (all namespaces) and each Role (watchNamespaces). */
   resources: [nodes]
   verbs: [list, watch]
 {{- end }}
+
+{{- /* What the operator needs to check who creates each sweep (sweepCreators.enabled): exactly
+operator/rbac/sweep-creators/operator.yaml's rules (tests/chart checks they are equal). Cluster-scoped. */}}
+{{- define "prefops.sweepCreatorRules" -}}
+# whether a sweep's creator may create its trials' jobs (verb create, prefops.dev preferencetrainingjobs)
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
+{{- end }}

@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     registry = kopf.OperatorRegistry()  # both controllers, named here: importing a module registers nothing
     handlers.register(registry)
     sweep_handlers.register(registry)
+    if config.webhook_port:  # kopf refuses webhook handlers without a webhook server
+        sweep_handlers.register_webhook(registry, config)
     liveness = f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None
     watch_outages.install()
     kopf.run(

@@ -13,11 +13,14 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .core.children import ChildSettings
 from .core.restarts import RestartSettings
 from .core.settings import Setting, setting, settings_of
+
+MIN_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,31 @@ class OperatorConfig:
         "--gpu-memory-label",
         "GPU_MEMORY_LABEL",
     )
+    check_sweep_creators: bool = setting(
+        False,
+        "create a sweep's trials only when the sweep's creator may create PreferenceTrainingJobs in its namespace "
+        "(a SubjectAccessReview of the creator the admission webhook recorded, --webhook-port); a sweep with no "
+        "recorded creator gets none",
+        "--check-sweep-creators",
+        "CHECK_SWEEP_CREATORS",
+    )
+    webhook_port: int = setting(
+        0, "port of the admission webhook (HTTPS) that records each sweep's creator; 0 disables",
+        "--webhook-port", "WEBHOOK_PORT", rule=lambda p: 0 <= p < 65536, rule_text="a port number or 0",
+    )  # fmt: skip
+    webhook_cert_dir: str = setting(
+        "/etc/prefops/webhook",
+        "folder of the webhook's serving certificate and key, tls.crt and tls.key (a kubernetes.io/tls Secret)",
+        "--webhook-cert-dir",
+        "WEBHOOK_CERT_DIR",
+    )
+    creator_key_file: str = setting(
+        "/etc/prefops/webhook/creator.key",
+        "file of the secret key (at least 32 bytes) the webhook signs each sweep's creator record with and "
+        "--check-sweep-creators checks it with: a record not signed with it counts as none",
+        "--creator-key-file",
+        "CREATOR_KEY_FILE",
+    )
     verbose: bool = setting(False, "debug logging", "--verbose", "VERBOSE")  # the environment says 1
 
     @classmethod
@@ -94,6 +122,25 @@ class OperatorConfig:
             (own if len(path) == 1 else groups.setdefault(path[0], {}))[path[-1]] = value
         nested = {f.name: f.default_factory(**groups.get(f.name, {})) for f in _groups(cls)}  # type: ignore[operator]
         return cls(**nested, **own)
+
+    def webhook_certificate(self) -> tuple[str, str]:
+        """``tls.crt`` and ``tls.key`` of ``--webhook-cert-dir``; exits (status 2, naming the flag) when one is not a
+        file."""
+        files = tuple(Path(self.webhook_cert_dir) / name for name in ("tls.crt", "tls.key"))
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--webhook-cert-dir: no {' and no '.join(missing)}")
+        return str(files[0]), str(files[1])
+
+    def creator_key(self) -> bytes:
+        """The key of ``--creator-key-file``; exits (status 2, naming the flag) when it cannot be read or is short."""
+        try:
+            key = Path(self.creator_key_file).read_bytes().strip()
+        except OSError as e:
+            raise SystemExit(f"--creator-key-file: cannot read {self.creator_key_file}: {e.strerror}") from e
+        if len(key) < MIN_KEY_BYTES:
+            raise SystemExit(f"--creator-key-file: {self.creator_key_file} holds {len(key)} bytes, need >= 32")
+        return key
 
 
 def _groups(cls: type) -> list[dataclasses.Field[Any]]:

@@ -100,6 +100,8 @@ async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Log
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.queueing.idle_timeout = 1.0  # per-object kopf workers (and the event bodies they hold) go sooner
     settings.watching.label_selectors[PODS] = LABEL_JOB  # server-side: only our pods reach the operator
+    if config.webhook_port:
+        sweep_handlers.serve_webhook(settings, config)
     api = SweepKubeApi(_credentials(settings, logger), connections=config.workers * 2)
     reconciler = Reconciler(api, config)
     reconciler.metrics.serve(config.metrics_port, config.bind_address)

@@ -5,6 +5,9 @@ Memory kept between reconciles is a guard, never a source of truth: the status l
 delivers it), trial creates and suspend patches not yet observed (so a lagging index does not repeat them), and
 the apiserver's refusals of trial jobs (reported in the next status). After an operator restart the sweep's status
 and its trial jobs are enough to carry on.
+
+With ``creator_key`` (``--check-sweep-creators``) no trial job is dry-run or created before a SubjectAccessReview
+says the sweep's creator may create jobs (:mod:`.core.creators`); an "allowed" is trusted for :data:`REVIEW_TTL`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from .adapters import sweep_metrics
 from .adapters.kube import Conflict, Forbidden, Gone, Rejected
 from .adapters.sweeps import SweepKubeApi
+from .core.creators import CreatorRefusal, access_review, creator_refusal, recorded_creator
 from .core.memory import WrittenStatus, remember
 from .core.patch import merge_patch
 from .core.refusals import Refusal, backoff, forbidden
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 EXPECTATION_TTL = 30.0  # seconds a create/patch waits to be observed before it may be repeated
 RETRY_SOON = 0.2
+REVIEW_TTL = 10.0  # seconds a creator's "allowed" is trusted before the next trial create asks again
 
 
 @dataclass
@@ -44,12 +49,17 @@ class _Memory(WrittenStatus):
     created: dict[str, float] = field(default_factory=dict)  # trial → when a repeated create is allowed
     patched: dict[tuple[str, bool], float] = field(default_factory=dict)  # (trial, suspend) → likewise
     refused: dict[str, str] = field(default_factory=dict)  # trial → the apiserver's refusal of its job
-    forbidden: Refusal | None = None  # the last 403 to a trial job's dry-run or create; none since it passed
-    forbidden_times: int = 0  # 403s in a row
-    retry_at: float = 0.0  # no dry-run or create of a trial job before this (monotonic), after a 403
+    # the last 403 to a trial job's dry-run or create, or refusal of the sweep's creator; none since it passed
+    forbidden: Refusal | CreatorRefusal | None = None
+    forbidden_times: int = 0  # refusals in a row
+    retry_at: float = 0.0  # no dry-run or create of a trial job before this (monotonic), after a refusal
+    creator_allowed_until: float = 0.0  # the creator's review said allowed; trusted until then (monotonic)
 
     def forbid(self, e: Forbidden, clock: float) -> None:
-        self.forbidden, self.forbidden_times = forbidden(redact(e.message)), self.forbidden_times + 1
+        self.hold(forbidden(redact(e.message)), clock)
+
+    def hold(self, refusal: Refusal | CreatorRefusal, clock: float) -> None:
+        self.forbidden, self.forbidden_times = refusal, self.forbidden_times + 1
         self.retry_at = clock + backoff(self.forbidden_times)
 
     def allow(self) -> None:
@@ -66,8 +76,11 @@ class SweepReconciler:
         api: SweepKubeApi,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = utcnow,
+        creator_key: bytes | None = None,
     ) -> None:
-        self.api, self.clock = api, clock
+        """``creator_key``: check each sweep's creator (``--check-sweep-creators``), whose record the webhook signed
+        with this key; ``None``: do not."""
+        self.api, self.clock, self.creator_key = api, clock, creator_key
         self._memory: dict[Key, _Memory] = {}
         self._statuses: dict[Key, tuple[SweepStatus, str]] = {}
         if registry is not None:
@@ -113,7 +126,10 @@ class SweepReconciler:
         prunes (a path that is no field of the job spec). A 403 stops the check (``mem`` remembers it: the sweep
         waits, showing it, and the check is repeated after a backoff)."""
         problems: list[str] = []
-        for trial in trials_to_check(sweep):
+        trials = trials_to_check(sweep)
+        if trials and not await self._creator_may_create(sweep, mem):
+            return ()
+        for trial in trials:
             try:
                 served = await self.api.create_job(trial_manifest(sweep, trial, sweep.spec.suspend), dry_run=True)
             except Rejected as e:
@@ -141,7 +157,10 @@ class SweepReconciler:
         clock, refused = time.monotonic(), False
         mem.created = {n: t for n, t in mem.created.items() if t > clock and n not in views}
         mem.patched = {k: t for k, t in mem.patched.items() if t > clock and k[0] in views}
-        for trial in () if mem.holding(clock) else decision.create:
+        create = () if mem.holding(clock) else decision.create
+        if create and not await self._creator_may_create(sweep, mem):  # no trial; suspend and resume go on
+            create, refused = (), mem.forbidden_times == 1  # report a new refusal at once
+        for trial in create:
             if trial.name in mem.created or trial.name in mem.refused:
                 continue
             try:
@@ -163,6 +182,28 @@ class SweepReconciler:
                     await self.api.set_job_suspend(sweep.meta.namespace, name, suspend)
                     mem.patched[(name, suspend)] = clock + EXPECTATION_TTL
         return refused
+
+    async def _creator_may_create(self, sweep: Sweep, mem: _Memory) -> bool:
+        """Whether the sweep's trials may be created for its creator (always, unless creators are checked): a
+        SubjectAccessReview of the creator the webhook recorded. A refusal holds the trials like a 403 does (a 403 to
+        the review itself too: the operator may not create reviews)."""
+        clock = time.monotonic()
+        if self.creator_key is None or clock < mem.creator_allowed_until:
+            return True
+        namespace = sweep.meta.namespace
+        creator = recorded_creator(sweep.creator_record, namespace, self.creator_key)
+        try:
+            review = await self.api.review_access(access_review(creator, namespace)) if creator else None
+        except Forbidden as e:
+            mem.forbid(e, clock)
+            return False
+        refusal = creator_refusal(creator, namespace, review)
+        if refusal is not None:
+            log.warning("sweep %s/%s: %s", *sweep.key, refusal.message)
+            mem.hold(refusal, clock)
+            return False
+        mem.creator_allowed_until = clock + REVIEW_TTL
+        return True
 
     def _requeue_after(self, mem: _Memory) -> float | None:
         pending = [*mem.created.values(), *mem.patched.values(), *([mem.retry_at] if mem.forbidden else [])]

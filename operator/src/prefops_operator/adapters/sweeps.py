@@ -1,6 +1,7 @@
 """The API calls of the sweep controller, on the operator's one apiserver session (operator/rbac/ grants them):
 create trial jobs (dry-run first, to have the job schema check every trial), set a trial's ``spec.suspend``,
-patch a sweep's status, record Events on sweeps. Errors follow :mod:`.kube`'s taxonomy."""
+patch a sweep's status, record Events on sweeps; with ``--check-sweep-creators``, ask whether a sweep's creator may
+create jobs (operator/rbac/sweep-creators/ grants it). Errors follow :mod:`.kube`'s taxonomy."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .kube import GROUP, MERGE_PATCH, PLURAL, VERSION, Conflict, Gone, KubeApi
 log = logging.getLogger(__name__)
 
 SWEEP_PLURAL = "preferencetrainingsweeps"
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 class SweepKubeApi(KubeApi):
@@ -53,3 +55,11 @@ class SweepKubeApi(KubeApi):
     async def post_sweep_event(self, meta: JobMeta, reason: str, message: str, warning: bool, now: datetime) -> None:
         """Record a Kubernetes Event on the sweep (``kubectl describe ptsweep`` shows it). Best effort."""
         await self.post_event(meta, reason, message, warning, now, kind=SWEEP_KIND)
+
+    async def review_access(self, review: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a SubjectAccessReview (:func:`..core.creators.access_review`); its ``status``: ``allowed``,
+        ``denied``, ``reason``. :class:`Forbidden` when the operator may not create reviews."""
+        user = review["spec"]["user"]
+        answer = await self._call("POST", ACCESS_REVIEWS, f"review the access of {user!r}", review)
+        status = answer.get("status") if isinstance(answer, Mapping) else None
+        return dict(status) if isinstance(status, Mapping) else {}

@@ -91,6 +91,14 @@ class Reason(_Name):
     FIELD_IMMUTABLE = "FieldImmutable"
 
 
+class SweepReason(_Name):
+    """Reasons only a sweep's conditions and Events give (the sweep's CRD lists them)."""
+
+    # ReplicaFailure while the operator checks the sweep's creator (--check-sweep-creators, core.creators)
+    CREATOR_FORBIDDEN = "CreatorForbidden"  # the creator may not create the trials' jobs: no trial is created
+    CREATOR_UNKNOWN = "CreatorUnknown"  # no creator recorded (created around the webhook): no trial is created
+
+
 class RestartKind(_Name):
     """``status.lastRestart.kind``: what a restart is charged to."""
 

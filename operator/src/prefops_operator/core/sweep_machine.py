@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .conditions import ConditionType
+from .creators import CreatorRefusal
 from .refusals import Refusal
 from .rules.trials import Trial, best, output_uri, trial_spec
 from .rules.userinfo import redact
@@ -38,14 +39,15 @@ class SweepObserved:
     could not be parsed (``spec_error`` says why); ``trials`` are the observed trial jobs by name; ``rejections``
     the apiserver's objections to the trials' jobs (dry-run creates, before the first trial starts); ``refused``
     the trials whose job the apiserver refused to create since (trial name → its message); ``forbidden`` a 403 to
-    the last dry-run or create of a trial job (a ResourceQuota, a webhook, RBAC), which the reconciler retries."""
+    the last dry-run or create of a trial job (a ResourceQuota, a webhook, RBAC), or the operator's own refusal of
+    the sweep's creator (``--check-sweep-creators``), which the reconciler checks again with backoff."""
 
     sweep: Sweep | None
     spec_error: str | None = None
     trials: Mapping[str, TrialView] = field(default_factory=dict)
     rejections: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
-    forbidden: Refusal | None = None
+    forbidden: Refusal | CreatorRefusal | None = None
 
 
 @dataclass(frozen=True)
@@ -263,9 +265,13 @@ def _fail(previous: SweepStatus, reason: str, message: str, now: datetime) -> Sw
 # -- refused by the apiserver (403) ------------------------------------------------------------------------------
 
 
-def _held(previous: SweepStatus, refusal: Refusal, now: datetime) -> SweepDecision:
+def _held(previous: SweepStatus, refusal: Refusal | CreatorRefusal, now: datetime) -> SweepDecision:
     """``previous`` with a ``ReplicaFailure`` condition naming the refusal; a Warning Event when it is new."""
-    message = redact(f"the apiserver refuses to create the trials' jobs (retried with backoff): {refusal.message}")
+    if isinstance(refusal, CreatorRefusal):
+        lead = "no trial is created (checked again with backoff)"
+    else:
+        lead = "the apiserver refuses to create the trials' jobs (retried with backoff)"
+    message = redact(f"{lead}: {refusal.message}")
     old = previous.condition(ConditionType.REPLICA_FAILURE)
     updates = {ConditionType.REPLICA_FAILURE.value: ("True", refusal.reason.value, message[:MAX_MESSAGE])}
     status = replace(previous, conditions=_conditions(previous, now, updates))
@@ -273,7 +279,7 @@ def _held(previous: SweepStatus, refusal: Refusal, now: datetime) -> SweepDecisi
     return SweepDecision(status, (SweepEvent(refusal.reason.value, message, warning=True),) if new else ())
 
 
-def _held_or_cured(decision: SweepDecision, refusal: Refusal | None, now: datetime) -> SweepDecision:
+def _held_or_cured(decision: SweepDecision, refusal: Refusal | CreatorRefusal | None, now: datetime) -> SweepDecision:
     """``decision`` with the ``ReplicaFailure`` condition set from ``refusal``, or taken away once creates pass."""
     if refusal is not None:
         held = _held(decision.status, refusal, now)

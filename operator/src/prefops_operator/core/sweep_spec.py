@@ -3,7 +3,8 @@
 The CRD (crds/prefops.dev_preferencetrainingsweeps.yaml) has already checked the shape and applied defaults, the
 job schema included (``spec.template`` is the PreferenceTrainingJob spec). The spec's parser is shared with the
 trainer's local sweeps (:mod:`.rules.sweep_spec`): it checks every field it reads and raises :class:`InvalidSpec`
-naming the field path. This module adds the object's metadata and what the operator keeps in memory of it.
+naming the field path. This module adds the object's metadata (its creator, as the operator's webhook recorded
+it) and what the operator keeps in memory of it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .creators import CREATOR_ANNOTATION
 from .rules.errors import InvalidSpec as InvalidSpec
 from .rules.sweep_spec import SWEEP_KIND as SWEEP_KIND
 from .rules.sweep_spec import SweepSpec, parse_sweep_spec
@@ -22,6 +24,7 @@ from .spec import JobMeta, parse_meta
 class Sweep:
     meta: JobMeta
     spec: SweepSpec
+    creator_record: str | None = None  # who created it, as the operator's webhook recorded (core.creators)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -34,8 +37,12 @@ _KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "
 def slim_sweep(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a sweep object the operator reads: what it keeps in memory per sweep."""
     meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in _KEPT_METADATA if k in meta}
+    creator = (meta.get("annotations") or {}).get(CREATOR_ANNOTATION)
+    if creator is not None:
+        kept["annotations"] = {CREATOR_ANNOTATION: creator}
     return {
-        "metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta},
+        "metadata": kept,
         "spec": body.get("spec"),
         "status": body.get("status"),
     }
@@ -43,4 +50,6 @@ def slim_sweep(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_sweep(body: Mapping[str, Any]) -> Sweep:
     """Parse a sweep object (as served by the apiserver) into a :class:`Sweep`; raise :class:`InvalidSpec`."""
-    return Sweep(meta=parse_meta(body.get("metadata") or {}), spec=parse_sweep_spec(body.get("spec")))
+    meta = body.get("metadata") or {}
+    record = (meta.get("annotations") or {}).get(CREATOR_ANNOTATION)
+    return Sweep(parse_meta(meta), parse_sweep_spec(body.get("spec")), record if isinstance(record, str) else None)
