@@ -1,0 +1,94 @@
+"""The reference pass on every device of a precompute pod (issue 21 item 1): each pod runs one process per device
+under torchrun, the rows split over every process of every pod, the model copied to each process or partitioned over
+the pod's processes by ZeRO-3; either way the table training reads is a single process's."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from support.trainer_jobs import job_doc, run_cli, write_job
+
+from prefops_trainer.adapters import storage
+from prefops_trainer.core.refpass import rank_rows, sharding
+from prefops_trainer.core.spec import parse_job
+from prefops_trainer.inputs import load_inputs
+from prefops_trainer.phases import precompute as precompute_phase
+from prefops_trainer.phases.train.reference import load_reference
+
+ROWS = 24  # a few dozen pairs of the tiny model: enough for every process to have several batches
+
+
+@pytest.mark.parametrize(("n_rows", "pods", "ranks"), [(24, 2, 2), (25, 3, 4), (5, 2, 4), (1, 1, 8), (1000, 7, 8)])
+def test_the_parts_of_every_process_of_every_pod_are_the_rows_exactly_once(n_rows, pods, ranks):
+    parts = [rank_rows(n_rows, pod, pods, r, ranks) for pod in range(pods) for r in range(ranks)]
+    assert sorted(i for part in parts for i in part) == list(range(n_rows))
+    assert all(p.step == 1 for p in parts), "each part is contiguous"
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1 + n_rows // (pods * ranks * 10), "the work is spread evenly"
+
+
+@pytest.mark.parametrize(
+    ("choice", "cuda", "fits", "mode"),
+    [
+        ("auto", True, True, "replicated"),
+        ("auto", True, False, "zero3"),
+        ("auto", True, None, "replicated"),
+        ("auto", False, False, "replicated"),
+        ("zero3", False, True, "zero3"),
+        ("replicated", True, False, "replicated"),
+    ],
+)
+def test_the_spec_forces_the_mode_and_auto_partitions_only_a_model_too_big_for_one_gpu(choice, cuda, fits, mode):
+    assert sharding(choice, cuda, fits) == mode
+
+
+def stored_rows(cache, num_shards: int) -> list[int]:
+    """Every row index the shards on storage hold, shard after shard."""
+    out: list[int] = []
+    for shard in range(num_shards):
+        data = storage.read_bytes(cache.root.join(f"shard-{shard:05d}-of-{num_shards:05d}.parquet"))
+        out += pq.read_table(io.BytesIO(data)).column("index").to_pylist()
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference table a single process computes for the whole dataset, one shard."""
+    tmp = tmp_path_factory.mktemp("one")
+    inputs = load_inputs(parse_job(job_doc(tmp, dataset={"maxSamples": ROWS})))
+    precompute_phase.run(inputs, 0, 1)
+    return load_reference(inputs)["train"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["replicated", "zero3"])
+def test_two_pods_of_two_processes_write_the_table_one_process_computes(tmp_path, one_process, mode):
+    spec = {
+        "dataset": {"maxSamples": ROWS},
+        "reference": {"workers": 2, "sharding": mode, "batchSize": 2, "tokensPerBatch": 96},
+        "resources": {"gpusPerNode": 0, "processesPerNode": 2},
+    }
+    job = write_job(tmp_path, **spec)
+    for pod in (0, 1):
+        result = run_cli("precompute", job, "--shard", str(pod), "--num-shards", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "starting 2 processes on this node" in result.stderr
+        part = re.search(rf"\[rank 1\] .*train shard {pod}/2, part 2/2: (\d+) pairs", result.stderr)
+        assert part and int(part[1]) == ROWS // 4, "the pod's second process computed its own quarter of the rows"
+        report = json.loads(next((tmp_path / "work").rglob(f"phases/precompute-{pod:05d}.json")).read_text())
+        assert (report["processes"], report["sharding"], report["splits"]["train"]["pairs"]) == (2, mode, ROWS // 2)
+        if mode == "zero3":
+            held = re.findall(r"\[rank (\d)\] .*ZeRO-3: this process holds (\d+) of .* (\d+) parameters", result.stderr)
+            assert sorted(r for r, _, _ in held) == ["0", "1"]
+            assert all(int(h) <= int(total) // 2 + 64 for _, h, total in held), "each holds about half the weights"
+    inputs = load_inputs(parse_job(job_doc(tmp_path, **spec)))
+    assert sorted(stored_rows(inputs.ref_cache("train"), 2)) == list(range(ROWS)), "every row exactly once"
+    table = load_reference(inputs)["train"]
+    assert len(table) == ROWS
+    np.testing.assert_allclose(table.chosen, one_process.chosen, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(table.rejected, one_process.rejected, rtol=0, atol=1e-5)
