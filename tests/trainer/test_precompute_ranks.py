@@ -11,9 +11,10 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from support.trainer_jobs import job_doc, run_cli, write_job
+from support.trainer_jobs import ROOT, job_doc, run_cli, write_job
 
 from prefops_trainer.adapters import storage
+from prefops_trainer.core import planner
 from prefops_trainer.core.refpass import rank_rows, sharding
 from prefops_trainer.core.spec import parse_job
 from prefops_trainer.inputs import load_inputs
@@ -33,18 +34,49 @@ def test_the_parts_of_every_process_of_every_pod_are_the_rows_exactly_once(n_row
 
 
 @pytest.mark.parametrize(
-    ("choice", "cuda", "fits", "mode"),
+    ("choice", "cuda", "planned", "mode"),
     [
-        ("auto", True, True, "replicated"),
-        ("auto", True, False, "zero3"),
+        ("auto", True, "replicated", "replicated"),
+        ("auto", True, "zero3", "zero3"),
         ("auto", True, None, "replicated"),
-        ("auto", False, False, "replicated"),
-        ("zero3", False, True, "zero3"),
-        ("replicated", True, False, "replicated"),
+        ("auto", False, "zero3", "replicated"),
+        ("zero3", False, "replicated", "zero3"),
+        ("replicated", True, "zero3", "replicated"),
     ],
 )
-def test_the_spec_forces_the_mode_and_auto_partitions_only_a_model_too_big_for_one_gpu(choice, cuda, fits, mode):
-    assert sharding(choice, cuda, fits) == mode
+def test_the_spec_forces_the_mode_and_auto_takes_the_plan_s_on_gpus(choice, cuda, planned, mode):
+    assert sharding(choice, cuda, planned) == mode
+
+
+LLAMA_8B = json.loads(
+    (ROOT / "tests" / "fixtures" / "model-configs" / "meta-llama--Llama-3.1-8B-Instruct.json").read_text()
+)
+
+
+def precompute_plan(sharding_choice: str, memory: str, gpus: int = 8) -> planner.Plan:
+    """Llama 3.1 8B in float32 (32 GB of weights), DPO, pods of ``gpus`` GPUs of ``memory``."""
+    spec = {
+        "algorithm": {"name": "dpo"},
+        "model": {"dtype": "float32", "lora": {"r": 16}},
+        "reference": {"sharding": sharding_choice},
+        "resources": {"gpusPerNode": gpus, "gpuMemory": memory},
+    }
+    return planner.plan(spec, LLAMA_8B)
+
+
+def test_auto_partitions_a_reference_model_too_big_for_one_gpu_and_the_precompute_pods_then_fit():
+    whole = precompute_plan("replicated", "24Gi")
+    parted = precompute_plan("auto", "24Gi")
+    assert whole.fits_phase(whole.phase("precompute")) is False, "32 GB of weights on a 24 GiB device"
+    assert parted.reference_sharding == "zero3"
+    pre = parted.phase("precompute")
+    assert parted.fits_phase(pre) is True and pre.processes == 8
+    assert pre.device is not None and pre.device.components["weights"] < 32e9 / 8 + 2.2e9, (
+        "an eighth of the weights each, and one gathered module (the 2.1 GB LM head) at a time"
+    )
+    assert precompute_plan("auto", "80Gi").reference_sharding == "replicated", "fits one device: copied whole"
+    assert precompute_plan("zero3", "80Gi").reference_sharding == "zero3", "the spec forces it"
+    assert precompute_plan("auto", "24Gi", gpus=1).reference_sharding == "replicated", "one GPU: nothing to share"
 
 
 def stored_rows(cache, num_shards: int) -> list[int]:

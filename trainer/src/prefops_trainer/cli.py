@@ -231,13 +231,13 @@ def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
     from .inputs import load_inputs
     from .phases import pod_ranks, precompute
 
-    if launch.needs_torchrun_precompute(job, pod_ranks.sharding(job) == "zero3"):
-        inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
+    inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
+    if launch.needs_torchrun_precompute(job, pod_ranks.sharding(inputs) == "zero3"):
         return _torchrun_precompute(
             job, args.job, inputs, args.shard, precompute.check(inputs, args.shard, args.num_shards)
         )
     _serve_metrics(job)
-    report = precompute.run(load_inputs(job), args.shard, args.num_shards)
+    report = precompute.run(inputs, args.shard, args.num_shards)
     if "LOCAL_RANK" not in os.environ:  # under torchrun the launcher writes it
         _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
     return 0
@@ -247,9 +247,10 @@ def _torchrun_precompute(job: Job, job_path: Path, inputs: Inputs, shard: int, n
     """Shard ``shard`` computed by every process of this pod under torchrun; the launcher leaves the cache hit the
     first process reported as the termination message."""
     from . import launch
-    from .phases import reports
+    from .phases import pod_ranks, reports
 
-    code = launch.torchrun_precompute(job, job_path, shard, num_shards)
+    told = {pod_ranks.SHARDING_ENV: pod_ranks.sharding(inputs)}
+    code = launch.torchrun_precompute(job, job_path, shard, num_shards, told)
     report = reports.read_precompute(inputs.ws, shard, num_shards) if code == 0 else None
     if report is not None:
         _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
@@ -332,12 +333,12 @@ def _precompute_locally(job: Job, job_path: Path, inputs: Inputs) -> tuple[int, 
     from .adapters import metrics
     from .phases import pod_ranks, precompute, reports
 
-    workers = job.spec.reference.workers
-    if not launch.needs_torchrun_precompute(job, pod_ranks.sharding(job) == "zero3"):
+    workers, mode = job.spec.reference.workers, pod_ranks.sharding(inputs)
+    if not launch.needs_torchrun_precompute(job, mode == "zero3"):
         return 0, all(precompute.run(inputs, shard, workers)["cacheHit"] for shard in range(workers))
     with metrics.paused():
         for shard in range(workers):
-            if code := launch.torchrun_precompute(job, job_path, shard, workers):
+            if code := launch.torchrun_precompute(job, job_path, shard, workers, {pod_ranks.SHARDING_ENV: mode}):
                 return code, False
     found = [reports.read_precompute(inputs.ws, shard, workers) for shard in range(workers)]
     return 0, all(r is not None and r["cacheHit"] for r in found)

@@ -156,16 +156,17 @@ def needs_torchrun_precompute(job: Job, zero3: bool) -> bool:
     return precompute_topology(job).nproc_per_node > 1 or zero3
 
 
-def torchrun_precompute(job: Job, job_path: Path, shard: int, num_shards: int) -> int:
-    """Run ``precompute --shard --num-shards`` on every process of this pod (errors and SIGTERM as
-    :func:`torchrun_train`)."""
+def torchrun_precompute(job: Job, job_path: Path, shard: int, num_shards: int, told: Mapping[str, str]) -> int:
+    """Run ``precompute --shard --num-shards`` on every process of this pod, with the environment ``told`` added
+    (errors and SIGTERM as :func:`torchrun_train`)."""
     base = precompute_topology(job)
     topo = Topology(1, 0, base.nproc_per_node, base.master_addr, _free_port())
     args = ("--shard", str(shard), "--num-shards", str(num_shards))
-    return _torchrun(topo, torchrun_command(topo, job_path, job, grace_seconds(job, os.environ), "precompute", args))
+    cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ), "precompute", args)
+    return _torchrun(topo, cmd, told)
 
 
-def _torchrun(topo: Topology, cmd: list[str]) -> int:
+def _torchrun(topo: Topology, cmd: list[str], told: Mapping[str, str] | None = None) -> int:
     import torch
 
     log.info(
@@ -177,7 +178,8 @@ def _torchrun(topo: Topology, cmd: list[str]) -> int:
         " ".join(cmd[2:]),
     )
     with tempfile.TemporaryDirectory(prefix="prefops-ranks-") as scratch, interrupt.forwarding() as child:
-        code = child.started(subprocess.Popen(cmd, env=torchrun_env(torch.cuda.is_available(), scratch))).wait()
+        env = {**torchrun_env(torch.cuda.is_available(), scratch), **(told or {})}
+        code = child.started(subprocess.Popen(cmd, env=env)).wait()
         words = RankWords.read(Path(scratch))
     return outcome(code, words, topo.nproc_per_node, interrupt.requested())
 

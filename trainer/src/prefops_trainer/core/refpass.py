@@ -26,13 +26,13 @@ def rank_rows(n_rows: int, shard: int, num_shards: int, rank: int, ranks: int) -
     return range(rows.start + part.start, rows.start + part.stop)
 
 
-def sharding(choice: str, cuda: bool, fits_one_device: bool | None) -> Sharding:
-    """The reference pass's mode: ``spec.reference.sharding`` when it names one; for ``auto``, ZeRO-3 on GPUs when
-    the plan says the reference model does not fit one device, else replicated (on CPUs, or when the plan cannot
-    tell: ``fits_one_device`` None)."""
+def sharding(choice: str, cuda: bool, planned: str | None) -> Sharding:
+    """The reference pass's mode: ``spec.reference.sharding`` when it names one; for ``auto``, on GPUs, the plan's
+    (``planned``: :func:`.planner.phases.reference_sharding`, ZeRO-3 when the model does not fit one device and the
+    pod has several), else replicated (on CPUs, or when there is no plan: None)."""
     if choice in ("replicated", "zero3"):
         return "zero3" if choice == "zero3" else "replicated"
-    return "zero3" if cuda and fits_one_device is False else "replicated"
+    return "zero3" if cuda and planned == "zero3" else "replicated"
 
 
 def zero3_inference_config(dtype: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ hit, a shard already written), tokenizes the shard before them, gathers their nu
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..compute import gathered, logprobs
-from ..core import refpass
-from ..core.spec import Job
+from ..core import planner, refpass
 from ..inputs import Inputs
 from .train import distributed
 
@@ -108,18 +109,42 @@ class PodRanks:
         distributed.leave_process_group()
 
 
-def sharding(job: Job) -> refpass.Sharding:
-    """How this pod's processes hold the reference model (:func:`..core.refpass.sharding`)."""
+#: The launcher's word to the pod's processes: how they hold the reference model (decided once, for all of them).
+SHARDING_ENV = "PREFOPS_REFERENCE_SHARDING"
+
+
+def sharding(inputs: Inputs) -> refpass.Sharding:
+    """How this pod's processes hold the reference model (:func:`..core.refpass.sharding`): as the launcher said,
+    else ``spec.reference.sharding``, ``auto`` asking the plan whether the model fits this GPU's memory."""
+    told = os.environ.get(SHARDING_ENV)
+    if told in ("replicated", "zero3"):
+        return "zero3" if told == "zero3" else "replicated"
     import torch
 
-    return refpass.sharding(job.spec.reference.sharding, torch.cuda.is_available(), None)
+    cuda, choice = torch.cuda.is_available(), inputs.spec.reference.sharding
+    return refpass.sharding(choice, cuda, _planned(inputs) if cuda and choice == "auto" else None)
+
+
+def _planned(inputs: Inputs) -> str | None:
+    """How the plan of the job (the model's ``config.json``, this GPU's memory) holds the reference model; None when
+    it cannot be planned (the model is then copied to every device)."""
+    import torch
+
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        config = json.loads((inputs.model_path / "config.json").read_text())
+        plan = planner.plan(inputs.spec.model_dump(mode="json", by_alias=True), config, gpu_memory=memory)
+    except (OSError, ValueError, planner.PlanInputError, planner.ModelConfigError) as e:
+        log.warning("reference.sharding auto: no plan of the reference pass (%s); replicated", e)
+        return None
+    return plan.reference_sharding
 
 
 def start(inputs: Inputs) -> PodRanks:
     """This process of the pod, the pod's group started when it has one."""
     import torch
 
-    cuda, mode = torch.cuda.is_available(), sharding(inputs.job)
+    cuda, mode = torch.cuda.is_available(), sharding(inputs)
     ranks = PodRanks(distributed.rank(), distributed.world_size(), mode)
     if ranks.count > 1 or mode == "zero3":
         _init_group(inputs, cuda, mode)
