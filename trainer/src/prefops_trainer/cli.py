@@ -335,7 +335,8 @@ def _precompute_locally(job: Job, job_path: Path, inputs: Inputs) -> tuple[int, 
 
     workers, mode = job.spec.reference.workers, pod_ranks.sharding(inputs)
     if not launch.needs_torchrun_precompute(job, mode == "zero3"):
-        return 0, all(precompute.run(inputs, shard, workers)["cacheHit"] for shard in range(workers))
+        shards = [precompute.run(inputs, shard, workers) for shard in range(workers)]  # every one: no short cut
+        return 0, all(r["cacheHit"] for r in shards)
     with metrics.paused():
         for shard in range(workers):
             if code := launch.torchrun_precompute(job, job_path, shard, workers, {pod_ranks.SHARDING_ENV: mode}):
