@@ -21,7 +21,7 @@ from prefops_trainer.inputs import load_inputs
 from prefops_trainer.phases import precompute as precompute_phase
 from prefops_trainer.phases.train.reference import load_reference
 
-ROWS = 24  # a few dozen pairs of the tiny model: enough for every process to have several batches
+ROWS = 26  # pods of 13 pairs, processes of 6 and 7: with a pair per forward, the first process runs out first
 
 
 @pytest.mark.parametrize(("n_rows", "pods", "ranks"), [(24, 2, 2), (25, 3, 4), (5, 2, 4), (1, 1, 8), (1000, 7, 8)])
@@ -102,7 +102,7 @@ def one_process(tmp_path_factory):
 def test_two_pods_of_two_processes_write_the_table_one_process_computes(tmp_path, one_process, mode):
     spec = {
         "dataset": {"maxSamples": ROWS},
-        "reference": {"workers": 2, "sharding": mode, "batchSize": 2, "tokensPerBatch": 96},
+        "reference": {"workers": 2, "sharding": mode, "tokensPerBatch": 1},  # a forward per pair
         "resources": {"gpusPerNode": 0, "processesPerNode": 2},
     }
     job = write_job(tmp_path, **spec)
@@ -111,13 +111,16 @@ def test_two_pods_of_two_processes_write_the_table_one_process_computes(tmp_path
         assert result.returncode == 0, result.stderr[-3000:]
         assert "starting 2 processes on this node" in result.stderr
         part = re.search(rf"\[rank 1\] .*train shard {pod}/2, part 2/2: (\d+) pairs", result.stderr)
-        assert part and int(part[1]) == ROWS // 4, "the pod's second process computed its own quarter of the rows"
+        assert part and int(part[1]) == 7, "the pod's second process computed its own part of the rows"
         report = json.loads(next((tmp_path / "work").rglob(f"phases/precompute-{pod:05d}.json")).read_text())
         assert (report["processes"], report["sharding"], report["splits"]["train"]["pairs"]) == (2, mode, ROWS // 2)
         if mode == "zero3":
             held = re.findall(r"\[rank (\d)\] .*ZeRO-3: this process holds (\d+) of .* (\d+) parameters", result.stderr)
             assert sorted(r for r, _, _ in held) == ["0", "1"]
             assert all(int(h) <= int(total) // 2 + 64 for _, h, total in held), "each holds about half the weights"
+            assert re.search(r"\[rank 0\] .*ZeRO-3: 1 of 7 forwards on a dummy pair", result.stderr), (
+                "the process with fewer pairs kept the other's gathers company"
+            )
     inputs = load_inputs(parse_job(job_doc(tmp_path, **spec)))
     assert sorted(stored_rows(inputs.ref_cache("train"), 2)) == list(range(ROWS)), "every row exactly once"
     table = load_reference(inputs)["train"]

@@ -91,7 +91,7 @@ class PodRanks:
             yield None
             return
         with gathered.module_by_module(model):
-            yield lambda mine: max(distributed.gather(mine))
+            yield _lockstep
 
     def merged(self, result: logprobs.RefLogps) -> logprobs.RefLogps | None:
         """Every process's numbers, on the first (ordered by row index); None on the others."""
@@ -174,3 +174,11 @@ def _on_device(model: torch.nn.Module) -> None:
     import torch
 
     model.to(torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu")
+
+
+def _lockstep(mine: int) -> int:
+    """The most batches any process of the pod has (a collective), ``mine`` being this one's."""
+    most = max(distributed.gather(mine))
+    if most > mine:
+        log.info("ZeRO-3: %d of %d forwards on a dummy pair, in step with the pod's other processes", most - mine, most)
+    return most
