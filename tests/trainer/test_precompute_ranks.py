@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from support.trainer_jobs import ROOT, job_doc, run_cli, write_job
 
+from prefops_trainer import launch
 from prefops_trainer.adapters import storage
 from prefops_trainer.core import planner
 from prefops_trainer.core.refpass import rank_rows, sharding
@@ -46,6 +48,18 @@ def test_the_parts_of_every_process_of_every_pod_are_the_rows_exactly_once(n_row
 )
 def test_the_spec_forces_the_mode_and_auto_takes_the_plan_s_on_gpus(choice, cuda, planned, mode):
     assert sharding(choice, cuda, planned) == mode
+
+
+def test_a_precompute_pod_starts_one_process_per_gpu_on_its_own_whatever_the_training_rendezvous(tmp_path):
+    job = parse_job(job_doc(tmp_path, resources={"gpusPerNode": 8, "nodes": 2}))
+    env = {"PREFOPS_NPROC_PER_NODE": "8", "PREFOPS_NNODES": "2", "PREFOPS_NODE_RANK": "1"}
+    topo = launch.precompute_topology(job, env)
+    assert (topo.nnodes, topo.node_rank, topo.nproc_per_node) == (1, 0, 8)
+    cmd = launch.torchrun_command(topo, Path("job.yaml"), job, 60, "precompute", ("--shard", "1", "--num-shards", "3"))
+    assert "--nnodes=1" in cmd and "--nproc-per-node=8" in cmd
+    assert cmd[-6:] == ["precompute", "job.yaml", "--shard", "1", "--num-shards", "3"]
+    local = parse_job(job_doc(tmp_path, resources={"gpusPerNode": 0, "processesPerNode": 2}))
+    assert launch.precompute_topology(local, {}).nproc_per_node == 2, "locally: spec.resources.processesPerNode"
 
 
 LLAMA_8B = json.loads(
