@@ -120,9 +120,13 @@ def test_two_pods_of_two_processes_write_the_table_one_process_computes(tmp_path
         "resources": {"gpusPerNode": 0, "processesPerNode": 2},
     }
     job = write_job(tmp_path, **spec)
+    term = tmp_path / "termination-log"
     for pod in (0, 1):
-        result = run_cli("precompute", job, "--shard", str(pod), "--num-shards", "2")
+        term.write_text("")
+        result = run_cli("precompute", job, "--shard", str(pod), "--num-shards", "2",
+                         env={"PREFOPS_TERMINATION_LOG": str(term)})  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(term.read_text()) == {"cacheHit": False}, "the launcher's word from the pod's first process"
         assert "starting 2 processes on this node" in result.stderr
         part = re.search(rf"\[rank 1\] .*train shard {pod}/2, part 2/2: (\d+) pairs", result.stderr)
         assert part and int(part[1]) == 7, "the pod's second process computed its own part of the rows"
