@@ -126,11 +126,12 @@ def sharding(inputs: Inputs) -> refpass.Sharding:
 
 
 def _planned(inputs: Inputs) -> str | None:
-    """How the plan of the job (the model's ``config.json``, this GPU's memory) holds the reference model; None when
-    it cannot be planned (the model is then copied to every device)."""
+    """How the plan of the job (the model's ``config.json``; ``spec.resources.gpuMemory``, as the operator judged it,
+    else this GPU's memory) holds the reference model; None when it cannot be planned (the model is then copied to
+    every device). Asked by the launcher, before its processes start: none of them has a GPU of its own yet."""
     import torch
 
-    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    memory = None if inputs.spec.resources.gpu_memory else torch.cuda.get_device_properties(0).total_memory
     try:
         config = json.loads((inputs.model_path / "config.json").read_text())
         plan = planner.plan(inputs.spec.model_dump(mode="json", by_alias=True), config, gpu_memory=memory)
