@@ -151,6 +151,21 @@ def test_storage_credentials_reach_the_pod_only_through_env_from_the_named_secre
     assert "envFrom" not in pod(job, PodPhase.PRECOMPUTE, 0, attempt=1, settings=SETTINGS)["spec"]["containers"][0]
 
 
+@pytest.mark.parametrize(
+    ("resources", "processes"),
+    [({"gpusPerNode": 8}, "8"), ({"gpusPerNode": 8, "processesPerNode": 2}, "2"), ({"gpusPerNode": 0}, "1")],
+)
+def test_precompute_pods_run_one_process_per_gpu_each_pod_on_its_own(resources, processes):
+    job = make_job(spec={"resources": {"nodes": 2, **resources}, "reference": {"workers": 3}})
+    p = pod(job, PodPhase.PRECOMPUTE, 2, 1, SETTINGS)
+    assert env(p)["PREFOPS_NPROC_PER_NODE"] == processes, "the trainer starts this many processes in the pod"
+    assert not {"PREFOPS_NNODES", "PREFOPS_NODE_RANK", "PREFOPS_MASTER_ADDR"} & set(env(p)), (
+        "the precompute pods share no rendezvous: each computes its own shard"
+    )
+    gpus = p["spec"]["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu")
+    assert gpus == (str(resources["gpusPerNode"]) if resources["gpusPerNode"] else None)
+
+
 def test_precompute_pods_get_their_shard_and_the_number_of_shards():
     job = make_job(spec=CLUSTER)
     args = [pod(job, PodPhase.PRECOMPUTE, i, 1, SETTINGS)["spec"]["containers"][0]["args"] for i in range(4)]

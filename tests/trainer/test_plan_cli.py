@@ -78,7 +78,7 @@ def check_document(doc: dict, spec: dict) -> None:
 
 def test_a_job_that_does_not_fit_exits_4_naming_the_changes_that_make_it_fit(env):
     path = ROOT / "examples" / "dpo-lora-s3.yaml"
-    result = run_cli("plan", str(path), "--gpu-memory", "20Gi", cwd=ROOT, env=env)
+    result = run_cli("plan", str(path), "--gpu-memory", "9Gi", cwd=ROOT, env=env)
     assert result.returncode == 4, result.stderr[-2000:]
     assert "verdict: does NOT fit" in result.stdout
     assert "changes, each planned again:" in result.stdout and "(fits)" in result.stdout

@@ -28,6 +28,7 @@ from .core.rules.userinfo import redact
 if TYPE_CHECKING:
     from .adapters.metrics import Phase
     from .core.spec import Job
+    from .inputs import Inputs
 
 log = logging.getLogger("prefops_trainer")
 
@@ -226,13 +227,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_precompute(job: Job, args: argparse.Namespace) -> int:
+    from . import launch
     from .inputs import load_inputs
-    from .phases import precompute
+    from .phases import pod_ranks, precompute
 
+    inputs = load_inputs(job)  # check spec, data and paths here: a user error exits 2 before any rank starts
+    if launch.needs_torchrun_precompute(job, pod_ranks.sharding(inputs) == "zero3"):
+        return _torchrun_precompute(
+            job, args.job, inputs, args.shard, precompute.check(inputs, args.shard, args.num_shards)
+        )
     _serve_metrics(job)
-    report = precompute.run(load_inputs(job), args.shard, args.num_shards)
-    _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
+    report = precompute.run(inputs, args.shard, args.num_shards)
+    if "LOCAL_RANK" not in os.environ:  # under torchrun the launcher writes it
+        _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
     return 0
+
+
+def _torchrun_precompute(job: Job, job_path: Path, inputs: Inputs, shard: int, num_shards: int) -> int:
+    """Shard ``shard`` computed by every process of this pod under torchrun; the launcher leaves the cache hit the
+    first process reported as the termination message."""
+    from . import launch
+    from .phases import pod_ranks, reports
+
+    told = {pod_ranks.SHARDING_ENV: pod_ranks.sharding(inputs)}
+    code = launch.torchrun_precompute(job, job_path, shard, num_shards, told)
+    report = reports.read_precompute(inputs.ws, shard, num_shards) if code == 0 else None
+    if report is not None:
+        _termination_message(json.dumps({"cacheHit": report["cacheHit"]}))  # docs/contract.md §4
+    return code
 
 
 def cmd_train(job: Job, args: argparse.Namespace) -> int:
@@ -281,15 +303,15 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
     from . import launch
     from .adapters import metrics
     from .inputs import load_inputs
-    from .phases import export, precompute, reports, train
+    from .phases import export, reports, train
 
     _serve_metrics(job)
     inputs = load_inputs(job)
     cache_hit = None
     if job.spec.precompute:
-        workers = job.spec.reference.workers
-        shards = [precompute.run(inputs, shard, workers) for shard in range(workers)]
-        cache_hit = all(r["cacheHit"] for r in shards)
+        code, cache_hit = _precompute_locally(job, args.job, inputs)
+        if code:
+            return code
     if launch.needs_torchrun(job):
         with metrics.paused():
             code = launch.torchrun_train(job, args.job)
@@ -301,6 +323,26 @@ def cmd_run(job: Job, args: argparse.Namespace) -> int:
     manifest = export.run(inputs)
     _print_summary(job, manifest, cache_hit, trained.get("prefixSharing"))
     return 0
+
+
+def _precompute_locally(job: Job, job_path: Path, inputs: Inputs) -> tuple[int, bool]:
+    """Every precompute shard, one after another, each by ``spec.resources``' processes (under torchrun when more
+    than one, or ZeRO-3): the exit code (torchrun's of the first shard that failed) and whether the cache was a
+    hit."""
+    from . import launch
+    from .adapters import metrics
+    from .phases import pod_ranks, precompute, reports
+
+    workers, mode = job.spec.reference.workers, pod_ranks.sharding(inputs)
+    if not launch.needs_torchrun_precompute(job, mode == "zero3"):
+        shards = [precompute.run(inputs, shard, workers) for shard in range(workers)]  # every one: no short cut
+        return 0, all(r["cacheHit"] for r in shards)
+    with metrics.paused():
+        for shard in range(workers):
+            if code := launch.torchrun_precompute(job, job_path, shard, workers, {pod_ranks.SHARDING_ENV: mode}):
+                return code, False
+    found = [reports.read_precompute(inputs.ws, shard, workers) for shard in range(workers)]
+    return 0, all(r is not None and r["cacheHit"] for r in found)
 
 
 def _print_summary(job: Job, manifest: Manifest, cache_hit: bool | None, shared: str | None) -> None:

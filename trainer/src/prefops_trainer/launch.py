@@ -1,4 +1,5 @@
-"""Start the train phase under torchrun when the job has more than one process, or uses DeepSpeed.
+"""Start the train phase under torchrun when the job has more than one process, or uses DeepSpeed; the precompute
+phase when its pod runs more than one process, or computes under ZeRO-3 (:func:`torchrun_precompute`).
 
 DeepSpeed needs a distributed environment even for one process: without torchrun's (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``...) it falls back to MPI discovery and dies without ``mpi4py``. A DeepSpeed job of one process is
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,10 @@ def shutdown_timeout(grace: int) -> int:
     return max(1, grace - LAUNCHER_MARGIN_SECONDS)
 
 
-def torchrun_command(topo: Topology, job_path: Path, job: Job, grace: int) -> list[str]:
+def torchrun_command(
+    topo: Topology, job_path: Path, job: Job, grace: int, phase: str = "train", args: Sequence[str] = ()
+) -> list[str]:
+    """torchrun running ``prefops-trainer <phase> <job_path> <args>`` on every rank of this node."""
     return [
         sys.executable,
         "-m",
@@ -113,8 +117,9 @@ def torchrun_command(topo: Topology, job_path: Path, job: Job, grace: int) -> li
         f"--shutdown-timeout={shutdown_timeout(grace)}",
         "--module",
         "prefops_trainer",
-        "train",
+        phase,
         str(job_path),
+        *args,
     ]
 
 
@@ -131,12 +136,39 @@ def torchrun_train(job: Job, job_path: Path) -> int:
     """Run ``train`` on every local rank, passing SIGTERM on to them. A rank's user error comes back as
     :class:`UserError` (exit 2) with its message; a stop on SIGTERM (this pod's, or another node's that the ranks
     agreed on) as :class:`Interrupted` (exit 75)."""
-    import torch
-
     topo = topology(job)
     if topo.master_port == 0 and topo.nnodes == 1:
         topo = Topology(topo.nnodes, topo.node_rank, topo.nproc_per_node, topo.master_addr, _free_port())
-    cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ))
+    return _torchrun(topo, torchrun_command(topo, job_path, job, grace_seconds(job, os.environ)))
+
+
+def precompute_topology(job: Job, env: Mapping[str, str] | None = None) -> Topology:
+    """A precompute pod's processes: ``PREFOPS_NPROC_PER_NODE`` (locally ``spec.resources``'s processes per node) on
+    this node alone. Its pods share no process group: each computes its own shard, its processes a part of it."""
+    return Topology(1, 0, topology(job, env).nproc_per_node, "127.0.0.1", 0)
+
+
+def needs_torchrun_precompute(job: Job, zero3: bool) -> bool:
+    """Whether ``precompute`` starts its ranks under torchrun: not already a rank, and several processes, or ZeRO-3
+    (DeepSpeed needs torchrun's environment, even for one process)."""
+    if "LOCAL_RANK" in os.environ:
+        return False
+    return precompute_topology(job).nproc_per_node > 1 or zero3
+
+
+def torchrun_precompute(job: Job, job_path: Path, shard: int, num_shards: int, told: Mapping[str, str]) -> int:
+    """Run ``precompute --shard --num-shards`` on every process of this pod, with the environment ``told`` added
+    (errors and SIGTERM as :func:`torchrun_train`)."""
+    base = precompute_topology(job)
+    topo = Topology(1, 0, base.nproc_per_node, base.master_addr, _free_port())
+    args = ("--shard", str(shard), "--num-shards", str(num_shards))
+    cmd = torchrun_command(topo, job_path, job, grace_seconds(job, os.environ), "precompute", args)
+    return _torchrun(topo, cmd, told)
+
+
+def _torchrun(topo: Topology, cmd: list[str], told: Mapping[str, str] | None = None) -> int:
+    import torch
+
     log.info(
         "starting %d process%s on this node (%d nodes, node rank %d): %s",
         topo.nproc_per_node,
@@ -146,7 +178,8 @@ def torchrun_train(job: Job, job_path: Path) -> int:
         " ".join(cmd[2:]),
     )
     with tempfile.TemporaryDirectory(prefix="prefops-ranks-") as scratch, interrupt.forwarding() as child:
-        code = child.started(subprocess.Popen(cmd, env=torchrun_env(torch.cuda.is_available(), scratch))).wait()
+        env = {**torchrun_env(torch.cuda.is_available(), scratch), **(told or {})}
+        code = child.started(subprocess.Popen(cmd, env=env)).wait()
         words = RankWords.read(Path(scratch))
     return outcome(code, words, topo.nproc_per_node, interrupt.requested())
 

@@ -320,13 +320,14 @@ def _env(
     }
     if of_pods(phase).reads_trained and trained_attempt is not None:
         env[ENV_TRAINED_ATTEMPT] = str(trained_attempt)
+    if of_pods(phase).processes:
+        env[ENV_NPROC] = str(res.nproc_per_node)
     if of_pods(phase).service:
         master = f"{pod_name(job.meta.name, phase, 0, attempt)}.{service_name(job.meta.name)}"
         env.update(
             {
                 ENV_NNODES: str(res.nodes),
                 ENV_NODE_RANK: str(index),
-                ENV_NPROC: str(res.nproc_per_node),
                 ENV_MASTER_ADDR: master,
                 ENV_MASTER_PORT: str(settings.master_port),
             }

@@ -88,6 +88,7 @@ SPEC: dict[str, Any] = {
         "batchSize": None,
         "tokensPerBatch": None,
         "workers": None,
+        "sharding": None,
         "verifySamples": None,
     },
     "resources": {
@@ -163,6 +164,7 @@ DEFAULTS: dict[str, Any] = {
     "output.maxShardSize": "5G",
     "output.merge": True,
     "reference.batchSize": 8,
+    "reference.sharding": "auto",
     "reference.verifySamples": 8,
     "reference.workers": 1,
     "resources.fitCheck": "enforce",

@@ -62,6 +62,7 @@ class RunningPhase:
     sharded: bool = False  # replica i of n reads shard i: ``--shard i --num-shards n``
     max_gpus: int | None = None  # GPUs per pod at most (None: spec.resources.gpusPerNode, a training node's)
     service: bool = False  # its pods rendezvous (torchrun) through the job's headless Service
+    processes: bool = False  # each pod runs one process per GPU (PREFOPS_NPROC_PER_NODE), the service's pods too
     reads_trained: bool = False  # its pods read the finished training attempt's weights (PREFOPS_TRAINED_ATTEMPT)
 
     @property
@@ -106,6 +107,7 @@ PHASES: tuple[RunningPhase, ...] = (
         message=lambda spec: f"precomputing reference log-probs on {spec.reference.workers} pod(s)",
         runs=_precomputes,
         sharded=True,
+        processes=True,  # a torchrun of its own in each pod: each process computes a part of the pod's shard
     ),
     RunningPhase(
         Phase.TRAINING,
@@ -114,6 +116,7 @@ PHASES: tuple[RunningPhase, ...] = (
         size=lambda spec: spec.resources.nodes,
         message=_training,
         service=True,
+        processes=True,
     ),
     RunningPhase(
         Phase.EXPORTING,

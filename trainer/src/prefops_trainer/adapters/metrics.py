@@ -74,7 +74,7 @@ HELP = {
     "step": "Optimizer steps done.",
     "total_steps": "Optimizer steps the training phase will run.",
     "precompute_pairs_done": "Preference pairs whose reference log-probs this process has computed.",
-    "precompute_pairs_total": "Preference pairs this process's precompute shard holds.",
+    "precompute_pairs_total": "Preference pairs this process computes of its pod's precompute shard.",
 }
 
 

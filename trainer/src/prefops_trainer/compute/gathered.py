@@ -14,6 +14,24 @@ if TYPE_CHECKING:
     import torch
 
 
+def partition_on_load(config: dict[str, Any]) -> object:
+    """From now on, while the object returned lives, transformers loads models partitioned over the process group by
+    ZeRO-3 (``config``, a DeepSpeed configuration of stage 3), each process holding a slice of every weight."""
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(config)
+
+
+def held_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(elements this process holds, elements of the whole model): a model ZeRO-3 partitioned holds a slice."""
+    held = total = 0
+    for p in model.parameters():
+        whole = int(getattr(p, "ds_numel", p.numel()))
+        held += int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else whole
+        total += whole
+    return held, total
+
+
 def zero3_partitioned() -> bool:
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 

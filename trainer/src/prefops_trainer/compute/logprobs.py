@@ -84,6 +84,8 @@ def token_lengths(rows: Dataset) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.
     for batch in rows.with_format("arrow").iter(batch_size=LENGTHS_BATCH):
         index.append(batch.column("index").to_numpy())
         lengths.append(np.stack([pc.list_value_length(batch.column(c)).to_numpy() for c in TOKEN_COLUMNS], axis=1))
+    if not index:  # no rows (a process of a group with more processes than rows)
+        return np.zeros(0, np.int64), np.zeros((0, len(TOKEN_COLUMNS)), np.int64)
     return np.concatenate(index).astype(np.int64), np.concatenate(lengths).astype(np.int64)
 
 
@@ -104,6 +106,7 @@ def compute(
     batch_size: int,
     tokens_per_batch: int | None = None,
     on_progress: Callable[[int], None] = lambda n: None,
+    lockstep: Callable[[int], int] | None = None,
 ) -> RefLogps:
     """Sum of reference log-probs of the chosen and rejected completion of every row of ``rows``.
 
@@ -111,6 +114,11 @@ def compute(
     must have gone through :func:`prepare_model`. ``on_progress`` is called with the pairs done per batch.
     Packed batches hold up to ``tokens_per_batch`` tokens (default ``batch_size`` x ``max_length``). Rows are read
     a batch at a time and the numbers kept in arrays, so memory grows by a few bytes per row, not by the rows.
+
+    ``lockstep`` (a model ZeRO-3 partitioned over a group, whose every forward gathers weights collectively): called
+    with this process's number of batches, it returns the most any process of the group has; this process then runs
+    that many forwards, the last ones on a :data:`DUMMY` pair whose numbers are dropped. The prompt is then never
+    shared through a KV cache, whose forwards depend on the rows.
     """
     cols = rows.select_columns(["index", *TOKEN_COLUMNS])
     index, lengths = token_lengths(cols)
@@ -119,13 +127,32 @@ def compute(
     out = Sums(index)
     if shared and decision.plan is not None:
         room = _keep_start_lengths(lengths, max_length).sum(axis=1)
-        budget = tokens_per_batch or batch_size * (max_length or int(room.max()))
-        _packed(model, cols, room, max_length, budget, on_progress, decision.plan, out)
+        budget = tokens_per_batch or batch_size * (max_length or int(room.max(initial=1)))
+        batches = packing.token_batches(room.tolist(), budget)
+        dummies = _dummies(len(batches), lockstep)
+        _packed(model, cols, batches + dummies, max_length, on_progress, decision.plan, out)
     else:
         batches = length_grouped_batches((lengths[:, 0] + lengths[:, 1:].max(axis=1)).tolist(), batch_size)
+        batches += _dummies(len(batches), lockstep)
         collate = trl_bridge.preference_collator(pad_token_id, max_length, truncation_mode)
-        _unpacked(model, cols, batches, (collate, pad_token_id, max_length, shared), on_progress, out)
+        how = (collate, pad_token_id, max_length, shared and lockstep is None)
+        _unpacked(model, cols, batches, how, on_progress, out)
     return out.ordered()
+
+
+#: The pair a process of a ZeRO-3 group feeds once it has run out of its own rows (``compute``'s ``lockstep``).
+DUMMY: Pair = {"index": -1, "prompt_ids": [0, 0], "chosen_ids": [0], "rejected_ids": [0]}
+
+
+def _dummies(mine: int, lockstep: Callable[[int], int] | None) -> list[list[int]]:
+    """Batches of the :data:`DUMMY` pair (position -1) that bring this process's ``mine`` batches up to the group's
+    most (none without ``lockstep``)."""
+    return [[-1]] * ((lockstep(mine) if lockstep else mine) - mine)
+
+
+def _fetch(cols: Dataset, batch: list[int]) -> list[Pair]:
+    """A batch's pairs: rows of ``cols``, or the :data:`DUMMY` pair for a lockstep batch (``[-1]``)."""
+    return [dict(DUMMY)] if batch == [-1] else fetch(cols, batch)
 
 
 class Sums:
@@ -137,6 +164,8 @@ class Sums:
         self.rejected = np.zeros(len(index), dtype=np.float32)
 
     def put(self, positions: Sequence[int], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        if list(positions) == [-1]:  # a lockstep forward's dummy pair
+            return
         self.chosen[list(positions)] = chosen.float().numpy()
         self.rejected[list(positions)] = rejected.float().numpy()
 
@@ -160,13 +189,13 @@ def _unpacked(
     device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in batches:
-            items = fetch(cols, batch)
+            items = _fetch(cols, batch)
             if shared:
                 c, r = shared_prompt_logps(model, [_keep_start(x, max_length) for x in items], pad_token_id, device)
             else:
                 c, r = forward_logps(model, collate([{k: x[k] for k in TOKEN_COLUMNS} for x in items]), device)
             out.put(batch, c, r)
-            on_progress(len(items))
+            on_progress(len(items) if batch != [-1] else 0)
 
 
 def packed_length(row: Pair) -> int:
@@ -184,24 +213,23 @@ def _keep_start_lengths(lengths: npt.NDArray[np.int64], max_length: int | None) 
 def _packed(
     model: PreTrainedModel,
     cols: Dataset,
-    lengths: npt.NDArray[np.int64],
+    batches: list[list[int]],
     max_length: int | None,
-    tokens_per_batch: int,
     on_progress: Callable[[int], None],
     plan: MaskPlan,
     out: Sums,
 ) -> None:
-    """Every pair as one packed sequence, in batches of at most ``tokens_per_batch`` tokens, masked by ``plan``."""
+    """Every pair as one packed sequence, batches of them (:func:`packing.token_batches`), masked by ``plan``."""
     import torch
 
     head, device = trl_bridge.lm_head(model), next(model.parameters()).device
     with torch.inference_mode():
-        for batch in packing.token_batches(lengths.tolist(), tokens_per_batch):
+        for batch in batches:
             pairs = [packing.keep_start((x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]), max_length)
-                     for x in fetch(cols, batch)]  # fmt: skip
+                     for x in _fetch(cols, batch)]  # fmt: skip
             c, r = packing.pair_logps(model.base_model, pairs, head, device, plan)
             out.put(batch, c, r)
-            on_progress(len(batch))
+            on_progress(len(batch) if batch != [-1] else 0)
 
 
 def _keep_start(row: Pair, max_length: int | None) -> Pair:

@@ -34,6 +34,8 @@ class PrecomputeReport(Timing, total=False):
 
     shard: int
     numShards: int
+    processes: int  # the worker's processes, each computing a part of its shard
+    sharding: str  # how they held the reference model: replicated or zero3 (core.refpass)
     splits: dict[str, SplitEntry]
     cacheHit: bool
 

@@ -222,6 +222,13 @@ class ReferenceSpec(_Spec):
         "batchSize; absent means batchSize x maxLength, the memory a batchSize batch may need at most.",
     )
     workers: int = Field(1, ge=1, le=256)
+    sharding: Literal["auto", "replicated", "zero3"] = Field(
+        "auto",
+        description="How each precompute pod's processes (one per GPU) hold the reference model: replicated, a copy "
+        "on every device, each process computing its own rows; zero3, partitioned over the pod's devices by DeepSpeed "
+        "ZeRO-3, for a model that does not fit one; auto, zero3 on GPUs when the plan says the model does not fit "
+        "one device, else replicated.",
+    )
     verify_samples: int = Field(8, ge=0)
 
 

@@ -3,11 +3,15 @@
 A split whose cache manifest exists is a hit and costs nothing. A shard already written (by an earlier,
 interrupted run of this phase) is not recomputed. The worker that finds every shard present writes the
 manifest; the train phase does the same if two workers finished at once and neither saw the other's shard.
+
+A worker (a pod) runs one process per device under torchrun: each computes a part of the shard, and the first writes
+the shard whole (:mod:`.pod_ranks`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..adapters import metrics
@@ -18,10 +22,10 @@ from ..core.cachekey import shard_rows
 from ..core.errors import SpecError
 from ..core.reports import PrecomputeReport, SplitEntry
 from ..inputs import Inputs
-from . import reports
+from . import pod_ranks, reports
+from .pod_ranks import PodRanks
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset
     from transformers import PreTrainedModel
 
@@ -31,19 +35,23 @@ log = logging.getLogger(__name__)
 def run(inputs: Inputs, shard: int = 0, num_shards: int | None = None) -> PrecomputeReport:
     """Compute (or find) shard ``shard`` of ``num_shards`` for every split; return the phase report."""
     metrics.enter("precompute")
-    num_shards = _check(inputs, shard, num_shards)
+    num_shards = check(inputs, shard, num_shards)
+    ranks = pod_ranks.start(inputs)
     report: PrecomputeReport = {"shard": shard, "numShards": num_shards, "splits": {}}
+    report.update({"processes": ranks.count, "sharding": ranks.mode})
     model: PreTrainedModel | None = None
     with reports.timed(report):
         for split in inputs.splits:
-            entry, model = _split(inputs, split, shard, num_shards, model)
+            entry, model = _split(inputs, split, (shard, num_shards), model, ranks)
             report["splits"][split] = entry
     report["cacheHit"] = all(s["cacheHit"] for s in report["splits"].values())
-    reports.write(inputs.ws, "precompute" if num_shards == 1 else f"precompute-{shard:05d}", report)
+    ranks.stop()
+    if ranks.leader:
+        reports.write(inputs.ws, reports.precompute_name(shard, num_shards), report)
     return report
 
 
-def _check(inputs: Inputs, shard: int, num_shards: int | None) -> int:
+def check(inputs: Inputs, shard: int, num_shards: int | None) -> int:
     """The number of shards; refuse a job with nothing to precompute, or a shard out of range."""
     if not inputs.spec.precompute:
         raise SpecError(
@@ -57,26 +65,28 @@ def _check(inputs: Inputs, shard: int, num_shards: int | None) -> int:
 
 
 def _split(
-    inputs: Inputs, split: str, shard: int, num_shards: int, model: PreTrainedModel | None
+    inputs: Inputs, split: str, where: tuple[int, int], model: PreTrainedModel | None, ranks: PodRanks
 ) -> tuple[SplitEntry, PreTrainedModel | None]:
-    """This shard of ``split``: a cache hit, a shard already written, or computed now (loading the model once)."""
+    """This shard of ``split``: a cache hit, a shard already written, or computed now (loading the model once); what
+    the pod's first process found decides for all of its processes."""
+    shard, num_shards = where
     cache = inputs.ref_cache(split)
-    entry: SplitEntry = {"key": cache.key, "cacheHit": cache.manifest() is not None}
+    entry: SplitEntry = {"key": cache.key, "cacheHit": ranks.word(cache.manifest() is not None)}
     if entry["cacheHit"]:
         log.info("reference cache hit for %s split: %s", split, cache.root)
         return entry, model
     n_rows = len(inputs.splits[split])
-    if cache.adopts_shard(shard, num_shards):
+    if ranks.word(ranks.leader and cache.adopts_shard(shard, num_shards)):  # the first process looks, once
         log.info("%s shard %d/%d already in the cache; not recomputed", split, shard, num_shards)
     else:
-        mine = _tokenized(inputs, cache, split, shard, num_shards)
+        mine = ranks.leader_first(lambda: _tokenized(inputs, cache, split, shard, num_shards))
         if model is None:
-            model = inputs.load_model()
-            _on_device(model)
-            logprobs.prepare_model(model)
+            model = ranks.load_model(inputs)
         entry["pairs"] = len(mine)
-        entry["pairsPerSecond"] = _compute_shard(inputs, model, mine, cache, shard, num_shards, split)
-    cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
+        part = ranks.part(mine, n_rows, shard, num_shards)
+        entry["pairsPerSecond"] = _compute_shard(inputs, model, part, cache, where, split, ranks)
+    if ranks.leader:
+        cache.finalize(num_shards, n_rows, _cache_info(inputs, split))
     return entry, model
 
 
@@ -92,15 +102,24 @@ def _tokenized(inputs: Inputs, cache: RefCache, split: str, shard: int, num_shar
 
 
 def _compute_shard(
-    inputs: Inputs, model: PreTrainedModel, rows: Dataset, cache: RefCache, shard: int, num_shards: int, split: str
+    inputs: Inputs,
+    model: PreTrainedModel,
+    rows: Dataset,
+    cache: RefCache,
+    where: tuple[int, int],
+    split: str,
+    ranks: PodRanks,
 ) -> float:
+    """This process's ``rows`` of the shard computed, and (the first process) the shard written; the pod's pairs per
+    second."""
+    shard, num_shards = where
     tok, d, m = inputs.tokenizer, inputs.spec.dataset, metrics.current()
     if m:
         m.set("precompute_pairs_total", len(rows))
         m.set("precompute_pairs_done", 0)
     bar = Progress(
         len(rows),
-        f"reference log-probs ({split}, shard {shard + 1}/{num_shards})",
+        f"reference log-probs ({split}, shard {shard + 1}/{num_shards}{ranks.label})",
         on_update=(lambda done: m.set("precompute_pairs_done", done)) if m else (lambda done: None),
     )
     speed = logprobs.Throughput()
@@ -109,20 +128,26 @@ def _compute_shard(
         speed.add(n)
         bar.update(n)
 
-    result = logprobs.compute(
-        model,
-        rows,
-        pad_token_id=tok.pad_token_id,
-        max_length=d.max_length,
-        truncation_mode=d.truncation_mode,
-        batch_size=inputs.spec.reference.batch_size,
-        tokens_per_batch=inputs.spec.reference.tokens_per_batch,
-        on_progress=step,
-    )
+    with ranks.forwards(model) as lockstep:
+        result = logprobs.compute(
+            model,
+            rows,
+            pad_token_id=tok.pad_token_id,
+            max_length=d.max_length,
+            truncation_mode=d.truncation_mode,
+            batch_size=inputs.spec.reference.batch_size,
+            tokens_per_batch=inputs.spec.reference.tokens_per_batch,
+            on_progress=step,
+            lockstep=lockstep,
+        )
     bar.close()
-    cache.write_shard(shard, num_shards, result.index, result.chosen, result.rejected)
-    log.info("%s shard %d/%d: %d pairs at %.1f pairs/s", split, shard, num_shards, len(rows), speed.rate)
-    return round(speed.rate, 3)
+    log.info("%s shard %d/%d%s: %d pairs at %.1f pairs/s", split, shard, num_shards, ranks.label, len(rows), speed.rate)
+    whole = ranks.merged(result)
+    if whole is None:
+        return round(speed.rate, 3)
+    cache.write_shard(shard, num_shards, whole.index, whole.chosen, whole.rejected)
+    rate = len(whole.index) / max(time.perf_counter() - speed.start, 1e-9)
+    return round(rate, 3)
 
 
 def _cache_info(inputs: Inputs, split: str) -> dict[str, Any]:
@@ -134,10 +159,3 @@ def _cache_info(inputs: Inputs, split: str) -> dict[str, Any]:
         "truncationMode": inputs.spec.dataset.truncation_mode,
         "dtype": inputs.dtype,
     }
-
-
-def _on_device(model: torch.nn.Module) -> None:
-    """Move ``model`` (in place) to the GPU when there is one."""
-    import torch
-
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -28,6 +28,17 @@ def read_train(ws: Workspace) -> TrainReport | None:
     return found
 
 
+def precompute_name(shard: int, num_shards: int) -> str:
+    """The report of precompute worker ``shard`` of ``num_shards``."""
+    return "precompute" if num_shards == 1 else f"precompute-{shard:05d}"
+
+
+def read_precompute(ws: Workspace, shard: int, num_shards: int) -> PrecomputeReport | None:
+    """Worker ``shard``'s precompute report, or None when it has not finished."""
+    found: PrecomputeReport | None = _read(ws, precompute_name(shard, num_shards))
+    return found
+
+
 def write(ws: Workspace, name: str, report: Timing) -> None:
     storage.write_json(ws.report(name), report)
 

@@ -89,6 +89,7 @@ class PlanJob:
     reference_batch: int
     reference_tokens: int | None
     reference_workers: int
+    reference_sharding: str  # auto | replicated | zero3
     nodes: int
     gpus_per_node: int
     processes_per_node: int
@@ -179,6 +180,7 @@ def job_from_spec(spec: Mapping[str, Any], gpu_memory: int | None = None) -> Pla
         reference_batch=ref.get("batchSize", int, 8),
         reference_tokens=ref.get("tokensPerBatch", int, None),
         reference_workers=ref.get("workers", int, 1),
+        reference_sharding=ref.get("sharding", str, "auto"),
         nodes=res.get("nodes", int, 1),
         gpus_per_node=gpus,
         processes_per_node=res.get("processesPerNode", int, None) or max(gpus, 1),

@@ -20,7 +20,15 @@ from . import terms
 from .advice import Suggestion, suggest
 from .job import PlanInputError, PlanJob, format_bytes, job_from_spec, parse_quantity
 from .model import ModelConfigError, ModelShape, shape_from_config
-from .phases import COMPONENTS, DevicePlan, PhasePlan, phase_plans, reference_device, training_device
+from .phases import (
+    COMPONENTS,
+    DevicePlan,
+    PhasePlan,
+    phase_plans,
+    precompute_device,
+    reference_sharding,
+    training_device,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -53,6 +61,11 @@ class Plan:
     memory_source: str | None
     suggestions: tuple[Suggestion, ...]
     notes: tuple[str, ...]
+
+    @property
+    def reference_sharding(self) -> str:
+        """How the precompute pods hold the reference model: ``replicated`` or ``zero3`` (``auto`` resolved)."""
+        return reference_sharding(terms.setup(self.job, self.shape))
 
     @property
     def trainable(self) -> int:
@@ -124,7 +137,9 @@ def _suggestions(draft: Plan, reward: ModelShape | None, memory: int) -> tuple[S
             out += suggest(draft.job, "train", lambda j: training_device(terms.setup(j, draft.shape), reward).total,
                            memory)  # fmt: skip
         else:
-            out += suggest(draft.job, phase.name, lambda j: reference_device(terms.setup(j, draft.shape)).total, memory)
+            out += suggest(
+                draft.job, phase.name, lambda j: precompute_device(terms.setup(j, draft.shape)).total, memory
+            )
     return tuple(out)
 
 

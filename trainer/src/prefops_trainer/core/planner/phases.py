@@ -200,16 +200,20 @@ def reference_batch(job: PlanJob) -> MicroBatch:
     return MicroBatch(rows, seq, rows * seq, masked=terms.attention_kernel(job) != "flex_attention", packed=True)
 
 
-def reference_device(s: Setup) -> DevicePlan:
+def reference_device(s: Setup, zero3: bool = False) -> DevicePlan:
     """Inference: the weights, one layer's live tensors at a time (no autograd), the mask and its per-layer copy,
-    the chunked LM head."""
+    the chunked LM head. ``zero3``: the weights partitioned over the pod's processes, each holding its slice and one
+    module's gathered weights at a time (at most the embedding's or the LM head's)."""
     mb, sh, b = reference_batch(s.job), s.shape, s.bytes
+    weights = s.params * b
+    if zero3:
+        weights = -(-weights // s.job.processes_per_node) + sh.vocab * sh.hidden * b
     live = b * (3 * sh.hidden + 2 * sh.q_width + 2 * sh.kv_width) + 3 * b * sh.intermediate
     head = mb.scored * sh.hidden * b + terms.head_tiles(s, mb.scored, terms.TILE_COPIES_FORWARD)
     square = mb.rows * mb.seq * mb.seq
     plan = _moment(
         "forward",
-        weights=s.params * s.bytes,
+        weights=weights,
         activations=mb.tokens * live,
         logits=head,
         packedSequences=square * (1 + b) if mb.masked else 0,
@@ -217,9 +221,31 @@ def reference_device(s: Setup) -> DevicePlan:
     return _with_overhead(plan, s.job.gpu)
 
 
-def reference_host(s: Setup, device: DevicePlan) -> int:
+def reference_host(s: Setup, device: DevicePlan, zero3: bool = False) -> int:
+    """A precompute pod: each process loads its copy of the model on the CPU (on a CPU-only node, runs there); under
+    ZeRO-3 the processes hold the weights between them as they load, a slice each."""
+    procs = s.job.processes_per_node
     baseline = PROCESS_BASELINE_GPU if s.job.gpu else PROCESS_BASELINE_CPU
-    return baseline + (s.params * s.bytes if s.job.gpu else device.total)
+    if zero3:
+        return procs * baseline + s.params * s.bytes
+    return procs * (baseline + (s.params * s.bytes if s.job.gpu else device.total))
+
+
+def sharding(choice: str, gpu: bool, processes: int, fits_one_device: bool | None) -> str:
+    """How the precompute pods hold the reference model: ``reference.sharding`` when it names a mode; ``auto`` is
+    zero3 on GPUs when the pod has several processes to partition it over and the model, copied whole, does not
+    fit one device (``fits_one_device`` False), else replicated (on CPUs, or when the device's memory is not
+    known: None)."""
+    if choice in ("replicated", "zero3"):
+        return choice
+    return "zero3" if gpu and processes > 1 and fits_one_device is False else "replicated"
+
+
+def reference_sharding(s: Setup) -> str:
+    """:func:`sharding` of the job, judged against ``resources.gpuMemory`` (the device's memory, in a pod)."""
+    memory = s.job.gpu_memory
+    fits = None if memory is None else reference_device(s).total <= memory
+    return sharding(s.job.reference_sharding, s.job.gpu, s.job.processes_per_node, fits)
 
 
 def export_host(s: Setup) -> int:
@@ -242,14 +268,20 @@ def export_disk(s: Setup) -> int:
     return model_files(s) + trained + s.params * s.bytes + SCRATCH
 
 
+def precompute_device(s: Setup) -> DevicePlan:
+    """A precompute process's device, the model held as :func:`reference_sharding` says."""
+    return reference_device(s, reference_sharding(s) == "zero3")
+
+
 def phase_plans(s: Setup, reward: ModelShape | None) -> tuple[PhasePlan, ...]:
     job = s.job
     procs, gpus = job.processes_per_node, job.gpus_per_node
     out = []
     if job.precompute and job.family in ("dpo", "kto"):
-        ref = reference_device(s)
-        out.append(PhasePlan("precompute", job.reference_workers, 1, gpus, ref, reference_host(s, ref),
-                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, _cores(job, 1)))  # fmt: skip
+        zero3 = reference_sharding(s) == "zero3"
+        ref = precompute_device(s)
+        out.append(PhasePlan("precompute", job.reference_workers, procs, gpus, ref, reference_host(s, ref, zero3),
+                             model_files(s) + DATASET_ALLOWANCE + SCRATCH, _cores(job, procs)))  # fmt: skip
     train = training_device(s, reward)
     out.append(PhasePlan("train", job.nodes, procs, gpus, train, training_host(s, train), training_disk(s),
                          _cores(job, procs)))  # fmt: skip
