@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling
+from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling, zero3
 from ...adapters.refcache import RefTable
 from ...core.errors import Interrupted
 from ...core.reports import TrainReport
@@ -121,7 +121,19 @@ def _save_trained(inputs: Inputs, trainer: Any) -> Path:
     local = Path(target.path) if target.is_local else storage.local_dir(inputs.ws.local("trained"))
     if distributed.rank() == 0:  # the one rank that writes files
         trained.withdraw(inputs.ws)
-    trainer.save_model(str(local))  # every rank: ZeRO-3 gathers the weights here
+    if zero3.partitioned(trainer):  # each rank its own partitions: no process holds the whole model
+        zero3.save(trainer.model, local, distributed.rank(), distributed.world_size())
+        if distributed.rank() == 0:
+            _save_config(trainer.model, local)
+    else:
+        trainer.save_model(str(local))  # every rank: ZeRO-3 with LoRA gathers the weights here
     if distributed.rank() == 0:
         inputs.tokenizer.save_pretrained(str(local))
     return local
+
+
+def _save_config(model: Any, local: Path) -> None:
+    """The model's config and generation config beside its partitions (what ``save_model`` writes beside weights)."""
+    model.config.save_pretrained(str(local))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(local))
