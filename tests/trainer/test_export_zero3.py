@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from support.trainer_jobs import error_of, run_cli, write_job
+from support.trainer_jobs import TINY, error_of, run_cli, write_job
 
 from prefops_trainer.adapters import unpickling, zero3
 from prefops_trainer.core import zero3 as layout
@@ -180,3 +180,33 @@ def test_a_partition_changed_after_training_is_refused_naming_it(run, tmp_path):
     error = error_of(run_cli("export", job))
     assert layout.partition_file(1, 2) in error and "does not match its marker" in error
     assert not (tmp_path / "again" / "prefops.json").exists()
+
+
+def test_a_model_transformers_converts_on_load_is_gathered_on_save_and_others_are_not():
+    from support.family_models import tiny_model
+
+    from prefops_trainer.core.planner.phases import CONVERTED_CHECKPOINTS
+
+    assert not zero3.renames_on_save(tiny_model("llama", 66)), "copied from its partitions"
+    for model_type in sorted(CONVERTED_CHECKPOINTS - {"minimax"}):  # the families whose LoRA goes to peft too
+        assert zero3.renames_on_save(tiny_model(model_type, 66)), model_type
+
+
+def test_a_zero3_full_fine_tune_of_a_converted_family_exports_the_checkpoint_transformers_writes(tmp_path, tmp_job):
+    """Mixtral's experts are fused on load and split again by ``save_pretrained``: copying partitions cannot split
+    them, so its save gathers the model as before; the export loads and is the trained model."""
+    from support.family_models import tiny_model
+    from transformers import AutoModelForCausalLM
+
+    source = tmp_path / "mixtral"
+    tiny_model("mixtral", 66).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (source / name).write_bytes((TINY / "model" / name).read_bytes())
+    job = tmp_job(model={"source": str(source), "lora": None}, training={"maxSteps": 2, "deepspeed": {"stage": 3}})
+    result = run_cli("run", job)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gathering the whole model on rank 0 to save it" in result.stderr
+    stored = set(loaded(tmp_path / "out"))
+    assert "model.layers.0.block_sparse_moe.experts.0.w1.weight" in stored, "the checkpoint's own names, experts apart"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.num_parameters() == tiny_model("mixtral", 66).num_parameters()

@@ -39,6 +39,42 @@ def partitioned(trainer: Any) -> bool:
     )
 
 
+def save_trained(trainer: Any, folder: Path, rank: int, world: int) -> None:
+    """The final weights of ``trainer`` (ZeRO-3, :func:`partitioned`) and, on rank 0, the model's config into
+    ``folder``: each rank's partitions (:func:`save`); for a model whose checkpoint transformers converts on load
+    (:func:`renames_on_save`), the 16-bit model gathered on rank 0 and saved by transformers, which converts it back,
+    as before issue 21 (a warning says so). Every rank calls it."""
+    model = trainer.model
+    if renames_on_save(model):
+        log.warning(
+            "%s: transformers stores this model's weights under other names or fused otherwise than it holds them; "
+            "gathering the whole model on rank 0 to save it instead of saving each rank's partitions",
+            type(model).__name__,
+        )
+        state = trainer.deepspeed._zero3_consolidated_16bit_state_dict()  # a collective: every rank, model on rank 0
+        if rank == 0:
+            model.save_pretrained(str(folder), state_dict=state)
+        return
+    save(model, folder, rank, world)
+    if rank == 0:
+        model.config.save_pretrained(str(folder))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(folder))
+
+
+def renames_on_save(model: Any) -> bool:
+    """Whether transformers' ``save_pretrained`` writes ``model``'s weights otherwise than the model holds them: it
+    reverts the conversion it applied on load (fused experts, renamed layers; ``revert_weight_conversion``), which
+    copying partitions byte for byte cannot do."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is None:  # not loaded by from_pretrained: the mapping transformers would revert on save
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        found = get_model_conversion_mapping(model, add_legacy=False)
+        conversions = [c for c in found if type(c).__name__ != "PrefixChange"]
+    return bool(conversions)
+
+
 def save(model: torch.nn.Module, folder: Path, rank: int, world: int) -> None:
     """Rank ``rank``'s partitions of ``model`` (and, on rank 0, its persistent buffers and :data:`zero3.LAYOUT`)
     into ``folder``; every rank calls it, none waits on another."""

@@ -122,18 +122,9 @@ def _save_trained(inputs: Inputs, trainer: Any) -> Path:
     if distributed.rank() == 0:  # the one rank that writes files
         trained.withdraw(inputs.ws)
     if zero3.partitioned(trainer):  # each rank its own partitions: no process holds the whole model
-        zero3.save(trainer.model, local, distributed.rank(), distributed.world_size())
-        if distributed.rank() == 0:
-            _save_config(trainer.model, local)
+        zero3.save_trained(trainer, local, distributed.rank(), distributed.world_size())
     else:
         trainer.save_model(str(local))  # every rank: ZeRO-3 with LoRA gathers the weights here
     if distributed.rank() == 0:
         inputs.tokenizer.save_pretrained(str(local))
     return local
-
-
-def _save_config(model: Any, local: Path) -> None:
-    """The model's config and generation config beside its partitions (what ``save_model`` writes beside weights)."""
-    model.config.save_pretrained(str(local))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(str(local))
