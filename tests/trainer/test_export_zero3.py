@@ -210,3 +210,27 @@ def test_a_zero3_full_fine_tune_of_a_converted_family_exports_the_checkpoint_tra
     assert "model.layers.0.block_sparse_moe.experts.0.w1.weight" in stored, "the checkpoint's own names, experts apart"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert model.num_parameters() == tiny_model("mixtral", 66).num_parameters()
+
+
+def test_a_tied_model_saved_rank_by_rank_exports_once_per_weight_and_loads_tied(tmp_path):
+    """``zero3.save`` on a model whose parameters carry DeepSpeed's partition attributes (set here by DeepSpeed's
+    rule, on 2 ranks): the tied head is written once, under the embedding's name, as ``save_pretrained`` writes it."""
+    from deepspeed.utils.zero_to_fp32 import zero3_partitioned_param_info
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=66, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    for rank in range(2):
+        for p in model.parameters():
+            size, padding = zero3_partitioned_param_info(p.numel(), 2)
+            flat = torch.cat([p.detach().reshape(-1), torch.zeros(padding)])
+            p.ds_tensor, p.ds_shape = flat[rank * size : (rank + 1) * size].clone(), p.shape
+        zero3.save(model, tmp_path / "trained", rank, 2)
+    zero3.consolidate(tmp_path / "trained", tmp_path / "out", 10**9)
+    config.save_pretrained(tmp_path / "out")
+    assert "lm_head.weight" not in loaded(tmp_path / "out"), "the tied head once, as the embedding"
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    expected = model.state_dict()
+    assert all(torch.equal(t, expected[n]) for n, t in again.state_dict().items())

@@ -8,6 +8,10 @@ DeepSpeed's states alone, and at the end each rank writes the partitions it hold
 dtype, the values a gather would return) one at a time; export then copies each tensor's bytes out of the ranks' files,
 a block at a time, into the sharded writer of ``adapters.weights``. The export's memory is a block, whatever the
 model's size; what it hands on is the model in its own dtype, exactly as gathering would have written it.
+
+A model whose checkpoint transformers converts on load (fused experts) is the exception: ``save_pretrained`` alone
+splits it back into the checkpoint's names, so its final save still gathers it on rank 0 (a warning says so), as the
+LoRA merge hands such models to peft.
 """
 
 from __future__ import annotations
