@@ -15,7 +15,11 @@ own, which reports its own peak RSS (``VmHWM``: resident memory, file pages mapp
 Printed: each model's size and both peaks, then a least-squares fit ``peak = a + b x model bytes`` for each side.
 Target: the streamed consolidation's ``b <= 0.1`` (its memory does not grow with the model).
 
+With ``--train-save``: the train phase's peak RSS on each rank instead, a ZeRO-3 full fine-tune on 2 CPU ranks
+gathering the model on every save (as before) against saving each rank's partitions (now).
+
     python bench/export_zero3.py [--quick]
+    python bench/export_zero3.py --train-save
     python bench/export_zero3.py --one {whole,streamed} TRAINED OUT   # one consolidation, printed as JSON
 """
 
@@ -25,6 +29,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -119,11 +124,107 @@ def measure(kind: str, trained: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: The train phase measured with ``--train-save``: a random float32 Llama of about 30M parameters (the tiny
+#: tokenizer's 66-token vocabulary), ZeRO-3 on 2 CPU ranks, 2 steps, a checkpoint at step 2 and the final save.
+TRAIN_SIZE = (640, 6, 10, 5, 1728)
+#: A ``sitecustomize`` that puts back the gather on every save (the behaviour before issue 21 item 2).
+GATHER_AGAIN = """import prefops_trainer.core.trlconfig as t
+
+_own = t.deepspeed_config
+t.deepspeed_config = lambda ds, lora=True: _own(ds, lora=True)
+"""
+
+
+def train_save(root: Path, gather: bool) -> dict:
+    """Peak RSS of rank 0 and rank 1 (``VmHWM``, polled) through a ZeRO-3 full fine-tune's train phase."""
+    import yaml
+
+    job = root / ("gather.yaml" if gather else "partitions.yaml")
+    doc = {
+        "apiVersion": "prefops.dev/v1alpha1", "kind": "PreferenceTrainingJob", "metadata": {"name": job.stem},
+        "spec": {
+            "model": {"source": str(root / "model"), "dtype": "float32", "lora": None},
+            "dataset": {"source": str(ROOT / "examples" / "tiny" / "prefs.jsonl"), "maxLength": 64, "maxSamples": 64},
+            "algorithm": {"name": "dpo"},
+            "training": {"maxSteps": 2, "perDeviceBatchSize": 4, "checkpointEverySteps": 2, "deepspeed": {"stage": 3}},
+            "resources": {"gpusPerNode": 0, "processesPerNode": 2},
+            "output": {"uri": str(root / f"out-{job.stem}")}, "storage": {"uri": str(root / f"work-{job.stem}")},
+        },
+    }  # fmt: skip
+    job.write_text(yaml.safe_dump(doc))
+    paths = [str(ROOT / "trainer" / "src")] + ([str(root / "gather")] if gather else [])
+    env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k == "TORCH_EXTENSIONS_DIR"}}
+    env |= {"PYTHONPATH": os.pathsep.join(paths), "PATH": os.environ["PATH"]}
+    for phase in ("precompute", "train"):
+        argv = [sys.executable, "-m", "prefops_trainer", phase, str(job)]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peaks = _poll_ranks(proc)
+        if proc.wait() != 0:
+            raise RuntimeError(f"{phase} failed:\n{proc.stderr.read()[-3000:] if proc.stderr else ''}")
+    return peaks
+
+
+def _poll_ranks(proc: subprocess.Popen) -> dict:
+    """The last ``VmHWM`` seen of each rank among ``proc``'s descendants, by rank, until ``proc`` exits."""
+    import psutil
+
+    peaks: dict[str, float] = {}
+    while proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                rank = child.environ().get("RANK")
+                status = Path(f"/proc/{child.pid}/status").read_text()
+                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+                if rank is not None:
+                    peaks[rank] = max(peaks.get(rank, 0), hwm * 1024)
+        time.sleep(0.1)
+    return peaks
+
+
+def measure_train_save() -> None:
+    """Rank 0's and rank 1's peak RSS through the train phase, gathering at every save and saving partitions."""
+    import shutil as sh
+
+    with tempfile.TemporaryDirectory(prefix="prefops-bench-zero3-train-") as tmp:
+        root = Path(tmp)
+        params = _train_model(root / "model")
+        (root / "gather").mkdir()
+        (root / "gather" / "sitecustomize.py").write_text(GATHER_AGAIN)
+        rows = {"gather on every save (before)": train_save(root, True), "partitions (now)": train_save(root, False)}
+        sh.rmtree(root)
+    gib = 2**30
+    print(f"\n### Train phase peak RSS, ZeRO-3 full fine-tune, 2 CPU ranks, float32, {params / 1e6:.0f}M parameters "
+          f"({params * 4 / gib:.2f} GiB)\n")  # fmt: skip
+    print("| saves | rank 0 | rank 1 |\n|---|---|---|")
+    for label, peaks in rows.items():
+        print(f"| {label} | {peaks.get('0', 0) / gib:.2f} GiB | {peaks.get('1', 0) / gib:.2f} GiB |")
+    print(f"\n{machine()}")
+
+
+def _train_model(folder: Path) -> int:
+    """A random float32 Llama of :data:`TRAIN_SIZE` with the tiny tokenizer; its parameter count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, heads, kv, inter = TRAIN_SIZE
+    config = LlamaConfig(vocab_size=66, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv, intermediate_size=inter, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3, tie_word_embeddings=False)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(ROOT / "examples" / "tiny" / "model" / name, folder / name)
+    return model.num_parameters()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the two smallest models only (a smoke run)")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "TRAINED", "OUT"))
+    parser.add_argument("--train-save", action="store_true", help="the train phase's rank peaks, before and now")
     args = parser.parse_args()
+    if args.train_save:
+        measure_train_save()
+        return
     if args.one:
         one(args.one[0], *map(Path, args.one[1:]))
         return
