@@ -170,18 +170,6 @@ def test_a_small_max_shard_size_cuts_the_consolidated_model_into_shards_that_loa
     assert all(torch.equal(p.detach(), single[n]) for n, p in model.named_parameters())
 
 
-@pytest.mark.distributed
-def test_a_partition_changed_after_training_is_refused_naming_it(run, tmp_path):
-    part = run.trained / layout.partition_file(1, 2)
-    data = bytearray(part.read_bytes())
-    data[-1] ^= 0xFF
-    part.write_bytes(bytes(data))
-    job = write_job(run.job.parent, "t", **(SPEC | {"output": {"uri": str(tmp_path / "again")}}))
-    error = error_of(run_cli("export", job))
-    assert layout.partition_file(1, 2) in error and "does not match its marker" in error
-    assert not (tmp_path / "again" / "prefops.json").exists()
-
-
 def test_a_model_transformers_converts_on_load_is_gathered_on_save_and_others_are_not():
     from support.family_models import tiny_model
 
@@ -234,3 +222,43 @@ def test_a_tied_model_saved_rank_by_rank_exports_once_per_weight_and_loads_tied(
     assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
     expected = model.state_dict()
     assert all(torch.equal(t, expected[n]) for n, t in again.state_dict().items())
+
+
+@pytest.mark.distributed
+@pytest.mark.integration
+def test_partitions_written_on_two_nodes_reach_export_through_s3(run, tmp_path, s3):
+    """Rank 1 on another node than rank 0: its partition is on its own disk alone. Each rank sends its own file;
+    rank 0's marker records both; export fetches both, checks them and consolidates the model trained."""
+    import shutil
+
+    from prefops_trainer.adapters import stores, trained
+    from prefops_trainer.core.uris import Uri
+    from prefops_trainer.core.workspace import Workspace
+
+    _server, bucket = s3
+    stores.forget()
+    ws = Workspace(Uri("s3", f"{bucket}/work"), Uri("s3", f"{bucket}/work/jobs/ns/t/run"), tmp_path / "export-pod")
+    node = {0: tmp_path / "node-0", 1: tmp_path / "node-1"}
+    shutil.copytree(run.trained, node[0], ignore=shutil.ignore_patterns(layout.partition_file(1, 2), "prefops-*"))
+    node[1].mkdir()
+    shutil.copyfile(run.trained / layout.partition_file(1, 2), node[1] / layout.partition_file(1, 2))
+    sent = zero3.send_own(node[1], ws.trained, 1, 2) | zero3.send_own(node[0], ws.trained, 0, 2)
+    assert sorted(sent) == [layout.partition_file(0, 2), layout.partition_file(1, 2)]
+    trained.hand_over(ws, node[0], {"steps": 4}, sent)
+    fetched = trained.fetch(ws, trained.result(ws))
+    zero3.consolidate(fetched, tmp_path / "out", 10**9)
+    single = loaded(run.out)
+    assert all(torch.equal(t, single[n]) for n, t in loaded(tmp_path / "out").items())
+
+
+@pytest.mark.distributed
+def test_a_partition_changed_after_training_is_refused_naming_it(run, tmp_path):
+    """Last of the module: it changes the shared run's files."""
+    part = run.trained / layout.partition_file(1, 2)
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0xFF
+    part.write_bytes(bytes(data))
+    job = write_job(run.job.parent, "t", **(SPEC | {"output": {"uri": str(tmp_path / "again")}}))
+    error = error_of(run_cli("export", job))
+    assert layout.partition_file(1, 2) in error and "does not match its marker" in error
+    assert not (tmp_path / "again" / "prefops.json").exists()

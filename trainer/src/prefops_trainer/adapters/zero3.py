@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import zero3
+from ..core.uris import Uri
 from ..core.weights import Tensor, encode_header
-from . import weights
+from . import storage, weights
 
 if TYPE_CHECKING:
     import torch
@@ -66,17 +67,32 @@ def save_trained(trainer: Any, folder: Path, rank: int, world: int) -> None:
             model.generation_config.save_pretrained(str(folder))
 
 
-def renames_on_save(model: Any) -> bool:
-    """Whether transformers' ``save_pretrained`` writes ``model``'s weights otherwise than the model holds them: it
-    reverts the conversion it applied on load (fused experts, renamed layers; ``revert_weight_conversion``), which
-    copying partitions byte for byte cannot do."""
-    conversions = getattr(model, "_weight_conversions", None)
-    if conversions is None:  # not loaded by from_pretrained: the mapping transformers would revert on save
-        from transformers.conversion_mapping import get_model_conversion_mapping
+def send_own(folder: Path, remote: Uri, rank: int, world: int) -> dict[str, str]:
+    """This rank's partition file (when it wrote one) by name with its sha256, stored at ``remote`` first when
+    storage is remote: each rank sends its own, since a rank on another node than rank 0 wrote it to its own disk."""
+    path = folder / zero3.partition_file(rank, world)
+    if not path.is_file():
+        return {}
+    digest = storage.sha256_file(path)
+    target = remote.join(path.name)
+    if not remote.is_local and storage.stored_sha256(target) != digest:
+        storage.upload_file(path, target, sha256=digest)
+    return {path.name: digest}
 
-        found = get_model_conversion_mapping(model, add_legacy=False)
-        conversions = [c for c in found if type(c).__name__ != "PrefixChange"]
-    return bool(conversions)
+
+def renames_on_save(model: Any) -> bool:
+    """Whether transformers' ``save_pretrained`` writes ``model``'s weights under other names than the model holds
+    them: it reverts the conversion it applied on load (fused experts, renamed layers), which copying partitions byte
+    for byte cannot do. Asked of transformers itself (``revert_weight_conversion``, as ``save_pretrained`` calls it)
+    on shapes alone: meta tensors, nothing gathered."""
+    import torch
+    from transformers.core_model_loading import revert_weight_conversion
+
+    held = {
+        name: torch.empty(tuple(getattr(t, "ds_shape", t.shape)), dtype=t.dtype, device="meta")
+        for name, t in model.state_dict(keep_vars=True).items()
+    }
+    return set(revert_weight_conversion(model, dict(held))) != set(held)
 
 
 def save(model: torch.nn.Module, folder: Path, rank: int, world: int) -> None:
