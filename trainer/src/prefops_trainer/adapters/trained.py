@@ -48,10 +48,12 @@ class Trained:
     report: TrainReport
 
 
-def hand_over(ws: Workspace, local: Path, report: Mapping[str, object]) -> None:
+def hand_over(ws: Workspace, local: Path, report: Mapping[str, object], sent: Mapping[str, str] | None = None) -> None:
     """Attempt ``ws.attempt``'s weights in ``local`` to storage (files not already there with the same sha256, in
-    parallel), then its report, then the marker, last. Rank 0 calls it once every rank has saved."""
-    files = dict(storage.each(lambda f: (f.relative_to(local).as_posix(), storage.sha256_file(f)), _files(local)))
+    parallel), then its report, then the marker, last, recording also ``sent``: files other ranks stored themselves
+    (relative path -> sha256; ZeRO-3 partitions written on other nodes). Rank 0 calls it once every rank has saved."""
+    files = dict(sent or {})
+    files |= dict(storage.each(lambda f: (f.relative_to(local).as_posix(), storage.sha256_file(f)), _files(local)))
     if not ws.trained.is_local:
         storage.each(lambda rel: _upload(local / rel, ws, rel, files[rel]), sorted(files))
     data = storage.json_bytes(report)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 import sys
 import weakref
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import trl
+
+from . import zero3
 
 if TYPE_CHECKING:
     import torch
@@ -468,6 +471,14 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
             with _model_hash_skipped(base):
                 super().__init__(*args, **kwargs)
             self._prefops_policy = policy(self) if policy is not None else None
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            """A checkpoint of a ZeRO-3 full fine-tune holds DeepSpeed's states alone (saved next by the Trainer,
+            and all a resume reads): no gathered copy of the model (``adapters.zero3``)."""
+            if _internal_call and output_dir is not None and zero3.partitioned(self):
+                os.makedirs(output_dir, exist_ok=True)
+                return
+            super().save_model(output_dir, _internal_call)
 
         def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
             """Join the cached reference log-probs on the row index instead of computing them."""

@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING
 
 from ..core.errors import MergeError
 from ..core.weights import (
+    DTYPE_BYTES,
     INDEX_FILE,
     Delta,
     Replace,
@@ -54,11 +55,14 @@ MODEL_FILES = ("config.json", "generation_config.json")
 
 @dataclass(frozen=True)
 class Source:
-    """Where an output tensor's bytes come from: ``tensor`` of ``path``, changed by ``change`` (None: as it is)."""
+    """Where an output tensor's bytes come from: ``tensor`` of ``path``, changed by ``change`` (None: as it is); or,
+    when ``pieces`` is given, those byte ranges of those files put end to end (ZeRO-3 partitions, ``adapters.zero3``).
+    """
 
     path: Path
     tensor: Tensor
     change: Delta | Replace | None = None
+    pieces: tuple[tuple[Path, Tensor], ...] = ()
 
 
 def layout(path: Path) -> list[Tensor]:
@@ -168,6 +172,10 @@ def _write_shard(path: Path, sources: list[Source], files: _Files, adapter: Adap
 
 def _emit(source: Source, files: _Files, dst: IO[bytes], adapter: Adapter | None) -> None:
     """Write ``source``'s tensor bytes, changed as it says, to ``dst``."""
+    for path, span in source.pieces:
+        _copy_bytes(files[path], span, dst)
+    if source.pieces:
+        return
     src = files[source.path]
     if source.change is None:
         _copy_bytes(src, source.tensor, dst)
@@ -245,3 +253,11 @@ def torch_dtype(name: str) -> torch.dtype:
         "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
         "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
     }[name]  # fmt: skip
+
+
+def safetensors_dtype(dtype: torch.dtype) -> str:
+    """The safetensors dtype name of a torch dtype."""
+    for name in DTYPE_BYTES:
+        if torch_dtype(name) == dtype:
+            return name
+    raise MergeError(f"tensors of dtype {dtype} have no safetensors dtype")

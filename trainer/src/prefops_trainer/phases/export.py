@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..adapters import metrics, storage, trained, weights
+from ..adapters import metrics, storage, trained, weights, zero3
 from ..core.errors import GateNotMet
 from ..core.evaluation import Evaluation, judge
 from ..core.reports import Described, EvaluationRecord, ExportReport, FileEntry, GateRecord, Handed, Manifest, Phases
@@ -123,6 +123,10 @@ def build_local(inputs: Inputs, out: Path) -> bool:
     shard = inputs.spec.output.max_shard_bytes
     if lora and inputs.spec.output.merge:
         merge(inputs.model_path, trained, out, shard, inputs.spec.model.trust_remote_code)
+    elif zero3.is_partitioned(trained):  # ZeRO-3 full fine-tuning: each tensor cut from the ranks' partitions
+        skipped = [TRAINED_MARKER, "training_args.bin", *zero3.file_names(trained), *weights.weight_file_names(trained)]
+        shutil.copytree(trained, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skipped))
+        zero3.consolidate(trained, out, shard)
     else:
         full = not lora and bool(weights.weight_file_names(trained))
         skipped = [TRAINED_MARKER, "training_args.bin", *(weights.weight_file_names(trained) if full else ())]

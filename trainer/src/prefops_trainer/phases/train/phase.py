@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling
+from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling, zero3
 from ...adapters.refcache import RefTable
 from ...core.errors import Interrupted
 from ...core.reports import TrainReport
@@ -43,11 +43,11 @@ def run(inputs: Inputs) -> TrainReport:
         if stop.step is not None:
             distributed.leave_process_group()
             raise Interrupted(f"training stopped on SIGTERM at step {stop.step}; checkpoint-{stop.step} is saved")
-        local = _save_trained(inputs, trainer)
+        local, sent = _save_trained(inputs, trainer)
         distributed.leave_process_group()  # the upload below waits in no collective
         reports.finished(report, start)
         if distributed.rank() == 0:
-            trained.hand_over(inputs.ws, local, report)
+            trained.hand_over(inputs.ws, local, report, sent)
     return report
 
 
@@ -114,14 +114,21 @@ def _resume_point(inputs: Inputs) -> Path | None:
     return Path(found) if found else None
 
 
-def _save_trained(inputs: Inputs, trainer: Any) -> Path:
-    """Save the final weights (adapter, or full model) for export into a local folder, and return it; the caller
-    (rank 0) hands it over (:func:`trained.hand_over`)."""
+def _save_trained(inputs: Inputs, trainer: Any) -> tuple[Path, dict[str, str]]:
+    """Save the final weights (adapter, or full model) for export into a local folder; return it, and the files the
+    ranks sent to storage themselves (ZeRO-3 partitions: each rank its own, wherever its node is) with their sha256.
+    The caller (rank 0) hands the rest over (:func:`trained.hand_over`)."""
     target = inputs.ws.trained
     local = Path(target.path) if target.is_local else storage.local_dir(inputs.ws.local("trained"))
     if distributed.rank() == 0:  # the one rank that writes files
         trained.withdraw(inputs.ws)
-    trainer.save_model(str(local))  # every rank: ZeRO-3 gathers the weights here
+    sent: dict[str, str] = {}
+    if zero3.partitioned(trainer):  # each rank its own partitions: no process holds the whole model
+        rank, world = distributed.rank(), distributed.world_size()
+        zero3.save_trained(trainer, local, rank, world)
+        sent = checkpoints.merge(distributed.gather(zero3.send_own(local, inputs.ws.trained, rank, world)))
+    else:
+        trainer.save_model(str(local))  # every rank: ZeRO-3 with LoRA gathers the weights here
     if distributed.rank() == 0:
         inputs.tokenizer.save_pretrained(str(local))
-    return local
+    return local, sent
