@@ -147,7 +147,7 @@ def test_absent_blocks_get_the_trainer_defaults_and_unknown_fields_are_kept_for_
         "terminationGracePeriodSeconds": 300,
         "fitCheck": "enforce",
     }
-    assert spec["reference"] == {"batchSize": 8, "workers": 1, "verifySamples": 8}
+    assert spec["reference"] == {"batchSize": 8, "workers": 1, "verifySamples": 8, "sharding": "auto"}
     assert (spec["suspend"], spec["backoffLimit"], spec["startupDeadlineSeconds"]) == (False, 3, 600)
     assert (spec["disruptionLimit"], spec["nodeLostGraceSeconds"]) == (10, 20)
     assert spec["training"]["progressDeadlineSeconds"] == 1800
