@@ -143,11 +143,17 @@ def one(kind: str, base: Path, adapter: Path, out: Path) -> None:
 
 
 def measure(kind: str, base: Path, adapter: Path, out: Path) -> dict:
+    return run_one(__file__, kind, [base, adapter], out, "merge")
+
+
+def run_one(script: str, kind: str, inputs: list[Path], out: Path, what: str) -> dict:
+    """``script --one kind *inputs out`` in a process of its own (its own peak RSS); its JSON result. ``out`` is
+    removed after."""
     env = {**QUIET_ENV, "PYTHONPATH": str(ROOT / "trainer" / "src")}
-    argv = [sys.executable, __file__, "--one", kind, str(base), str(adapter), str(out)]
+    argv = [sys.executable, script, "--one", kind, *map(str, inputs), str(out)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"{kind} merge failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{kind} {what} failed:\n{done.stderr[-3000:]}")
     shutil.rmtree(out)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -181,20 +187,21 @@ def main() -> None:
     report(rows)
 
 
-def report(rows: list) -> None:
+def report(rows: list, title: str = "LoRA merge", whole: str = "in memory (peft)") -> None:
+    """The peak RSS table of the two ways (``whole``, then streamed) over the model sizes, and each one's fit."""
     gib = 2**30
-    print("\n### Export peak RSS: LoRA merge, bfloat16 Llama-shaped models\n")
-    print("| model | parameters | weights | in memory (peft) | streamed | ratio | seconds (peft, streamed) |")
+    print(f"\n### Export peak RSS: {title}, bfloat16 Llama-shaped models\n")
+    print(f"| model | parameters | weights | {whole} | streamed | ratio | seconds ({whole}, streamed) |")
     print("|---|---|---|---|---|---|---|")
     for name, params, size, old, new in rows:
         print(f"| {name} | {params / 1e6:.0f}M | {size / gib:.2f} GiB | {old['peak'] / gib:.2f} GiB "
-              f"| {new['peak'] / gib:.2f} GiB | {new['peak'] / old['peak']:.2f} "
-              f"| {old['seconds']:.0f}, {new['seconds']:.0f} |")  # fmt: skip
+              f"| {new['peak'] / gib:.3f} GiB | {new['peak'] / old['peak']:.2f} "
+              f"| {old['seconds']:.1f}, {new['seconds']:.1f} |")  # fmt: skip
     xs = [float(r[2]) for r in rows]
-    for label, key in (("in memory (peft)", 3), ("streamed", 4)):
+    for label, key in ((whole, 3), ("streamed", 4)):
         a, b = fit(xs, [float(r[key]["peak"]) for r in rows])
         verdict = "" if key == 3 else f" (target b <= {TARGET_B}: {'met' if b <= TARGET_B else '**missed**'})"
-        print(f"\n{label}: peak = {a / gib:.2f} GiB + {b:.3f} x model bytes{verdict}")
+        print(f"\n{label}: peak = {a / gib:.3f} GiB + {b:.4f} x model bytes{verdict}")
     print(f"\n{machine()}")
 
 

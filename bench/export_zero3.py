@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_memory import fit, shapes
+from export_memory import report, run_one, shapes
 from lib.common import QUIET_ENV, ROOT, machine, peak_rss_mb
 
 sys.path.insert(0, str(ROOT / "trainer" / "src"))  # this checkout's trainer, as the measured processes get it
@@ -51,7 +51,6 @@ SIZES = {
     "340M": (1024, 24, 16, 4, 2816),
 }
 WORLD = 4
-TARGET_B = 0.1
 
 
 def write_trained(folder: Path, size: tuple[int, int, int, int, int]) -> int:
@@ -115,13 +114,7 @@ def _load(path: Path) -> dict:
 
 
 def measure(kind: str, trained: Path, out: Path) -> dict:
-    env = {**QUIET_ENV, "PYTHONPATH": str(ROOT / "trainer" / "src")}
-    argv = [sys.executable, __file__, "--one", kind, str(trained), str(out)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{kind} consolidation failed:\n{done.stderr[-3000:]}")
-    shutil.rmtree(out)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_one(__file__, kind, [trained], out, "consolidation")
 
 
 #: The train phase measured with ``--train-save``: a random float32 Llama of about 30M parameters (the tiny
@@ -239,24 +232,7 @@ def main() -> None:
             rows.append((name, params, params * 2, old, new))
             print(f"{name}: {params / 1e6:.0f}M parameters, whole {old['peak'] / 2**30:.2f} GiB, "
                   f"streamed {new['peak'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
-    report(rows)
-
-
-def report(rows: list) -> None:
-    gib = 2**30
-    print(f"\n### Export peak RSS: ZeRO-3 full fine-tune ({WORLD} ranks' partitions), bfloat16 Llama-shaped models\n")
-    print("| model | parameters | weights | whole (rank 0's gather) | streamed | ratio | seconds (whole, streamed) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, params, size, old, new in rows:
-        print(f"| {name} | {params / 1e6:.0f}M | {size / gib:.2f} GiB | {old['peak'] / gib:.2f} GiB "
-              f"| {new['peak'] / gib:.3f} GiB | {new['peak'] / old['peak']:.2f} "
-              f"| {old['seconds']:.1f}, {new['seconds']:.1f} |")  # fmt: skip
-    xs = [float(r[2]) for r in rows]
-    for label, key in (("whole", 3), ("streamed", 4)):
-        a, b = fit(xs, [float(r[key]["peak"]) for r in rows])
-        verdict = "" if key == 3 else f" (target b <= {TARGET_B}: {'met' if b <= TARGET_B else '**MISSED**'})"
-        print(f"\n{label}: peak = {a / gib:.3f} GiB + {b:.4f} x model bytes{verdict}")
-    print(f"\n{machine()}")
+    report(rows, f"ZeRO-3 full fine-tune ({WORLD} ranks' partitions)", "whole (rank 0's gather)")
 
 
 if __name__ == "__main__":
