@@ -5,7 +5,8 @@ prefops train phase (reference log-probs read from the cache our precompute phas
 ``rewards/chosen``, ``rewards/rejected`` and ``rewards/margins`` as TRL's own trainer computing its reference
 online, on the same rows, order and seed: within 1e-5 in float32.
 
-What this catches: a cache row joined to the wrong pair, a reference from another model or truncation, a loss fed
+Our DPO side trains on the tokens the precompute phase kept in the cache (TRL's tokenization, run once); TRL's side
+tokenizes the rows itself. What this catches: tokens or a cache row joined to the wrong pair, a reference from another model or truncation, a loss fed
 the wrong log-probs. At step 1 the policy *is* the reference (full fine-tuning), so TRL's rewards are exactly zero
 and any wrong reference shows as rewards of the size of a log-prob; steps 2 and 3 check the numbers on weights the
 earlier steps moved.
@@ -88,6 +89,8 @@ def ours(tmp, name: str, spec: dict, monkeypatch) -> list[dict]:
     monkeypatch.setattr(trainers, "build", checked_build)
     report = train_phase.run(inputs)
     assert report["steps"] == STEPS
+    paired = inputs.spec.algorithm.info.data == "paired"
+    assert report["tokenizedBy"] == ("precompute" if paired else "training"), "DPO trains on the cache's tokens"
     return report["logHistory"]
 
 

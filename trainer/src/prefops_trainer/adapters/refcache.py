@@ -8,7 +8,8 @@ Layout under ``<storage.uri>/refcache/<key>/``::
                                    written before its log-probs, so a restarted shard does not tokenize again
     ...
     manifest.json                  written once every shard is present and checked: the cache is complete;
-                                   it lists each shard's rows and sha256
+                                   it lists each shard's rows and sha256, and each tokens file's, so the
+                                   train phase reads the tokens too (:meth:`RefCache.load_tokens`)
 
 The key (``core.cachekey``) hashes everything that changes the numbers, so a sweep over beta or loss types shares
 one cache. Every job on the storage trusts it, so a shard is read only when its sha256 is the manifest's, and only
@@ -35,7 +36,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..core.cachekey import Shard, manifest, not_ours, origin, parse_manifest, shard_name, shard_rows
+from ..core.cachekey import (
+    Shard,
+    manifest,
+    not_ours,
+    origin,
+    parse_manifest,
+    shard_name,
+    shard_rows,
+    tokens_name,
+)
 from ..core.errors import CacheError, IntegrityError
 from ..core.uris import Uri
 from . import storage
@@ -128,7 +138,7 @@ class RefCache:
         storage.write_bytes(self.root.join(shard_name(shard, num_shards)), buf.getvalue())
 
     def tokens_uri(self, shard: int, num_shards: int) -> Uri:
-        return self.root.join(f"tokens-{shard:05d}-of-{num_shards:05d}.parquet")
+        return self.root.join(tokens_name(shard, num_shards))
 
     def write_tokens(self, shard: int, num_shards: int, rows: Dataset) -> None:
         """Keep shard ``shard``'s tokenized rows beside its log-probs, so a restarted precompute does not tokenize
@@ -158,14 +168,8 @@ class RefCache:
             local = storage.download_file(uri, Path(tmp) / "tokens.parquet")
             if not self._ours(uri, _origin(local)):
                 return None
-            try:
-                found = datasets.Dataset.from_parquet(str(local))
-            except Exception as e:  # datasets wraps Arrow's errors in its own
-                raise IntegrityError(f"{uri}: not a readable tokens file ({e}); delete it") from e
-        if set(found.column_names) != {"index", *TOKEN_COLUMNS} or not np.array_equal(
-            np.asarray(found.with_format("numpy")["index"]), np.arange(rows.start, rows.stop)
-        ):
-            raise CacheError(f"{uri}: does not hold the tokens of rows {rows.start}..{rows.stop - 1}; delete it")
+            _check_token_index(local, rows, uri)
+            found = datasets.Dataset.from_parquet(str(local))
         log.info("%s: tokenized rows reused", uri)
         return found
 
@@ -196,7 +200,7 @@ class RefCache:
         shards = [s for s in checked if s is not None]
         if len(shards) < num_shards:
             return None
-        doc = manifest(self.key, n_rows, shards, info)
+        doc = manifest(self.key, n_rows, shards, info, self._checked_tokens(num_shards, n_rows))
         storage.write_json(self.manifest_uri, doc)
         log.info("reference cache %s complete: %d rows in %d shards", self.key, n_rows, num_shards)
         return doc
@@ -215,6 +219,52 @@ class RefCache:
                 f"{n_rows}; delete it and re-run that precompute shard"
             )
         return Shard(name, len(index), hashlib.sha256(data).hexdigest())
+
+    def _checked_tokens(self, num_shards: int, n_rows: int) -> list[Shard] | None:
+        """Every shard's tokens file's entry in the manifest, each this job's and holding exactly its shard's rows;
+        None when any is missing or not this job's (training then tokenizes, as before)."""
+        present = set(storage.list_names(self.root))
+        if any(tokens_name(i, num_shards) not in present for i in range(num_shards)):
+            return None
+        entries = []
+        with tempfile.TemporaryDirectory(prefix="prefops-tokens-") as tmp:
+            for i in range(num_shards):
+                uri = self.tokens_uri(i, num_shards)
+                local = storage.download_file(uri, Path(tmp) / tokens_name(i, num_shards))
+                if not self._ours(uri, _origin(local), "not listed in the manifest; training tokenizes the split"):
+                    return None
+                rows = shard_rows(n_rows, i, num_shards)
+                _check_token_index(local, rows, uri)
+                entries.append(Shard(tokens_name(i, num_shards), len(rows), _file_sha256(local)))
+                local.unlink()
+        return entries
+
+    def load_tokens(self, into: Path) -> Dataset | None:
+        """Every row of the split tokenized, in row order, from the tokens files a complete cache's manifest lists
+        (each read only when its sha256 is the manifest's), memory-mapped from ``into``; None when the manifest lists
+        none (a cache written by an older prefops, or one whose precompute did not keep every shard's tokens)."""
+        doc = self.manifest()
+        if doc is None:
+            raise CacheError(f"reference cache {self.root} is incomplete (no manifest.json)")
+        checked = parse_manifest(doc, self.key, str(self.manifest_uri))
+        if not checked.tokens:
+            return None
+        import datasets
+
+        parts, start = [], 0
+        for entry in checked.tokens:
+            uri = self.root.join(entry.name)
+            local = storage.download_file(uri, storage.local_dir(into) / entry.name)
+            if _file_sha256(local) != entry.sha256:
+                raise IntegrityError(
+                    f"reference cache {self.root}: {entry.name} is not the file the manifest records (sha256): it was "
+                    f"altered after the cache was written, and is not used. Delete {self.root} and re-run precompute"
+                )
+            _check_token_index(local, range(start, start + entry.rows), uri)
+            parts.append(datasets.Dataset.from_parquet(str(local), cache_dir=str(into / "arrow")))
+            start += entry.rows
+        log.info("reference cache %s: the train split's tokens read (%d rows), not tokenized again", self.key, start)
+        return datasets.concatenate_datasets(parts)
 
     def load(self) -> RefTable:
         """The reference log-probs of every row, by row index; requires a complete cache whose shards are exactly
@@ -263,6 +313,30 @@ def _origin(source: bytes | Path) -> Any:
         return json.loads(meta[ORIGIN]) if ORIGIN in meta else None
     except (pa.ArrowException, OSError, ValueError):
         return None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_token_index(path: Path, rows: range, uri: Uri) -> None:
+    """A tokens file holds the token columns of exactly ``rows``, in order; anything else raises naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        found = pq.ParquetFile(str(path))
+        names = set(found.schema_arrow.names)
+        index = found.read(columns=["index"]).column("index").to_numpy() if "index" in names else None
+    except (pa.ArrowException, OSError) as e:
+        raise IntegrityError(f"{uri}: not a readable tokens file ({e}); delete it") from e
+    expected = np.arange(rows.start, rows.stop)
+    if names != {"index", *TOKEN_COLUMNS} or index is None or not np.array_equal(index, expected):
+        raise CacheError(f"{uri}: does not hold the tokens of rows {rows.start}..{rows.stop - 1}; delete it")
 
 
 def _columns(data: bytes, where: str) -> dict[str, Any]:

@@ -73,7 +73,9 @@ RELIES_ON: tuple[Reliance, ...] = (
         "DPOTrainer._prepare_dataset",
         _PREPARE,
         "tokenize pairs exactly as DPOTrainer does (prompt extraction, EOS, chat template, prompt/completion split), "
-        "called on a stand-in self, so precomputed reference log-probs equal TRL's",
+        "called on a stand-in self, so precomputed reference log-probs equal TRL's; and overridden: a split that "
+        "arrives tokenized by it (the reference cache's tokens: prompt_ids, chosen_ids, rejected_ids, no prompt) is "
+        "used as it is, since its output is what the rest of DPOTrainer reads",
     ),
     Reliance(_KTO, "KTOTrainer._prepare_dataset", _PREPARE, "the same for KTO, KL completions included"),
     Reliance(_DPO, "DPOTrainer._precompute_ref_logps", _PRECOMPUTE, "overridden: a join with our reference cache"),
@@ -448,6 +450,12 @@ def _model_hash_skipped(base: type[Any]) -> Iterator[None]:
             module.hash_module = original  # type: ignore[attr-defined]
 
 
+def pretokenized(dataset: Any) -> bool:
+    """Whether a split holds ``DPOTrainer._prepare_dataset``'s output (its token columns, no raw ``prompt``)."""
+    names = set(getattr(dataset, "column_names", None) or ())
+    return {"prompt_ids", "chosen_ids", "rejected_ids"} <= names and "prompt" not in names
+
+
 def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[Any]:
     """``base`` (a TRL trainer class) that reads reference log-probs from our cache and counts its tokens.
 
@@ -479,6 +487,12 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
                 os.makedirs(output_dir, exist_ok=True)
                 return
             super().save_model(output_dir, _internal_call)
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            """A split already tokenized (the reference cache's tokens, :func:`pretokenized`) is not tokenized again."""
+            if pretokenized(dataset):
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
         def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
             """Join the cached reference log-probs on the row index instead of computing them."""

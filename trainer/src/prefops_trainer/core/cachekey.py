@@ -57,6 +57,11 @@ def shard_name(shard: int, num_shards: int) -> str:
     return f"shard-{shard:05d}-of-{num_shards:05d}.parquet"
 
 
+def tokens_name(shard: int, num_shards: int) -> str:
+    """The file of shard ``shard``'s rows tokenized (kept for a restart, and listed in the manifest for training)."""
+    return f"tokens-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
 def shard_rows(n_rows: int, shard: int, num_shards: int) -> range:
     """The contiguous row range shard ``shard`` of ``num_shards`` owns."""
     if not 0 <= shard < num_shards:
@@ -95,17 +100,22 @@ class Manifest:
     key: str
     rows: int
     shards: tuple[Shard, ...]
+    tokens: tuple[Shard, ...] = ()  # the tokens files, when the job that wrote the cache wrote one for every shard
 
 
-def manifest(key: str, n_rows: int, shards: list[Shard], info: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a complete cache: its key, format, row count and shards (name, rows, sha256), plus ``info``."""
-    return {
-        **info,
-        "key": key,
-        "format": FORMAT_VERSION,
-        "rows": n_rows,
-        "shards": [{"name": s.name, "rows": s.rows, "sha256": s.sha256} for s in shards],
-    }
+def manifest(
+    key: str, n_rows: int, shards: list[Shard], info: dict[str, Any], tokens: list[Shard] | None = None
+) -> dict[str, Any]:
+    """The manifest of a complete cache: its key, format, row count and shards (name, rows, sha256), the tokens files
+    (the same entries) when every shard has one, plus ``info``."""
+    doc = {**info, "key": key, "format": FORMAT_VERSION, "rows": n_rows, "shards": [_entry(s) for s in shards]}
+    if tokens:
+        doc["tokens"] = [_entry(s) for s in tokens]
+    return doc
+
+
+def _entry(s: Shard) -> dict[str, Any]:
+    return {"name": s.name, "rows": s.rows, "sha256": s.sha256}
 
 
 def parse_manifest(doc: Any, key: str, where: str) -> Manifest:
@@ -116,10 +126,19 @@ def parse_manifest(doc: Any, key: str, where: str) -> Manifest:
     rows, shards = doc.get("rows"), doc.get("shards")
     if not isinstance(rows, int) or not isinstance(shards, list) or not shards:
         raise IntegrityError(f"{where}: 'rows' or 'shards' missing or malformed; the cache is not used")
-    parsed = tuple(_shard(s, f"{where}: shards[{i}]") for i, s in enumerate(shards))
+    parsed = _files(shards, rows, f"{where}: shards")
+    tokens = doc.get("tokens", [])
+    if not isinstance(tokens, list):
+        raise IntegrityError(f"{where}: 'tokens' is not a list; the cache is not used")
+    return Manifest(key, rows, parsed, _files(tokens, rows, f"{where}: tokens") if tokens else ())
+
+
+def _files(entries: list[Any], rows: int, where: str) -> tuple[Shard, ...]:
+    """The entries of one list of the manifest, checked; their rows must add up to the manifest's."""
+    parsed = tuple(_shard(s, f"{where}[{i}]") for i, s in enumerate(entries))
     if sum(s.rows for s in parsed) != rows:
-        raise IntegrityError(f"{where}: the shards hold {sum(s.rows for s in parsed)} rows, the manifest says {rows}")
-    return Manifest(key, rows, parsed)
+        raise IntegrityError(f"{where}: the files hold {sum(s.rows for s in parsed)} rows, the manifest says {rows}")
+    return parsed
 
 
 def _shard(doc: Any, where: str) -> Shard:

@@ -60,6 +60,7 @@ class TrainSummary(Timing, total=False):
     algorithm: str
     attempt: int
     verifiedRows: int
+    tokenizedBy: str  # "precompute": the cache's tokens were trained on; "training": TRL tokenized the splits
     prefixSharing: str
     resumedFrom: str
     steps: int

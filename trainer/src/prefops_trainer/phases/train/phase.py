@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...adapters import checkpoints, interrupt, metrics, storage, trained, unpickling, zero3
 from ...adapters.refcache import RefTable
@@ -16,8 +16,11 @@ from ...inputs import Inputs
 from .. import reports
 from . import distributed, evaluation, trainers
 from .callbacks import StopOnSignal
-from .reference import load_reference, verify_sample
+from .reference import load_reference, load_tokens, verify_sample
 from .summary import summarize
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ def run(inputs: Inputs) -> TrainReport:
     rt = distributed.runtime(inputs.dtype)
     config_cls, base = trainers.classes(spec)
     reference = load_reference(inputs) if spec.precompute else None
+    tokens = load_tokens(inputs)  # the precompute phase's tokenization, when training can read it
     resume = _resume_point(inputs)  # before the process group: a slow download waits in no collective
     distributed.init_group(spec, rt)
     local_ckpt = storage.local_dir(inputs.ws.local("checkpoints"))
@@ -37,7 +41,7 @@ def run(inputs: Inputs) -> TrainReport:
     report: TrainReport = {"worldSize": rt.world_size, "algorithm": spec.algorithm.name}
     report["attempt"] = inputs.ws.attempt
     start = reports.started(report)
-    trainer, stop = _trainer(inputs, args, base, reference, local_ckpt, report)
+    trainer, stop = _trainer(inputs, args, base, (reference, tokens), local_ckpt, report)
     with interrupt.deferred():  # from here SIGTERM stops the ranks at a step boundary, or lets them finish
         _train(inputs, trainer, resume, report)
         if stop.step is not None:
@@ -55,15 +59,18 @@ def _trainer(
     inputs: Inputs,
     args: Any,
     base: type[Any],
-    reference: dict[str, RefTable] | None,
+    cached: tuple[dict[str, RefTable] | None, dict[str, Dataset]],
     local_ckpt: Path,
     report: TrainReport,
 ) -> tuple[Any, StopOnSignal]:
-    """The model loaded, the cache checked against it (under ZeRO-3 too), the trainer, and its stop on SIGTERM."""
+    """The model loaded, the cache (its reference log-probs, and the splits' tokens) checked against it (under ZeRO-3
+    too), the trainer, and its stop on SIGTERM."""
     model = inputs.load_model()
+    reference, tokens = cached
     if reference is not None:
-        report["verifiedRows"] = verify_sample(inputs, model, reference["train"])
-    trainer = trainers.build(inputs, model, args, base, reference, local_ckpt)
+        report["verifiedRows"] = verify_sample(inputs, model, reference["train"], tokens.get("train"))
+    report["tokenizedBy"] = "precompute" if tokens else "training"
+    trainer = trainers.build(inputs, model, args, base, reference, local_ckpt, tokens)
     shared = trainers.prefix_sharing_status(inputs.spec, trainer)
     if shared is not None:
         report["prefixSharing"] = shared

@@ -1,4 +1,5 @@
-"""The reference log-probs training reads: the complete cache of every split, checked against the model."""
+"""The reference log-probs training reads: the complete cache of every split, checked against the model; and, for a
+DPO trainer, the splits' tokens the precompute phase kept there, so a job tokenizes its data once."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import secrets
 from typing import TYPE_CHECKING
 
 from ...adapters import trl_bridge
-from ...adapters.refcache import RefCache, RefTable
+from ...adapters.refcache import TOKEN_COLUMNS, RefCache, RefTable
 from ...compute import gathered, logprobs
 from ...core.errors import CacheError
+from ...core.spec import JobSpec
+from ...core.trlconfig import trl_trainer
 from ...inputs import Inputs
 from . import distributed
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,25 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
     return table
 
 
+def reuses_tokens(spec: JobSpec) -> bool:
+    """Whether training reads the cache's tokens: paired data under ``DPOTrainer``, whose tokenization the precompute
+    phase ran (KTO's tokens files pair completions for the reference pass, not in the form KTOTrainer reads)."""
+    return spec.precompute and spec.algorithm.info.data == "paired" and trl_trainer(spec).trainer == "DPOTrainer"
+
+
+def load_tokens(inputs: Inputs) -> dict[str, Dataset]:
+    """Every split's tokens that its complete cache lists (each file checked against the manifest's sha256), read
+    into this process's local folder; a split whose cache lists none is left out, and TRL tokenizes it."""
+    if not reuses_tokens(inputs.spec):
+        return {}
+    found = {}
+    for split in inputs.splits:
+        tokens = inputs.ref_cache(split).load_tokens(inputs.ws.local(f"tokens/{split}-rank{distributed.rank()}"))
+        if tokens is not None:
+            found[split] = tokens
+    return found
+
+
 def _unfinished(cache: RefCache, workers: int) -> str:
     """Which shards keep the cache incomplete: those missing, and those there that this job did not write."""
     missing, foreign = cache.missing_shards(workers), cache.foreign_shards(workers)
@@ -46,8 +69,9 @@ def _unfinished(cache: RefCache, workers: int) -> str:
     return ", ".join([*said, f"shards {foreign} not written by this job"] if foreign else said)
 
 
-def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> int:
-    """Recompute a few random rows' reference log-probs with the (untrained) model; fail fast on a mismatch.
+def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable, tokens: Dataset | None = None) -> int:
+    """Recompute a few random rows' reference log-probs with the (untrained) model, and tokenize them again when
+    training reads the cache's ``tokens``; fail fast on a mismatch.
 
     Guards against a stale or foreign cache (a key collision, an edited model folder, a changed library, numbers
     planted in the shared cache). The rows are drawn from the operating system's randomness (the same on every rank:
@@ -58,7 +82,10 @@ def verify_sample(inputs: Inputs, model: PreTrainedModel, table: RefTable) -> in
     if n == 0:
         return 0
     picks = spot_rows(len(inputs.splits["train"]), n, distributed.from_rank_zero(secrets.randbits(64)))
-    got = _recompute(inputs, model, picks)
+    fresh = inputs.tokenized_rows("train", picks)  # paired data: only these rows
+    if tokens is not None:
+        _check_tokens(inputs, tokens, picks, fresh)
+    got = _recompute(inputs, model, fresh)
     exact = inputs.dtype == "float32"
     for idx, c, r in zip(got.index, got.chosen, got.rejected, strict=True):
         for label, ours, cached in (("chosen", c, table[idx][0]), ("rejected", r, table[idx][1])):
@@ -78,9 +105,21 @@ def spot_rows(n_rows: int, n: int, draw: int) -> list[int]:
     return sorted(random.Random(draw).sample(range(n_rows), n))
 
 
-def _recompute(inputs: Inputs, model: PreTrainedModel, picks: list[int]) -> logprobs.RefLogps:
-    """The reference log-probs of training rows ``picks``, computed now; ``model`` is left as it was."""
-    rows = inputs.tokenized_rows("train", picks)  # paired data: only these rows (TRL's trainer tokenizes the split)
+def _check_tokens(inputs: Inputs, tokens: Dataset, picks: list[int], fresh: Dataset) -> None:
+    """The cache's tokens of rows ``picks`` equal the rows tokenized now (``fresh``)."""
+    cached = tokens.select(picks)
+    for column in TOKEN_COLUMNS:
+        for idx, theirs, ours in zip(fresh["index"], cached[column], fresh[column], strict=True):
+            if list(theirs) != list(ours):
+                raise CacheError(
+                    f"reference cache {inputs.ref_cache('train').root}: row {idx} {column} differs from the row "
+                    "tokenized now: the cache was written with another tokenizer or was altered; delete that folder "
+                    "and re-run precompute"
+                )
+
+
+def _recompute(inputs: Inputs, model: PreTrainedModel, rows: Dataset) -> logprobs.RefLogps:
+    """The reference log-probs of the tokenized training ``rows``, computed now; ``model`` is left as it was."""
     logprobs.prepare_model(model)
     try:
         with gathered.module_by_module(model):  # ZeRO-3: every rank recomputes the same rows, a module at a time
@@ -90,7 +129,7 @@ def _recompute(inputs: Inputs, model: PreTrainedModel, picks: list[int]) -> logp
                 pad_token_id=inputs.tokenizer.pad_token_id,
                 max_length=inputs.spec.dataset.max_length,
                 truncation_mode=inputs.spec.dataset.truncation_mode,
-                batch_size=len(picks),
+                batch_size=len(rows),
             )
     finally:
         trl_bridge.detach_fused_head(model)  # the trainer adds its own

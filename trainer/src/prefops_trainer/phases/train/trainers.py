@@ -16,6 +16,7 @@ from ...inputs import Inputs
 from .callbacks import Observe
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -32,10 +33,12 @@ def build(
     base: type[Any],
     reference: dict[str, RefTable] | None,
     local_ckpt: Path,
+    tokens: dict[str, Dataset] | None = None,
 ) -> Any:
-    """The trainer: ``base`` reading ``reference`` (None: TRL computes what it needs), with our callbacks."""
+    """The trainer: ``base`` reading ``reference`` (None: TRL computes what it needs) and the splits ``tokens`` holds
+    already tokenized (the others TRL tokenizes), with our callbacks."""
     spec, columns = inputs.spec, reference_columns(inputs.spec)
-    splits = {n: s.rows for n, s in inputs.splits.items()}
+    splits = {n: (tokens or {}).get(n, s.rows) for n, s in inputs.splits.items()}
     kwargs: dict[str, Any] = {"reference": reference} if columns else {}
     if not columns:  # only a trainer that joins our cache reads the row index
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
