@@ -124,7 +124,15 @@ TRAIN_SIZE = (640, 6, 10, 5, 1728)
 GATHER_AGAIN = """import prefops_trainer.core.trlconfig as t
 
 _own = t.deepspeed_config
-t.deepspeed_config = lambda ds, lora=True: _own(ds, lora=True)
+
+
+def _gathering(ds):
+    config = _own(ds)
+    config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return config
+
+
+t.deepspeed_config = _gathering
 """
 
 
