@@ -104,17 +104,21 @@ class Run:
         return [json.loads(line) for line in lines]
 
 
+def recorded(root: Path) -> dict[str, str]:
+    """The environment that puts :data:`RECORDER` into every process of a run, recording under ``root/gathers``."""
+    (root / "recorder").mkdir(exist_ok=True)
+    (root / "recorder" / "sitecustomize.py").write_text(RECORDER)
+    (root / "gathers").mkdir(exist_ok=True)
+    path = os.pathsep.join(p for p in (str(root / "recorder"), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "PREFOPS_TEST_GATHERS": str(root / "gathers")}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
     """A LoRA job under ZeRO-3 on two CPU ranks, 4 steps, a checkpoint every 2, exported; its saves' gathers
     recorded."""
     root = tmp_path_factory.mktemp("lora-zero3")
-    (root / "recorder").mkdir()
-    (root / "recorder" / "sitecustomize.py").write_text(RECORDER)
-    (root / "gathers").mkdir()
-    path = os.pathsep.join(p for p in (str(root / "recorder"), os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, "PREFOPS_TEST_GATHERS": str(root / "gathers")}
-    result = run_cli("run", write_job(root, "t", **SPEC), env=env)
+    result = run_cli("run", write_job(root, "t", **SPEC), env=recorded(root))
     assert result.returncode == 0, result.stderr[-3000:]
     return Run(root / "work", root / "out", root / "gathers")
 
@@ -170,3 +174,27 @@ def test_the_export_merges_the_adapter_as_peft_does_and_loads(run):
     merged = PeftModel.from_pretrained(base, run.trained).merge_and_unload().state_dict()
     assert sorted(exported) == sorted(merged)
     assert max((exported[k] - merged[k]).abs().max().item() for k in merged) <= 1e-5
+
+
+@pytest.mark.distributed
+def test_a_lora_job_resumed_from_a_mid_training_checkpoint_under_zero3_ends_where_the_whole_run_ended(run):
+    """Last of the module: it trains the shared run again. Resuming reads DeepSpeed's own states (the adapter's
+    fp32 weights and their optimizer state, each rank its partition), not the adapter file: the run resumed from
+    checkpoint 2 trains steps 3 and 4 again to the very adapter of the run that never stopped, and its saves still
+    fetch no frozen weight."""
+    import shutil
+
+    whole = load_file(run.trained / "adapter_model.safetensors")
+    shutil.rmtree(run.checkpoint(4))  # as if preempted after checkpoint 2
+    for f in run.gathers.iterdir():
+        f.unlink()
+    job = run.work.parent / "t.yaml"
+    result = run_cli("train", job, env=recorded(run.work.parent))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint-2" in result.stderr
+    report = json.loads(next(run.work.rglob("attempts/0/phases/train.json")).read_text())
+    assert report["resumedFrom"] == "checkpoint-2" and report["steps"] == 4
+    assert [h["step"] for h in report["logHistory"]] == [1, 2, 3, 4], "the steps before the checkpoint, then 3, 4"
+    assert_equal_tensors(load_file(run.trained / "adapter_model.safetensors"), whole)
+    for rank in (0, 1):
+        assert [g["frozen"] for g in run.gathered(rank)] == [0, 0], "checkpoint 4 and the final save"
