@@ -16,10 +16,12 @@ Printed: each model's size and both peaks, then a least-squares fit ``peak = a +
 Target: the streamed consolidation's ``b <= 0.1`` (its memory does not grow with the model).
 
 With ``--train-save``: the train phase's peak RSS on each rank instead, a ZeRO-3 full fine-tune on 2 CPU ranks
-gathering the model on every save (as before) against saving each rank's partitions (now).
+gathering the model on every save (as before) against saving each rank's partitions (now); with ``--train-save lora``
+a LoRA job on the same model, saved by transformers' save of a peft model (every module gathered in turn, the adapter
+kept: as before) against the adapter's parameters alone gathered (now).
 
     python bench/export_zero3.py [--quick]
-    python bench/export_zero3.py --train-save
+    python bench/export_zero3.py --train-save [lora]
     python bench/export_zero3.py --one {whole,streamed} TRAINED OUT   # one consolidation, printed as JSON
 """
 
@@ -120,23 +122,36 @@ def measure(kind: str, trained: Path, out: Path) -> dict:
 #: The train phase measured with ``--train-save``: a random float32 Llama of about 30M parameters (the tiny
 #: tokenizer's 66-token vocabulary), ZeRO-3 on 2 CPU ranks, 2 steps, a checkpoint at step 2 and the final save.
 TRAIN_SIZE = (640, 6, 10, 5, 1728)
-#: A ``sitecustomize`` that puts back the gather on every save (the behaviour before issue 21 item 2).
+#: A ``sitecustomize`` that puts back the gather on every save (the behaviour before issue 21 item 2: a full
+#: fine-tune gathered on rank 0, a LoRA job saved by transformers' save of a peft model).
 GATHER_AGAIN = """import prefops_trainer.core.trlconfig as t
 
 _own = t.deepspeed_config
-t.deepspeed_config = lambda ds, lora=True: _own(ds, lora=True)
+
+
+def _gathering(ds):
+    config = _own(ds)
+    config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return config
+
+
+t.deepspeed_config = _gathering
 """
 
 
-def train_save(root: Path, gather: bool) -> dict:
-    """Peak RSS of rank 0 and rank 1 (``VmHWM``, polled) through a ZeRO-3 full fine-tune's train phase."""
+#: The adapter of ``--train-save lora``.
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
+
+
+def train_save(root: Path, gather: bool, lora: bool = False) -> dict:
+    """Peak RSS of rank 0 and rank 1 (``VmHWM``, polled) through a ZeRO-3 train phase (full fine-tune or LoRA)."""
     import yaml
 
-    job = root / ("gather.yaml" if gather else "partitions.yaml")
+    job = root / (("lora-" if lora else "full-") + ("gather.yaml" if gather else "partitions.yaml"))
     doc = {
         "apiVersion": "prefops.dev/v1alpha1", "kind": "PreferenceTrainingJob", "metadata": {"name": job.stem},
         "spec": {
-            "model": {"source": str(root / "model"), "dtype": "float32", "lora": None},
+            "model": {"source": str(root / "model"), "dtype": "float32", "lora": LORA if lora else None},
             "dataset": {"source": str(ROOT / "examples" / "tiny" / "prefs.jsonl"), "maxLength": 64, "maxSamples": 64},
             "algorithm": {"name": "dpo"},
             "training": {"maxSteps": 2, "perDeviceBatchSize": 4, "checkpointEverySteps": 2, "deepspeed": {"stage": 3}},
@@ -174,19 +189,28 @@ def _poll_ranks(proc: subprocess.Popen) -> dict:
     return peaks
 
 
-def measure_train_save() -> None:
-    """Rank 0's and rank 1's peak RSS through the train phase, gathering at every save and saving partitions."""
+#: ``--train-save`` kind: (what is trained, the saves before, the saves now)
+TRAIN_SAVE_LABELS = {
+    "full": ("full fine-tune", "gather on every save (before)", "partitions (now)"),
+    "lora": (f"LoRA r={LORA['r']}", "transformers' peft save: every module gathered (before)", "adapter alone (now)"),
+}
+
+
+def measure_train_save(kind: str) -> None:
+    """Rank 0's and rank 1's peak RSS through the train phase, gathering at every save and saving as prefops does
+    now (a full fine-tune's partitions, or a LoRA job's adapter alone gathered)."""
     import shutil as sh
 
+    what, before, now = TRAIN_SAVE_LABELS[kind]
     with tempfile.TemporaryDirectory(prefix="prefops-bench-zero3-train-") as tmp:
         root = Path(tmp)
         params = _train_model(root / "model")
         (root / "gather").mkdir()
         (root / "gather" / "sitecustomize.py").write_text(GATHER_AGAIN)
-        rows = {"gather on every save (before)": train_save(root, True), "partitions (now)": train_save(root, False)}
+        rows = {before: train_save(root, True, kind == "lora"), now: train_save(root, False, kind == "lora")}
         sh.rmtree(root)
     gib = 2**30
-    print(f"\n### Train phase peak RSS, ZeRO-3 full fine-tune, 2 CPU ranks, float32, {params / 1e6:.0f}M parameters "
+    print(f"\n### Train phase peak RSS, ZeRO-3 {what}, 2 CPU ranks, float32, {params / 1e6:.0f}M parameters "
           f"({params * 4 / gib:.2f} GiB)\n")  # fmt: skip
     print("| saves | rank 0 | rank 1 |\n|---|---|---|")
     for label, peaks in rows.items():
@@ -213,10 +237,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the two smallest models only (a smoke run)")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "TRAINED", "OUT"))
-    parser.add_argument("--train-save", action="store_true", help="the train phase's rank peaks, before and now")
+    parser.add_argument("--train-save", nargs="?", const="full", choices=sorted(TRAIN_SAVE_LABELS),
+                        help="the train phase's rank peaks, before and now (a full fine-tune, or LoRA)")  # fmt: skip
     args = parser.parse_args()
     if args.train_save:
-        measure_train_save()
+        measure_train_save(args.train_save)
         return
     if args.one:
         one(args.one[0], *map(Path, args.one[1:]))

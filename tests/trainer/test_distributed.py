@@ -15,7 +15,7 @@ def test_deepspeed_config_is_generated_from_the_spec():
     z2 = deepspeed_config(DeepSpeedSpec(stage=2))
     z3 = deepspeed_config(DeepSpeedSpec(stage=3, offload="cpu"))
     assert z2["zero_optimization"]["stage"] == 2 and "offload_optimizer" not in z2["zero_optimization"]
-    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is False
     assert z3["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert z2["bf16"] == {"enabled": "auto"}, "bf16 follows the model dtype: on for bfloat16 GPUs"
     assert z2["train_micro_batch_size_per_gpu"] == "auto"

@@ -93,12 +93,11 @@ def test_a_rank_file_of_another_save_is_refused_naming_it(tmp_path):
         zero3.consolidate(tmp_path / "trained", tmp_path / "out", 10**9)
 
 
-def test_zero3_gathers_the_model_on_save_only_for_lora():
-    assert deepspeed_config(DeepSpeedSpec(stage=3), lora=True)["zero_optimization"][
-        "stage3_gather_16bit_weights_on_model_save"
-    ]
-    full = deepspeed_config(DeepSpeedSpec(stage=3), lora=False)["zero_optimization"]
-    assert full["stage3_gather_16bit_weights_on_model_save"] is False
+def test_zero3_never_gathers_the_model_on_save_lora_or_not():
+    """A full fine-tune saves each rank's partitions, a LoRA job its adapter's parameters alone gathered."""
+    for offload in ("none", "cpu"):
+        zero = deepspeed_config(DeepSpeedSpec(stage=3, offload=offload))["zero_optimization"]
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is False
 
 
 @dataclass(frozen=True)

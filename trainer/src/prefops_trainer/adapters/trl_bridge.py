@@ -63,6 +63,7 @@ _KERNEL = "trl.kernels.chunked_logprob"
 _ONLINE = "trl.experimental.online_dpo.online_dpo_trainer"
 _UTILS = "trl.trainer.utils"
 _MASKS = "transformers.masking_utils"
+_HF_TRAINER = "transformers.trainer"
 _PREPARE = ("self", "dataset", "processing_class", "args", "dataset_name")
 _PRECOMPUTE = ("self", "dataset", "name", "batch_size")
 _KERNEL_PARAMS = ("ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size")
@@ -135,6 +136,14 @@ RELIES_ON: tuple[Reliance, ...] = (
         "prefix sharing answers its policy call, model(input_ids=, attention_mask=, use_cache=, labels=, "
         "fused_lm_head=True) on the concatenated batch, with a packed forward; it reads log_probs, entropy, "
         "mean_logits, is_top1 and log_sum_sq_probs, each [2 x pairs, length - 1]",
+    ),
+    Reliance(
+        _HF_TRAINER,
+        "Trainer._save",
+        ("self", "output_dir", "state_dict"),
+        "a LoRA job under ZeRO-3 saves its adapter from the adapter's parameters alone gathered, through the "
+        "Trainer's own save (peft's save_pretrained(state_dict=), the tokenizer, the arguments), as transformers' "
+        "save_model does for a peft model",
     ),
 )
 
@@ -482,7 +491,12 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
             """A checkpoint of a ZeRO-3 full fine-tune holds DeepSpeed's states alone (saved next by the Trainer,
-            and all a resume reads): no gathered copy of the model (``adapters.zero3``)."""
+            and all a resume reads): no gathered copy of the model. A LoRA job under ZeRO-3 saves its adapter, at a
+            checkpoint and at the end, from the adapter's parameters alone gathered (``adapters.zero3``), through
+            the Trainer's own ``_save`` (peft's files, the tokenizer, the arguments), as transformers does."""
+            if zero3.saves_adapter(self):
+                self._save(output_dir, state_dict=zero3.adapter_state(self.model, self.args.process_index))
+                return
             if _internal_call and output_dir is not None and zero3.partitioned(self):
                 os.makedirs(output_dir, exist_ok=True)
                 return

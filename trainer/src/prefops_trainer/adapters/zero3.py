@@ -3,7 +3,7 @@ ever holding the model in one process (issue 21; the format: ``core/zero3.py``).
 
 Gathering the 16-bit model on rank 0 at every save (DeepSpeed's ``stage3_gather_16bit_weights_on_model_save``) costs
 rank 0 the whole model in host memory, and the checkpoints a copy of it that resuming never reads (a resume loads
-DeepSpeed's own states). Under ZeRO-3 without LoRA the trainer turns it off (``core.trlconfig``): a checkpoint holds
+DeepSpeed's own states). Under ZeRO-3 the trainer turns it off (``core.trlconfig``): a full fine-tune's checkpoint holds
 DeepSpeed's states alone, and at the end each rank writes the partitions it holds (``param.ds_tensor``: the model's
 dtype, the values a gather would return) one at a time; export then copies each tensor's bytes out of the ranks' files,
 a block at a time, into the sharded writer of ``adapters.weights``. The export's memory is a block, whatever the
@@ -12,6 +12,10 @@ model's size; what it hands on is the model in its own dtype, exactly as gatheri
 A model whose checkpoint transformers converts on load (fused experts) is the exception: ``save_pretrained`` alone
 splits it back into the checkpoint's names, so its final save still gathers it on rank 0 (a warning says so), as the
 LoRA merge hands such models to peft.
+
+A LoRA job saves its adapter, at every checkpoint and at the end, from the adapter's own parameters gathered
+(:func:`adapter_state`): the frozen model stays partitioned, never all-gathered layer by layer as transformers' save of
+a peft model under ZeRO-3 does; peft's ``save_pretrained`` writes the files it always writes.
 """
 
 from __future__ import annotations
@@ -34,14 +38,34 @@ log = logging.getLogger(__name__)
 
 
 def partitioned(trainer: Any) -> bool:
-    """Whether ``trainer`` runs ZeRO-3 with saves that do not gather the model (its weights are saved with
-    :func:`save`)."""
+    """Whether ``trainer`` runs ZeRO-3 with saves that do not gather the model (a full fine-tune's weights are saved
+    with :func:`save`, an adapter from :func:`adapter_state`)."""
     engine = getattr(trainer, "deepspeed", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
     return (
         engine is not None
         and engine.zero_optimization_stage() == 3
         and not engine.zero_gather_16bit_weights_on_model_save()
     )
+
+
+def saves_adapter(trainer: Any) -> bool:
+    """Whether ``trainer`` trains a peft adapter under ZeRO-3 (:func:`partitioned`): its saves gather the adapter alone
+    (:func:`adapter_state`)."""
+    from peft import PeftModel
+
+    return partitioned(trainer) and isinstance(trainer.model, PeftModel)
+
+
+def adapter_state(model: torch.nn.Module, rank: int) -> dict[str, torch.Tensor]:
+    """The trainable parameters of ``model`` (a peft model under ZeRO-3: its adapter), gathered on every rank while
+    the frozen model stays partitioned, copied to the CPU on rank 0 under their ``state_dict`` names (peft's
+    ``save_pretrained(state_dict=...)`` picks the adapter's tensors from them and names them as it always does);
+    empty on the other ranks. Every rank calls it."""
+    import deepspeed
+
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
+        return {name: p.detach().to("cpu", copy=True) for name, p in trainable} if rank == 0 else {}
 
 
 def save_trained(trainer: Any, folder: Path, rank: int, world: int) -> None:

@@ -22,13 +22,12 @@ class Runtime:
     tty: bool = False
 
 
-def deepspeed_config(ds: DeepSpeedSpec, lora: bool = True) -> dict[str, Any]:
+def deepspeed_config(ds: DeepSpeedSpec) -> dict[str, Any]:
     """A ZeRO-2/3 config for the Hugging Face integration: sizes and precision are ``auto`` so the Trainer
     fills them from its own arguments (and bf16 follows the model dtype: on for bfloat16 GPUs).
 
-    ZeRO-3 gathers the 16-bit model on rank 0 at a save only for LoRA (peft saves the adapter from the gathered
-    state dict): a full fine-tune's ranks save their own partitions instead (``adapters.zero3``), so no process ever
-    holds the whole model."""
+    ZeRO-3 never gathers the 16-bit model at a save (``adapters.zero3``): a full fine-tune's ranks save their own
+    partitions, and a LoRA job gathers its adapter's parameters alone, the frozen model left partitioned."""
     zero: dict[str, Any] = {
         "stage": ds.stage,
         "overlap_comm": True,
@@ -39,7 +38,7 @@ def deepspeed_config(ds: DeepSpeedSpec, lora: bool = True) -> dict[str, Any]:
         zero |= {
             "stage3_prefetch_bucket_size": "auto",
             "stage3_param_persistence_threshold": "auto",
-            "stage3_gather_16bit_weights_on_model_save": lora,
+            "stage3_gather_16bit_weights_on_model_save": False,
         }
     else:
         zero |= {"allgather_partitions": True, "allgather_bucket_size": 2e8, "reduce_scatter": True}
@@ -97,7 +96,7 @@ def training_kwargs(spec: JobSpec, rt: Runtime, output_dir: str) -> dict[str, An
         "ddp_backend": ("nccl" if rt.cuda else "gloo") if rt.world_size > 1 else None,
         # the trainer starts the process group itself with this timeout (phases.train.distributed.init_group)
         "ddp_timeout": t.collective_timeout_seconds,
-        "deepspeed": deepspeed_config(t.deepspeed, lora=spec.model.lora is not None) if t.deepspeed else None,
+        "deepspeed": deepspeed_config(t.deepspeed) if t.deepspeed else None,
         "dataloader_num_workers": 0,
         "max_length": spec.dataset.max_length,
         "beta": spec.algorithm.beta,

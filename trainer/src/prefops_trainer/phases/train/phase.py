@@ -130,12 +130,12 @@ def _save_trained(inputs: Inputs, trainer: Any) -> tuple[Path, dict[str, str]]:
     if distributed.rank() == 0:  # the one rank that writes files
         trained.withdraw(inputs.ws)
     sent: dict[str, str] = {}
-    if zero3.partitioned(trainer):  # each rank its own partitions: no process holds the whole model
+    if zero3.partitioned(trainer) and not zero3.saves_adapter(trainer):  # each rank its own partitions, no whole model
         rank, world = distributed.rank(), distributed.world_size()
         zero3.save_trained(trainer, local, rank, world)
         sent = checkpoints.merge(distributed.gather(zero3.send_own(local, inputs.ws.trained, rank, world)))
     else:
-        trainer.save_model(str(local))  # every rank: ZeRO-3 with LoRA gathers the weights here
+        trainer.save_model(str(local))  # every rank: ZeRO-3 with LoRA gathers the adapter alone here
     if distributed.rank() == 0:
         inputs.tokenizer.save_pretrained(str(local))
     return local, sent
