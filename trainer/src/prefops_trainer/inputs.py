@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .adapters.data import LoadedDataset, fingerprint, load_split, release_arrow_memory_when_freed
+from .adapters.data import LoadedDataset, fingerprint, load_split
 from .adapters.modelio import (
     check_fits,
     config_json,
@@ -116,7 +116,6 @@ class Inputs:
 
 
 def load_inputs(job: Job) -> Inputs:
-    release_arrow_memory_when_freed()
     ws = Workspace.for_job(job, cache_dir(), attempt_of(os.environ))
     path = model_dir(job.spec.model)
     check_fits(job.spec, path)

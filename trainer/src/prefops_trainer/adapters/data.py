@@ -28,17 +28,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 COLUMNS = ("prompt", "chosen", "rejected")
-
-
-def release_arrow_memory_when_freed() -> None:
-    """Make Arrow allocate from the C library instead of its default jemalloc pool, which keeps the memory it frees
-    for reuse. The reference pass gathers its rows a batch at a time; with jemalloc, its peak grew by about 1 KB a
-    row, and with the C library's allocator by about 100 B (``bench/precompute_rows.py``, docs/performance.md)."""
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-
-
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 #: The JSON reader parses 1 MiB at a time (datasets' default, 10 MiB, costs about 90 MB of peak memory).
 _READ_OPTIONS: dict[str, dict[str, Any]] = {"json": {"chunksize": 1 << 20}, "parquet": {}}
