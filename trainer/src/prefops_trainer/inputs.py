@@ -58,6 +58,7 @@ class Inputs:
     tokenizer: PreTrainedTokenizerBase
     splits: dict[str, LoadedDataset]
     _tokenized: dict[str, Dataset] = field(default_factory=dict)
+    _caches: dict[str, RefCache] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def spec(self) -> JobSpec:
@@ -93,6 +94,12 @@ class Inputs:
         return tokenize_pairs(ds.rows.select(positions), self.tokenizer, self.spec.dataset, ds.source)
 
     def ref_cache(self, split: str) -> RefCache:
+        """The split's reference cache; its key fingerprints every row, so it is computed once."""
+        if split not in self._caches:
+            self._caches[split] = self._ref_cache(split)
+        return self._caches[split]
+
+    def _ref_cache(self, split: str) -> RefCache:
         d = self.spec.dataset
         extra: dict[str, Any] | None = None
         if self.spec.algorithm.info.data == "unpaired":  # KTO pairs each completion with a KL one per batch
