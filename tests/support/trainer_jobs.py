@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ from support.jobs import deep_merge
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny"
 CLI = [sys.executable, "-m", "prefops_trainer"]
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """The storage a local run wrote (``storage.uri``): its attempts and checkpoints, found wherever the run's
+    key put them."""
+
+    work: Path
+
+    @property
+    def trained(self) -> Path:
+        """The train phase's saved model (attempt 0)."""
+        return next(self.work.rglob("attempts/0/trained"))
+
+    def checkpoint(self, step: int) -> Path:
+        return next(self.work.rglob(f"checkpoints/checkpoint-{step}"))
 
 
 def job_doc(tmp: Path, name: str = "t", **spec: Any) -> dict:

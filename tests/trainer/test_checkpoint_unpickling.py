@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.trainer_jobs import run_cli, write_job
+from support.trainer_jobs import WorkDir, run_cli, write_job
 
 from prefops_trainer.adapters import unpickling
 
@@ -47,12 +47,8 @@ enum.Enum.__reduce_ex__ = __reduce_ex__
 
 
 @dataclass(frozen=True)
-class Produced:
+class Produced(WorkDir):
     job: Path
-    work: Path
-
-    def checkpoint(self, step: int) -> Path:
-        return next(self.work.rglob(f"checkpoints/checkpoint-{step}"))
 
     def files(self, step: int = 2) -> list[Path]:
         return unpickling.loaded_files(self.checkpoint(step))
@@ -69,7 +65,7 @@ def produce(root: Path, spec: dict, by_name: bool) -> Produced:
     for phase in ("precompute", "train"):
         result = run_cli(phase, job, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
-    return Produced(job, root / "work")
+    return Produced(root / "work", job)
 
 
 @pytest.fixture(scope="module")

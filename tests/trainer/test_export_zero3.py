@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from support.trainer_jobs import TINY, error_of, run_cli, write_job
+from support.trainer_jobs import TINY, WorkDir, error_of, run_cli, write_job
 
 from prefops_trainer.adapters import unpickling, zero3
 from prefops_trainer.core import zero3 as layout
@@ -101,18 +101,10 @@ def test_zero3_never_gathers_the_model_on_save_lora_or_not():
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(WorkDir):
     job: Path
-    work: Path
     out: Path
     stderr: str
-
-    @property
-    def trained(self) -> Path:
-        return next(self.work.rglob("attempts/0/trained"))
-
-    def checkpoint(self, step: int) -> Path:
-        return next(self.work.rglob(f"checkpoints/checkpoint-{step}"))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +114,7 @@ def run(tmp_path_factory) -> Run:
     job = write_job(root, "t", **SPEC)
     result = run_cli("run", job)
     assert result.returncode == 0, result.stderr[-3000:]
-    return Run(job, root / "work", root / "out", result.stderr)
+    return Run(root / "work", job, root / "out", result.stderr)
 
 
 @pytest.mark.distributed

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support.trainer_jobs import TINY, run_cli, write_job
+from support.trainer_jobs import TINY, WorkDir, run_cli, write_job
 
 from prefops_trainer.adapters import unpickling
 
@@ -86,17 +86,9 @@ sys.meta_path.insert(0, _Finder())
 
 
 @dataclass(frozen=True)
-class Run:
-    work: Path
+class Run(WorkDir):
     out: Path
     gathers: Path
-
-    @property
-    def trained(self) -> Path:
-        return next(self.work.rglob("attempts/0/trained"))
-
-    def checkpoint(self, step: int) -> Path:
-        return next(self.work.rglob(f"checkpoints/checkpoint-{step}"))
 
     def gathered(self, rank: int) -> list[dict[str, int]]:
         """What each gather entered during a save on ``rank`` fetched."""
