@@ -1,5 +1,5 @@
-"""A job tokenizes its data once: the precompute phase's tokens, listed in the cache's manifest, are what a DPO trainer
-trains on. The train phase then tokenizes only the rows its spot check draws, trains on exactly what TRL's own
+"""A job tokenizes its data once: the precompute phase's tokens, listed in the cache's manifest, are what a DPO or KTO
+trainer trains on. The train phase then tokenizes only the rows its spot check draws, trains on exactly what TRL's own
 tokenization gives, and refuses tokens that are not the manifest's or not this tokenizer's."""
 
 from __future__ import annotations
@@ -38,18 +38,24 @@ def precomputed(tmp: Path, name: str, workers: int = 2):
     return inputs
 
 
-def tokenized_sizes(monkeypatch) -> list[int]:
-    """The size of every split DPOTrainer's own tokenization is given from now on (the spot check's rows included)."""
+def tokenized_sizes(monkeypatch, trainer: str = "DPOTrainer") -> list[int]:
+    """The size of every split the TRL trainer's own tokenization is given from now on (the spot check's rows
+    included); a split that arrives tokenized is not counted."""
     from trl.trainer.dpo_trainer import DPOTrainer
+    from trl.trainer.kto_trainer import KTOTrainer
 
+    from prefops_trainer.adapters import trl_bridge
+
+    cls = {"DPOTrainer": DPOTrainer, "KTOTrainer": KTOTrainer}[trainer]
     sizes: list[int] = []
-    original = DPOTrainer._prepare_dataset
+    original = cls._prepare_dataset
 
     def watched(self, dataset, *args, **kwargs):
-        sizes.append(len(dataset))
+        if not trl_bridge.pretokenized(dataset):
+            sizes.append(len(dataset))
         return original(self, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(DPOTrainer, "_prepare_dataset", watched)
+    monkeypatch.setattr(cls, "_prepare_dataset", watched)
     return sizes
 
 
@@ -79,6 +85,56 @@ def test_training_reads_the_tokens_precompute_kept_and_trains_as_when_trl_tokeni
     assert again["tokenizedBy"] == "training"
     assert ROWS in sizes, "TRL tokenized the whole split"
     assert losses(reused) == losses(again) and len(set(losses(reused))) == 3, "the same steps, bit for bit"
+
+
+KTO = {"name": "kto", "beta": 0.5, "undesirableWeight": 1.5}
+
+
+def kto_inputs(tmp: Path, name: str, batch: int = 4):
+    """A KTO job on the paired tiny data (each pair two unpaired rows: 48), 2 precompute shards."""
+    training = TRAIN | {"perDeviceBatchSize": batch}
+    doc = job_doc(tmp, name, algorithm=KTO, dataset={"maxSamples": ROWS // 2}, training=training,
+                  reference={"workers": 2})  # fmt: skip
+    return load_inputs(parse_job(doc))
+
+
+def test_kto_trains_on_the_tokens_precompute_kept_its_kl_completions_included(tmp_path, monkeypatch):
+    inputs = kto_inputs(tmp_path, "kto")
+    sizes = tokenized_sizes(monkeypatch, "KTOTrainer")
+    for shard in range(2):
+        precompute_phase.run(inputs, shard, 2)
+    assert sizes == [24, 24], "each shard tokenized its own rows (whole KL batches), not the split"
+    assert len(json.loads(manifest_path(inputs).read_text())["tokens"]) == 2
+
+    sizes.clear()
+    reused = train_phase.run(inputs)
+    assert reused["tokenizedBy"] == "precompute"
+    checked = inputs.spec.reference.verify_samples
+    assert len(sizes) == 1 and checked <= sizes[0] < ROWS, "only the spot check's rows' batches were tokenized"
+
+    doc = json.loads(manifest_path(inputs).read_text())
+    del doc["tokens"]
+    manifest_path(inputs).write_text(json.dumps(doc))
+    sizes.clear()
+    again = train_phase.run(kto_inputs(tmp_path, "kto-older"))
+    assert again["tokenizedBy"] == "training" and ROWS in sizes
+    assert losses(reused) == losses(again) and len(set(losses(reused))) == 3, "the same steps, bit for bit"
+    assert [h["kl"] for h in reused["logHistory"]] == [h["kl"] for h in again["logHistory"]]
+
+
+@pytest.mark.parametrize("batch", [3, 4, 5])
+def test_kto_rows_tokenized_alone_equal_the_split_tokenized_whole(tmp_path, batch):
+    """A shard, or the spot check, tokenizes only the KL batches its rows are in; each row's tokens, KL completion
+    included, are those of the whole split tokenized at once (the last batch short when the batch does not divide
+    the split)."""
+    whole = kto_inputs(tmp_path, f"whole-{batch}", batch).tokenized("train")
+    alone = kto_inputs(tmp_path, f"alone-{batch}", batch)
+    for positions in ([0], [5, 6, 7], [47], [1, 20, 46], list(range(12, 36))):
+        rows = alone.tokenized_rows("train", positions)
+        assert rows["index"] == whole.select(positions)["index"]
+        for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            assert rows[column] == whole.select(positions)[column], (positions, column)
+    assert "train" not in alone._tokenized, "the split was never tokenized whole"
 
 
 def rewrite_tokens(path: Path, change) -> None:

@@ -85,13 +85,19 @@ class Inputs:
         return self._tokenized[split]
 
     def tokenized_rows(self, split: str, positions: Sequence[int]) -> Dataset:
-        """Rows ``positions`` of the split, tokenized: only those rows for paired data (a shard of the reference pass,
-        the rows the train phase checks the cache on); KTO's KL completions pair rows across a batch, so it
-        tokenizes the split."""
-        if split in self._tokenized or self.spec.algorithm.info.data == "unpaired":
+        """Rows ``positions`` of the split, tokenized, without tokenizing the rest (a shard of the reference pass,
+        the rows the train phase checks the cache on): for paired data those rows alone; for KTO the training batches
+        that hold them, since a row's KL completion is its batch neighbour's."""
+        if split in self._tokenized:
             return self.tokenized(split).select(positions)
-        ds = self.splits[split]
-        return tokenize_pairs(ds.rows.select(positions), self.tokenizer, self.spec.dataset, ds.source)
+        ds, spec = self.splits[split], self.spec
+        if spec.algorithm.info.data != "unpaired":
+            return tokenize_pairs(ds.rows.select(positions), self.tokenizer, spec.dataset, ds.source)
+        span = kl_batches(positions, spec.training.per_device_batch_size, len(ds.rows))
+        batch, kl = spec.training.per_device_batch_size, spec.algorithm.kl_term
+        rows = tokenize_unpaired(ds.rows.select(span), self.tokenizer, spec.dataset, ds.source, batch, kl)
+        at = {position: i for i, position in enumerate(span)}
+        return rows.select([at[p] for p in positions])
 
     def ref_cache(self, split: str) -> RefCache:
         """The split's reference cache; its key fingerprints every row, so it is computed once."""
@@ -154,3 +160,10 @@ def check_lora_targets(job: Job, model: Module) -> None:
             f"spec.model.lora.targetModules: {', '.join(map(repr, bad))} matches no module of the model; "
             f"its modules include {', '.join(leaves[:20])} (or use [all-linear])"
         )
+
+
+def kl_batches(positions: Sequence[int], batch: int, n_rows: int) -> list[int]:
+    """Every position of the training batches (``batch`` rows each, from the first row on) that hold ``positions``:
+    TRL pairs each KTO completion with its batch neighbour's (a batch never drops a row: ours refuses those rows)."""
+    starts = sorted({p - p % batch for p in positions})
+    return [i for start in starts for i in range(start, min(start + batch, n_rows))]

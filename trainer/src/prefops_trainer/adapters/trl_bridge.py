@@ -78,7 +78,14 @@ RELIES_ON: tuple[Reliance, ...] = (
         "arrives tokenized by it (the reference cache's tokens: prompt_ids, chosen_ids, rejected_ids, no prompt) is "
         "used as it is, since its output is what the rest of DPOTrainer reads",
     ),
-    Reliance(_KTO, "KTOTrainer._prepare_dataset", _PREPARE, "the same for KTO, KL completions included"),
+    Reliance(
+        _KTO,
+        "KTOTrainer._prepare_dataset",
+        _PREPARE,
+        "the same for KTO, KL completions included (the completions rotated by one in each training batch); and "
+        "overridden alike: a split of prompt_ids, completion_ids, KL_completion_ids and label, no prompt, is used as "
+        "it is (this skips only its warning on unbalanced desirable and undesirable weights)",
+    ),
     Reliance(_DPO, "DPOTrainer._precompute_ref_logps", _PRECOMPUTE, "overridden: a join with our reference cache"),
     Reliance(_KTO, "KTOTrainer._precompute_ref_logps", _PRECOMPUTE, "overridden: a join with our reference cache"),
     Reliance(
@@ -460,9 +467,20 @@ def _model_hash_skipped(base: type[Any]) -> Iterator[None]:
 
 
 def pretokenized(dataset: Any) -> bool:
-    """Whether a split holds ``DPOTrainer._prepare_dataset``'s output (its token columns, no raw ``prompt``)."""
+    """Whether a split holds ``DPOTrainer._prepare_dataset``'s or ``KTOTrainer._prepare_dataset``'s output (their
+    token columns, no raw ``prompt``)."""
     names = set(getattr(dataset, "column_names", None) or ())
-    return {"prompt_ids", "chosen_ids", "rejected_ids"} <= names and "prompt" not in names
+    paired, unpaired = {"prompt_ids", "chosen_ids", "rejected_ids"}, {"prompt_ids", "completion_ids", "label"}
+    return (paired <= names or unpaired <= names) and "prompt" not in names
+
+
+def unpaired_from_tokens(tokens: Dataset, labels: list[bool], kl: bool) -> Dataset:
+    """KTO rows in the columns ``KTOTrainer._prepare_dataset`` gives, from the reference cache's tokens (where
+    ``chosen_ids`` is the completion and ``rejected_ids`` its KL completion, :func:`prepare_unpaired`) and the
+    split's labels, in row order."""
+    rows = tokens.rename_column("chosen_ids", "completion_ids")
+    rows = rows.rename_column("rejected_ids", "KL_completion_ids") if kl else rows.remove_columns("rejected_ids")
+    return rows.add_column("label", list(labels))
 
 
 def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[Any]:

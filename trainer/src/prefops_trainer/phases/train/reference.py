@@ -1,5 +1,5 @@
 """The reference log-probs training reads: the complete cache of every split, checked against the model; and, for a
-DPO trainer, the splits' tokens the precompute phase kept there, so a job tokenizes its data once."""
+DPO or KTO trainer, the splits' tokens the precompute phase kept there, so a job tokenizes its data once."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def _load_split(inputs: Inputs, split: str) -> RefTable:
 
 
 def reuses_tokens(spec: JobSpec) -> bool:
-    """Whether training reads the cache's tokens: paired data under ``DPOTrainer``, whose tokenization the precompute
-    phase ran (KTO's tokens files pair completions for the reference pass, not in the form KTOTrainer reads)."""
-    return spec.precompute and spec.algorithm.info.data == "paired" and trl_trainer(spec).trainer == "DPOTrainer"
+    """Whether training reads the cache's tokens: a job whose precompute phase ran its trainer's own tokenization
+    (``DPOTrainer``'s, or ``KTOTrainer``'s with its KL completions)."""
+    return spec.precompute and trl_trainer(spec).trainer in ("DPOTrainer", "KTOTrainer")
 
 
 def load_tokens(inputs: Inputs) -> dict[str, Dataset]:

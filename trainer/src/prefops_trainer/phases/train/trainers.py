@@ -38,7 +38,7 @@ def build(
     """The trainer: ``base`` reading ``reference`` (None: TRL computes what it needs) and the splits ``tokens`` holds
     already tokenized (the others TRL tokenizes), with our callbacks."""
     spec, columns = inputs.spec, reference_columns(inputs.spec)
-    splits = {n: (tokens or {}).get(n, s.rows) for n, s in inputs.splits.items()}
+    splits = {n: _training_rows(spec, s.rows, (tokens or {}).get(n)) for n, s in inputs.splits.items()}
     kwargs: dict[str, Any] = {"reference": reference} if columns else {}
     if not columns:  # only a trainer that joins our cache reads the row index
         splits = {n: rows.remove_columns(["index"]) for n, rows in splits.items()}
@@ -63,6 +63,16 @@ def build(
 
     trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate our log lines
     return trainer
+
+
+def _training_rows(spec: JobSpec, rows: Dataset, tokens: Dataset | None) -> Dataset:
+    """What the trainer is given for a split: its rows, for TRL to tokenize, or the cache's ``tokens`` of them, in the
+    columns the trainer's own tokenization gives (KTO: its completions, KL completions and labels)."""
+    if tokens is None:
+        return rows
+    if spec.algorithm.info.data == "unpaired":
+        return trl_bridge.unpaired_from_tokens(tokens, rows["label"], spec.algorithm.kl_term)
+    return tokens
 
 
 def prefix_sharing_status(spec: JobSpec, trainer: Any) -> str | None:
