@@ -12,7 +12,8 @@ What each side runs, per repetition (kinds interleaved):
   ``group_by_length``) and ``precompute_ref_batch_size`` chosen by a tuning run before the repetitions.
 * prefops: four ``prefops-trainer run`` jobs with the same betas sharing one storage, each job its own process with
   a fresh datasets cache, as a pod would be: the first computes the reference log-probs (a cache miss), the other
-  three find them (``cacheHit: true``).
+  three find them (``cacheHit: true``); with ``training.groupByLength`` (length-grouped batches, the sampler TRL's
+  best runs pick here).
 
 Both sides set gradient checkpointing explicitly, the same (TRL 1.16 turns it on by default). Both save the trained
 adapter; our export phase (merge LoRA, model card, checksums, curves), which the TRL script does not do, is timed

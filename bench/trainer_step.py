@@ -13,7 +13,8 @@ repetitions):
   dtype, maxLength, batch, seed, learning rate, logging every step, and the same gradient checkpointing setting
   (explicit on both sides: TRL 1.16 turns it on by default). TRL runs twice, with its random sampler and with
   ``train_sampling_strategy="group_by_length"`` (length-sorted batches, less padding; it needs a ``length`` column
-  and ``remove_unused_columns=False``): the faster is the baseline. Rate over the whole pass (first step to last):
+  and ``remove_unused_columns=False``): the faster is the baseline. prefops runs ``training.groupByLength`` (the same
+  sampler over its rows' token lengths; ``lib.common.prefops_job``). Rate over the whole pass (first step to last):
   the two samplers order the rows differently, so a warm-up cut would skip different batches.
 * training, peak RSS: the same jobs' peak resident memory from the first training step on, against the TRL variant
   that is the speed baseline.
@@ -334,7 +335,8 @@ def report(args, shape: Shape, ratio: float, data: dict, res: dict[str, list[dic
         f"{tuning['pairs_per_s']} -> {tuning['batch']}; prefops: reference.batchSize {shape.reference_batch} "
         "(token budget batchSize x maxLength, its default)",
         f"training: full fine-tuning, {args.steps} steps over the first {args.steps * shape.batch} pairs, rate over "
-        f"the whole pass, logging every step, same seed; prefops with prefix sharing (spec default), random sampler; "
+        "the whole pass, logging every step, same seed; prefops with prefix sharing (spec default) and "
+        "training.groupByLength (the same length-grouped sampler); "
         f"TRL steps/s medians by sampler: {medians} (the faster is the baseline)",
         f"sharded pass: {args.shard_pairs} pairs; each process pinned to one core with one thread (a device of its "
         "own); wall from launch to the last shard written, start-up included",

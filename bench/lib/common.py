@@ -139,6 +139,7 @@ def prefops_job(root: Path, shape: Shape, name: str, storage: Path, **spec) -> d
             "logEverySteps": 1,
             "seed": 42,
             "gradientCheckpointing": shape.gradient_checkpointing,
+            "groupByLength": True,  # length-grouped batches: the sampler TRL's best runs use (group_by_length)
         },
         "reference": {"batchSize": shape.reference_batch},
         "resources": {"gpusPerNode": 0},

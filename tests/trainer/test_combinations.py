@@ -1,5 +1,5 @@
-"""The combinations: algorithm family x {LoRA, full} x {no DeepSpeed, ZeRO-2, ZeRO-3} x {1, 2 processes}, a pairwise
-cover of them, each job run whole (``prefops-trainer run``: precompute, train for two steps, export) on the tiny model.
+"""The combinations: algorithm family x {LoRA, full} x {no DeepSpeed, ZeRO-2, ZeRO-3} x {1, 2 processes} x {random
+batches, ``training.groupByLength``}, a pairwise cover of them, each job run whole (``prefops-trainer run``: precompute, train for two steps, export) on the tiny model.
 
 Each factor was tested on its own and the faults were where they met (DeepSpeed in one process, Online DPO's full
 fine-tuning under ZeRO-3). The jobs share one storage folder, so the reference-based ones share one precompute per
@@ -25,6 +25,7 @@ FACTORS: dict[str, tuple[Any, ...]] = {
     "weights": ("lora", "full"),
     "zero": (None, 2, 3),
     "processes": (1, 2),
+    "batches": ("random", "by-length"),
 }
 
 
@@ -39,7 +40,7 @@ COVER = pairwise(FACTORS, runs)
 
 def case_id(case: dict[str, Any]) -> str:
     zero = f"zero{case['zero']}" if case["zero"] else "nozero"
-    return f"{case['algorithm']}-{case['weights']}-{zero}-{case['processes']}proc"
+    return f"{case['algorithm']}-{case['weights']}-{zero}-{case['processes']}proc-{case['batches']}"
 
 
 def test_the_cover_holds_every_pair_of_values_a_runnable_job_can_have():
@@ -57,7 +58,7 @@ def job_for(case: dict[str, Any], storage: Path, out: Path) -> dict[str, Any]:
         "model": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0} if case["weights"] == "lora" else None},
         "dataset": {"maxSamples": 16},
         "algorithm": {"name": case["algorithm"]},
-        "training": {"maxSteps": 2, "perDeviceBatchSize": 2},
+        "training": {"maxSteps": 2, "perDeviceBatchSize": 2, "groupByLength": case["batches"] == "by-length"},
         "resources": {"gpusPerNode": 0, "processesPerNode": case["processes"]},
         "output": {"uri": str(out / "out" / name)},
         "storage": {"uri": str(storage)},

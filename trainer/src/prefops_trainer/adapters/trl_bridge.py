@@ -152,6 +152,14 @@ RELIES_ON: tuple[Reliance, ...] = (
         "Trainer's own save (peft's save_pretrained(state_dict=), the tokenizer, the arguments), as transformers' "
         "save_model does for a peft model",
     ),
+    Reliance(
+        _HF_TRAINER,
+        "Trainer._get_train_sampler",
+        ("self", "train_dataset"),
+        "overridden for training.groupByLength: transformers' LengthGroupedSampler over the lengths of the rows' "
+        "token columns, since TRL's tokenized datasets carry no length column and the Trainer drops unused columns "
+        "before it builds the sampler",
+    ),
 )
 
 
@@ -483,6 +491,34 @@ def unpaired_from_tokens(tokens: Dataset, labels: list[bool], kl: bool) -> Datas
     return rows.add_column("label", list(labels))
 
 
+#: The token columns of TRL's tokenized rows (DPO's pairs, KTO's completions, CPO's and ORPO's prompt-and-answer
+#: sequences, which hold the prompt already): a row's length is their sum.
+LENGTH_COLUMNS = (
+    "prompt_ids",
+    "chosen_ids",
+    "rejected_ids",
+    "completion_ids",
+    "chosen_input_ids",
+    "rejected_input_ids",
+)
+
+
+def token_lengths(dataset: Dataset) -> list[int] | None:
+    """Each row's tokens (prompt and completions together), from the token columns it has; None when it has none
+    (Online DPO's rows are prompts its policy completes)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    columns = [c for c in LENGTH_COLUMNS if c in dataset.column_names]
+    if not columns:
+        return None
+    table = dataset.with_format("arrow")[:]
+    total = np.zeros(len(table), dtype=np.int64)
+    for c in columns:
+        total += np.asarray(pc.list_value_length(table.column(c)).fill_null(0), dtype=np.int64)
+    return [int(n) for n in total]
+
+
 def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[Any]:
     """``base`` (a TRL trainer class) that reads reference log-probs from our cache and counts its tokens.
 
@@ -490,7 +526,7 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
     those tables into ``reference_columns`` instead of computing them. ``policy=`` (the trainer -> a wrapper of
     the model its loss calls, or None) lets a faster forward answer the loss's model calls (prefix sharing).
     ``prefops_tokens`` counts the tokens trained on (prompts and completions), and Online DPO also logs
-    ``completion_length``.
+    ``completion_length``. ``group_by_length=True`` batches rows of about the same length (``_get_train_sampler``).
     """
 
     class PrefopsTrainer(base):  # type: ignore[misc]  # base: the TRL trainer the algorithm names
@@ -499,9 +535,11 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
             *args: Any,
             reference: dict[str, RefTable] | None = None,
             policy: Callable[[Any], Callable[[Any], Any] | None] | None = None,
+            group_by_length: bool = False,
             **kwargs: Any,
         ) -> None:
             self._prefops_reference = reference or {}
+            self._prefops_group_by_length = group_by_length
             self.prefops_tokens: Any = 0
             with _model_hash_skipped(base):
                 super().__init__(*args, **kwargs)
@@ -519,6 +557,17 @@ def trainer_class(base: type[Any], reference_columns: tuple[str, ...]) -> type[A
                 os.makedirs(output_dir, exist_ok=True)
                 return
             super().save_model(output_dir, _internal_call)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            """``training.groupByLength``: the rows shuffled, then each run of 50 batches sorted by length."""
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = token_lengths(dataset) if self._prefops_group_by_length and dataset is not None else None
+            if lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=lengths)
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             """A split already tokenized (the reference cache's tokens, :func:`pretokenized`) is not tokenized again."""

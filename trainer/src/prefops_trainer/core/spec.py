@@ -187,6 +187,13 @@ class TrainingSpec(_Spec):
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
+    group_by_length: bool = Field(
+        False,
+        description="Shuffle the rows, then sort each run of 50 batches by length (fewer for a small dataset: a "
+        "quarter of it), the longest row first (transformers' LengthGroupedSampler, over the tokenized rows' "
+        "lengths), so each batch holds rows of about the same length and less of it is padding. Not for online-dpo, "
+        "whose rows are prompts.",
+    )
     prefix_sharing: bool = Field(
         True,
         description="DPO: each pair as one sequence [prompt, chosen, rejected] (rejected tokens masked from the "

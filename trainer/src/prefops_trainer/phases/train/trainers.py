@@ -3,6 +3,7 @@ the TRL bridge), with LoRA, the reward model Online DPO needs, and our callbacks
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from ...core.spec import JobSpec
 from ...core.trlconfig import lora_kwargs, reference_columns, trl_trainer
 from ...inputs import Inputs
 from .callbacks import Observe
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -46,6 +49,10 @@ def build(
         kwargs["reward_funcs"], kwargs["reward_processing_classes"] = load_reward_model(inputs)
     if spec.training.prefix_sharing and trl_trainer(spec).trainer == "DPOTrainer":
         kwargs["policy"] = prefix_sharing.enable
+    if spec.training.group_by_length:
+        if spec.algorithm.info.online:
+            log.warning("training.groupByLength: Online DPO's rows are prompts it completes; its batches are random")
+        kwargs["group_by_length"] = True
     t = spec.training
     observer = Observe(inputs.ws, local_ckpt, t.checkpoints_to_keep, t.collective_timeout_seconds)
     trainer = trl_bridge.trainer_class(base, columns)(
