@@ -75,13 +75,7 @@ class Inputs:
     def tokenized(self, split: str) -> Dataset:
         """The split tokenized as the algorithm's TRL trainer does, in the form the precompute pass reads."""
         if split not in self._tokenized:
-            ds, spec = self.splits[split], self.spec
-            if spec.algorithm.info.data == "unpaired":
-                batch, kl = spec.training.per_device_batch_size, spec.algorithm.kl_term
-                rows = tokenize_unpaired(ds.rows, self.tokenizer, spec.dataset, ds.source, batch, kl)
-            else:
-                rows = tokenize_pairs(ds.rows, self.tokenizer, spec.dataset, ds.source)
-            self._tokenized[split] = rows
+            self._tokenized[split] = self._tokenize(split)
         return self._tokenized[split]
 
     def tokenized_rows(self, split: str, positions: Sequence[int]) -> Dataset:
@@ -90,14 +84,21 @@ class Inputs:
         that hold them, since a row's KL completion is its batch neighbour's."""
         if split in self._tokenized:
             return self.tokenized(split).select(positions)
-        ds, spec = self.splits[split], self.spec
-        if spec.algorithm.info.data != "unpaired":
-            return tokenize_pairs(ds.rows.select(positions), self.tokenizer, spec.dataset, ds.source)
-        span = kl_batches(positions, spec.training.per_device_batch_size, len(ds.rows))
-        batch, kl = spec.training.per_device_batch_size, spec.algorithm.kl_term
-        rows = tokenize_unpaired(ds.rows.select(span), self.tokenizer, spec.dataset, ds.source, batch, kl)
+        if self.spec.algorithm.info.data != "unpaired":
+            return self._tokenize(split, positions)
+        span = kl_batches(positions, self.spec.training.per_device_batch_size, len(self.splits[split].rows))
         at = {position: i for i, position in enumerate(span)}
-        return rows.select([at[p] for p in positions])
+        return self._tokenize(split, span).select([at[p] for p in positions])
+
+    def _tokenize(self, split: str, positions: Sequence[int] | None = None) -> Dataset:
+        """Rows ``positions`` of the split (None: every row) tokenized as the algorithm's TRL trainer does (KTO:
+        ``positions`` whole training batches, whose KL completions pair rows among themselves)."""
+        ds, spec = self.splits[split], self.spec
+        rows = ds.rows if positions is None else ds.rows.select(positions)
+        if spec.algorithm.info.data == "unpaired":
+            batch, kl = spec.training.per_device_batch_size, spec.algorithm.kl_term
+            return tokenize_unpaired(rows, self.tokenizer, spec.dataset, ds.source, batch, kl)
+        return tokenize_pairs(rows, self.tokenizer, spec.dataset, ds.source)
 
     def ref_cache(self, split: str) -> RefCache:
         """The split's reference cache; its key fingerprints every row, so it is computed once."""
